@@ -1,0 +1,330 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/source"
+	"github.com/bulkhead-dev/bulkhead/internal/strict"
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultPriority is the priority of a native policy that names none.
+const DefaultPriority = 1000
+
+var (
+	nameRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+)
+
+// DecodeNative reads one native document (apiVersion bulkhead.dev/v1) into a
+// Set holding the one object it defines. file names the document in errors.
+func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
+	var obj api.Object
+	errs := strict.Decode(file, doc, "", &obj)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	c := &converter{file: file}
+	m := obj.Metadata
+	c.name("metadata.name", m.Pos, m.Name)
+	c.labels("metadata.labels", m.Pos, m.Labels)
+	set := &Set{}
+	spec := obj.Spec
+	if spec == nil {
+		spec = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: obj.Pos.Line, Column: obj.Pos.Column}
+	}
+	switch obj.Kind {
+	case "Namespace":
+		c.noNamespace(m)
+		if obj.Spec != nil && len(obj.Spec.Content) > 0 {
+			c.errs.Add(c.pos(obj.Spec), "spec", "a Namespace has no spec; put its labels in metadata.labels")
+		}
+		set.Namespaces = append(set.Namespaces, &Namespace{Name: m.Name, Labels: m.Labels, Pos: obj.Pos})
+	case "Segment":
+		c.noNamespace(m)
+		var s api.SegmentSpec
+		c.decode(spec, &s)
+		set.Segments = append(set.Segments, c.segment(m, s, obj.Pos))
+	case "Policy":
+		var s api.PolicySpec
+		c.decode(spec, &s)
+		set.Policies = append(set.Policies, c.policy(m, s, obj.Pos))
+	case "Wall":
+		c.noNamespace(m)
+		var s api.WallSpec
+		c.decode(spec, &s)
+		set.Walls = append(set.Walls, c.wall(m, s, obj.Pos))
+	case "ConflictClass":
+		c.noNamespace(m)
+		var s api.ConflictClassSpec
+		c.decode(spec, &s)
+		set.ConflictClasses = append(set.ConflictClasses, c.conflictClass(m, s, obj.Pos))
+	case "Workload":
+		var s api.WorkloadSpec
+		c.decode(spec, &s)
+		ns := m.Namespace
+		if ns == "" {
+			ns = "default"
+		}
+		set.Workloads = append(set.Workloads, c.workload(api.InventoryWorkload{
+			Namespace: ns, Name: m.Name, Labels: m.Labels, IPs: s.IPs, Ports: s.Ports, Host: s.Host, Pos: obj.Pos,
+		}, "spec."))
+	default:
+		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(api.Kinds, ", "))
+	}
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return set, nil
+}
+
+// DecodeInventory reads an inventory document: `namespaces: [{name,
+// labels}]` and `workloads: [{namespace, name, labels, ips, ports}]`.
+func DecodeInventory(file string, doc *yaml.Node) (*Set, source.Errors) {
+	var inv api.Inventory
+	if errs := strict.Decode(file, doc, "", &inv); len(errs) > 0 {
+		return nil, errs
+	}
+	c := &converter{file: file}
+	set := &Set{}
+	for i, n := range inv.Namespaces {
+		p := fmt.Sprintf("namespaces[%d].", i)
+		c.name(p+"name", n.Pos, n.Name)
+		c.labels(p+"labels", n.Pos, n.Labels)
+		set.Namespaces = append(set.Namespaces, &Namespace{Name: n.Name, Labels: n.Labels, Pos: n.Pos})
+	}
+	for i, w := range inv.Workloads {
+		p := fmt.Sprintf("workloads[%d].", i)
+		c.name(p+"namespace", w.Pos, w.Namespace)
+		set.Workloads = append(set.Workloads, c.workload(w, p))
+	}
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return set, nil
+}
+
+type converter struct {
+	file string
+	errs source.Errors
+}
+
+func (c *converter) pos(n *yaml.Node) Pos { return Pos{File: c.file, Line: n.Line, Column: n.Column} }
+
+func (c *converter) decode(n *yaml.Node, out any) {
+	c.errs = append(c.errs, strict.Decode(c.file, n, "spec", out)...)
+}
+
+func (c *converter) name(path string, pos Pos, name string) {
+	switch {
+	case name == "":
+		c.errs.Add(pos, path, "a name is required")
+	case len(name) > 253 || !nameRE.MatchString(name):
+		c.errs.Add(pos, path, "invalid name %q: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters", name)
+	}
+}
+
+func (c *converter) noNamespace(m api.Metadata) {
+	if m.Namespace != "" {
+		c.errs.Add(m.Pos, "metadata.namespace", "this kind is cluster-wide; remove metadata.namespace")
+	}
+}
+
+func (c *converter) labels(path string, pos Pos, labels map[string]string) {
+	for k, v := range labels {
+		if msg := labelKeyProblem(k); msg != "" {
+			c.errs.Add(pos, path+"."+k, "%s", msg)
+		}
+		if len(v) > 63 {
+			c.errs.Add(pos, path+"."+k, "label value is longer than 63 characters")
+		}
+	}
+}
+
+func labelKeyProblem(k string) string {
+	if k == "" {
+		return "a label key must not be empty"
+	}
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name = k
+	} else if prefix == "" || len(prefix) > 253 {
+		return fmt.Sprintf("label key %q: the prefix before '/' must be a DNS subdomain", k)
+	}
+	if name == "" || len(name) > 63 || strings.ContainsAny(name, " /:\t") {
+		return fmt.Sprintf("label key %q: the name must be 1-63 characters of letters, digits, '-', '_' and '.'", k)
+	}
+	return ""
+}
+
+func (c *converter) selector(path string, s *api.Selector) *Selector {
+	if s == nil {
+		return nil
+	}
+	c.labels(path+".matchLabels", s.Pos, s.MatchLabels)
+	out := &Selector{MatchLabels: s.MatchLabels}
+	for i, r := range s.MatchExpressions {
+		p := fmt.Sprintf("%s.matchExpressions[%d]", path, i)
+		if msg := labelKeyProblem(r.Key); msg != "" {
+			c.errs.Add(r.Pos, p+".key", "%s", msg)
+		}
+		switch r.Operator {
+		case "In", "NotIn":
+			if len(r.Values) == 0 {
+				c.errs.Add(r.Pos, p+".values", "operator %s needs at least one value", r.Operator)
+			}
+		case "Exists", "DoesNotExist":
+			if len(r.Values) > 0 {
+				c.errs.Add(r.Pos, p+".values", "operator %s takes no values", r.Operator)
+			}
+		default:
+			c.errs.Add(r.Pos, p+".operator", "unknown operator %q; valid: In, NotIn, Exists, DoesNotExist", r.Operator)
+		}
+		out.MatchExpressions = append(out.MatchExpressions, Requirement{Key: r.Key, Operator: r.Operator, Values: r.Values})
+	}
+	return out
+}
+
+func (c *converter) namespaces(path string, pos Pos, names []string, sel *api.Selector) NamespaceMatch {
+	for i, n := range names {
+		c.name(fmt.Sprintf("%s.namespaces[%d]", path, i), pos, n)
+	}
+	return NamespaceMatch{Names: names, Selector: c.selector(path+".namespaceSelector", sel)}
+}
+
+// ParsePrefix accepts a CIDR ("10.0.0.0/8") or a bare address (a /32 or /128).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, err
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+func (c *converter) cidr(path string, pos Pos, cidr string, except []string) (CIDR, bool) {
+	p, err := ParsePrefix(cidr)
+	if err != nil {
+		c.errs.Add(pos, path+".cidr", "invalid CIDR %q: write an address block such as 10.0.0.0/8 or 2001:db8::/32", cidr)
+		return CIDR{}, false
+	}
+	out := CIDR{Prefix: p}
+	for i, e := range except {
+		ep, err := ParsePrefix(e)
+		ip := fmt.Sprintf("%s.except[%d]", path, i)
+		switch {
+		case err != nil:
+			c.errs.Add(pos, ip, "invalid CIDR %q", e)
+		case !p.Contains(ep.Addr()) || ep.Bits() < p.Bits():
+			c.errs.Add(pos, ip, "exception %s is not inside %s", ep, p)
+		default:
+			out.Except = append(out.Except, ep)
+		}
+	}
+	return out, true
+}
+
+func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos Pos) *Segment {
+	seg := &Segment{Name: m.Name, Pos: pos}
+	if s.Selector == nil && len(s.CIDRs) == 0 {
+		c.errs.Add(pos, "spec", "a segment needs a selector (workloads), cidrs (addresses), or both")
+	}
+	if s.Selector == nil && (len(s.Namespaces) > 0 || s.NamespaceSelector != nil) {
+		c.errs.Add(pos, "spec.selector", "namespaces and namespaceSelector narrow the selector; add a selector ({} for every workload)")
+	}
+	seg.Namespaces = c.namespaces("spec", pos, s.Namespaces, s.NamespaceSelector)
+	seg.Workloads = c.selector("spec.selector", s.Selector)
+	for i, b := range s.CIDRs {
+		if cidr, ok := c.cidr(fmt.Sprintf("spec.cidrs[%d]", i), b.Pos, b.CIDR, b.Except); ok {
+			seg.CIDRs = append(seg.CIDRs, cidr)
+		}
+	}
+	return seg
+}
+
+func (c *converter) wall(m api.Metadata, s api.WallSpec, pos Pos) *Wall {
+	seen := map[string]bool{}
+	for i, n := range s.Segments {
+		if seen[n] {
+			c.errs.Add(pos, fmt.Sprintf("spec.segments[%d]", i), "segment %q is named twice", n)
+		}
+		seen[n] = true
+	}
+	if len(seen) < 2 {
+		c.errs.Add(pos, "spec.segments", "a wall needs at least two different segments")
+	}
+	return &Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
+}
+
+func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos Pos) *ConflictClass {
+	cc := &ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
+	switch s.Scope {
+	case "":
+		cc.Scope = "lifecycle"
+	case "lifecycle", "permanent":
+	default:
+		c.errs.Add(pos, "spec.scope", "unknown scope %q; valid: lifecycle, permanent", s.Scope)
+	}
+	if len(s.Datasets) < 2 {
+		c.errs.Add(pos, "spec.datasets", "a conflict class needs at least two datasets")
+	}
+	seen := map[string]bool{}
+	for i, d := range s.Datasets {
+		p := fmt.Sprintf("spec.datasets[%d]", i)
+		c.name(p+".name", d.Pos, d.Name)
+		if seen[d.Name] {
+			c.errs.Add(d.Pos, p+".name", "dataset %q is named twice", d.Name)
+		}
+		seen[d.Name] = true
+		if d.Segment == "" {
+			c.errs.Add(d.Pos, p+".segment", "a dataset needs the segment that holds it")
+		}
+		cc.Datasets = append(cc.Datasets, Dataset{Name: d.Name, Segment: d.Segment})
+	}
+	return cc
+}
+
+func (c *converter) workload(w api.InventoryWorkload, path string) *Workload {
+	c.name(path+"name", w.Pos, w.Name)
+	c.labels(path+"labels", w.Pos, w.Labels)
+	out := &Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
+	for i, s := range w.IPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "invalid IP address %q", s)
+			continue
+		}
+		out.IPs = append(out.IPs, a.Unmap())
+	}
+	for i, p := range w.Ports {
+		pp := fmt.Sprintf("%sports[%d]", path, i)
+		if !portNameRE.MatchString(p.Name) || len(p.Name) > 15 {
+			c.errs.Add(p.Pos, pp+".name", "invalid port name %q: 1-15 lowercase letters, digits and '-'", p.Name)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			c.errs.Add(p.Pos, pp+".port", "port %d is out of range 1-65535", p.Port)
+		}
+		proto := TCP
+		if p.Protocol != "" {
+			var ok bool
+			if proto, ok = ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
+				c.errs.Add(p.Pos, pp+".protocol", "invalid protocol %q; valid: TCP, UDP, SCTP", p.Protocol)
+			}
+		}
+		out.Ports = append(out.Ports, NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
+	}
+	return out
+}
