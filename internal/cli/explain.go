@@ -62,11 +62,11 @@ func newProbe(e *policy.Engine, from, to string, proto policy.Protocol, port int
 	}
 	f, err := e.Endpoint(from)
 	if err != nil {
-		return policy.Probe{}, fmt.Errorf("--from: %w", err)
+		return policy.Probe{}, fmt.Errorf("from: %w", err)
 	}
 	t, err := e.Endpoint(to)
 	if err != nil {
-		return policy.Probe{}, fmt.Errorf("--to: %w", err)
+		return policy.Probe{}, fmt.Errorf("to: %w", err)
 	}
 	return policy.Probe{From: f, To: t, Protocol: proto, Port: port}, nil
 }

@@ -30,6 +30,9 @@ func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
 	}
 	c := &converter{file: file}
 	m := obj.Metadata
+	if m.Pos.Line == 0 {
+		m.Pos = obj.Pos // metadata is missing: point at the object
+	}
 	c.name("metadata.name", m.Pos, m.Name)
 	c.labels("metadata.labels", m.Pos, m.Labels)
 	set := &Set{}

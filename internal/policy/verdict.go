@@ -10,6 +10,9 @@ type Endpoint struct {
 }
 
 func (e Endpoint) String() string {
+	if e.Workload != nil && !e.Addr.IsValid() {
+		return e.Workload.Key() + " (labels " + labelKey(e.Workload.Labels) + ")"
+	}
 	if e.Workload != nil {
 		return e.Workload.Key() + " (" + e.Addr.String() + ")"
 	}
