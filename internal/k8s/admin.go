@@ -57,7 +57,7 @@ type adminRule struct {
 // adminNetworkPolicy converts an AdminNetworkPolicy to an environment-tier
 // policy ordered by spec.priority.
 func (c *checker) adminNetworkPolicy(o *adminNetworkPolicy) *policy.Policy {
-	c.meta(&o.Metadata)
+	c.meta(&o.Metadata, o.Pos)
 	p := &policy.Policy{Name: o.Metadata.Name, Kind: KindAdminNetworkPolicy, Tier: policy.Environment, Mode: policy.Enforce, Pos: o.Pos}
 	if o.Spec == nil {
 		c.add(o.Pos, "spec", "spec is required (priority, subject, ingress, egress)")
@@ -85,7 +85,7 @@ func (c *checker) adminNetworkPolicy(o *adminNetworkPolicy) *policy.Policy {
 // baselineAdminNetworkPolicy converts the BaselineAdminNetworkPolicy (there
 // is one per cluster, named "default") to a baseline-tier policy.
 func (c *checker) baselineAdminNetworkPolicy(o *baselineAdminNetworkPolicy) *policy.Policy {
-	c.meta(&o.Metadata)
+	c.meta(&o.Metadata, o.Pos)
 	if o.Metadata.Name != "" && o.Metadata.Name != "default" {
 		c.add(o.Metadata.Pos, "metadata.name", "a BaselineAdminNetworkPolicy must be named \"default\" (only one may exist in a cluster), found %q", o.Metadata.Name)
 	}
@@ -115,7 +115,7 @@ func (c *checker) baselineAdminNetworkPolicy(o *baselineAdminNetworkPolicy) *pol
 // clusterNetworkPolicy converts a ClusterNetworkPolicy: tier Admin to the
 // environment tier, tier Baseline to the baseline tier, by spec.priority.
 func (c *checker) clusterNetworkPolicy(o *clusterNetworkPolicy) *policy.Policy {
-	c.meta(&o.Metadata)
+	c.meta(&o.Metadata, o.Pos)
 	p := &policy.Policy{Name: o.Metadata.Name, Kind: KindClusterNetworkPolicy, Mode: policy.Enforce, Pos: o.Pos}
 	if o.Spec == nil {
 		c.add(o.Pos, "spec", "spec is required (tier, priority, subject, ingress, egress)")

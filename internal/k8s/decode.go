@@ -127,6 +127,10 @@ func (c *checker) list(file string, l *list, set *policy.Set) {
 	defer func() { c.prefix = outer }()
 	for i, item := range l.Items {
 		c.prefix = joinPath(outer, fmt.Sprintf("items[%d]", i))
+		if item == nil {
+			c.add(l.Pos, "", "an item must be an object with apiVersion and kind, found null")
+			continue
+		}
 		apiVersion, kind := typeOf(item)
 		if kind == kindList {
 			c.add(source.Pos{File: file, Line: item.Line, Column: item.Column}, "kind", "a List may not contain a List")
@@ -152,8 +156,11 @@ func typeOf(n *yaml.Node) (apiVersion, kind string) {
 }
 
 func joinPath(a, b string) string {
-	if a == "" {
+	switch {
+	case a == "":
 		return b
+	case b == "":
+		return a
 	}
 	return a + "." + b
 }
@@ -162,6 +169,7 @@ func joinPath(a, b string) string {
 // kubernetes.io/metadata.name=<name> (and overwrites any other value), and
 // policies select on it.
 func (c *checker) namespace(o *namespace) *policy.Namespace {
+	metaPos(&o.Metadata, o.Pos)
 	c.checkLabel(o.Metadata.Pos, "metadata.name", o.Metadata.Name)
 	c.checkLabels(o.Metadata.Pos, "metadata.labels", o.Metadata.Labels)
 	labels := make(map[string]string, len(o.Metadata.Labels)+1)
@@ -174,7 +182,16 @@ func (c *checker) namespace(o *namespace) *policy.Namespace {
 
 // meta checks the metadata every policy kind shares: a name that is a DNS
 // subdomain, and valid labels.
-func (c *checker) meta(m *objectMeta) {
+func (c *checker) meta(m *objectMeta, objPos source.Pos) {
+	metaPos(m, objPos)
 	c.checkSubdomain(m.Pos, "metadata.name", m.Name)
 	c.checkLabels(m.Pos, "metadata.labels", m.Labels)
+}
+
+// metaPos gives a missing metadata the position of its object, so that
+// errors about it have one.
+func metaPos(m *objectMeta, objPos source.Pos) {
+	if m.Pos == (source.Pos{}) {
+		m.Pos = objPos
+	}
 }

@@ -12,7 +12,6 @@ type probe struct {
 	want  func(from, to string) bool
 }
 
-
 func everything(string, string) bool { return true }
 
 // TestE2E replays the kubernetes e2e network policy suite

@@ -19,7 +19,7 @@ const defaultNamespace = "default"
 // policyTypes are ignored. An empty list of rules allows nothing; a rule
 // with no from/to allows any peer, and with no ports any port.
 func (c *checker) networkPolicy(o *networkPolicy) *policy.Policy {
-	c.meta(&o.Metadata)
+	c.meta(&o.Metadata, o.Pos)
 	ns := o.Metadata.Namespace
 	if ns == "" {
 		ns = defaultNamespace

@@ -19,9 +19,7 @@ type checker struct {
 }
 
 func (c *checker) add(pos source.Pos, path, format string, args ...any) {
-	if c.prefix != "" {
-		path = c.prefix + "." + path
-	}
+	path = joinPath(c.prefix, path)
 	c.errs.Add(pos, path, format, args...)
 }
 
