@@ -130,7 +130,9 @@ func Bytes(file string, data []byte) (*policy.Set, source.Errors) {
 func documents(file string, data []byte) ([]*yaml.Node, source.Errors) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var docs []*yaml.Node
-	for {
+	// A stream cannot hold more documents than bytes: the bound guards
+	// against a decoder that stops advancing on malformed input.
+	for range len(data) + 1 {
 		var n yaml.Node
 		err := dec.Decode(&n)
 		if errors.Is(err, io.EOF) {
@@ -144,6 +146,7 @@ func documents(file string, data []byte) ([]*yaml.Node, source.Errors) {
 		}
 		docs = append(docs, n.Content[0])
 	}
+	return nil, source.Errors{{Pos: source.Pos{File: file}, Msg: "syntax error: the YAML stream does not end"}}
 }
 
 func syntaxError(file string, err error) *source.Error {
