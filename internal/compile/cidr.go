@@ -3,6 +3,7 @@ package compile
 import (
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
@@ -130,14 +131,14 @@ func (cs *cidrSpace) build() {
 func atomListKey(ids []int32) string {
 	var b strings.Builder
 	for _, id := range ids {
-		b.WriteString(itoa(int(id)))
+		b.WriteString(strconv.Itoa(int(id)))
 		b.WriteByte(',')
 	}
 	return b.String()
 }
 
-// classOf returns the CIDR class of an address; -1 for the zero Addr (a
-// workload without address, which no CIDR contains).
+// classOf returns the CIDR class of an address; the zero Addr (a workload
+// without address) is in no CIDR: class 0.
 func (cs *cidrSpace) classOf(a netip.Addr) int32 {
 	if !a.IsValid() {
 		return 0

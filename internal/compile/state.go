@@ -111,14 +111,15 @@ type AddrRange struct {
 
 // State is the desired dataplane state of one host. It is immutable: a
 // Compiler hands out a new State for every change and shares what did not
-// change with the previous one.
+// change with the previous one. Diff(nil, s) lists every element, for a
+// first load; Diff(old, s) the changes.
 type State struct {
 	Host       string
-	Addrs      *smap[netip.Addr, IdentityID]    // workload addresses
-	Ranges     []AddrRange                      // every other address, sorted, covering v4 and v6
-	Identities *smap[IdentityID, IdentityAttrs] //
-	Tables     [2]*smap[TableKey, PortMap]      // by policy.Direction
-	Guards     *smap[[2]GuardID, Guard]         // (source guard, destination guard)
+	Addrs      *smap[netip.Addr, IdentityID] // workload addresses
+	Ranges     []AddrRange                   // every other address, sorted, covering v4 and v6
+	Identities *smap[IdentityID, IdentityAttrs]
+	Tables     [2]*smap[TableKey, PortMap] // by policy.Direction
+	Guards     *smap[[2]GuardID, Guard]    // (source guard, destination guard)
 	// Buckets maps an IP protocol number to its bucket: 0 for every
 	// protocol that no service names.
 	Buckets  [256]uint8
@@ -218,6 +219,7 @@ type Stats struct {
 	Entries                   [2]int // table keys per direction
 	PortRanges                [2]int // port ranges in those entries (nft elements)
 	Wildcard                  [2]int // of Entries, wildcard keys
+	ByLevel                   [2][NumLevels + 1]int
 	Guards, Outcomes, Rules   int
 }
 
@@ -229,6 +231,7 @@ func (s *State) Stats() Stats {
 		s.Tables[d].each(func(k TableKey, m PortMap) {
 			st.Entries[d]++
 			st.PortRanges[d] += len(m)
+			st.ByLevel[d][k.Level]++
 			if k.Level == wildcardLevel {
 				st.Wildcard[d]++
 			}

@@ -273,7 +273,7 @@ type Rule struct {
 }
 
 // Subject chooses the workloads a policy applies to: those chosen by
-// Workloads (nil: none; empty: all) in the namespaces chosen by Namespaces.
+// Workloads (nil or empty: all) in the namespaces chosen by Namespaces.
 type Subject struct {
 	Namespaces NamespaceMatch
 	Workloads  *Selector
