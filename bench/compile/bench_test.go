@@ -61,7 +61,7 @@ func report(t *testing.T, name string, st *compile.State, sz compile.Sizes) {
 		name, s.Entries[0], s.ByLevel[0], s.PortRanges[0], s.Entries[1], s.ByLevel[1], s.PortRanges[1], s.Guards, s.Outcomes, s.Rules)
 }
 
-// TestFigures prints the figures recorded in RESULTS.md. It takes about a
+// TestFigures prints the figures recorded in docs/benchmarks.md. It takes about a
 // minute, so it runs only with BULKHEAD_BENCH=1.
 func TestFigures(t *testing.T) {
 	if os.Getenv("BULKHEAD_BENCH") == "" {

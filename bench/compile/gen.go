@@ -4,7 +4,7 @@
 //	go test ./bench/compile -run TestFigures -v -timeout 30m   (BULKHEAD_BENCH=1)
 //	go test ./bench/compile -bench . -benchmem -run '^$'
 //
-// and see RESULTS.md for the figures measured.
+// and see docs/benchmarks.md for the figures measured.
 package benchcompile
 
 import (
