@@ -174,3 +174,24 @@ spec:
 		t.Fatalf("still breached: %v", breaches)
 	}
 }
+
+func TestNamespaceMayRepeatWithTheSameLabels(t *testing.T) {
+	doc := func(labels string) *policy.Set {
+		set, errs := load.Bytes("ns.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: "+labels+"}\n"))
+		if errs != nil {
+			t.Fatal(errs.Err())
+		}
+		inv, errs := policy.DecodeInventory("inv.yaml", mustDoc(t, inventory))
+		if errs != nil {
+			t.Fatal(errs.Err())
+		}
+		set.Merge(inv)
+		return set
+	}
+	if _, err := policy.NewEngine(doc("{team: alpha}")); err != nil {
+		t.Fatalf("same labels: %v", err)
+	}
+	if _, err := policy.NewEngine(doc("{team: gamma}")); err == nil || !strings.Contains(err.Error(), "defined twice with different labels") {
+		t.Fatalf("different labels: %v", err)
+	}
+}

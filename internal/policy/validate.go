@@ -29,8 +29,10 @@ func Validate(s *Set) error {
 	}
 	seenNS := map[string]*Namespace{}
 	for _, ns := range s.Namespaces {
-		if prev, ok := seenNS[ns.Name]; ok {
-			errs.Add(ns.Pos, "metadata.name", "namespace %q is defined twice (first at %s)", ns.Name, prev.Pos)
+		// The same namespace may come from the inventory and from a v1
+		// Namespace object, as long as both say the same.
+		if prev, ok := seenNS[ns.Name]; ok && labelKey(withNameLabel(prev).Labels) != labelKey(withNameLabel(ns).Labels) {
+			errs.Add(ns.Pos, "metadata.labels", "namespace %q is defined twice with different labels (first at %s)", ns.Name, prev.Pos)
 		}
 		seenNS[ns.Name] = ns
 	}
