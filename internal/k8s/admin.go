@@ -66,20 +66,26 @@ func (c *checker) adminNetworkPolicy(o *adminNetworkPolicy) *policy.Policy {
 	s := o.Spec
 	p.Priority = c.priority(s.Pos, s.Priority)
 	p.Subject = c.adminSubject(s.Subject, s.Pos)
-	var in, out []adminRule
-	for i, r := range s.Ingress {
+	in, out := c.anpRules(s.Ingress, s.Egress)
+	p.Ingress = c.adminRules(p, policy.Ingress, anpKind, s.Pos, in)
+	p.Egress = c.adminRules(p, policy.Egress, anpKind, s.Pos, out)
+	return p
+}
+
+// anpRules reads the rules of an AdminNetworkPolicy or a
+// BaselineAdminNetworkPolicy (they share the rule types) into adminRules.
+func (c *checker) anpRules(ingress []anpIngress, egress []anpEgress) (in, out []adminRule) {
+	for i, r := range ingress {
 		path := fmt.Sprintf("spec.ingress[%d]", i)
 		services, named := c.anpPorts(r.Ports, r.Pos, path+".ports")
 		in = append(in, adminRule{r.Pos, path, r.Name, r.Action, "from", ingressPeers(r.From), services, named})
 	}
-	for i, r := range s.Egress {
+	for i, r := range egress {
 		path := fmt.Sprintf("spec.egress[%d]", i)
 		services, named := c.anpPorts(r.Ports, r.Pos, path+".ports")
 		out = append(out, adminRule{r.Pos, path, r.Name, r.Action, "to", r.To, services, named})
 	}
-	p.Ingress = c.adminRules(p, policy.Ingress, anpKind, s.Pos, in)
-	p.Egress = c.adminRules(p, policy.Egress, anpKind, s.Pos, out)
-	return p
+	return in, out
 }
 
 // baselineAdminNetworkPolicy converts the BaselineAdminNetworkPolicy (there
@@ -96,17 +102,7 @@ func (c *checker) baselineAdminNetworkPolicy(o *baselineAdminNetworkPolicy) *pol
 	}
 	s := o.Spec
 	p.Subject = c.adminSubject(s.Subject, s.Pos)
-	var in, out []adminRule
-	for i, r := range s.Ingress {
-		path := fmt.Sprintf("spec.ingress[%d]", i)
-		services, named := c.anpPorts(r.Ports, r.Pos, path+".ports")
-		in = append(in, adminRule{r.Pos, path, r.Name, r.Action, "from", ingressPeers(r.From), services, named})
-	}
-	for i, r := range s.Egress {
-		path := fmt.Sprintf("spec.egress[%d]", i)
-		services, named := c.anpPorts(r.Ports, r.Pos, path+".ports")
-		out = append(out, adminRule{r.Pos, path, r.Name, r.Action, "to", r.To, services, named})
-	}
+	in, out := c.anpRules(s.Ingress, s.Egress)
 	p.Ingress = c.adminRules(p, policy.Ingress, banpKind, s.Pos, in)
 	p.Egress = c.adminRules(p, policy.Egress, banpKind, s.Pos, out)
 	return p

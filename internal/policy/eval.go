@@ -24,6 +24,9 @@ type Engine struct {
 	// order; inNamespace[ns][t] the same merged with ns's own policies.
 	tiers       [numTiers][]*Policy
 	inNamespace map[string]*[numTiers][]*Policy
+	// hasObserve: some policy is in observe mode, so a side is also judged
+	// staged (as if it were enforced).
+	hasObserve bool
 }
 
 // NewEngine indexes s. It fails when s names a segment that does not exist,
@@ -57,6 +60,7 @@ func NewEngine(s *Set) (*Engine, error) {
 	}
 	byNS := map[string][]*Policy{}
 	for _, p := range s.Policies {
+		e.hasObserve = e.hasObserve || p.Mode == Observe
 		if p.Namespace == "" {
 			e.tiers[p.Tier] = append(e.tiers[p.Tier], p)
 		} else {
@@ -115,9 +119,6 @@ func (e *Engine) Namespace(name string) *Namespace {
 	}
 	return withNameLabel(&Namespace{Name: name})
 }
-
-// Segment returns the segment of that name, or nil.
-func (e *Engine) Segment(name string) *Segment { return e.segments[name] }
 
 // Endpoint resolves "namespace/name" to a workload, or an IP address to the
 // workload that owns it or to an outside address.
@@ -322,6 +323,9 @@ func (e *Engine) Side(d Direction, w *Workload, peer Endpoint, proto Protocol, p
 		return Side{Action: Allow, Reason: "outside the inventory: no side of its own"}
 	}
 	enforced := e.side(d, w, peer, proto, port, false)
+	if !e.hasObserve {
+		return enforced
+	}
 	staged := e.side(d, w, peer, proto, port, true)
 	if denies(staged.Action) && !denies(enforced.Action) {
 		enforced.WouldDeny = staged.Rule

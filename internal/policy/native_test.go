@@ -49,7 +49,7 @@ spec: {segments: [only-one]}
 	}
 	// Unknown fields stop the document before its values are checked; the
 	// same document without it reports every value error at once.
-	_, errs = load.Bytes("bad.yaml", []byte(strings.Replace(`apiVersion: bulkhead.dev/v1
+	_, errs = load.Bytes("bad.yaml", []byte(`apiVersion: bulkhead.dev/v1
 kind: Policy
 metadata: {name: Bad_Name}
 spec:
@@ -64,7 +64,7 @@ apiVersion: bulkhead.dev/v1
 kind: Wall
 metadata: {name: w}
 spec: {segments: [only-one]}
-`, "\r", "", -1)))
+`))
 	got = errs.Err().Error()
 	for _, want := range []string{
 		"metadata.name: invalid name \"Bad_Name\"",

@@ -52,9 +52,10 @@ func ProveWalls(s *Set) ([]Breach, error) {
 		return nil, err
 	}
 	services := serviceClasses(ext)
+	cidrs := allCIDRs(ext)
 	members := map[string][]Endpoint{}
 	for _, seg := range ext.Segments {
-		members[seg.Name] = e.members(seg)
+		members[seg.Name] = e.members(seg, cidrs)
 	}
 	var out []Breach
 	for _, w := range s.Walls {
@@ -99,10 +100,9 @@ func (e *Engine) findBreach(from, to []Endpoint, services []service) (Breach, bo
 
 // members lists one endpoint per distinct identity among the segment's
 // workloads, and one address per address class of its CIDRs.
-func (e *Engine) members(seg *Segment) []Endpoint {
+func (e *Engine) members(seg *Segment, cidrs []CIDR) []Endpoint {
 	var out []Endpoint
 	seen := map[string]bool{}
-	cidrs := allCIDRs(e.set)
 	for _, w := range e.set.Workloads {
 		ep := Endpoint{Addr: firstAddr(w), Workload: w}
 		if !e.InSegment(seg.Name, ep) {
