@@ -1,0 +1,82 @@
+package attach
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/bulkhead-dev/bulkhead/internal/netns"
+	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
+)
+
+func TestHostIfName(t *testing.T) {
+	a, b := HostIfName("c1/eth0"), HostIfName("c2/eth0")
+	if a == b || len(a) != 14 || !strings.HasPrefix(a, "bh") || a != HostIfName("c1/eth0") {
+		t.Fatalf("names %q %q: want stable, distinct, 14 characters", a, b)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, s := range []Spec{
+		{HostIf: "x", NetNS: "/n", IfName: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}},
+		{HostIf: "bh1", IfName: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}},
+		{HostIf: "bh1", NetNS: "/n", IfName: "eth0"},
+		{HostIf: "bh1", NetNS: "/n", IfName: "eth0", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}},
+	} {
+		if _, err := Add(s); err == nil || !strings.HasPrefix(err.Error(), "attach: ") {
+			t.Errorf("Add(%+v) = %v, want a clear error", s, err)
+		}
+	}
+}
+
+// Two workloads attached to a throwaway host reach each other over the
+// host's routes, in IPv4 and IPv6, and Del removes everything.
+func TestAttachRouted(t *testing.T) {
+	nstest.RequireRoot(t)
+	host := nstest.NS(t, "bhat-h")
+	a, b := nstest.NS(t, "bhat-a"), nstest.NS(t, "bhat-b")
+	specs := []Spec{
+		{HostIf: HostIfName(a.Name), NetNS: a.Path(), IfName: "eth0",
+			Addrs: []netip.Addr{netip.MustParseAddr("10.91.0.1"), netip.MustParseAddr("fd91::1")}},
+		{HostIf: HostIfName(b.Name), NetNS: b.Path(), IfName: "eth0",
+			Addrs: []netip.Addr{netip.MustParseAddr("10.91.0.2"), netip.MustParseAddr("fd91::2")}},
+	}
+	err := host.Do(func() error {
+		for _, s := range specs {
+			if _, err := Add(s); err != nil {
+				return err
+			}
+			if err := Check(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{"10.91.0.2", "fd91::2"} {
+		if out, err := exec.Command("ip", "netns", "exec", a.Name, "ping", "-c1", "-W2", dst).CombinedOutput(); err != nil {
+			t.Fatalf("ping %s from a: %v\n%s", dst, err, out)
+		}
+	}
+	err = host.Do(func() error {
+		for _, s := range specs {
+			if err := Del(s.HostIf); err != nil {
+				return err
+			}
+			if err := Del(s.HostIf); err != nil { // idempotent
+				return err
+			}
+			if err := Check(s); err == nil {
+				t.Errorf("Check after Del passed")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = netns.DeleteAll("bhat-")
+}
