@@ -145,8 +145,8 @@ type ConflictClassSpec struct {
 type NamedPort struct {
 	Name     string `json:"name"`
 	Port     int    `json:"port"`
-	Protocol string `json:"protocol"`
-	Pos      source.Pos
+	Protocol string     `json:"protocol"`
+	Pos      source.Pos `json:"-"`
 }
 
 // WorkloadSpec is a workload's addresses and ports.
