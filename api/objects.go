@@ -143,8 +143,8 @@ type ConflictClassSpec struct {
 
 // NamedPort is a port a workload declares under a name.
 type NamedPort struct {
-	Name     string `json:"name"`
-	Port     int    `json:"port"`
+	Name     string     `json:"name"`
+	Port     int        `json:"port"`
 	Protocol string     `json:"protocol"`
 	Pos      source.Pos `json:"-"`
 }
