@@ -2,12 +2,17 @@
 # .ci/run calls it.
 GO ?= go
 
-.PHONY: build test vet fuzz bench
+.PHONY: build test deps vet fuzz bench
 build:
 	$(GO) build -o bin/bulkhead ./cmd/bulkhead
 
-test: vet
-	$(GO) test -count=1 ./...
+test: deps vet
+	$(GO) test -count=1 -timeout 25m ./...
+
+# The tests run the real kernel (network namespaces, nftables through
+# netlink) as root: install the few Debian tools they call when missing.
+deps:
+	@bash scripts/deps.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt needed"; exit 1; }

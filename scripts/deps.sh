@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Bulkhead's tests call, when missing and when
+# running as root: ip (iproute2), ping (iputils-ping), sysctl (procps).
+# Without root it only reports what is missing; the tests that need it
+# skip with a clear reason (in CI, where CI=true, they fail instead).
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v sysctl >/dev/null || need+=(procps)
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: missing ${need[*]} (run as root to install them)" >&2
+	exit 0
+fi
+echo "deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
