@@ -1,0 +1,139 @@
+package benchdataplane
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/netns"
+	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// sizeName names a policy size: "1k", "10k", "100k".
+func sizeName(rules int) string { return fmt.Sprintf("%dk", rules/1000) }
+
+// TestFigures measures everything docs/benchmarks.md reports, in one run
+// of about 10–15 minutes; it runs only with BULKHEAD_BENCH=1.
+// BULKHEAD_BENCH_ROUNDS (default 5) and BULKHEAD_BENCH_SECONDS (default
+// 3, per workload and round) change its length.
+func TestFigures(t *testing.T) {
+	if os.Getenv("BULKHEAD_BENCH") == "" {
+		t.Skip("set BULKHEAD_BENCH=1")
+	}
+	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "ip")
+	if err := netns.DeleteAll(prefix); err != nil {
+		t.Fatal(err)
+	}
+	if err := ensureIptables(); err != nil {
+		t.Fatal(err)
+	}
+	p := params{rounds: envInt("BULKHEAD_BENCH_ROUNDS", 5), dur: time.Duration(envInt("BULKHEAD_BENCH_SECONDS", 3)) * time.Second}
+	var report strings.Builder
+	fmt.Fprintf(&report, "machine: %d CPUs (%s), %s, Go %s; iptables: %s\n", runtime.NumCPU(), cpuModel(), kernel(), runtime.Version(), iptablesVariant())
+	fmt.Fprintf(&report, "rounds: %d, %v per workload and round\n\n", p.rounds, p.dur)
+
+	sets := make([]*policy.Set, len(Sizes))
+	for i, sh := range Sizes {
+		sets[i] = Generate(sh)
+		fmt.Fprintf(&report, "policy %s: %d rules in %d policies, %d workloads, %d namespaces\n", sizeName(sh.Rules),
+			CountRules(sets[i]), len(sets[i].Policies), len(sets[i].Workloads), len(sets[i].Namespaces))
+	}
+
+	cfgs := []config{{name: "no firewall", tp: newTopo(t, "none")}, {name: "conntrack only", tp: newTopo(t, "conntrack")}}
+	if err := conntrackOnly(cfgs[1].tp.host); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range sets {
+		name := "iptables " + sizeName(Sizes[i].Rules)
+		tp := newTopo(t, name)
+		rules := IptablesRules(s, int64(i)+1)
+		start := time.Now()
+		if err := iptablesRestore(tp.host, rules); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&report, "%s: %d rules loaded by iptables-restore in %v\n", name, strings.Count(rules, "\n-A "), time.Since(start).Round(time.Millisecond))
+		cfgs = append(cfgs, config{name: name, tp: tp, enforce: true})
+	}
+	bh, extra := bulkheadConfigs(t, sets, &report)
+	cfgs = append(cfgs, bh...)
+
+	start := time.Now()
+	res := runRounds(t, cfgs, p)
+	fmt.Fprintf(&report, "\nrounds took %v\n\nMedians over rounds:\n\n%s\nRatios (median over rounds of the ratio measured within each round):\n\n%s\n",
+		time.Since(start).Round(time.Second), medianTable(cfgs, res), ratioTable(cfgs, res, []string{"no firewall", "conntrack only", "iptables 10k"}))
+	goals(&report, cfgs, res, extra)
+	fmt.Print("\n" + report.String())
+}
+
+// goals prints PASS or MISS for every goal of issue 3; it never fails the
+// test: the figures are reported, whatever they are.
+func goals(w *strings.Builder, cfgs []config, res [][]sample, x extraFigures) {
+	idx := map[string]int{}
+	for i, c := range cfgs {
+		idx[c.name] = i
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "PASS"
+		}
+		return "MISS"
+	}
+	w.WriteString("| goal | measured | verdict |\n| --- | --- | --- |\n")
+	pair := func(goal, a, b string, m metric, want float64, atLeast bool) {
+		i, okA := idx[a]
+		j, okB := idx[b]
+		if !okA || !okB {
+			fmt.Fprintf(w, "| %s | not measured (%s missing) | MISSING |\n", goal, a)
+			return
+		}
+		r := ratio(res[i], res[j], m)
+		fmt.Fprintf(w, "| %s | %.2f | %s |\n", goal, r, verdict(r >= want))
+	}
+	bh := "bulkhead 100k"
+	pair("100k rules: conn/s (1 client) ≥ 0.97 × conntrack only", bh, "conntrack only", metrics[0], 0.97, true)
+	pair("100k rules: conn/s (8 clients) ≥ 0.97 × conntrack only", bh, "conntrack only", metrics[1], 0.97, true)
+	pair("100k rules: bulk ≥ 0.95 × no firewall", bh, "no firewall", metrics[2], 0.95, true)
+	pair("100k rules: conn/s (1 client) ≥ 2 × iptables 10k", bh, "iptables 10k", metrics[0], 2, true)
+	pair("100k rules: conn/s (8 clients) ≥ 2 × iptables 10k", bh, "iptables 10k", metrics[1], 2, true)
+	timed := func(goal string, d time.Duration, limit time.Duration) {
+		if d == 0 {
+			fmt.Fprintf(w, "| %s | not measured | MISSING |\n", goal)
+			return
+		}
+		fmt.Fprintf(w, "| %s | %v | %s |\n", goal, d, verdict(d < limit))
+	}
+	timed("initial load of 100k rules < 0.5 s", x.initialLoad, 500*time.Millisecond)
+	timed("one changed rule in the kernel < 1 ms (median)", x.oneRule, time.Millisecond)
+	timed("apply → enforced < 50 ms (median)", x.applyEnforced, 50*time.Millisecond)
+	if x.agentHeap == 0 {
+		w.WriteString("| agent memory reported | not measured | MISSING |\n")
+	} else {
+		fmt.Fprintf(w, "| agent memory reported | heap in use %d MiB, RSS %d MiB | PASS |\n", x.agentHeap>>20, x.agentRSS>>20)
+	}
+}
+
+// extraFigures are the Bulkhead-only measurements.
+type extraFigures struct {
+	initialLoad, oneRule, applyEnforced time.Duration
+	agentHeap, agentRSS                 uint64
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func kernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return "Linux " + strings.TrimSpace(string(b))
+}
