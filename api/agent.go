@@ -10,7 +10,7 @@ package api
 //	POST   /v1/apply        ApplyRequest    → ApplyResult, once the kernel enforces it
 //	POST   /v1/delete       ApplyRequest    → ApplyResult, once the kernel enforces it
 //	GET    /v1/objects?kind=K               → ObjectList
-//	POST   /v1/explain      ExplainRequest  → policy report (as `bulkhead explain -o json`)
+//	POST   /v1/explain      ExplainRequest  → policy report (as `bulkhead explain -o json`) and "text", the same in words
 //	GET    /v1/workloads                    → []WorkloadRegistration
 //	POST   /v1/workloads    WorkloadRegistration → WorkloadRegistration, once its policy is enforced
 //	DELETE /v1/workloads/{namespace}/{name} → 204; idempotent
@@ -58,6 +58,9 @@ type ApplyResult struct {
 	Updated   []ObjectRef `json:"updated,omitempty"`
 	Unchanged []ObjectRef `json:"unchanged,omitempty"`
 	Deleted   []ObjectRef `json:"deleted,omitempty"`
+	// NotFound lists what a delete named that did not exist (not an error:
+	// deleting twice is harmless).
+	NotFound []ObjectRef `json:"notFound,omitempty"`
 	// Enforced is how long the dataplane took, from request to the kernel
 	// enforcing the result, in microseconds.
 	EnforcedMicros int64 `json:"enforcedMicros"`
@@ -75,8 +78,9 @@ type ObjectList struct {
 type ExplainRequest struct {
 	From     string `json:"from"`
 	To       string `json:"to"`
-	Port     int    `json:"port"`
-	Protocol string `json:"protocol"` // tcp (default), udp, sctp, icmp, icmpv6
+	Port     int    `json:"port"`           // the destination port; for ICMP the type
+	Protocol string `json:"protocol"`       // tcp (default), udp, sctp, icmp, icmpv6
+	Code     int    `json:"code,omitempty"` // for ICMP, the code
 }
 
 // WorkloadRegistration is how an attachment (the CNI plugin, the Docker
