@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -56,6 +57,21 @@ func New(target string) (*Client, error) {
 // Socket is the socket path the client dials.
 func (c *Client) Socket() string { return c.socket }
 
+// ErrNoAgent is what every call returns (errors.Is) when nothing listens
+// on the socket.
+var ErrNoAgent = errors.New("no agent")
+
+type noAgentError struct {
+	socket string
+	err    error
+}
+
+func (e *noAgentError) Error() string {
+	return fmt.Sprintf("no agent at unix://%s: is `bulkhead agent --standalone` running? (%v)", e.socket, e.err)
+}
+
+func (e *noAgentError) Unwrap() []error { return []error{ErrNoAgent, e.err} }
+
 // Error is an error answer from the agent.
 type Error struct {
 	Status int
@@ -87,7 +103,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return &noAgentError{socket: c.socket, err: err}
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("agent client: permission denied on unix://%s: only root and the agent's own user may use the agent: %w", c.socket, err)
+	case err != nil:
 		return fmt.Errorf("agent client: %s %s on %s: %w", method, path, c.socket, err)
 	}
 	defer resp.Body.Close()

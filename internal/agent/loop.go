@@ -1,0 +1,433 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/source"
+)
+
+type opKind int
+
+const (
+	opApply opKind = iota
+	opDelete
+	opRegister
+	opUnregister
+)
+
+func (o opKind) String() string {
+	return [...]string{"apply", "delete", "register", "unregister"}[o]
+}
+
+// request is one change for the loop to make.
+type request struct {
+	ctx    context.Context
+	op     opKind
+	start  time.Time
+	objs   []*object // apply, delete
+	dryRun bool
+	reg    *registration // register
+	key    string        // unregister
+	done   chan reply    // buffered: the loop never blocks on it
+}
+
+type reply struct {
+	result api.ApplyResult
+	err    error
+}
+
+// loopState is the desired state, owned by the loop goroutine alone.
+type loopState struct {
+	rev     int64
+	objects map[api.ObjectRef]*object
+	objSet  *policy.Set // the objects' set, without registrations
+	regs    map[string]*registration
+	comp    *compile.Compiler
+	state   *compile.State // in force
+}
+
+// snapshot is what readers see: immutable, replaced after every change.
+type snapshot struct {
+	rev     int64
+	objects []*object
+	regs    []*registration
+	set     *policy.Set
+	state   *compile.State
+
+	once   sync.Once
+	engine *policy.Engine
+	err    error
+}
+
+func (s *snapshot) policyEngine() (*policy.Engine, error) {
+	s.once.Do(func() { s.engine, s.err = policy.NewEngine(s.set) })
+	return s.engine, s.err
+}
+
+// maxBatch bounds how many workload changes share one dataplane Apply.
+const maxBatch = 64
+
+// loop is the one goroutine that changes the desired state. Workload
+// registrations that queue up while an Apply runs are applied together.
+func (a *Agent) loop() {
+	defer close(a.loopDone)
+	var next *request
+	for {
+		r := next
+		next = nil
+		if r == nil {
+			select {
+			case r = <-a.reqs:
+			case <-a.quit:
+				return
+			}
+		}
+		if r.op == opApply || r.op == opDelete {
+			r.done <- a.objectsChange(r)
+			continue
+		}
+		batch := []*request{r}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case q := <-a.reqs:
+				if q.op == opApply || q.op == opDelete {
+					next = q
+					break drain
+				}
+				batch = append(batch, q)
+			default:
+				break drain
+			}
+		}
+		a.workloadsChange(batch)
+	}
+}
+
+// objectsChange applies or deletes objects: the whole resulting set is
+// validated and its walls proven before anything changes.
+func (a *Agent) objectsChange(r *request) reply {
+	if err := r.ctx.Err(); err != nil {
+		return reply{err: err}
+	}
+	l := &a.l
+	next := maps.Clone(l.objects)
+	res := api.ApplyResult{Revision: l.rev}
+	for _, o := range r.objs {
+		old, ok := next[o.ref]
+		switch {
+		case r.op == opDelete && ok:
+			delete(next, o.ref)
+			res.Deleted = append(res.Deleted, o.ref)
+		case r.op == opDelete:
+			res.NotFound = append(res.NotFound, o.ref)
+		case !ok:
+			next[o.ref] = o
+			res.Created = append(res.Created, o.ref)
+		case bytes.Equal(old.canon, o.canon):
+			res.Unchanged = append(res.Unchanged, o.ref)
+		default:
+			next[o.ref] = o
+			res.Updated = append(res.Updated, o.ref)
+		}
+	}
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Unchanged, res.Deleted, res.NotFound} {
+		sortRefs(refs)
+	}
+	if len(res.Created)+len(res.Updated)+len(res.Deleted) == 0 {
+		res.EnforcedMicros = time.Since(r.start).Microseconds()
+		return reply{result: res}
+	}
+	objSet := objectSet(next)
+	full := withWorkloads(objSet, l.regs)
+	if err := validate(r.op, full); err != nil {
+		return reply{err: err}
+	}
+	if r.dryRun {
+		return reply{result: res}
+	}
+	t0 := time.Now()
+	if err := l.comp.SetPolicies(full); err != nil {
+		return reply{err: newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the policy set does not compile", r.op)}
+	}
+	st := l.comp.State()
+	t1 := time.Now()
+	if err := a.dp.Apply(r.ctx, a.desired(st, full, l.regs)); err != nil {
+		a.recompile()
+		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
+	}
+	t2 := time.Now()
+	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, next)); err != nil {
+		a.revert()
+		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
+	}
+	l.rev++
+	l.objects, l.objSet, l.state = next, objSet, st
+	a.publish(full)
+	res.Revision = l.rev
+	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
+	a.log.Info("objects changed", "op", r.op.String(), "revision", l.rev, "created", len(res.Created), "updated", len(res.Updated),
+		"deleted", len(res.Deleted), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
+	return reply{result: res}
+}
+
+// validate checks the whole set as `bulkhead check` does: every reference
+// and name, then every wall.
+func validate(op opKind, full *policy.Set) error {
+	if err := policy.Validate(full); err != nil {
+		return newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+	}
+	breaches, err := policy.ProveWalls(full)
+	if err != nil {
+		return newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+	}
+	if len(breaches) > 0 {
+		var d []string
+		for _, b := range breaches {
+			d = append(d, b.String())
+		}
+		return newError(http.StatusConflict, d, "agent: %s refused: %d wall breaches; nothing was changed", op, len(breaches))
+	}
+	return nil
+}
+
+func details(err error) []string {
+	var errs source.Errors
+	if errors.As(err, &errs) {
+		out := make([]string, len(errs))
+		for i, e := range errs {
+			out[i] = e.Error()
+		}
+		return out
+	}
+	return []string{err.Error()}
+}
+
+// workloadsChange registers and unregisters workloads incrementally, with
+// one dataplane Apply for the whole batch.
+func (a *Agent) workloadsChange(batch []*request) {
+	l := &a.l
+	regs := maps.Clone(l.regs)
+	var (
+		done    []*request
+		undo    []func()
+		changed bool
+	)
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- reply{err: err}
+			continue
+		}
+		if r.op == opUnregister {
+			if old, ok := regs[r.key]; ok {
+				l.comp.DeleteWorkload(r.key)
+				undo = append(undo, func() { l.comp.UpsertWorkload(old.w) })
+				delete(regs, r.key)
+				changed = true
+			}
+			done = append(done, r)
+			continue
+		}
+		key := r.reg.w.Key()
+		ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
+		if o, ok := l.objects[ref]; ok {
+			r.done <- reply{err: newError(http.StatusConflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)}
+			continue
+		}
+		old := regs[key]
+		if old != nil && sameRegistration(old.api, r.reg.api) {
+			done = append(done, r)
+			continue
+		}
+		if err := l.comp.UpsertWorkload(r.reg.w); err != nil {
+			r.done <- reply{err: newError(http.StatusConflict, nil, "agent: register workload %s: %v", key, err)}
+			continue
+		}
+		if old != nil {
+			undo = append(undo, func() { l.comp.UpsertWorkload(old.w) })
+		} else {
+			undo = append(undo, func() { l.comp.DeleteWorkload(key) })
+		}
+		regs[key] = r.reg
+		changed = true
+		done = append(done, r)
+	}
+	answer := func(err error) {
+		for _, r := range done {
+			r.done <- reply{result: api.ApplyResult{Revision: l.rev, EnforcedMicros: time.Since(r.start).Microseconds()}, err: err}
+		}
+	}
+	if !changed {
+		answer(nil)
+		return
+	}
+	rollback := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	st := l.comp.State()
+	full := withWorkloads(l.objSet, regs)
+	t0 := time.Now()
+	if err := a.dp.Apply(context.Background(), a.desired(st, full, regs)); err != nil {
+		rollback()
+		answer(newError(http.StatusServiceUnavailable, nil, "agent: the dataplane refused the workload change, which is not in force: %v", err))
+		return
+	}
+	t1 := time.Now()
+	if err := a.state.write(workloadsFile, encodeWorkloads(l.rev+1, regs)); err != nil {
+		rollback()
+		a.reapply()
+		answer(newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err))
+		return
+	}
+	l.rev++
+	l.regs, l.state = regs, st
+	a.publish(full)
+	answer(nil)
+	a.log.Debug("workloads changed", "revision", l.rev, "requests", len(done), "workloads", len(regs), "dataplane", t1.Sub(t0))
+}
+
+// desired is what the dataplane must enforce.
+func (a *Agent) desired(st *compile.State, full *policy.Set, regs map[string]*registration) dataplane.Desired {
+	d := dataplane.Desired{State: st, Set: full}
+	for _, r := range sortedRegistrations(regs) {
+		d.Attachments = append(d.Attachments, r.attachment())
+	}
+	return d
+}
+
+// withWorkloads is the objects' set with the registered workloads added;
+// it shares everything but the workload list with objSet.
+func withWorkloads(objSet *policy.Set, regs map[string]*registration) *policy.Set {
+	full := *objSet
+	full.Workloads = make([]*policy.Workload, 0, len(objSet.Workloads)+len(regs))
+	full.Workloads = append(full.Workloads, objSet.Workloads...)
+	for _, r := range sortedRegistrations(regs) {
+		full.Workloads = append(full.Workloads, r.w)
+	}
+	return &full
+}
+
+// recompile rebuilds the compiler from the state in force, after a change
+// the dataplane refused (the compiler had already taken it).
+func (a *Agent) recompile() {
+	l := &a.l
+	c, err := compile.New(withWorkloads(l.objSet, l.regs), a.host, l.state)
+	if err != nil {
+		// It compiled before; failing now is a bug. Keep serving the
+		// state in force and say so.
+		a.log.Error("recompile the state in force", "err", err)
+		return
+	}
+	l.comp = c
+}
+
+// revert puts the state in force back into the compiler and the
+// dataplane after a change the state dir could not record.
+func (a *Agent) revert() {
+	a.recompile()
+	a.reapply()
+}
+
+func (a *Agent) reapply() {
+	l := &a.l
+	l.state = l.comp.State()
+	if err := a.dp.Apply(context.Background(), a.desired(l.state, withWorkloads(l.objSet, l.regs), l.regs)); err != nil {
+		a.log.Error("restore the state in force after a failed write", "err", err)
+	}
+}
+
+// publish makes the loop's state the one readers see.
+func (a *Agent) publish(full *policy.Set) {
+	l := &a.l
+	a.snap.Store(&snapshot{rev: l.rev, objects: sortedObjects(l.objects), regs: sortedRegistrations(l.regs), set: full, state: l.state})
+}
+
+func encodeWorkloads(rev int64, regs map[string]*registration) workloadsState {
+	st := workloadsState{Format: stateFormat, Revision: rev, Workloads: []api.WorkloadRegistration{}}
+	for _, r := range sortedRegistrations(regs) {
+		st.Workloads = append(st.Workloads, r.api)
+	}
+	return st
+}
+
+// restore loads the state dir and makes the dataplane enforce it.
+func (a *Agent) restore(ctx context.Context) error {
+	l := &a.l
+	var objs objectsState
+	found, err := a.state.read(objectsFile, &objs)
+	if err != nil {
+		return err
+	}
+	l.objects = map[api.ObjectRef]*object{}
+	if found {
+		if l.objects, err = decodeObjects(a.state.path(objectsFile), objs); err != nil {
+			return err
+		}
+	}
+	var ws workloadsState
+	wfound, err := a.state.read(workloadsFile, &ws)
+	if err != nil {
+		return err
+	}
+	l.regs = map[string]*registration{}
+	if wfound {
+		if l.regs, err = decodeWorkloads(a.state.path(workloadsFile), ws, a.host); err != nil {
+			return err
+		}
+	}
+	l.rev = max(objs.Revision, ws.Revision)
+	l.objSet = objectSet(l.objects)
+	full := withWorkloads(l.objSet, l.regs)
+	if err := policy.Validate(full); err != nil {
+		return fmt.Errorf("agent: the state in %s does not validate: %w", a.state.dir, err)
+	}
+	if l.comp, err = compile.New(full, a.host, nil); err != nil {
+		return fmt.Errorf("agent: compile the state in %s: %w", a.state.dir, err)
+	}
+	l.state = l.comp.State()
+	t0 := time.Now()
+	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.regs)); err != nil {
+		return fmt.Errorf("agent: enforce the state in %s: %w", a.state.dir, err)
+	}
+	a.log.Info("state restored", "revision", l.rev, "objects", len(l.objects), "workloads", len(l.regs), "dataplane", time.Since(t0))
+	a.publish(full)
+	return nil
+}
+
+func decodeWorkloads(path string, st workloadsState, host string) (map[string]*registration, error) {
+	if st.Format != stateFormat {
+		return nil, corrupt(path, fmt.Errorf("format %d, this agent reads format %d", st.Format, stateFormat))
+	}
+	regs := map[string]*registration{}
+	for i, r := range st.Workloads {
+		w, errs := workload(r, host)
+		if len(errs) > 0 {
+			return nil, corrupt(path, fmt.Errorf("workload %d (%s/%s): %s", i, r.Namespace, r.Name, errs[0]))
+		}
+		if _, dup := regs[w.Key()]; dup {
+			return nil, corrupt(path, fmt.Errorf("workload %s is listed twice", w.Key()))
+		}
+		regs[w.Key()] = &registration{api: r, w: w}
+	}
+	return regs, nil
+}
+
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
