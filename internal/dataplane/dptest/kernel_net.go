@@ -227,11 +227,11 @@ func (k *kConn) Close() error { return k.c.Close() }
 // needs net.ipv4.ping_group_range, set at attach) and waits for the reply
 // or an error. A connected ping socket reports ICMP unreachables.
 func ping(to netip.Addr, timeout time.Duration) (Outcome, string, error) {
-	family, proto, typ := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: to.As4()}
-	if to.Is6() {
-		family, proto, typ = unix.AF_INET6, unix.IPPROTO_ICMPV6, 128
-		sa = &unix.SockaddrInet6{Addr: to.As16()}
+	family, proto, typ := unix.AF_INET6, unix.IPPROTO_ICMPV6, byte(128)
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: to.As16()}
+	if to.Is4() {
+		family, proto, typ = unix.AF_INET, unix.IPPROTO_ICMP, 8
+		sa = &unix.SockaddrInet4{Addr: to.As4()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
@@ -314,10 +314,10 @@ func sctpListen(port int) (net.Listener, error) {
 // sctpDial connects without blocking and waits for the association or an
 // error.
 func sctpDial(to netip.Addr, port int, timeout time.Duration) (Outcome, string, error) {
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: to.As4(), Port: port}
-	if to.Is6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: to.As16(), Port: port}
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: to.As16(), Port: port}
+	if to.Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Addr: to.As4(), Port: port}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_SCTP)
 	if err != nil {
@@ -374,10 +374,15 @@ func sendSpoofed(tr Try, tok string) error {
 	if tr.Spoof.Is6() {
 		addr.Flags = unix.IFA_F_NODAD
 	}
-	if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+	switch err := netlink.AddrAdd(link, addr); {
+	case errors.Is(err, unix.EEXIST): // its own: leave it
+	case err != nil:
 		return fmt.Errorf("dptest: spoof: add %v: %w", tr.Spoof, err)
+	default:
+		// Removing the workload's own (primary) address would take its
+		// routes with it; this one was added here.
+		defer netlink.AddrDel(link, addr)
 	}
-	defer netlink.AddrDel(link, addr)
 	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tr.Spoof, 0)),
 		net.UDPAddrFromAddrPort(netip.AddrPortFrom(tr.To, uint16(tr.Port))))
 	if err != nil {
