@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
@@ -355,11 +357,73 @@ func TestStatusAndCounters(t *testing.T) {
 	if err != nil || st.Host != "h1" || st.Policies != 7 || st.Revision != 1 || st.MemoryBytes == 0 {
 		t.Fatalf("%+v %v", st, err)
 	}
+	for _, w := range inventory {
+		if _, err := a.c.RegisterWorkload(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.dp.enforced(t, "trading/buy-signal", "trading/buy-db", policy.TCP, 5432)
 	c, err := a.c.Counters(ctx)
-	if err != nil || c.Rules["r"].Packets != 1 {
+	if err != nil || c.Rules["Policy/trading/buy-db/ingress/from-buy-signal"].Packets != 1 {
 		t.Fatalf("%+v %v", c, err)
 	}
 	if h, err := a.c.Health(ctx); err != nil || h.Status != "ok" {
 		t.Fatalf("%+v %v", h, err)
+	}
+}
+
+func TestRegistrationAnswersOnlyOnceEnforced(t *testing.T) {
+	a := startAgent(t, shortDir(t))
+	if _, err := a.c.Apply(ctx, api.ApplyRequest{Documents: docs(t, examples)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range inventory[1:] {
+		if _, err := a.c.RegisterWorkload(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate := make(chan struct{})
+	a.dp.mu.Lock()
+	a.dp.gate = gate
+	a.dp.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.c.RegisterWorkload(ctx, inventory[0])
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the registration returned before the dataplane enforced it: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	a.dp.mu.Lock()
+	a.dp.gate = nil
+	a.dp.mu.Unlock()
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.dp.enforced(t, "trading/buy-signal", "trading/sell-db", policy.TCP, 5432); got != policy.Deny {
+		t.Fatalf("the new workload's first connection: %s", got)
+	}
+}
+
+func TestAFailedWriteRollsBack(t *testing.T) {
+	a := startAgent(t, shortDir(t))
+	if _, err := a.c.Apply(ctx, api.ApplyRequest{Documents: docs(t, examples)}); err != nil {
+		t.Fatal(err)
+	}
+	// A directory in the way makes the rename of the state file fail.
+	os.MkdirAll(filepath.Join(a.dir, "state", workloadsFile, "x"), 0o700)
+	_, err := a.c.RegisterWorkload(ctx, inventory[0])
+	if e := apiError(t, err); e.Status != http.StatusInternalServerError || !strings.Contains(e.Error(), "rolled back") {
+		t.Fatalf("%v", e)
+	}
+	if _, d := a.dp.snapshot(); len(d.Attachments) != 0 || a.Revision() != 1 || len(a.Workloads()) != 0 {
+		t.Fatalf("not rolled back: %d attachments, revision %d", len(d.Attachments), a.Revision())
+	}
+	os.RemoveAll(filepath.Join(a.dir, "state", workloadsFile))
+	if _, err := a.c.RegisterWorkload(ctx, inventory[0]); err != nil {
+		t.Fatal(err)
 	}
 }

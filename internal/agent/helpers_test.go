@@ -15,55 +15,65 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// fakeDP records what it was told to enforce and fails on demand.
-type fakeDP struct {
+// testDP is the userspace dataplane, recording what it was told to
+// enforce and failing on demand.
+type testDP struct {
+	*dataplane.Userspace
 	mu      sync.Mutex
 	applies int
 	last    dataplane.Desired
 	fail    error
 	closed  bool
+	port    int           // source ports of probe packets, fresh for each
+	gate    chan struct{} // when set, Apply waits for it
 }
 
-func (f *fakeDP) Apply(ctx context.Context, d dataplane.Desired) error {
+func newTestDP() *testDP { return &testDP{Userspace: dataplane.NewUserspace()} }
+
+func (f *testDP) Apply(ctx context.Context, d dataplane.Desired) error {
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
-		return dataplane.ErrClosed
-	}
 	if f.fail != nil {
 		return f.fail
+	}
+	if err := f.Userspace.Apply(ctx, d); err != nil {
+		return err
 	}
 	f.applies++
 	f.last = d
 	return nil
 }
 
-func (f *fakeDP) Counters(context.Context) (dataplane.Counters, error) {
-	return dataplane.Counters{Rules: map[string]dataplane.Counter{"r": {Packets: 1, Bytes: 60}}}, nil
-}
-
-func (f *fakeDP) Close() error {
+func (f *testDP) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closed = true
-	return nil
+	return f.Userspace.Close()
 }
 
-func (f *fakeDP) setFail(err error) {
+func (f *testDP) setFail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail = err
 }
 
-func (f *fakeDP) snapshot() (int, dataplane.Desired) {
+func (f *testDP) snapshot() (int, dataplane.Desired) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.applies, f.last
 }
 
-// enforced judges a connection with the tables the dataplane was last
-// given (compile.Lookup makes the kernel's lookups).
-func (f *fakeDP) enforced(t *testing.T, from, to string, proto policy.Protocol, port int) policy.Action {
+// enforced sends the first packet of a new connection from one registered
+// workload to another through the dataplane, from the source's interface,
+// and checks that the compiled tables the dataplane was given agree
+// (compile.Lookup makes the kernel's lookups).
+func (f *testDP) enforced(t *testing.T, from, to string, proto policy.Protocol, port int) policy.Action {
 	t.Helper()
 	_, d := f.snapshot()
 	e, err := policy.NewEngine(d.Set)
@@ -78,7 +88,25 @@ func (f *fakeDP) enforced(t *testing.T, from, to string, proto policy.Protocol, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return compile.Lookup(d.State, policy.Probe{From: fe, To: te, Protocol: proto, Port: port}).Action
+	iface := ""
+	for _, a := range d.Attachments {
+		if a.Workload == from {
+			iface = a.Interface
+		}
+	}
+	fe.Addr, te.Addr = fe.Workload.IPs[0], te.Workload.IPs[0]
+	f.mu.Lock()
+	f.port++
+	sport := 30000 + f.port
+	f.mu.Unlock()
+	got, why := f.Packet(iface, policy.Packet{Src: fe.Addr, Dst: te.Addr, Protocol: proto, SrcPort: sport, DstPort: port})
+	if d.State != nil {
+		v := compile.Lookup(d.State, policy.Probe{From: fe, To: te, Protocol: proto, Port: port})
+		if dataplane.Enforced(v) != got {
+			t.Errorf("%s -> %s: the dataplane says %s (%s), its tables %s", from, to, got, why, dataplane.Enforced(v))
+		}
+	}
+	return got
 }
 
 var errBoom = errors.New("boom")
@@ -86,7 +114,7 @@ var errBoom = errors.New("boom")
 // testAgent is an agent on a socket in a fresh directory.
 type testAgent struct {
 	*Agent
-	dp     *fakeDP
+	dp     *testDP
 	c      *client.Client
 	dir    string
 	socket string
@@ -104,7 +132,7 @@ func shortDir(t *testing.T) string {
 
 func startAgent(t *testing.T, dir string) *testAgent {
 	t.Helper()
-	dp := &fakeDP{}
+	dp := newTestDP()
 	sock := filepath.Join(dir, "run", "agent.sock")
 	a, err := Start(context.Background(), Options{StateDir: filepath.Join(dir, "state"), Socket: sock, Host: "h1", Dataplane: dp})
 	if err != nil {

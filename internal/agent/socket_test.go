@@ -27,7 +27,7 @@ func TestSocketIsPrivateAndItsDirectoryCreated(t *testing.T) {
 		t.Fatalf("socket mode %v, want socket 0600", fi.Mode())
 	}
 	// A second agent on the same socket is refused while the first runs.
-	_, err = Start(ctx, Options{StateDir: filepath.Join(a.dir, "other"), Socket: a.socket, Dataplane: &fakeDP{}})
+	_, err = Start(ctx, Options{StateDir: filepath.Join(a.dir, "other"), Socket: a.socket, Dataplane: newTestDP()})
 	if err == nil || !strings.Contains(err.Error(), "another agent is listening") {
 		t.Fatalf("%v", err)
 	}

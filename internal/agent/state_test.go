@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -88,7 +89,7 @@ func TestCorruptStateRefusesToStart(t *testing.T) {
 		state := filepath.Join(dir, "state")
 		os.MkdirAll(state, 0o700)
 		os.WriteFile(filepath.Join(state, name), []byte(content), 0o600)
-		dp := &fakeDP{}
+		dp := newTestDP()
 		_, err := Start(ctx, Options{StateDir: state, Socket: filepath.Join(dir, "s.sock"), Dataplane: dp})
 		if err == nil || !strings.Contains(err.Error(), filepath.Join(state, name)+" is corrupt") {
 			t.Fatalf("%s: %v", name, err)
@@ -102,7 +103,7 @@ func TestCorruptStateRefusesToStart(t *testing.T) {
 func TestStateDirIsLocked(t *testing.T) {
 	dir := shortDir(t)
 	startAgent(t, dir)
-	_, err := Start(ctx, Options{StateDir: filepath.Join(dir, "state"), Dataplane: &fakeDP{}})
+	_, err := Start(ctx, Options{StateDir: filepath.Join(dir, "state"), Dataplane: newTestDP()})
 	if err == nil || !strings.Contains(err.Error(), "in use by another agent") {
 		t.Fatal(err)
 	}
@@ -115,7 +116,7 @@ func TestTheDataplaneRefusingTheStateStopsStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Close()
-	_, err := Start(ctx, Options{StateDir: filepath.Join(dir, "state"), Dataplane: &fakeDP{fail: errBoom}})
+	_, err := Start(ctx, Options{StateDir: filepath.Join(dir, "state"), Dataplane: &testDP{Userspace: dataplane.NewUserspace(), fail: errBoom}})
 	if err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatal(err)
 	}
