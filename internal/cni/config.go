@@ -1,0 +1,459 @@
+package cni
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
+)
+
+// DefaultDataDir is where IPAM state lives unless dataDir says otherwise:
+// one directory per network name.
+const DefaultDataDir = "/var/lib/bulkhead/cni"
+
+// Config is one network's plugin configuration, as the runtime passes it
+// on stdin, with the args it carries.
+type Config struct {
+	CNIVersion  string
+	Name        string
+	AgentSocket string
+	// Subnet and Subnet6 are the pools addresses come from; at least one
+	// is valid.
+	Subnet, Subnet6 netip.Prefix
+	MTU             int
+	DataDir         string
+	DNS             types.DNS
+	// PrevResult is the raw prevResult (CHECK, DEL, or a chain), nil when
+	// absent.
+	PrevResult map[string]any
+	// ValidAttachments is cni.dev/valid-attachments (GC only).
+	ValidAttachments []types.GCAttachment
+	Args             Args
+}
+
+// Args is what args (and runtimeConfig) carry for one attachment.
+type Args struct {
+	Labels map[string]string
+	// IPs are the requested addresses: args.cni.ips, else runtimeConfig.ips.
+	IPs   []netip.Addr
+	Ports []api.NamedPort
+}
+
+// StateDir is the network's IPAM directory.
+func (c *Config) StateDir() string { return filepath.Join(c.DataDir, c.Name) }
+
+// Subnets lists the configured pools, IPv4 first.
+func (c *Config) Subnets() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{c.Subnet, c.Subnet6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+const validFields = "agentSocket, subnet, subnet6, mtu, dataDir, and the CNI keys cniVersion, name, type, " +
+	"capabilities, runtimeConfig, args, dns, prevResult"
+
+// problems collects every problem of a configuration, so that one run
+// reports them all. The error's code is the first problem's, or 2 when
+// any key is unknown (most likely a misspelling, the cause of the rest).
+type problems struct {
+	code uint
+	msgs []string
+}
+
+func (p *problems) add(code uint, format string, args ...any) {
+	if len(p.msgs) == 0 || code == CodeUnsupportedField {
+		p.code = code
+	}
+	p.msgs = append(p.msgs, fmt.Sprintf(format, args...))
+}
+
+func (p *problems) err() error {
+	if len(p.msgs) == 0 {
+		return nil
+	}
+	return types.NewError(p.code, codeMessage(p.code), strings.Join(p.msgs, "; "))
+}
+
+// ParseConfig reads a plugin configuration. Unknown keys are refused
+// (code 2) naming the key and its value; invalid values (code 7) name the
+// field and what would be valid.
+func ParseConfig(data []byte) (*Config, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, cniError(types.ErrDecodingFailure, "network configuration on stdin: want one JSON object: %v", err)
+	}
+	c := &Config{AgentSocket: client.DefaultSocket, DataDir: DefaultDataDir}
+	var p problems
+	var argIPs, rtIPs []netip.Addr
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := raw[k]
+		switch k {
+		case "cniVersion":
+			decode(&p, k, v, &c.CNIVersion, `a version such as "1.1.0"`)
+		case "name":
+			decode(&p, k, v, &c.Name, "a network name")
+		case "type", "cniVersions", "capabilities":
+			// type is the binary's name; the others are the runtime's.
+		case "runtimeConfig":
+			rtIPs = parseRuntimeConfig(&p, v)
+		case "args":
+			c.Args, argIPs = parseArgs(&p, v)
+		case "prevResult":
+			decode(&p, k, v, &c.PrevResult, "the previous plugin's result object")
+		case "dns":
+			decodeStrict(&p, k, v, &c.DNS, `{"nameservers": [...], "domain": "...", "search": [...], "options": [...]}`)
+		case "ipam":
+			if !isEmptyJSON(v) {
+				p.add(CodeInvalidConfig, "ipam: bulkhead-cni allocates addresses itself from subnet and subnet6; remove ipam")
+			}
+		case "ipMasq":
+			var b bool
+			if decode(&p, k, v, &b, "false") && b {
+				p.add(CodeInvalidConfig, "ipMasq: not supported: Bulkhead routes workload addresses and does not masquerade; remove ipMasq")
+			}
+		case "plugins":
+			p.add(CodeInvalidConfig, "plugins: this is a network configuration list; give the plugin one element of plugins, with name and cniVersion added")
+		case "agentSocket":
+			if decode(&p, k, v, &c.AgentSocket, `a socket path such as "/run/bulkhead/agent.sock"`) {
+				if _, err := client.New(c.AgentSocket); err != nil || !strings.Contains(c.AgentSocket, "/") {
+					p.add(CodeInvalidConfig, "agentSocket %q: want an absolute socket path such as %q", c.AgentSocket, client.DefaultSocket)
+				}
+			}
+		case "subnet":
+			c.Subnet = parseSubnet(&p, k, v, false)
+		case "subnet6":
+			c.Subnet6 = parseSubnet(&p, k, v, true)
+		case "mtu":
+			decode(&p, k, v, &c.MTU, "a number from 68 to 65535")
+		case "dataDir":
+			if decode(&p, k, v, &c.DataDir, "an absolute directory path") && !filepath.IsAbs(c.DataDir) {
+				p.add(CodeInvalidConfig, "dataDir %q: want an absolute directory path such as %q", c.DataDir, DefaultDataDir)
+			}
+		case "cni.dev/valid-attachments":
+			decodeStrict(&p, k, v, &c.ValidAttachments, `a list of {"containerID": "...", "ifname": "..."}`)
+		default:
+			if strings.HasPrefix(k, "cni.dev/") {
+				continue // reserved for runtimes; libcni also sends cni.dev/attachments
+			}
+			p.add(CodeUnsupportedField, "unknown field %q (value %s); valid fields: %s", k, short(v), validFields)
+		}
+	}
+	c.Args.IPs = argIPs
+	if argIPs == nil {
+		c.Args.IPs = rtIPs
+	}
+	c.validate(&p, raw["subnet"] != nil || raw["subnet6"] != nil)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) validate(p *problems, subnetGiven bool) {
+	if !subnetGiven {
+		p.add(CodeInvalidConfig, `subnet: required: an IPv4 prefix such as "10.0.0.0/16" (or give subnet6 for IPv6 only)`)
+	}
+	switch {
+	case c.MTU == 0:
+	case c.MTU < 68 || c.MTU > 65535:
+		p.add(CodeInvalidConfig, "mtu %d: want 68 to 65535 (or leave it out for 1500)", c.MTU)
+	case c.Subnet6.IsValid() && c.MTU < 1280:
+		p.add(CodeInvalidConfig, "mtu %d: IPv6 (subnet6) needs at least 1280", c.MTU)
+	}
+	for _, a := range c.Args.IPs {
+		if !slices.ContainsFunc(c.Subnets(), func(s netip.Prefix) bool { return s.Addr().Is4() == a.Is4() }) {
+			p.add(CodeAddressUnavailable, "args.cni.ips: %v: this network has no %s subnet; configure %s or request another address",
+				a, family(a), map[bool]string{true: "subnet", false: "subnet6"}[a.Is4()])
+		}
+	}
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// decode reads v into out, reporting a wrong type as the field and what
+// would be valid.
+func decode(p *problems, field string, v json.RawMessage, out any, want string) bool {
+	if err := json.Unmarshal(v, out); err != nil {
+		p.add(CodeInvalidConfig, "%s: want %s, got %s", field, want, short(v))
+		return false
+	}
+	return true
+}
+
+// decodeStrict is decode that also refuses unknown keys inside v.
+func decodeStrict(p *problems, field string, v json.RawMessage, out any, want string) bool {
+	d := json.NewDecoder(bytes.NewReader(v))
+	d.DisallowUnknownFields()
+	if err := d.Decode(out); err != nil {
+		msg := err.Error()
+		if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+			p.add(CodeUnsupportedField, "%s: unknown field %s; want %s", field, f, want)
+		} else {
+			p.add(CodeInvalidConfig, "%s: want %s, got %s", field, want, short(v))
+		}
+		return false
+	}
+	return true
+}
+
+func short(v json.RawMessage) string {
+	s := string(bytes.TrimSpace(v))
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+func isEmptyJSON(v json.RawMessage) bool {
+	s := string(bytes.TrimSpace(v))
+	return s == "null" || s == "{}" || s == `""`
+}
+
+func parseSubnet(p *problems, field string, v json.RawMessage, v6 bool) netip.Prefix {
+	example, fam := "10.0.0.0/16", "an IPv4 prefix"
+	if v6 {
+		example, fam = "fd00:10::/64", "an IPv6 prefix"
+	}
+	var s string
+	if !decode(p, field, v, &s, fmt.Sprintf("%s such as %q", fam, example)) {
+		return netip.Prefix{}
+	}
+	pfx, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil || pfx.Addr().Zone() != "":
+		p.add(CodeInvalidConfig, "%s %q: want %s such as %q", field, s, fam, example)
+	case pfx.Addr().Is4() == v6 || pfx.Addr().Is4In6():
+		p.add(CodeInvalidConfig, "%s %q: want %s such as %q", field, s, fam, example)
+	case pfx != pfx.Masked():
+		p.add(CodeInvalidConfig, "%s %q has host bits set; want the network address, %v", field, s, pfx.Masked())
+	case pfx.Bits() > pfx.Addr().BitLen()-2:
+		p.add(CodeInvalidConfig, "%s %q leaves no address to allocate; want a prefix of at most /%d", field, s, pfx.Addr().BitLen()-2)
+	default:
+		return pfx
+	}
+	return netip.Prefix{}
+}
+
+func parseRuntimeConfig(p *problems, v json.RawMessage) []netip.Addr {
+	var rc map[string]json.RawMessage
+	if !decode(p, "runtimeConfig", v, &rc, "an object") || rc["ips"] == nil {
+		return nil
+	}
+	return parseIPs(p, "runtimeConfig.ips", rc["ips"])
+}
+
+// parseArgs reads args.cni (labels, ips) and args.bulkhead (ports). Other
+// areas of args and other keys of args.cni belong to other plugins and
+// are ignored, as the CNI conventions ask.
+func parseArgs(p *problems, v json.RawMessage) (Args, []netip.Addr) {
+	var a Args
+	var areas struct {
+		CNI      map[string]json.RawMessage `json:"cni"`
+		Bulkhead json.RawMessage            `json:"bulkhead"`
+	}
+	if !decode(p, "args", v, &areas, `an object such as {"cni": {"labels": [...]}}`) {
+		return a, nil
+	}
+	if l := areas.CNI["labels"]; l != nil {
+		a.Labels = parseLabels(p, l)
+	}
+	var ips []netip.Addr
+	if v := areas.CNI["ips"]; v != nil {
+		ips = parseIPs(p, "args.cni.ips", v)
+	}
+	if areas.Bulkhead != nil {
+		var b struct {
+			Ports []api.NamedPort `json:"ports"`
+		}
+		if decodeStrict(p, "args.bulkhead", areas.Bulkhead, &b, `{"ports": [{"name": "http", "port": 80, "protocol": "tcp"}]}`) {
+			a.Ports = parsePorts(p, b.Ports)
+		}
+	}
+	return a, ips
+}
+
+func parseLabels(p *problems, v json.RawMessage) map[string]string {
+	var list []struct {
+		Key   *string `json:"key"`
+		Value *string `json:"value"`
+	}
+	if !decodeStrict(p, "args.cni.labels", v, &list, `a list of {"key": "app", "value": "web"}`) {
+		return nil
+	}
+	out := make(map[string]string, len(list))
+	for i, l := range list {
+		at := fmt.Sprintf("args.cni.labels[%d]", i)
+		switch {
+		case l.Key == nil || l.Value == nil:
+			p.add(CodeInvalidConfig, `%s: want both "key" and "value"`, at)
+			continue
+		case labelKeyProblem(*l.Key) != "":
+			p.add(CodeInvalidConfig, "%s.key: %s", at, labelKeyProblem(*l.Key))
+		case len(*l.Value) > 63:
+			p.add(CodeInvalidConfig, "%s.value: longer than 63 characters", at)
+		}
+		if _, dup := out[*l.Key]; dup {
+			p.add(CodeInvalidConfig, "%s.key: %q given twice", at, *l.Key)
+		}
+		out[*l.Key] = *l.Value
+	}
+	return out
+}
+
+// labelKeyProblem mirrors the policy engine's rule for label keys: an
+// optional DNS-subdomain prefix and '/', then a 1-63 character name.
+func labelKeyProblem(k string) string {
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name = k
+	} else if prefix == "" || len(prefix) > 253 {
+		return fmt.Sprintf("label key %q: the prefix before '/' must be a DNS subdomain", k)
+	}
+	if name == "" || len(name) > 63 || strings.ContainsAny(name, " /:\t") {
+		return fmt.Sprintf("label key %q: the name must be 1-63 characters of letters, digits, '-', '_' and '.'", k)
+	}
+	return ""
+}
+
+func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
+	var list []string
+	if !decode(p, field, v, &list, `a list of addresses such as ["10.0.0.5"] or ["10.0.0.5/16", "fd00:10::5"]`) {
+		return nil
+	}
+	out := []netip.Addr{}
+	for i, s := range list {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			var pfx netip.Prefix
+			pfx, err = netip.ParsePrefix(s)
+			a = pfx.Addr()
+		}
+		if err != nil || a.Zone() != "" {
+			p.add(CodeInvalidConfig, "%s[%d] %q: want an address such as \"10.0.0.5\" or \"10.0.0.5/16\"", field, i, s)
+			continue
+		}
+		a = a.Unmap()
+		if slices.ContainsFunc(out, func(b netip.Addr) bool { return b.Is4() == a.Is4() }) {
+			p.add(CodeInvalidConfig, "%s[%d] %q: one address per family (IPv4, IPv6) at most", field, i, s)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+var portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
+	seen := map[string]bool{}
+	out := make([]api.NamedPort, 0, len(ports))
+	for i, np := range ports {
+		at := fmt.Sprintf("args.bulkhead.ports[%d]", i)
+		if !portNameRE.MatchString(np.Name) || len(np.Name) > 15 {
+			p.add(CodeInvalidConfig, "%s.name %q: want 1-15 lowercase letters, digits and '-'", at, np.Name)
+		} else if seen[np.Name] {
+			p.add(CodeInvalidConfig, "%s.name %q given twice", at, np.Name)
+		}
+		seen[np.Name] = true
+		if np.Port < 1 || np.Port > 65535 {
+			p.add(CodeInvalidConfig, "%s.port %d: want 1 to 65535", at, np.Port)
+		}
+		switch proto := strings.ToLower(np.Protocol); proto {
+		case "":
+			np.Protocol = "tcp"
+		case "tcp", "udp", "sctp":
+			np.Protocol = proto
+		default:
+			p.add(CodeInvalidConfig, "%s.protocol %q: want tcp, udp or sctp", at, np.Protocol)
+		}
+		out = append(out, np)
+	}
+	return out
+}
+
+// Workload is the identity CNI_ARGS gives an attachment.
+type Workload struct{ Namespace, Name string }
+
+// knownCNIArgs are the CNI_ARGS keys the plugin understands; the rest
+// are refused unless IgnoreUnknown is set, as the CNI conventions have it.
+var knownCNIArgs = []string{"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+
+// ParseWorkload reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS.
+// Without them the namespace is "default" and the name is the container
+// id, lowercased with '_' turned into '-'.
+func ParseWorkload(cniArgs, containerID string) (Workload, error) {
+	w := Workload{Namespace: "default"}
+	var unknown []string
+	ignoreUnknown := false
+	for pair := range strings.SplitSeq(cniArgs, ";") {
+		if pair == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok {
+			return w, cniError(CodeInvalidEnv, "CNI_ARGS: %q is not KEY=VALUE; want pairs separated by ';', such as K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0", pair)
+		}
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			w.Namespace = v
+		case "K8S_POD_NAME":
+			w.Name = v
+		case "IgnoreUnknown":
+			ignoreUnknown = v == "1" || strings.EqualFold(v, "true")
+		case "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID":
+		default:
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 && !ignoreUnknown {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: unknown keys %s; known: %s (add IgnoreUnknown=1 to pass others)",
+			strings.Join(unknown, ", "), strings.Join(knownCNIArgs, ", "))
+	}
+	if len(w.Namespace) > 63 || !nameRE.MatchString(w.Namespace) {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAMESPACE %q: want 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", w.Namespace)
+	}
+	if w.Name == "" {
+		w.Name = strings.ReplaceAll(strings.ToLower(containerID), "_", "-")
+		if len(w.Name) > 253 || !nameRE.MatchString(w.Name) {
+			return w, cniError(CodeInvalidEnv, "CNI_CONTAINERID %q cannot serve as the workload's name (lowercase letters, digits, '-' and '.', at most 253); pass K8S_POD_NAME in CNI_ARGS", containerID)
+		}
+	} else if len(w.Name) > 253 || !nameRE.MatchString(w.Name) {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME %q: want lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253", w.Name)
+	}
+	return w, nil
+}
+
+// errorCode is the CNI code of err, or 0.
+func errorCode(err error) uint {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}

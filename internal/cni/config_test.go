@@ -1,0 +1,87 @@
+package cni
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseConfigDefaultsAndArgs(t *testing.T) {
+	c, err := ParseConfig([]byte(`{
+		"cniVersion": "1.1.0", "name": "net1", "type": "bulkhead-cni",
+		"subnet": "10.1.0.0/24", "subnet6": "fd01::/64",
+		"dns": {"nameservers": ["10.1.0.53"]},
+		"capabilities": {"ips": true},
+		"runtimeConfig": {"ips": ["10.1.0.7/24"], "portMappings": []},
+		"cni.dev/attachments": [],
+		"args": {
+			"cni": {"labels": [{"key": "app.kubernetes.io/name", "value": "db"}], "ips": ["fd01::9"], "other": 1},
+			"bulkhead": {"ports": [{"name": "pg", "port": 5432}]},
+			"someone-else": {"x": 1}
+		}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AgentSocket != "/run/bulkhead/agent.sock" || c.DataDir != DefaultDataDir || c.StateDir() != DefaultDataDir+"/net1" {
+		t.Errorf("defaults: socket %q dataDir %q", c.AgentSocket, c.DataDir)
+	}
+	// args.cni.ips wins over runtimeConfig.ips.
+	if !slices.Equal(c.Args.IPs, []netip.Addr{netip.MustParseAddr("fd01::9")}) {
+		t.Errorf("IPs = %v, want args.cni.ips", c.Args.IPs)
+	}
+	if c.Args.Labels["app.kubernetes.io/name"] != "db" || len(c.Args.Ports) != 1 || c.Args.Ports[0].Protocol != "tcp" {
+		t.Errorf("args = %+v", c.Args)
+	}
+	if len(c.DNS.Nameservers) != 1 || len(c.Subnets()) != 2 {
+		t.Errorf("dns %v subnets %v", c.DNS, c.Subnets())
+	}
+}
+
+func TestParseConfigReportsEveryProblem(t *testing.T) {
+	_, err := ParseConfig([]byte(`{"name": "n", "subnet": "10.0.0.0/31", "subnet6": "10.0.0.0/8", "mtu": 1000,
+		"agentSocket": "relative.sock", "dns": {"servers": ["x"]}, "ipMasq": true}`))
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{
+		`subnet "10.0.0.0/31" leaves no address`, `subnet6 "10.0.0.0/8": want an IPv6 prefix`,
+		`agentSocket "relative.sock"`, `dns: unknown field "servers"`, "ipMasq: not supported",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if code := errorCode(err); code != CodeUnsupportedField {
+		t.Errorf("code %d, want 2 (an unknown key decides)", code)
+	}
+}
+
+func TestParseWorkload(t *testing.T) {
+	cases := []struct {
+		args, id string
+		want     Workload
+		err      string
+	}{
+		{"", "0123abcd", Workload{"default", "0123abcd"}, ""},
+		{"", "My_Container", Workload{"default", "my-container"}, ""},
+		{"K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u", "x", Workload{"shop", "web-0"}, ""},
+		{"IgnoreUnknown=true;Foo=1;K8S_POD_NAME=a.b", "x", Workload{"default", "a.b"}, ""},
+		{"Foo=1", "x", Workload{}, "unknown keys Foo"},
+		{"K8S_POD_NAMESPACE=", "x", Workload{}, "K8S_POD_NAMESPACE"},
+		{"", "-dash.", Workload{}, "pass K8S_POD_NAME"},
+	}
+	for _, c := range cases {
+		w, err := ParseWorkload(c.args, c.id)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || errorCode(err) != CodeInvalidEnv {
+				t.Errorf("ParseWorkload(%q, %q) = %v, want code 4 with %q", c.args, c.id, err, c.err)
+			}
+			continue
+		}
+		if err != nil || w != c.want {
+			t.Errorf("ParseWorkload(%q, %q) = %v, %v; want %v", c.args, c.id, w, err, c.want)
+		}
+	}
+}

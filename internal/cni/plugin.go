@@ -1,0 +1,247 @@
+// Package cni is Bulkhead's CNI plugin (spec 1.1.0): ADD attaches a
+// workload's network namespace to the host by a routed veth pair
+// (internal/attach), with addresses from the network's own IPAM, and
+// registers the workload with the local agent, returning only once the
+// agent enforces the workload's policy. DEL, CHECK, STATUS, GC and VERSION
+// follow the spec; docs/cni.md is the reference for users.
+//
+// The plugin runs in the host's network namespace, as runtimes call it.
+// cmd/bulkhead-cni is its main.
+package cni
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
+	"github.com/bulkhead-dev/bulkhead/internal/attach"
+)
+
+// VersionInfo is the CNI versions the plugin speaks; STATUS and GC need
+// a configuration of 1.1.0.
+var VersionInfo = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+const about = "bulkhead-cni: attaches workloads to Bulkhead (CNI spec 1.1.0); see docs/cni.md"
+
+// gcGrace is how long GC leaves an unfinished ADD's allocation alone.
+const gcGrace = 5 * time.Minute
+
+// Main runs one plugin command the way the CNI spec defines it
+// (environment, stdin, stdout; errors as the spec's error JSON) and
+// returns the exit code.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	p := &plugin{
+		ctx:             ctx,
+		log:             slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "bulkhead-cni"),
+		registerTimeout: 60 * time.Second,
+		agentTimeout:    10 * time.Second,
+	}
+	funcs := skel.CNIFuncs{Add: p.add, Del: p.del, Check: p.check, Status: p.status, GC: p.gc}
+	if e := skel.PluginMainFuncsWithError(funcs, VersionInfo, about); e != nil {
+		if err := e.Print(); err != nil {
+			p.log.Error("write error JSON", "err", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+type plugin struct {
+	ctx context.Context
+	log *slog.Logger
+	// registerTimeout bounds ADD's wait for the agent to enforce the
+	// workload; agentTimeout every other call to the agent.
+	registerTimeout, agentTimeout time.Duration
+}
+
+// attachment is what every attachment-specific command derives first.
+type attachment struct {
+	conf                     *Config
+	containerID, ifName, key string
+	hostIf                   string
+	agent                    *client.Client
+	store                    *Store
+}
+
+func (p *plugin) setup(args *skel.CmdArgs) (*attachment, error) {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(conf.AgentSocket)
+	if err != nil {
+		return nil, wrapError(CodeInvalidConfig, err)
+	}
+	return &attachment{
+		conf:        conf,
+		containerID: args.ContainerID,
+		ifName:      args.IfName,
+		key:         allocKey(args.ContainerID, args.IfName),
+		hostIf:      attach.HostIfName(args.ContainerID + "/" + args.IfName),
+		agent:       c,
+		store:       &Store{Dir: conf.StateDir()},
+	}, nil
+}
+
+func (p *plugin) add(args *skel.CmdArgs) error {
+	at, err := p.setup(args)
+	if err != nil {
+		return err
+	}
+	if at.conf.PrevResult != nil {
+		return cniError(CodeInvalidConfig, "prevResult: bulkhead-cni creates the interface, so it must be the first plugin of the list")
+	}
+	w, err := ParseWorkload(args.Args, args.ContainerID)
+	if err != nil {
+		return err
+	}
+	if err := checkNetNS(args.Netns); err != nil {
+		return err
+	}
+	p.flushPending(at.store, at.agent)
+	a := &Allocation{ContainerID: args.ContainerID, IfName: args.IfName, HostIf: at.hostIf,
+		Namespace: w.Namespace, Name: w.Name, Created: time.Now().UTC()}
+	if err := at.store.Reserve(a, at.conf.Args.IPs, at.conf.Subnets()); err != nil {
+		return err
+	}
+	res, err := attach.Add(attach.Spec{HostIf: at.hostIf, NetNS: args.Netns, IfName: args.IfName, Addrs: a.IPs, MTU: at.conf.MTU})
+	if err != nil {
+		p.release(at, false)
+		return wrapError(CodeInterface, err)
+	}
+	reg := api.WorkloadRegistration{Namespace: w.Namespace, Name: w.Name, Labels: at.conf.Args.Labels,
+		IPs: addrStrings(a.IPs), Ports: at.conf.Args.Ports, Interface: at.hostIf, ContainerID: args.ContainerID}
+	ctx, cancel := context.WithTimeout(p.ctx, p.registerTimeout)
+	_, err = at.agent.RegisterWorkload(ctx, reg)
+	cancel()
+	if err != nil {
+		p.undoRegistered(at, err)
+		return agentError(at.agent.Socket(), "register workload "+w.Namespace+"/"+w.Name, err)
+	}
+	if err := at.store.Complete(at.key); err != nil {
+		p.undoRegistered(at, nil)
+		return err
+	}
+	p.log.Info("attached", "workload", w.Namespace+"/"+w.Name, "ips", a.IPs, "interface", at.hostIf)
+	return types.PrintResult(buildResult(a, args, res, at.conf.DNS), at.conf.CNIVersion)
+}
+
+// undoRegistered removes what a failed ADD made after the veth: the veth,
+// any registration that reached the agent, and the allocation. When the
+// agent may hold a registration that cannot be removed now, the
+// addresses stay reserved (pending) instead of being freed.
+func (p *plugin) undoRegistered(at *attachment, regErr error) {
+	if err := attach.Del(at.hostIf); err != nil {
+		p.log.Warn("undo ADD: remove veth", "interface", at.hostIf, "err", err)
+	}
+	if regErr != nil && neverReached(regErr) {
+		p.release(at, false)
+		return
+	}
+	// Undo even when a signal cancelled the ADD.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), p.agentTimeout)
+	defer cancel()
+	p.release(at, unregisterOwned(ctx, at.agent, map[string]bool{at.hostIf: true}) != nil)
+}
+
+// release frees the attachment's allocation, or keeps its addresses
+// reserved until the agent has forgotten the workload.
+func (p *plugin) release(at *attachment, pending bool) {
+	var err error
+	if pending {
+		err = at.store.MarkPending(at.containerID, at.ifName, at.hostIf)
+	} else {
+		_, err = at.store.Release(at.key)
+	}
+	if err != nil {
+		p.log.Warn("release addresses", "attachment", at.key, "err", err)
+	}
+}
+
+func (p *plugin) del(args *skel.CmdArgs) error {
+	at, err := p.setup(args)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	// The veth first: once it is gone the workload can send nothing, and
+	// its addresses stay allocated until the agent has forgotten it.
+	if err := attach.Del(at.hostIf); err != nil {
+		errs = append(errs, wrapError(CodeInterface, err))
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.agentTimeout)
+	err = unregisterOwned(ctx, at.agent, map[string]bool{at.hostIf: true})
+	cancel()
+	if err != nil {
+		p.log.Warn("agent unreachable: the addresses stay reserved until a later call reaches it",
+			"attachment", at.key, "socket", at.agent.Socket(), "err", err)
+		errs = append(errs, at.store.MarkPending(args.ContainerID, args.IfName, at.hostIf))
+	} else {
+		_, err := at.store.Release(at.key)
+		errs = append(errs, err)
+		p.flushPending(at.store, at.agent)
+	}
+	return firstError(errs)
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkNetNS refuses a CNI_NETNS that does not exist or is the plugin's
+// own namespace, before anything is created (skel checks the latter only
+// after ADD has run).
+func checkNetNS(path string) error {
+	target, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return cniError(CodeInvalidEnv, "CNI_NETNS %q: %v; want the workload's network namespace, such as /run/netns/NAME or /proc/PID/ns/net", path, err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self, err := vnetns.Get()
+	if err != nil {
+		return cniError(CodeInvalidEnv, "CNI_NETNS %q: read the plugin's own namespace: %v", path, err)
+	}
+	defer self.Close()
+	if self.Equal(target) {
+		return cniError(CodeInvalidEnv, "CNI_NETNS %q is the plugin's own (host) namespace; give the workload's", path)
+	}
+	return nil
+}
+
+func addrStrings(ips []netip.Addr) []string {
+	out := make([]string, len(ips))
+	for i, ip := range ips {
+		out[i] = ip.String()
+	}
+	return out
+}
+
+// sameAddrs reports whether a and b hold the same addresses in any order.
+func sameAddrs(a, b []netip.Addr) bool {
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.SortFunc(x, netip.Addr.Compare)
+	slices.SortFunc(y, netip.Addr.Compare)
+	return slices.Equal(x, y)
+}
