@@ -150,6 +150,7 @@ func (a *Agent) objectsChange(r *request) reply {
 		res.EnforcedMicros = time.Since(r.start).Microseconds()
 		return reply{result: res}
 	}
+	tv := time.Now()
 	objSet := objectSet(next)
 	full := withWorkloads(objSet, l.regs)
 	if err := validate(r.op, full); err != nil {
@@ -179,7 +180,7 @@ func (a *Agent) objectsChange(r *request) reply {
 	res.Revision = l.rev
 	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
 	a.log.Info("objects changed", "op", r.op.String(), "revision", l.rev, "created", len(res.Created), "updated", len(res.Updated),
-		"deleted", len(res.Deleted), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
+		"deleted", len(res.Deleted), "read", tv.Sub(r.start), "validate", t0.Sub(tv), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
 	return reply{result: res}
 }
 

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
+	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
 	"github.com/spf13/cobra"
 )
 
@@ -22,6 +24,10 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code
 // Run executes the bulkhead command line with args (without the program
 // name), writing to stdout and stderr. It returns the exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runWith(ctx, args, os.Stdin, stdout, stderr)
+}
+
+func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:   "bulkhead",
 		Short: "Bulkhead puts every workload in its own compartment on the network",
@@ -33,9 +39,12 @@ segments are proven before they are applied.`,
 		Version:       Version,
 	}
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(checkCommand(), explainCommand(), verdictsCommand())
+	root.PersistentFlags().String("agent", "", "the agent to talk to: unix:///path/to/agent.sock (default $"+agentEnv+", else unix://"+client.DefaultSocket+")")
+	root.AddCommand(checkCommand(), explainCommand(), verdictsCommand(),
+		agentCommand(), applyCommand(), deleteCommand(), getCommand())
 	err := root.ExecuteContext(ctx)
 	var exit *ExitError
 	switch {
