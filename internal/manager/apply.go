@@ -1,0 +1,338 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/source"
+)
+
+// MaxWait bounds ?wait=.
+const MaxWait = 10 * time.Minute
+
+func (m *Manager) postApply(w http.ResponseWriter, r *http.Request, p principal) error {
+	return m.applyDocuments(w, r, p, false)
+}
+
+func (m *Manager) postDelete(w http.ResponseWriter, r *http.Request, p principal) error {
+	return m.applyDocuments(w, r, p, true)
+}
+
+func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p principal, del bool) error {
+	var req api.ManagerApplyRequest
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	wait, err := waitParam(r, req.Wait)
+	if err != nil {
+		return err
+	}
+	if len(req.Documents) == 0 {
+		return errorf(http.StatusBadRequest, "documents: at least one document is required")
+	}
+	var docs []parsedDoc
+	var errs source.Errors
+	seen := map[string]source.Pos{}
+	for i, d := range req.Documents {
+		if d.Name == "" {
+			req.Documents[i].Name = fmt.Sprintf("documents[%d]", i)
+		}
+		pd, derrs := parseDocument(req.Documents[i], del)
+		errs = append(errs, derrs...)
+		for _, o := range pd.objects {
+			k := refKey(o.Ref)
+			if _, dup := seen[k]; dup {
+				errs.Add(source.Pos{File: req.Documents[i].Name}, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
+			}
+			seen[k] = source.Pos{}
+		}
+		docs = append(docs, pd)
+	}
+	if err := errs.Err(); err != nil {
+		return invalid("the documents are invalid; nothing was applied", err)
+	}
+	action := "apply"
+	if del {
+		action = "delete"
+	}
+	res, err := m.change(r.Context(), p, action, req.Message, req.DryRun, func(cur *policyState) (proposal, error) {
+		return nextObjects(cur, docs, del)
+	}, 0)
+	if err != nil {
+		return err
+	}
+	m.finish(w, r, res, wait)
+	return nil
+}
+
+// proposal is the objects a change would leave in force.
+type proposal struct {
+	objects map[string]object
+	reqSet  *policy.Set     // the request's documents as load read them, with the user's positions
+	fromReq map[string]bool // the objects reqSet holds
+}
+
+// nextObjects computes the objects after a request.
+func nextObjects(cur *policyState, docs []parsedDoc, del bool) (proposal, error) {
+	next := make(map[string]object, len(cur.objects))
+	for k, o := range cur.objects {
+		next[k] = o
+	}
+	reqSet, fromReq := &policy.Set{}, map[string]bool{}
+	var missing []string
+	for _, d := range docs {
+		for _, o := range d.objects {
+			k := refKey(o.Ref)
+			if del {
+				if _, ok := next[k]; !ok {
+					missing = append(missing, o.Ref.Kind+" "+nsName(o.Ref))
+				}
+				delete(next, k)
+				continue
+			}
+			next[k] = o
+			fromReq[k] = true
+		}
+		if d.set != nil {
+			reqSet.Merge(d.set)
+		}
+	}
+	if len(missing) > 0 {
+		return proposal{}, &httpError{status: http.StatusNotFound, msg: "cannot delete what does not exist; nothing was deleted", details: missing}
+	}
+	return proposal{objects: next, reqSet: reqSet, fromReq: fromReq}, nil
+}
+
+func nsName(r api.ObjectRef) string {
+	if r.Namespace == "" {
+		return r.Name
+	}
+	return r.Namespace + "/" + r.Name
+}
+
+// change is one policy change: compute the next objects from the head,
+// validate the whole resulting set, prove the walls, commit as one
+// revision, and try again from the new head if another change won.
+func (m *Manager) change(ctx context.Context, p principal, action, message string, dryRun bool,
+	next func(*policyState) (proposal, error), rollbackOf int64) (api.ManagerApplyResult, error) {
+	m.applyMu.Lock()
+	defer m.applyMu.Unlock()
+	for attempt := 0; attempt < 10; attempt++ {
+		base, cur, err := m.head(ctx)
+		if err != nil {
+			return api.ManagerApplyResult{}, err
+		}
+		prop, err := next(cur)
+		if err != nil {
+			return api.ManagerApplyResult{}, err
+		}
+		objects := prop.objects
+		res := compare(cur.objects, objects)
+		if len(res.Created)+len(res.Updated)+len(res.Deleted) == 0 {
+			return res, nil
+		}
+		if err := m.validate(prop); err != nil {
+			return api.ManagerApplyResult{}, err
+		}
+		if dryRun {
+			return res, nil
+		}
+		rev, ok, err := m.commit(ctx, base, cur, objects, change{actor: p, action: action, message: message,
+			rollbackOf: rollbackOf, detail: changeDetail(res, rollbackOf)})
+		if err != nil {
+			return api.ManagerApplyResult{}, err
+		}
+		if ok {
+			res.Revision = rev
+			if err := m.feed.waitRev(ctx, rev); err != nil {
+				return res, err
+			}
+			return res, nil
+		}
+		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
+	}
+	return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other changes kept winning; nothing was applied; try again")
+}
+
+func changeDetail(res api.ManagerApplyResult, rollbackOf int64) map[string]any {
+	names := func(refs []api.ObjectRef) []string {
+		out := make([]string, len(refs))
+		for i, r := range refs {
+			out[i] = r.Kind + " " + nsName(r)
+		}
+		return out
+	}
+	d := map[string]any{"created": names(res.Created), "updated": names(res.Updated), "deleted": names(res.Deleted)}
+	if rollbackOf != 0 {
+		d["rollbackOf"] = rollbackOf
+	}
+	return d
+}
+
+// compare lists what differs between two object sets.
+func compare(before, after map[string]object) api.ManagerApplyResult {
+	var res api.ManagerApplyResult
+	for k, o := range after {
+		switch old, ok := before[k]; {
+		case !ok:
+			res.Created = append(res.Created, o.Ref)
+		case old.Hash != o.Hash:
+			res.Updated = append(res.Updated, o.Ref)
+		default:
+			res.Unchanged = append(res.Unchanged, o.Ref)
+		}
+	}
+	for k, o := range before {
+		if _, ok := after[k]; !ok {
+			res.Deleted = append(res.Deleted, o.Ref)
+		}
+	}
+	for _, l := range [][]api.ObjectRef{res.Created, res.Updated, res.Unchanged, res.Deleted} {
+		sort.Slice(l, func(i, j int) bool { return refKey(l[i]) < refKey(l[j]) })
+	}
+	return res
+}
+
+// validate checks the whole resulting set as `bulkhead check` does: every
+// object valid, every reference resolved, every wall proven (over the
+// reported workloads and representatives).
+func (m *Manager) validate(prop proposal) error {
+	set := &policy.Set{}
+	if prop.reqSet != nil {
+		set.Merge(prop.reqSet)
+	}
+	for k, o := range prop.objects {
+		if prop.fromReq[k] {
+			continue
+		}
+		s, err := m.sets.get(o)
+		if err != nil {
+			return invalid("a stored object no longer loads", err)
+		}
+		set.Merge(s)
+	}
+	set.Workloads = m.inventory()
+	if _, err := policy.NewEngine(set); err != nil {
+		return invalid("the resulting policy set is invalid; nothing was applied", err)
+	}
+	breaches, err := policy.ProveWalls(set)
+	if err != nil {
+		return invalid("the walls could not be proven; nothing was applied", err)
+	}
+	if len(breaches) > 0 {
+		e := &httpError{status: http.StatusUnprocessableEntity, msg: fmt.Sprintf("refused: the resulting policy set breaches %d walls; nothing was applied", len(breaches))}
+		for _, b := range breaches {
+			e.details = append(e.details, b.String())
+		}
+		return e
+	}
+	return nil
+}
+
+// finish answers a change, first waiting for the hosts when asked.
+func (m *Manager) finish(w http.ResponseWriter, r *http.Request, res api.ManagerApplyResult, wait time.Duration) {
+	if wait > 0 && res.Revision > 0 {
+		var hosts []string
+		for _, h := range m.hostList() {
+			hosts = append(hosts, h.Name)
+		}
+		res.Realized, res.NotRealized = m.waitRealized(r.Context(), res.Revision, hosts, wait)
+	}
+	status := http.StatusOK
+	if res.Revision > 0 {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, res)
+}
+
+func waitParam(r *http.Request, body string) (time.Duration, error) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		s = body
+	}
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 || d > MaxWait {
+		return 0, errorf(http.StatusBadRequest, "wait: %q: want a Go duration up to %s, such as 30s", s, MaxWait)
+	}
+	return d, nil
+}
+
+// setCache keeps the decoded set of each stored object, by hash.
+type setCache struct {
+	mu sync.Mutex
+	m  map[string]*policy.Set
+}
+
+func (c *setCache) get(o object) (*policy.Set, error) {
+	c.mu.Lock()
+	s, ok := c.m[o.Hash+refKey(o.Ref)]
+	c.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	s, err := decodeStored(o)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) > 200_000 {
+		c.m = map[string]*policy.Set{}
+	}
+	c.m[o.Hash+refKey(o.Ref)] = s
+	c.mu.Unlock()
+	return s, nil
+}
+
+// decodedSet is the policy set of a state (without workloads).
+func (m *Manager) decodedSet(ps *policyState) (*policy.Set, error) {
+	set := &policy.Set{}
+	for _, o := range ps.objects {
+		s, err := m.sets.get(o)
+		if err != nil {
+			return nil, err
+		}
+		set.Merge(s)
+	}
+	return set, nil
+}
+
+// objectsOf returns a state's objects as ObjectList items, sorted, of the
+// kinds given (all when none).
+func objectsOf(ps *policyState, keep func(api.ObjectRef) bool) []map[string]any {
+	keys := make([]string, 0, len(ps.objects))
+	for k, o := range ps.objects {
+		if keep == nil || keep(o.Ref) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	out := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		var v map[string]any
+		if err := jsonUnmarshal(ps.objects[k].JSON, &v); err == nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func kindFilter(kinds string) func(api.ObjectRef) bool {
+	if kinds == "" {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, k := range strings.Split(kinds, ",") {
+		want[strings.ToLower(k)] = true
+	}
+	return func(r api.ObjectRef) bool { return want[strings.ToLower(r.Kind)] || want[kindResources[r.Kind]] }
+}

@@ -1,0 +1,230 @@
+package manager
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// Keys of the access records. Secrets are never stored: a token or join
+// token is kept under the SHA-256 of its secret.
+const (
+	prefixAuth       = "auth/"
+	prefixTokens     = "auth/tokens/"     // hash → tokenRecord
+	prefixTokenNames = "auth/tokennames/" // name → hash
+	prefixJoin       = "auth/join/"       // hash → joinRecord
+	prefixCerts      = "auth/certs/"      // serial → certRecord
+	tokenPrefix      = "bh_"
+	joinPrefix       = "bhj_"
+)
+
+type tokenRecord struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	Created   time.Time `json:"created"`
+	CreatedBy string    `json:"createdBy"`
+}
+
+type joinRecord struct {
+	Host      string     `json:"host"`
+	Expires   time.Time  `json:"expires"`
+	Created   time.Time  `json:"created"`
+	CreatedBy string     `json:"createdBy"`
+	Used      *time.Time `json:"used,omitempty"`
+}
+
+type certRecord struct {
+	Serial    string     `json:"serial"`
+	Host      string     `json:"host"`
+	Issued    time.Time  `json:"issued"`
+	NotAfter  time.Time  `json:"notAfter"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+	RevokedBy string     `json:"revokedBy,omitempty"`
+}
+
+func decodeAuth(kv store.KV) (any, error) {
+	var v any
+	switch {
+	case strings.HasPrefix(kv.Key, prefixTokens):
+		v = &tokenRecord{}
+	case strings.HasPrefix(kv.Key, prefixJoin):
+		v = &joinRecord{}
+	case strings.HasPrefix(kv.Key, prefixCerts):
+		v = &certRecord{}
+	default:
+		return string(kv.Value), nil
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// principal is who made a request: a token's holder or a host's agent.
+type principal struct {
+	kind   string // "token", "host" or "" (nobody, or the manager itself)
+	name   string
+	role   string // a token's role; "agent" for a host
+	serial string // a host's certificate
+}
+
+func (p principal) String() string {
+	switch p.kind {
+	case "token":
+		return fmt.Sprintf("token:%s (%s)", p.name, p.role)
+	case "host":
+		return "host:" + p.name
+	case "":
+		if p.name != "" {
+			return p.name
+		}
+	}
+	return "anonymous"
+}
+
+// system is the manager acting on its own (the first start).
+var system = principal{name: "manager"}
+
+// access says who may call a route.
+type access struct {
+	public bool     // no authentication
+	roles  []string // token roles allowed
+	agents bool     // agents' client certificates allowed
+	join   bool     // a join token in the body stands for authentication
+}
+
+var (
+	anyRole   = []string{api.RoleAdmin, api.RoleOperator, api.RoleAuditor}
+	adminOnly = []string{api.RoleAdmin}
+	operators = []string{api.RoleAdmin, api.RoleOperator}
+)
+
+func (a access) allows(p principal) bool {
+	switch p.kind {
+	case "token":
+		for _, r := range a.roles {
+			if r == p.role {
+				return true
+			}
+		}
+	case "host":
+		return a.agents
+	}
+	return false
+}
+
+func (a access) String() string {
+	var who []string
+	if len(a.roles) > 0 {
+		who = append(who, "a token with role "+strings.Join(a.roles, " or "))
+	}
+	if a.agents {
+		who = append(who, "an agent's client certificate")
+	}
+	return strings.Join(who, ", or ")
+}
+
+// authenticate finds who made r: a bearer token, else an agent's client
+// certificate. It refuses what it cannot verify with 401, and a revoked
+// or unknown certificate with 403.
+func (m *Manager) authenticate(r *http.Request) (principal, error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		secret, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok {
+			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
+		}
+		v, ok := m.auth.get(prefixTokens + hashSecret(strings.TrimSpace(secret)))
+		if !ok {
+			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
+		}
+		t := v.(*tokenRecord)
+		return principal{kind: "token", name: t.Name, role: t.Role}, nil
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cert := r.TLS.PeerCertificates[0]
+		host, err := pki.HostOf(cert)
+		if err != nil {
+			return principal{}, errorf(http.StatusForbidden, "client certificate: %v", err)
+		}
+		serial := pki.Serial(cert)
+		v, ok := m.auth.get(prefixCerts + serial)
+		if !ok {
+			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s is not in this manager's records", serial, host)
+		}
+		c := v.(*certRecord)
+		switch {
+		case c.Revoked != nil:
+			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",
+				serial, host, c.Revoked.Format(time.RFC3339), c.RevokedBy)
+		case c.Host != host:
+			return principal{}, errorf(http.StatusForbidden, "client certificate %s names host %s, but was issued to host %s", serial, host, c.Host)
+		}
+		return principal{kind: "host", name: host, role: "agent", serial: serial}, nil
+	}
+	return principal{}, errorf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
+}
+
+// sameHost refuses an agent acting for another host.
+func sameHost(p principal, host string) error {
+	if p.kind == "host" && p.name != host {
+		return errorf(http.StatusForbidden, "this client certificate names host %s; it may not act for host %s", p.name, host)
+	}
+	return nil
+}
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// newSecret returns prefix followed by 32 random bytes, base64url.
+func newSecret(prefix string) (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("manager: random: %w", err)
+	}
+	return prefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func validRole(role string) bool {
+	return role == api.RoleAdmin || role == api.RoleOperator || role == api.RoleAuditor
+}
+
+// createToken stores a new token (failing if the name is taken) and
+// returns its secret; the audit entry is in the same Txn.
+func (m *Manager) createToken(ctx context.Context, by principal, name, role string, extraConds []store.Cond, extraOps []store.Op) (api.Token, int64, error) {
+	if err := pki.ValidHost(name); err != nil {
+		return api.Token{}, 0, errorf(http.StatusBadRequest, "name: %q: want lowercase letters, digits, '-' and '.', beginning and ending with a letter or digit", name)
+	}
+	if !validRole(role) {
+		return api.Token{}, 0, errorf(http.StatusBadRequest, "role: %q; valid: admin, operator, auditor", role)
+	}
+	secret, err := newSecret(tokenPrefix)
+	if err != nil {
+		return api.Token{}, 0, err
+	}
+	hash := hashSecret(secret)
+	rec := tokenRecord{Name: name, Role: role, Created: m.now().UTC(), CreatedBy: by.String()}
+	value, _ := json.Marshal(rec)
+	conds := append([]store.Cond{store.Absent(prefixTokenNames + name)}, extraConds...)
+	ops := append([]store.Op{store.Put(prefixTokens+hash, value), store.Put(prefixTokenNames+name, []byte(hash))}, extraOps...)
+	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: "token.create", object: "token/" + name, detail: map[string]string{"role": role}})
+	if err != nil {
+		return api.Token{}, 0, err
+	}
+	if !ok {
+		return api.Token{}, 0, errorf(http.StatusConflict, "a token named %q exists; revoke it first or choose another name", name)
+	}
+	return api.Token{Name: name, Role: role, Created: rec.Created, CreatedBy: rec.CreatedBy, Secret: secret}, rev, nil
+}

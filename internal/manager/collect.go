@@ -1,0 +1,111 @@
+package manager
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// collectEvery is how often unused identities are removed and every
+// workload's identity is checked against its namespace's labels.
+const collectEvery = 30 * time.Second
+
+// identityLoop keeps identities right: when a policy change alters a
+// namespace's labels, the workloads in it get the identity of their new
+// labels; identities no workload uses are removed.
+func (m *Manager) identityLoop(ctx context.Context) {
+	select {
+	case <-m.feed.ready:
+	case <-ctx.Done():
+		return
+	}
+	tick := time.NewTicker(collectEvery)
+	defer tick.Stop()
+	var seenHead int64
+	for {
+		ch := m.feed.notify()
+		if v, ok := m.feed.get(keyHead); ok && v.(*feedItem).modRev != seenHead {
+			seenHead = v.(*feedItem).modRev
+			m.reidentify(ctx)
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+			m.reidentify(ctx)
+			m.collectIdentities(ctx)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// reidentify rewrites the workloads whose identity no longer matches
+// their namespace's labels; a workload its agent changed meanwhile is
+// left for the next round.
+func (m *Manager) reidentify(ctx context.Context) {
+	nsLabels, _, err := m.namespaceLabels(ctx)
+	if err != nil {
+		m.log.Warn("reidentify: read namespaces", "err", err)
+		return
+	}
+	idKeys := map[uint32]string{}
+	m.feed.each(prefixIdentities, func(_ string, v any) {
+		id := v.(*feedItem).identity
+		idKeys[id.ID] = labelKey(id.Namespace, id.NamespaceLabels, id.Labels)
+	})
+	stale := map[string][]api.HostWorkload{}
+	expect := map[string]int64{}
+	m.feed.each(prefixWorkloads, func(key string, v any) {
+		it := v.(*feedItem)
+		wl := it.workload
+		if idKeys[wl.Identity] != labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels) {
+			stale[wl.Host] = append(stale[wl.Host], *wl)
+			expect[key] = it.modRev
+		}
+	})
+	for host, ws := range stale {
+		if _, _, err := m.writeWorkloads(ctx, system, host, ws, nil, false, expect); err != nil {
+			m.log.Warn("reidentify", "host", host, "err", err)
+		}
+	}
+}
+
+// collectIdentities removes the identities no workload uses. The index is
+// read before the workloads, and each removal is conditioned on its index
+// key: a report that used the identity after the index was read rewrote
+// that key, so the removal fails; one before is in the workloads read.
+func (m *Manager) collectIdentities(ctx context.Context) {
+	index, _, err := m.st.List(ctx, prefixIDIndex)
+	if err != nil {
+		m.log.Warn("collect identities", "err", err)
+		return
+	}
+	kvs, _, err := m.st.List(ctx, prefixWorkloads)
+	if err != nil {
+		m.log.Warn("collect identities", "err", err)
+		return
+	}
+	used := map[uint32]bool{}
+	for _, kv := range kvs {
+		if it, err := decodeFeed(kv); err == nil {
+			used[it.(*feedItem).workload.Identity] = true
+		}
+	}
+	for _, kv := range index {
+		id, err := strconv.ParseUint(string(kv.Value), 10, 32)
+		if err != nil || used[uint32(id)] {
+			continue
+		}
+		_, ok, err := m.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Delete(kv.Key), store.Delete(identityKey(uint32(id)))})
+		if err != nil {
+			m.log.Warn("collect identity", "id", id, "err", err)
+			return
+		}
+		if ok {
+			m.log.Debug("removed an unused identity", "id", id)
+		}
+	}
+}

@@ -1,0 +1,435 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// The agents' feed (GET /v1/watch?from=REV): NDJSON lines, each an
+// api.FeedEvent. It follows the store's keys under feed/ — the head, the
+// workloads of every host, the identities — and turns a head change into
+// the object puts and deletes between the revision and its parent.
+//
+// Per watch, one producer reads the store and a writer sends lines; the
+// bounded queue between them holds WatchBuffer lines. A reader that
+// leaves the queue full for slowCutoff is cut off with a "cutoff" line
+// naming the revision to resume after; the store's writers never wait for
+// any of this. A from that the store has compacted gets a "resync" line,
+// then a whole snapshot, as does from=0 (with "snapshot").
+const (
+	slowCutoff    = 10 * time.Second
+	writeDeadline = 30 * time.Second
+)
+
+// feedCache keeps the encoded object lines of recent head changes, which
+// every watcher sends alike.
+type feedCache struct {
+	mu sync.Mutex
+	m  map[int64][]byte
+}
+
+func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) error {
+	var from int64
+	if s := r.URL.Query().Get("from"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return errorf(http.StatusBadRequest, "from: %q: want a revision (the last \"rev\" line's rev + 1), or 0 for a snapshot", s)
+		}
+		from = n
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil
+	}
+	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{})}
+	go func() {
+		defer close(q.done)
+		q.err = m.produce(ctx, from, q)
+	}()
+	m.writeFeed(ctx, w, rc, p, q)
+	cancel()
+	<-q.done
+	return nil
+}
+
+type feedQueue struct {
+	ch   chan []byte
+	done chan struct{}
+	err  error // why the producer stopped; read after done
+}
+
+var errSlowReader = errors.New("slow reader")
+
+// send queues a line, waiting at most slowCutoff for room.
+func (q *feedQueue) send(ctx context.Context, line []byte) error {
+	select {
+	case q.ch <- line:
+		return nil
+	default:
+	}
+	t := time.NewTimer(slowCutoff)
+	defer t.Stop()
+	select {
+	case q.ch <- line:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w: %d lines unread for %s", errSlowReader, cap(q.ch), slowCutoff)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writeFeed sends the queued lines, heartbeats when nothing happens, and
+// ends with a "cutoff" line when the producer stops or the agent's
+// certificate is revoked.
+func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, p principal, q *feedQueue) {
+	tick := time.NewTicker(m.cfg.Heartbeat)
+	defer tick.Stop()
+	var last int64 // the rev of the last "rev" line sent
+	write := func(line []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(writeDeadline))
+		if _, err := w.Write(line); err != nil {
+			return false
+		}
+		return true
+	}
+	for {
+		select {
+		case line := <-q.ch:
+			if !write(line) {
+				return
+			}
+			if rev, ok := revOfRevLine(line); ok {
+				last = rev
+			}
+			// Write what is queued before flushing once.
+			for n := len(q.ch); n > 0; n-- {
+				line = <-q.ch
+				if !write(line) {
+					return
+				}
+				if rev, ok := revOfRevLine(line); ok {
+					last = rev
+				}
+			}
+			if rc.Flush() != nil {
+				return
+			}
+		case <-tick.C:
+			reason := ""
+			if p.kind == "host" {
+				if err := m.stillValid(p); err != nil {
+					reason = err.Error()
+				}
+			}
+			if reason != "" {
+				write(encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason}))
+				_ = rc.Flush()
+				return
+			}
+			if !write(encodeEvent(api.FeedEvent{Type: api.FeedHeartbeat, Rev: last})) || rc.Flush() != nil {
+				return
+			}
+		case <-q.done:
+			for n := len(q.ch); n > 0; n-- {
+				line := <-q.ch
+				if !write(line) {
+					return
+				}
+				if rev, ok := revOfRevLine(line); ok {
+					last = rev
+				}
+			}
+			reason := "the manager is shutting down"
+			if q.err != nil && ctx.Err() == nil {
+				reason = q.err.Error()
+			}
+			write(encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason + fmt.Sprintf("; resume with from=%d", last+1)}))
+			_ = rc.Flush()
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// stillValid checks an agent's certificate again, for long-lived streams.
+func (m *Manager) stillValid(p principal) error {
+	v, ok := m.auth.get(prefixCerts + p.serial)
+	if !ok {
+		return fmt.Errorf("client certificate %s of host %s is no longer in the records", p.serial, p.name)
+	}
+	if c := v.(*certRecord); c.Revoked != nil {
+		return fmt.Errorf("client certificate %s of host %s was revoked by %s", p.serial, p.name, c.RevokedBy)
+	}
+	return nil
+}
+
+var revLinePrefix = []byte(`{"type":"rev","rev":`)
+
+func revOfRevLine(line []byte) (int64, bool) {
+	if len(line) < len(revLinePrefix) || string(line[:len(revLinePrefix)]) != string(revLinePrefix) {
+		return 0, false
+	}
+	rest := line[len(revLinePrefix):]
+	i := 0
+	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+		i++
+	}
+	n, err := strconv.ParseInt(string(rest[:i]), 10, 64)
+	return n, err == nil
+}
+
+func encodeEvent(e api.FeedEvent) []byte {
+	data, _ := json.Marshal(e)
+	return append(data, '\n')
+}
+
+// produce queues the feed from rev from (0: a snapshot first) until ctx
+// ends or the reader is too slow. A watch the store ends for its own
+// reasons resumes where it was; a compacted one resynchronizes.
+func (m *Manager) produce(ctx context.Context, from int64, q *feedQueue) error {
+	if from == 0 {
+		rev, err := m.snapshot(ctx, q, api.FeedSnapshot, "")
+		if err != nil {
+			return err
+		}
+		from = rev + 1
+	}
+	for ctx.Err() == nil {
+		next, err := m.follow(ctx, from, q)
+		var compacted *store.CompactedError
+		switch {
+		case errors.As(err, &compacted):
+			reason := fmt.Sprintf("revision %d is no longer kept (the oldest is %d)", from, compacted.Oldest)
+			rev, err := m.snapshot(ctx, q, api.FeedResync, reason)
+			if err != nil {
+				return err
+			}
+			from = rev + 1
+		case errors.Is(err, errSlowReader) || ctx.Err() != nil:
+			return err
+		case errors.Is(err, store.ErrClosed):
+			return err
+		default:
+			m.log.Debug("feed watch ended; resuming", "from", next, "err", err)
+			from = next
+			sleep(ctx, 20*time.Millisecond)
+		}
+	}
+	return ctx.Err()
+}
+
+// follow queues the changes from rev from on; it returns where to resume.
+func (m *Manager) follow(ctx context.Context, from int64, q *feedQueue) (int64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := m.st.Watch(wctx, prefixFeed, from)
+	for batch := range w.C {
+		for len(batch) > 0 {
+			rev := batch[0].KV.ModRev
+			n := 1
+			for n < len(batch) && batch[n].KV.ModRev == rev {
+				n++
+			}
+			policyRev, err := m.queueRevision(ctx, q, batch[:n])
+			if err != nil {
+				return from, err
+			}
+			if err := q.send(ctx, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev})); err != nil {
+				return from, err
+			}
+			from, batch = rev+1, batch[n:]
+		}
+	}
+	return from, w.Err()
+}
+
+// queueRevision queues the lines of one revision's events; it returns the
+// policy revision when the head changed, else 0.
+func (m *Manager) queueRevision(ctx context.Context, q *feedQueue, events []store.Event) (int64, error) {
+	var policyRev int64
+	for _, ev := range events {
+		rev, key := ev.KV.ModRev, ev.KV.Key
+		var lines [][]byte
+		switch {
+		case key == keyHead && ev.Type == store.EventPut:
+			data, err := m.headLines(ctx, ev.KV)
+			if err != nil {
+				return 0, err
+			}
+			policyRev = rev
+			if err := q.send(ctx, data); err != nil {
+				return 0, err
+			}
+			continue
+		case strings.HasPrefix(key, prefixWorkloads):
+			lines = append(lines, workloadLine(ev))
+		case strings.HasPrefix(key, prefixIdentities):
+			lines = append(lines, identityLine(ev))
+		}
+		for _, l := range lines {
+			if l == nil {
+				continue
+			}
+			if err := q.send(ctx, l); err != nil {
+				return 0, err
+			}
+		}
+		_ = rev
+	}
+	return policyRev, nil
+}
+
+func workloadLine(ev store.Event) []byte {
+	e := api.FeedEvent{Type: api.FeedWorkload, Rev: ev.KV.ModRev, Op: ev.Type.String()}
+	if ev.Type == store.EventPut {
+		e.Workload = &api.HostWorkload{}
+		if json.Unmarshal(ev.KV.Value, e.Workload) != nil {
+			return nil
+		}
+	} else {
+		parts := strings.SplitN(strings.TrimPrefix(ev.KV.Key, prefixWorkloads), "/", 3)
+		if len(parts) != 3 {
+			return nil
+		}
+		e.Workload = &api.HostWorkload{Host: parts[0], Namespace: parts[1], Name: parts[2]}
+	}
+	return encodeEvent(e)
+}
+
+func identityLine(ev store.Event) []byte {
+	e := api.FeedEvent{Type: api.FeedIdentity, Rev: ev.KV.ModRev, Op: ev.Type.String()}
+	if ev.Type == store.EventPut {
+		e.Identity = &api.Identity{}
+		if json.Unmarshal(ev.KV.Value, e.Identity) != nil {
+			return nil
+		}
+	} else {
+		id, err := strconv.ParseUint(strings.TrimPrefix(ev.KV.Key, prefixIdentities), 10, 32)
+		if err != nil {
+			return nil
+		}
+		e.Identity = &api.Identity{ID: uint32(id)}
+	}
+	return encodeEvent(e)
+}
+
+// headLines encodes the object changes of a head change: the difference
+// from the revision's parent, computed once for every watcher.
+func (m *Manager) headLines(ctx context.Context, kv store.KV) ([]byte, error) {
+	m.feedC.mu.Lock()
+	data, ok := m.feedC.m[kv.ModRev]
+	m.feedC.mu.Unlock()
+	if ok {
+		return data, nil
+	}
+	v, err := decodeRecord(kv)
+	if err != nil {
+		return nil, err
+	}
+	rec := v.(*revRecord)
+	cur, err := m.loadState(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	parent, err := m.parentState(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	data = objectLines(kv.ModRev, parent, cur)
+	m.feedC.mu.Lock()
+	if m.feedC.m == nil || len(m.feedC.m) >= 16 {
+		m.feedC.m = map[int64][]byte{}
+	}
+	m.feedC.m[kv.ModRev] = data
+	m.feedC.mu.Unlock()
+	return data, nil
+}
+
+// parentState reads the state a revision changed: the record one before
+// it in sequence, read from the store (not the mirror, which may lag).
+func (m *Manager) parentState(ctx context.Context, rec *revRecord) (*policyState, error) {
+	if rec.Seq <= 1 {
+		return m.loadState(ctx, nil)
+	}
+	kv, err := m.st.Get(ctx, revisionKey(rec.Seq-1))
+	if err != nil {
+		return nil, fmt.Errorf("manager: read revision %d's parent: %w", rec.Rev, err)
+	}
+	v, err := decodeRecord(kv)
+	if err != nil {
+		return nil, err
+	}
+	return m.loadState(ctx, v.(*revRecord))
+}
+
+func objectLines(rev int64, before, after *policyState) []byte {
+	var out []byte
+	for _, c := range diffStates(before, after) {
+		ref := c.ObjectRef
+		e := api.FeedEvent{Type: api.FeedObject, Rev: rev, Op: "put", Ref: &ref, Object: c.After}
+		if c.After == nil {
+			e.Op, e.Object = "delete", nil
+		}
+		out = append(out, encodeEvent(e)...)
+	}
+	return out
+}
+
+// snapshot queues a marker, every object, workload and identity, and a
+// "rev" line; it returns the snapshot's revision.
+func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason string) (int64, error) {
+	kvs, rev, err := m.st.List(ctx, prefixFeed)
+	if err != nil {
+		return 0, fmt.Errorf("manager: feed snapshot: %w", err)
+	}
+	if err := q.send(ctx, encodeEvent(api.FeedEvent{Type: marker, Rev: rev, Reason: reason})); err != nil {
+		return 0, err
+	}
+	var policyRev int64
+	sort.Slice(kvs, func(i, j int) bool { return kvs[i].Key < kvs[j].Key })
+	for _, kv := range kvs {
+		var line []byte
+		ev := store.Event{Type: store.EventPut, KV: kv}
+		switch {
+		case kv.Key == keyHead:
+			v, err := decodeRecord(kv)
+			if err != nil {
+				return 0, err
+			}
+			ps, err := m.loadState(ctx, v.(*revRecord))
+			if err != nil {
+				return 0, err
+			}
+			policyRev = kv.ModRev
+			line = objectLines(rev, &policyState{}, ps)
+		case strings.HasPrefix(kv.Key, prefixWorkloads):
+			line = workloadLine(ev)
+		case strings.HasPrefix(kv.Key, prefixIdentities):
+			line = identityLine(ev)
+		}
+		if line != nil {
+			if err := q.send(ctx, line); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return rev, q.send(ctx, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev}))
+}

@@ -1,0 +1,112 @@
+package manager
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// postJoin trades a one-time join token and a CSR for a client
+// certificate. The token is marked used in the same Txn that records the
+// certificate, conditioned on it being unused, so that two joins with one
+// token cannot both succeed.
+func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) error {
+	var req api.JoinRequest
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Token == "" {
+		return errorf(http.StatusBadRequest, "token: required: a join token from `bulkhead token create --join --host NAME`")
+	}
+	if req.CSR == "" {
+		return errorf(http.StatusBadRequest, "csr: required: a PEM certificate request")
+	}
+	ctx := r.Context()
+	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
+	kv, err := m.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusUnauthorized, "token: unknown join token")
+	} else if err != nil {
+		return err
+	}
+	var jt joinRecord
+	if err := json.Unmarshal(kv.Value, &jt); err != nil {
+		return err
+	}
+	now := m.now().UTC()
+	switch {
+	case jt.Used != nil:
+		return errorf(http.StatusForbidden, "token: the join token for host %s was already used at %s; a join token is good for one join", jt.Host, jt.Used.Format(time.RFC3339))
+	case now.After(jt.Expires):
+		return errorf(http.StatusForbidden, "token: the join token for host %s expired at %s", jt.Host, jt.Expires.Format(time.RFC3339))
+	}
+	cert, err := m.ca.SignCSR([]byte(req.CSR), jt.Host, now, m.cfg.ClientValidity)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "csr: %v", err)
+	}
+	jt.Used = &now
+	used, _ := json.Marshal(jt)
+	by := principal{kind: "host", name: jt.Host}
+	res, rev, ok, err := m.issue(ctx, by, "host.join", cert, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(key, used)})
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errorf(http.StatusForbidden, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
+	}
+	if err := m.auth.waitRev(ctx, rev); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// postRenew gives an agent a new certificate for its host, with the
+// certificate it has (which stays valid until it expires or is revoked).
+func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal) error {
+	var req api.JoinRequest
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Token != "" {
+		return errorf(http.StatusBadRequest, "token: not used to renew; the client certificate says which host this is")
+	}
+	cert, err := m.ca.SignCSR([]byte(req.CSR), p.name, m.now(), m.cfg.ClientValidity)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "csr: %v", err)
+	}
+	res, rev, _, err := m.issue(r.Context(), p, "host.renew", cert, nil, nil)
+	if err != nil {
+		return err
+	}
+	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// issue records a signed certificate (with conds and ops of the caller)
+// and returns what the agent receives.
+func (m *Manager) issue(ctx context.Context, by principal, action string, cert *x509.Certificate, conds []store.Cond, ops []store.Op) (api.JoinResult, int64, bool, error) {
+	host, _ := pki.HostOf(cert)
+	serial := pki.Serial(cert)
+	rec := certRecord{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
+	value, _ := json.Marshal(rec)
+	conds = append(conds, store.Absent(prefixCerts+serial))
+	ops = append(ops, store.Put(prefixCerts+serial, value))
+	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: action, object: "host/" + host,
+		detail: map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}})
+	if err != nil || !ok {
+		return api.JoinResult{}, 0, ok, err
+	}
+	return api.JoinResult{Host: host, Serial: serial, NotAfter: cert.NotAfter, Certificate: string(pki.CertPEM(cert)), CA: string(m.ca.CertPEM())}, rev, true, nil
+}

@@ -1,0 +1,387 @@
+// Package manager is Bulkhead's management server: the one public API
+// (JSON over HTTPS, TLS 1.3, described by api/openapi.yaml) that the CLI,
+// the console and the agents use. It keeps everything in a store.Store
+// (internal/store): the policy objects as numbered revisions, the
+// workloads the agents report, the cluster-wide identities, the hosts,
+// the access records and the hash-chained audit log. It holds no state of
+// its own beyond caches, so several managers may share one etcd.
+//
+// docs/manager.md describes the API, the access model, the PKI and the
+// join, revisions, the agents' watch protocol and HA.
+//
+// Start a manager in-process (tests, `bulkhead up`):
+//
+//	st, _ := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
+//	m, err := manager.Start(ctx, manager.Config{Store: st, DataDir: dir, Listen: "127.0.0.1:0"})
+//	defer m.Close()
+//	// m.URL(), m.CAPEM(), m.AdminToken()
+package manager
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// Files the manager writes to its data directory.
+const (
+	AdminTokenFile = "admin.token" // the first admin token, 0600
+	CAFile         = "ca.crt"      // the CA certificate, for clients
+	keyCA          = "pki/ca"
+	keyBootstrap   = "auth/bootstrap"
+)
+
+// Config configures a manager. Store and DataDir are required.
+type Config struct {
+	Store   store.Store
+	DataDir string
+	// Listen is the address to serve on (default 127.0.0.1:8443).
+	Listen string
+	// Names are extra DNS names and addresses for the server certificate;
+	// the listen address, localhost, 127.0.0.1 and ::1 are always in it.
+	Names  []string
+	Logger *slog.Logger
+	// MaxBodyBytes bounds a request body (default 32 MiB).
+	MaxBodyBytes int64
+	// Heartbeat is the interval of heartbeat lines on a quiet watch
+	// (default 5 s).
+	Heartbeat time.Duration
+	// WatchBuffer bounds the lines a watch holds for a slow reader before
+	// cutting it off (default 4096).
+	WatchBuffer int
+	// ClientValidity is how long an agent certificate is valid (default
+	// pki.ClientValidity).
+	ClientValidity time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) defaults() error {
+	if c.Store == nil || c.DataDir == "" {
+		return errors.New("manager: Config.Store and Config.DataDir are required")
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8443"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 32 << 20
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 5 * time.Second
+	}
+	if c.WatchBuffer <= 0 {
+		c.WatchBuffer = 4096
+	}
+	if c.ClientValidity <= 0 {
+		c.ClientValidity = pki.ClientValidity
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Manager is a running management server.
+type Manager struct {
+	cfg   Config
+	st    store.Store
+	log   *slog.Logger
+	ca    *pki.CA
+	blobs blobs
+
+	stateMu sync.Mutex
+	states  map[int64]*policyState
+	sets    setCache
+	feedC   feedCache
+	auditMu sync.Mutex // serializes this manager's audited commits
+	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
+
+	auth, feed, hosts, revisions *mirror
+
+	adminToken string
+	mux        *http.ServeMux
+	routes     []route
+	srv        *http.Server
+	ln         net.Listener
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+// New prepares a manager: the CA (created on the first start, shared
+// through the store), the first admin token, and the store followers. It
+// does not listen; Serve or Start does.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("manager: data directory: %w", err)
+	}
+	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
+		states: map[int64]*policyState{}}
+	m.blobs.st = cfg.Store
+	ca, err := m.loadCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.ca = ca
+	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {
+		return nil, err
+	}
+	if err := m.bootstrap(ctx); err != nil {
+		return nil, err
+	}
+	m.auth = newMirror(m.st, prefixAuth, m.log, decodeAuth)
+	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
+	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
+	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
+	m.routes = m.routeTable()
+	m.mux = http.NewServeMux()
+	for _, rt := range m.routes {
+		m.mux.Handle(rt.method+" "+rt.path, m.wrap(rt))
+	}
+	return m, nil
+}
+
+// loadCA reads the CA from the store, creating it if there is none; of
+// two managers starting at once, the first to commit wins and the other
+// reads its CA.
+func (m *Manager) loadCA(ctx context.Context) (*pki.CA, error) {
+	for range 3 {
+		kv, err := m.st.Get(ctx, keyCA)
+		if err == nil {
+			var v struct{ Cert, Key string }
+			if err := json.Unmarshal(kv.Value, &v); err != nil {
+				return nil, fmt.Errorf("manager: CA in the store: %w", err)
+			}
+			return pki.ParseCA([]byte(v.Cert), []byte(v.Key))
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("manager: read CA: %w", err)
+		}
+		ca, err := pki.NewCA("Bulkhead CA", m.cfg.Now())
+		if err != nil {
+			return nil, err
+		}
+		keyPEM, err := ca.KeyPEM()
+		if err != nil {
+			return nil, err
+		}
+		value, _ := json.Marshal(struct{ Cert, Key string }{string(ca.CertPEM()), string(keyPEM)})
+		if _, ok, err := m.st.Txn(ctx, []store.Cond{store.Absent(keyCA)}, []store.Op{store.Put(keyCA, value)}); err != nil {
+			return nil, fmt.Errorf("manager: store CA: %w", err)
+		} else if ok {
+			m.log.Info("created the CA", "subject", ca.Cert.Subject.String())
+			return ca, nil
+		}
+	}
+	return nil, errors.New("manager: CA: the store keeps changing under the CA key")
+}
+
+// bootstrap creates the first admin token, once per store, and writes it
+// to the data directory for `bulkhead up` and the CLI.
+func (m *Manager) bootstrap(ctx context.Context) error {
+	path := filepath.Join(m.cfg.DataDir, AdminTokenFile)
+	if data, err := os.ReadFile(path); err == nil {
+		m.adminToken = string(trimNL(data))
+	}
+	if _, err := m.st.Get(ctx, keyBootstrap); err == nil {
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("manager: read %s: %w", keyBootstrap, err)
+	}
+	tok, _, err := m.createToken(ctx, system, "admin", api.RoleAdmin,
+		[]store.Cond{store.Absent(keyBootstrap)}, []store.Op{store.Put(keyBootstrap, []byte(m.cfg.Now().UTC().Format(time.RFC3339)))})
+	var he *httpError
+	if errors.As(err, &he) && he.status == http.StatusConflict {
+		return nil // another manager bootstrapped the store at the same moment
+	}
+	if err != nil {
+		return err
+	}
+	m.adminToken = tok.Secret
+	m.log.Info("created the first admin token", "file", path)
+	return writeFile(path, []byte(tok.Secret+"\n"), 0o600)
+}
+
+// Handler returns the API's handler, for serving it elsewhere.
+func (m *Manager) Handler() http.Handler { return m.mux }
+
+// CAPEM returns the CA certificate in PEM: what clients trust.
+func (m *Manager) CAPEM() []byte { return m.ca.CertPEM() }
+
+// CA returns the manager's certificate authority.
+func (m *Manager) CA() *pki.CA { return m.ca }
+
+// AdminToken returns the first admin token if this manager created it or
+// found it in its data directory, else "".
+func (m *Manager) AdminToken() string { return m.adminToken }
+
+// TLSConfig returns the server's TLS configuration: TLS 1.3 only, a
+// certificate for the listen address and cfg.Names, and agents' client
+// certificates verified against the CA when they are presented.
+func (m *Manager) TLSConfig() (*tls.Config, error) {
+	names := append([]string{"localhost", "127.0.0.1", "::1"}, m.cfg.Names...)
+	if host, _, err := net.SplitHostPort(m.cfg.Listen); err == nil && host != "" {
+		names = append(names, host)
+	}
+	cert, err := m.ca.ServerCert(names, m.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    m.ca.Pool(),
+		NextProtos:   []string{"h2", "http/1.1"},
+	}, nil
+}
+
+// Start prepares a manager, starts following the store and serves on
+// cfg.Listen until Close.
+func Start(ctx context.Context, cfg Config) (*Manager, error) {
+	m, err := New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.listen(); err != nil {
+		return nil, err
+	}
+	m.run()
+	return m, nil
+}
+
+// Serve runs a manager until ctx is done.
+func (m *Manager) Serve(ctx context.Context) error {
+	if err := m.listen(); err != nil {
+		return err
+	}
+	m.run()
+	<-ctx.Done()
+	return m.Close()
+}
+
+func (m *Manager) listen() error {
+	tc, err := m.TLSConfig()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", m.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("manager: listen on %s: %w", m.cfg.Listen, err)
+	}
+	m.ln = ln
+	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
+	return nil
+}
+
+func (m *Manager) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); mi.run(ctx) }()
+	}
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.identityLoop(ctx) }()
+	if m.srv != nil {
+		// Requests, and so every watch, end when the manager closes.
+		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := m.srv.ServeTLS(m.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				m.log.Error("serve", "err", err)
+			}
+		}()
+		m.log.Info("serving", "url", m.URL())
+	}
+}
+
+// WaitReady waits until the manager has read the store once.
+func (m *Manager) WaitReady(ctx context.Context) error {
+	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+		select {
+		case <-mi.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (m *Manager) ready() bool {
+	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+		select {
+		case <-mi.ready:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Addr is the address the manager listens on.
+func (m *Manager) Addr() net.Addr { return m.ln.Addr() }
+
+// URL is the manager's base URL, https://ADDR.
+func (m *Manager) URL() string { return "https://" + m.ln.Addr().String() }
+
+// Close stops serving (ending every watch) and following the store. It
+// does not close the store.
+func (m *Manager) Close() error {
+	var err error
+	if m.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		m.cancel()
+		if err = m.srv.Shutdown(ctx); err != nil {
+			err = m.srv.Close()
+		}
+	} else if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	return err
+}
+
+func (m *Manager) now() time.Time { return m.cfg.Now() }
+
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return fmt.Errorf("manager: write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fmt.Errorf("manager: chmod %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("manager: write %s: %w", path, err)
+	}
+	return nil
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

@@ -1,0 +1,159 @@
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// mirror is an in-memory copy of the keys under one prefix of the store,
+// kept current by a watch: list, then follow, and list again when the
+// watch ends. Reads that decide nothing (lists, authentication) use it;
+// writes that must not race still read the store and commit with
+// conditions. Values are decoded once, when they arrive.
+type mirror struct {
+	st     store.Store
+	prefix string
+	decode func(kv store.KV) (any, error)
+	log    *slog.Logger
+
+	mu      sync.RWMutex
+	items   map[string]any
+	rev     int64
+	changed chan struct{} // closed and replaced when rev moves
+	ready   chan struct{} // closed after the first list
+}
+
+func newMirror(st store.Store, prefix string, log *slog.Logger, decode func(store.KV) (any, error)) *mirror {
+	return &mirror{st: st, prefix: prefix, decode: decode, log: log.With("mirror", prefix),
+		items: map[string]any{}, changed: make(chan struct{}), ready: make(chan struct{})}
+}
+
+// run follows the store until ctx is done.
+func (mi *mirror) run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	first := true
+	for ctx.Err() == nil {
+		kvs, rev, err := mi.st.List(ctx, mi.prefix)
+		if err != nil {
+			mi.log.Warn("list failed; retrying", "err", err, "in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		items := make(map[string]any, len(kvs))
+		for _, kv := range kvs {
+			if v, err := mi.decode(kv); err == nil {
+				items[kv.Key] = v
+			} else {
+				mi.log.Warn("undecodable value skipped", "key", kv.Key, "err", err)
+			}
+		}
+		mi.mu.Lock()
+		mi.items = items
+		mi.advance(rev)
+		mi.mu.Unlock()
+		if first {
+			close(mi.ready)
+			first = false
+		}
+		backoff = 50 * time.Millisecond
+		err = mi.follow(ctx, rev+1)
+		if ctx.Err() == nil {
+			mi.log.Info("watch ended; listing again", "err", err)
+		}
+	}
+}
+
+func (mi *mirror) follow(ctx context.Context, from int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := mi.st.Watch(ctx, mi.prefix, from)
+	for batch := range w.C {
+		mi.mu.Lock()
+		for _, ev := range batch {
+			if ev.Type == store.EventDelete {
+				delete(mi.items, ev.KV.Key)
+				continue
+			}
+			if v, err := mi.decode(ev.KV); err == nil {
+				mi.items[ev.KV.Key] = v
+			} else {
+				delete(mi.items, ev.KV.Key)
+				mi.log.Warn("undecodable value skipped", "key", ev.KV.Key, "err", err)
+			}
+		}
+		mi.advance(batch[len(batch)-1].KV.ModRev)
+		mi.mu.Unlock()
+	}
+	return w.Err()
+}
+
+// advance records that the copy is current up to rev; mu is held.
+func (mi *mirror) advance(rev int64) {
+	if rev > mi.rev {
+		mi.rev = rev
+		close(mi.changed)
+		mi.changed = make(chan struct{})
+	}
+}
+
+// waitRev returns once the copy holds every change up to rev, which
+// must be the revision of a change under the prefix (else only a later
+// change ends the wait).
+func (mi *mirror) waitRev(ctx context.Context, rev int64) error {
+	for {
+		mi.mu.RLock()
+		cur, ch := mi.rev, mi.changed
+		mi.mu.RUnlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// get returns the decoded value of key.
+func (mi *mirror) get(key string) (any, bool) {
+	mi.mu.RLock()
+	defer mi.mu.RUnlock()
+	v, ok := mi.items[key]
+	return v, ok
+}
+
+// each calls fn for every item under prefix (which begins with the
+// mirror's), in no particular order, holding the read lock; it returns
+// the revision the copy is at.
+func (mi *mirror) each(prefix string, fn func(key string, v any)) int64 {
+	mi.mu.RLock()
+	defer mi.mu.RUnlock()
+	for k, v := range mi.items {
+		if len(k) >= len(prefix) && k[:len(prefix)] == prefix {
+			fn(k, v)
+		}
+	}
+	return mi.rev
+}
+
+// notify returns a channel closed at the copy's next change.
+func (mi *mirror) notify() <-chan struct{} {
+	mi.mu.RLock()
+	defer mi.mu.RUnlock()
+	return mi.changed
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

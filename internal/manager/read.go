@@ -1,0 +1,215 @@
+package manager
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+)
+
+func jsonUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
+
+func (m *Manager) getObjects(w http.ResponseWriter, r *http.Request, _ principal) error {
+	_, ps, err := m.head(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
+	return nil
+}
+
+func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Request, principal) error {
+	return func(w http.ResponseWriter, r *http.Request, _ principal) error {
+		_, ps, err := m.head(r.Context())
+		if err != nil {
+			return err
+		}
+		items := objectsOf(ps, func(ref api.ObjectRef) bool { return kindResources[ref.Kind] == res })
+		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: items})
+		return nil
+	}
+}
+
+func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ principal) error {
+	out := api.RevisionList{Items: []api.Revision{}}
+	m.revisions.each(prefixRevisions, func(_ string, v any) {
+		out.Items = append(out.Items, v.(*revRecord).api())
+	})
+	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Revision > out.Items[j].Revision })
+	kv, _, err := m.head(r.Context())
+	if err != nil {
+		return err
+	}
+	out.Head = kv.ModRev
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func revParam(s, name string) (int64, error) {
+	rev, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || rev < 0 {
+		return 0, errorf(http.StatusBadRequest, "%s: %q: want a revision number (GET /v1/revisions lists them)", name, s)
+	}
+	return rev, nil
+}
+
+// getRevision answers the objects in force at a revision.
+func (m *Manager) getRevision(w http.ResponseWriter, r *http.Request, _ principal) error {
+	rev, err := revParam(r.PathValue("rev"), "rev")
+	if err != nil {
+		return err
+	}
+	rec, err := m.record(rev)
+	if err != nil {
+		return err
+	}
+	ps, err := m.loadState(r.Context(), rec)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ObjectList{Revision: rev, Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
+	return nil
+}
+
+// getDiff lists the objects that differ between two revisions (?from=,
+// ?to=; to defaults to the head, from to to's parent).
+func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) error {
+	ctx := r.Context()
+	q := r.URL.Query()
+	headKV, head, err := m.head(ctx)
+	if err != nil {
+		return err
+	}
+	to, toState := headKV.ModRev, head
+	if s := q.Get("to"); s != "" {
+		if to, err = revParam(s, "to"); err != nil {
+			return err
+		}
+		rec, err := m.record(to)
+		if err != nil {
+			return err
+		}
+		if toState, err = m.loadState(ctx, rec); err != nil {
+			return err
+		}
+	}
+	var from int64
+	if toState.record != nil {
+		from = toState.record.ParentRev
+	}
+	if s := q.Get("from"); s != "" {
+		if from, err = revParam(s, "from"); err != nil {
+			return err
+		}
+	}
+	rec, err := m.record(from)
+	if err != nil {
+		return err
+	}
+	fromState, err := m.loadState(ctx, rec)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.RevisionDiff{From: from, To: to, Changes: diffStates(fromState, toState)})
+	return nil
+}
+
+func diffStates(a, b *policyState) []api.ObjectChange {
+	res := compare(a.objects, b.objects)
+	out := []api.ObjectChange{}
+	for _, ref := range res.Created {
+		out = append(out, api.ObjectChange{ObjectRef: ref, After: b.objects[refKey(ref)].JSON})
+	}
+	for _, ref := range res.Updated {
+		k := refKey(ref)
+		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[k].JSON, After: b.objects[k].JSON})
+	}
+	for _, ref := range res.Deleted {
+		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[refKey(ref)].JSON})
+	}
+	sort.Slice(out, func(i, j int) bool { return refKey(out[i].ObjectRef) < refKey(out[j].ObjectRef) })
+	return out
+}
+
+// postRollback makes the objects of an earlier revision the head again,
+// as a new revision, validated and proven like any apply.
+func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p principal) error {
+	rev, err := revParam(r.PathValue("rev"), "rev")
+	if err != nil {
+		return err
+	}
+	var req api.RollbackRequest
+	if r.ContentLength != 0 {
+		if err := m.decode(w, r, &req); err != nil {
+			return err
+		}
+	}
+	wait, err := waitParam(r, req.Wait)
+	if err != nil {
+		return err
+	}
+	rec, err := m.record(rev)
+	if err != nil {
+		return err
+	}
+	target, err := m.loadState(r.Context(), rec)
+	if err != nil {
+		return err
+	}
+	res, err := m.change(r.Context(), p, "rollback", req.Message, false, func(*policyState) (proposal, error) {
+		return proposal{objects: target.objects}, nil
+	}, rev)
+	if err != nil {
+		return err
+	}
+	m.finish(w, r, res, wait)
+	return nil
+}
+
+func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) error {
+	q := r.URL.Query()
+	from, limit := uint64(1), 1000
+	if s := q.Get("from"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return errorf(http.StatusBadRequest, "from: %q: want an entry number", s)
+		}
+		from = n
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 10000 {
+			return errorf(http.StatusBadRequest, "limit: %q: want 1 to 10000", s)
+		}
+		limit = n
+	}
+	entries, err := m.auditEntries(r.Context(), from, limit+1)
+	if err != nil {
+		return err
+	}
+	out := api.AuditList{Items: entries}
+	if len(entries) > limit {
+		out.Items, out.Next = entries[:limit], entries[limit].Seq
+	}
+	if out.Items == nil {
+		out.Items = []api.AuditEntry{}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ principal) error {
+	v, err := m.verifyAudit(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}

@@ -1,0 +1,178 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+func (m *Manager) postToken(w http.ResponseWriter, r *http.Request, p principal) error {
+	var req api.TokenRequest
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	tok, rev, err := m.createToken(r.Context(), p, req.Name, req.Role, nil, nil)
+	if err != nil {
+		return err
+	}
+	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, tok)
+	return nil
+}
+
+func (m *Manager) getTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
+	out := []api.Token{}
+	m.auth.each(prefixTokens, func(_ string, v any) {
+		t := v.(*tokenRecord)
+		out = append(out, api.Token{Name: t.Name, Role: t.Role, Created: t.Created, CreatedBy: t.CreatedBy})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// deleteToken revokes a token: its record goes, so it no longer
+// authenticates anywhere.
+func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principal) error {
+	name := r.PathValue("name")
+	ctx := r.Context()
+	nameKV, err := m.st.Get(ctx, prefixTokenNames+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusNotFound, "no token named %q; GET /v1/tokens lists them", name)
+	} else if err != nil {
+		return err
+	}
+	hash := string(nameKV.Value)
+	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(nameKV)},
+		[]store.Op{store.Delete(prefixTokenNames + name), store.Delete(prefixTokens + hash)},
+		auditEntry{actor: p, action: "token.revoke", object: "token/" + name})
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errorf(http.StatusConflict, "token %q changed meanwhile; try again", name)
+	}
+	if err := m.auth.waitRev(ctx, rev); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// DefaultJoinTTL is how long a join token is valid unless asked otherwise.
+const DefaultJoinTTL = time.Hour
+
+func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p principal) error {
+	var req api.JoinTokenRequest
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := pki.ValidHost(req.Host); err != nil {
+		return errorf(http.StatusBadRequest, "host: %v", err)
+	}
+	ttl := DefaultJoinTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 30*24*time.Hour {
+			return errorf(http.StatusBadRequest, "ttl: %q: want a Go duration between 1s and 720h, such as 15m", req.TTL)
+		}
+		ttl = d
+	}
+	jt, rev, err := m.createJoinToken(r.Context(), p, req.Host, ttl)
+	if err != nil {
+		return err
+	}
+	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, jt)
+	return nil
+}
+
+// CreateJoinToken makes a one-time join token for host, as an admin
+// would (for `bulkhead up`, which joins its own agent).
+func (m *Manager) CreateJoinToken(ctx context.Context, host string, ttl time.Duration) (api.JoinToken, error) {
+	jt, rev, err := m.createJoinToken(ctx, system, host, ttl)
+	if err != nil {
+		return jt, err
+	}
+	return jt, m.auth.waitRev(ctx, rev)
+}
+
+func (m *Manager) createJoinToken(ctx context.Context, by principal, host string, ttl time.Duration) (api.JoinToken, int64, error) {
+	if err := pki.ValidHost(host); err != nil {
+		return api.JoinToken{}, 0, errorf(http.StatusBadRequest, "host: %v", err)
+	}
+	secret, err := newSecret(joinPrefix)
+	if err != nil {
+		return api.JoinToken{}, 0, err
+	}
+	now := m.now().UTC()
+	rec := joinRecord{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
+	value, _ := json.Marshal(rec)
+	key := prefixJoin + hashSecret(secret)
+	rev, _, err := m.commitAudited(ctx, []store.Cond{store.Absent(key)}, []store.Op{store.Put(key, value)},
+		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"expires": rec.Expires.Format(time.RFC3339)}})
+	if err != nil {
+		return api.JoinToken{}, 0, err
+	}
+	return api.JoinToken{Host: host, Expires: rec.Expires, Secret: secret}, rev, nil
+}
+
+func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
+	out := []api.Certificate{}
+	m.auth.each(prefixCerts, func(_ string, v any) {
+		c := v.(*certRecord)
+		out = append(out, api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked})
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Host != out[j].Host {
+			return out[i].Host < out[j].Host
+		}
+		return out[i].Issued.Before(out[j].Issued)
+	})
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p principal) error {
+	serial := r.PathValue("serial")
+	ctx := r.Context()
+	kv, err := m.st.Get(ctx, prefixCerts+serial)
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
+	} else if err != nil {
+		return err
+	}
+	var c certRecord
+	if err := json.Unmarshal(kv.Value, &c); err != nil {
+		return err
+	}
+	if c.Revoked == nil {
+		now := m.now().UTC()
+		c.Revoked, c.RevokedBy = &now, p.String()
+		value, _ := json.Marshal(c)
+		rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(kv.Key, value)},
+			auditEntry{actor: p, action: "certificate.revoke", object: "host/" + c.Host, detail: map[string]string{"serial": serial}})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errorf(http.StatusConflict, "certificate %s changed meanwhile; try again", serial)
+		}
+		if err := m.auth.waitRev(ctx, rev); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked})
+	return nil
+}

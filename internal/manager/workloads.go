@@ -1,0 +1,349 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// reportChunk is how many workloads one Txn of a report writes: each
+// costs a put and, for its identity, a condition and a put.
+const reportChunk = 40
+
+func (m *Manager) putWorkloads(w http.ResponseWriter, r *http.Request, p principal) error {
+	return m.report(w, r, p, true)
+}
+
+func (m *Manager) postWorkloads(w http.ResponseWriter, r *http.Request, p principal) error {
+	return m.report(w, r, p, false)
+}
+
+func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, replace bool) error {
+	host := r.PathValue("host")
+	if err := sameHost(p, host); err != nil {
+		return err
+	}
+	var req api.WorkloadReport
+	if err := m.decode(w, r, &req); err != nil {
+		return err
+	}
+	if replace && len(req.Deleted) > 0 {
+		return errorf(http.StatusBadRequest, "deleted: PUT replaces the host's whole set; list deletions only with POST")
+	}
+	if err := m.checkWorkloads(host, req.Workloads, req.Deleted); err != nil {
+		return err
+	}
+	rev, stored, err := m.writeWorkloads(r.Context(), p, host, req.Workloads, req.Deleted, replace, nil)
+	if err != nil {
+		return err
+	}
+	if rev > 0 {
+		if err := m.feed.waitRev(r.Context(), rev); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, api.ReportResult{Revision: rev, Workloads: stored})
+	return nil
+}
+
+// checkWorkloads validates a report, naming each field that is wrong,
+// and refuses an address that a workload of another host holds.
+func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []string) error {
+	var details []string
+	bad := func(path, format string, args ...any) {
+		details = append(details, path+": "+fmt.Sprintf(format, args...))
+	}
+	owners := map[netip.Addr]string{}
+	m.feed.each(prefixWorkloads, func(_ string, v any) {
+		wl := v.(*feedItem).workload
+		if wl.Host == host {
+			return
+		}
+		for _, s := range wl.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				owners[a.Unmap()] = wl.Namespace + "/" + wl.Name + " on host " + wl.Host
+			}
+		}
+	})
+	seen := map[string]bool{}
+	for i, wl := range ws {
+		at := fmt.Sprintf("workloads[%d]", i)
+		if wl.Host != "" && wl.Host != host {
+			bad(at+".host", "%q, but this report is for host %s", wl.Host, host)
+		}
+		if pki.ValidHost(wl.Namespace) != nil {
+			bad(at+".namespace", "%q: want a lowercase name of letters, digits, '-' and '.'", wl.Namespace)
+		}
+		if pki.ValidHost(wl.Name) != nil {
+			bad(at+".name", "%q: want a lowercase name of letters, digits, '-' and '.'", wl.Name)
+		}
+		if k := wl.Namespace + "/" + wl.Name; seen[k] {
+			bad(at+".name", "%s is listed twice", k)
+		} else {
+			seen[k] = true
+		}
+		if len(wl.IPs) == 0 {
+			bad(at+".ips", "at least one address is required")
+		}
+		for j, s := range wl.IPs {
+			a, err := netip.ParseAddr(s)
+			switch {
+			case err != nil:
+				bad(fmt.Sprintf("%s.ips[%d]", at, j), "%q is not an IP address", s)
+			case owners[a.Unmap()] != "":
+				bad(fmt.Sprintf("%s.ips[%d]", at, j), "address %s already belongs to %s", s, owners[a.Unmap()])
+			}
+		}
+		for j, np := range wl.Ports {
+			proto, ok := policy.ParseProtocol(np.Protocol)
+			if np.Protocol == "" {
+				proto, ok = policy.TCP, true
+			}
+			if !ok || !proto.HasPorts() || np.Port < 1 || np.Port > 65535 || np.Name == "" {
+				bad(fmt.Sprintf("%s.ports[%d]", at, j), "want a name, a port 1-65535 and protocol tcp, udp or sctp")
+			}
+		}
+		for k := range wl.Labels {
+			if k == "" {
+				bad(at+".labels", "a label key may not be empty")
+			}
+		}
+	}
+	for i, d := range deleted {
+		if ns, name, ok := strings.Cut(d, "/"); !ok || ns == "" || name == "" {
+			bad(fmt.Sprintf("deleted[%d]", i), "%q: want namespace/name", d)
+		}
+	}
+	if len(details) > 0 {
+		return &httpError{status: http.StatusUnprocessableEntity, msg: "the workload report is invalid; nothing was stored", details: details}
+	}
+	return nil
+}
+
+// writeWorkloads stores a host's workloads with their identities, in
+// Txns of reportChunk workloads. It returns the last revision written
+// (0 if nothing changed) and the workloads as stored. With expect (key →
+// ModRev), each write is conditioned on the workload being as expected,
+// and a conflict gives up instead of trying again.
+func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, put []api.HostWorkload, deleted []string, replace bool, expect map[string]int64) (int64, []api.HostWorkload, error) {
+	nsLabels, _, err := m.namespaceLabels(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	kvs, _, err := m.st.List(ctx, prefixWorkloads+host+"/")
+	if err != nil {
+		return 0, nil, fmt.Errorf("manager: list workloads of host %s: %w", host, err)
+	}
+	current := map[string][]byte{}
+	for _, kv := range kvs {
+		current[kv.Key] = kv.Value
+	}
+	want := map[string]api.Identity{}
+	for i := range put {
+		wl := &put[i]
+		wl.Host = host
+		lk := labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)
+		want[lk] = api.Identity{Namespace: wl.Namespace, NamespaceLabels: nsLabels[wl.Namespace], Labels: wl.Labels}
+	}
+	var lastRev int64
+	for attempt := 0; ; attempt++ {
+		ids, err := m.resolveIdentities(ctx, want)
+		if err != nil {
+			return 0, nil, err
+		}
+		var pending []workloadWrite
+		keep := map[string]bool{}
+		for i := range put {
+			wl := &put[i]
+			r := ids[labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)]
+			wl.Identity = r.id
+			key := workloadKey(host, wl.Namespace, wl.Name)
+			keep[key] = true
+			value, _ := json.Marshal(wl)
+			if !bytes.Equal(current[key], value) {
+				pending = append(pending, workloadWrite{op: store.Put(key, value), index: r.index, id: r.id})
+			}
+		}
+		for _, d := range deleted {
+			ns, name, _ := strings.Cut(d, "/")
+			if key := workloadKey(host, ns, name); current[key] != nil {
+				pending = append(pending, workloadWrite{op: store.Delete(key)})
+			}
+		}
+		if replace {
+			for key := range current {
+				if !keep[key] {
+					pending = append(pending, workloadWrite{op: store.Delete(key)})
+				}
+			}
+		}
+		rev, retry, err := m.commitWorkloads(ctx, p, host, pending, current, expect)
+		if err != nil {
+			return 0, nil, err
+		}
+		lastRev = max(lastRev, rev)
+		if !retry || expect != nil {
+			return lastRev, put, nil
+		}
+		if attempt == 10 {
+			return 0, nil, errorf(http.StatusServiceUnavailable, "the workloads of host %s keep changing; try again", host)
+		}
+	}
+}
+
+type workloadWrite struct {
+	op    store.Op
+	index store.KV // the identity's index key, rewritten with the workload
+	id    uint32
+}
+
+// commitWorkloads writes in chunks; retry is true when an identity
+// changed under a chunk (the chunks before it stay written, and current
+// is updated to match).
+func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string, writes []workloadWrite, current map[string][]byte, expect map[string]int64) (rev int64, retry bool, err error) {
+	sort.Slice(writes, func(i, j int) bool { return writes[i].op.Key < writes[j].op.Key })
+	for len(writes) > 0 {
+		n := min(len(writes), reportChunk)
+		chunk := writes[:n]
+		var conds []store.Cond
+		var ops []store.Op
+		touched := map[string]bool{}
+		puts, dels := 0, 0
+		for _, wr := range chunk {
+			ops = append(ops, wr.op)
+			if mod, ok := expect[wr.op.Key]; ok {
+				conds = append(conds, store.Cond{Key: wr.op.Key, ModRev: mod})
+			}
+			if wr.op.Delete {
+				dels++
+				continue
+			}
+			puts++
+			if wr.index.Key != "" && !touched[wr.index.Key] {
+				touched[wr.index.Key] = true
+				conds = append(conds, store.Unchanged(wr.index))
+				ops = append(ops, store.Put(wr.index.Key, []byte(strconv.FormatUint(uint64(wr.id), 10))))
+			}
+		}
+		action := "workloads.report"
+		if expect != nil {
+			action = "workloads.reidentify"
+		}
+		r, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: p, action: action, object: "host/" + host,
+			detail: map[string]int{"put": puts, "deleted": dels}})
+		if err != nil {
+			return 0, false, err
+		}
+		if !ok {
+			return rev, true, nil
+		}
+		for _, wr := range chunk {
+			if wr.op.Delete {
+				delete(current, wr.op.Key)
+			} else {
+				current[wr.op.Key] = wr.op.Value
+			}
+		}
+		rev = r
+		writes = writes[n:]
+	}
+	return rev, false, nil
+}
+
+func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ principal) error {
+	host := r.URL.Query().Get("host")
+	out := api.WorkloadList{Items: []api.HostWorkload{}}
+	out.Revision = m.feed.each(prefixWorkloads, func(_ string, v any) {
+		if wl := v.(*feedItem).workload; host == "" || wl.Host == host {
+			out.Items = append(out.Items, *wl)
+		}
+	})
+	sort.Slice(out.Items, func(i, j int) bool {
+		a, b := out.Items[i], out.Items[j]
+		return a.Host+"/"+a.Namespace+"/"+a.Name < b.Host+"/"+b.Namespace+"/"+b.Name
+	})
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// deleteWorkload removes a workload record (an operator clearing what a
+// lost host left behind); idempotent.
+func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p principal) error {
+	key := workloadKey(r.PathValue("host"), r.PathValue("namespace"), r.PathValue("name"))
+	ctx := r.Context()
+	kv, err := m.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Delete(key)},
+		auditEntry{actor: p, action: "workload.delete", object: strings.TrimPrefix(key, prefixWorkloads)})
+	if err != nil {
+		return err
+	}
+	if ok {
+		if err := m.feed.waitRev(ctx, rev); err != nil {
+			return err
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// inventory returns the reported workloads as the policy model has them,
+// leaving out any whose address another already holds.
+func (m *Manager) inventory() []*policy.Workload {
+	var ws []*policy.Workload
+	m.feed.each(prefixWorkloads, func(_ string, v any) {
+		wl := v.(*feedItem).workload
+		pw := &policy.Workload{Namespace: wl.Namespace, Name: wl.Name, Labels: wl.Labels, Host: wl.Host,
+			Pos: policy.Pos{File: "workload " + wl.Host + "/" + wl.Namespace + "/" + wl.Name}}
+		for _, s := range wl.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				pw.IPs = append(pw.IPs, a)
+			}
+		}
+		for _, np := range wl.Ports {
+			proto, ok := policy.ParseProtocol(np.Protocol)
+			if !ok {
+				proto = policy.TCP
+			}
+			pw.Ports = append(pw.Ports, policy.NamedPort{Name: np.Name, Port: np.Port, Protocol: proto})
+		}
+		ws = append(ws, pw)
+	})
+	sort.Slice(ws, func(i, j int) bool { return ws[i].Host+"/"+ws[i].Key() < ws[j].Host+"/"+ws[j].Key() })
+	owner := map[netip.Addr]bool{}
+	keys := map[string]bool{}
+	out := ws[:0]
+	for _, w := range ws {
+		clash := keys[w.Key()]
+		for _, a := range w.IPs {
+			clash = clash || owner[a.Unmap()]
+		}
+		if clash {
+			m.log.Warn("workload left out of policy checks: its name or an address is taken", "workload", w.Host+"/"+w.Key())
+			continue
+		}
+		keys[w.Key()] = true
+		for _, a := range w.IPs {
+			owner[a.Unmap()] = true
+		}
+		out = append(out, w)
+	}
+	return out
+}
