@@ -1,0 +1,56 @@
+package nft
+
+import (
+	"context"
+
+	"github.com/google/nftables"
+
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+)
+
+// Counters reads the named counters of the table: one per rule (keyed by
+// rule id), one per wall (by name) and the anti-spoofing one. Rule and
+// wall names are known from the state Apply wrote; before the first
+// Apply only Spoofed is filled. It reads on its own netlink socket, so it
+// may run beside an Apply.
+func (d *Dataplane) Counters(ctx context.Context) (dataplane.Counters, error) {
+	out := dataplane.Counters{Rules: map[string]dataplane.Counter{}, Walls: map[string]dataplane.Counter{}}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return out, dataplane.ErrClosed
+	}
+	var ruleOf, wallOf map[string]string
+	if d.model != nil {
+		ruleOf, wallOf = d.model.ruleOf, d.model.wallOf
+	}
+	c, err := d.dial() // under the lock: Close may not release the namespace meanwhile
+	d.mu.Unlock()
+	if err != nil {
+		return out, err
+	}
+	defer c.CloseLasting()
+	if err := ctx.Err(); err != nil {
+		return out, errorf("counters: %w", err)
+	}
+	objs, err := c.GetObjects(table())
+	if err != nil {
+		return out, errorf("read counters of table inet %s: %w", TableName, err)
+	}
+	for _, o := range objs {
+		co, ok := o.(*nftables.CounterObj)
+		if !ok {
+			continue
+		}
+		v := dataplane.Counter{Packets: co.Packets, Bytes: co.Bytes}
+		switch {
+		case co.Name == counterSpoofed:
+			out.Spoofed = v
+		case ruleOf[co.Name] != "":
+			out.Rules[ruleOf[co.Name]] = v
+		case wallOf[co.Name] != "":
+			out.Walls[wallOf[co.Name]] = v
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,325 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// TableName is the one table Bulkhead owns, in the inet family.
+const TableName = "bulkhead"
+
+// Tag marks the rules of the base chains (as their comment): a table named
+// TableName whose base-chain rules carry it was made by Bulkhead.
+const Tag = "bulkhead"
+
+// The base chains. They keep their hooks for the table's whole life; their
+// rules are rewritten, in one transaction, when a generation takes over.
+const (
+	chainForward = "forward"
+	chainInput   = "input"
+	chainOutput  = "output"
+)
+
+func isBaseChain(name string) bool {
+	return name == chainForward || name == chainInput || name == chainOutput
+}
+
+// Named counters, outside any generation so that they survive a
+// generation change (and an agent restart).
+const (
+	counterSpoofed = "spoofed"
+	counterNoEntry = "no_entry"
+	counterEscal   = "escalated"
+)
+
+func ruleCounterName(id string) string { return "rule_" + shortHash(id) }
+func wallCounterName(w string) string  { return "wall_" + shortHash(w) }
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:8])
+}
+
+// genName suffixes a chain or set name with its generation.
+func genName(base string, gen int) string { return base + "_g" + strconv.Itoa(gen) }
+
+// genOf returns the generation of a name made by genName, or -1.
+func genOf(name string) int {
+	i := strings.LastIndex(name, "_g")
+	if i < 0 {
+		return -1
+	}
+	n, err := strconv.Atoi(name[i+2:])
+	if err != nil || n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// Registers. The kernel has 16 32-bit data registers (NFT_REG32_00..15);
+// values never survive from one rule to the next, so every rule loads what
+// it needs. reg(i) is the i-th 32-bit register.
+func reg(i int) uint32 { return uint32(unix.NFT_REG32_00 + i) }
+
+// The verdict-table lookup builds its key in registers regKey-1 (peer class)
+// through regKey+2 (level), then the port-map id and the port after it.
+// The peer's attribute vector is loaded so that the class of the wanted
+// direction and level lands in regKey-1 (see attrOffset).
+const (
+	regKey  = 8 // group
+	regTemp = 15
+)
+
+// Attribute vector of an identity (map "attrs"): guard, then the peer
+// classes by direction (policy.Ingress first) and level. 28 bytes.
+const attrWords = 1 + 2*compile.NumLevels
+
+func attrOffset(d policy.Direction, level int) int { return 1 + int(d)*compile.NumLevels + level }
+
+// wildcardLevel is compile's level for a group's wildcard entry.
+const wildcardLevel = compile.NumLevels
+
+// Set names (without the generation suffix).
+const (
+	setIfaces  = "ifaces"  // workload interfaces
+	setOwn4    = "own4"    // iifname . ip saddr a workload may send from
+	setOwn6    = "own6"    //
+	setAddr4   = "addr4"   // workload address → identity
+	setAddr6   = "addr6"   //
+	setRange4  = "range4"  // every other address (intervals) → identity
+	setRange6  = "range6"  //
+	setAttrs   = "attrs"   // identity → attribute vector
+	setGroupI  = "group_i" // local identity → ingress policy group
+	setGroupE  = "group_e" // local identity → egress policy group
+	setBuckets = "buckets" // IP protocol → protocol bucket
+	setTabI    = "tab_i"   // class . group . bucket . level → port map
+	setTabE    = "tab_e"   //
+	setPorts   = "ports"   // port map . port interval → verdict
+	setGuards  = "guards"  // source guard . destination guard → verdict
+)
+
+func groupSet(d policy.Direction) string {
+	if d == policy.Egress {
+		return setGroupE
+	}
+	return setGroupI
+}
+
+func tabSet(d policy.Direction) string {
+	if d == policy.Egress {
+		return setTabE
+	}
+	return setTabI
+}
+
+func dirName(d policy.Direction) string {
+	if d == policy.Egress {
+		return "e"
+	}
+	return "i"
+}
+
+var (
+	typeU32    = nftables.TypeInteger
+	typeAttrs  = nftables.SetDatatype{Name: "integer", Bytes: 4 * attrWords}
+	typeIfName = nftables.TypeIFName
+)
+
+// setSpec describes one set of a generation.
+type setSpec struct {
+	name     string
+	key      nftables.SetDatatype
+	data     nftables.SetDatatype // zero: a plain set
+	verdict  bool
+	interval bool
+	concat   bool
+}
+
+func allSetSpecs() []setSpec {
+	ifAddr4 := nftables.MustConcatSetType(typeIfName, nftables.TypeIPAddr)
+	ifAddr6 := nftables.MustConcatSetType(typeIfName, nftables.TypeIP6Addr)
+	tabKey := nftables.MustConcatSetType(typeU32, typeU32, typeU32, typeU32)
+	portKey := nftables.MustConcatSetType(typeU32, nftables.TypeInetService)
+	guardKey := nftables.MustConcatSetType(typeU32, typeU32)
+	return []setSpec{
+		{name: setIfaces, key: typeIfName},
+		{name: setOwn4, key: ifAddr4, concat: true},
+		{name: setOwn6, key: ifAddr6, concat: true},
+		{name: setAddr4, key: nftables.TypeIPAddr, data: typeU32},
+		{name: setAddr6, key: nftables.TypeIP6Addr, data: typeU32},
+		{name: setRange4, key: nftables.TypeIPAddr, data: typeU32, interval: true},
+		{name: setRange6, key: nftables.TypeIP6Addr, data: typeU32, interval: true},
+		{name: setAttrs, key: typeU32, data: typeAttrs},
+		{name: setGroupI, key: typeU32, data: typeU32},
+		{name: setGroupE, key: typeU32, data: typeU32},
+		{name: setBuckets, key: nftables.TypeInetProto, data: typeU32},
+		{name: setTabI, key: tabKey, data: typeU32, concat: true},
+		{name: setTabE, key: tabKey, data: typeU32, concat: true},
+		{name: setPorts, key: portKey, verdict: true, interval: true, concat: true},
+		{name: setGuards, key: guardKey, verdict: true, concat: true},
+	}
+}
+
+// Chain names (without the generation suffix).
+const (
+	chainFromWLFwd = "from_wl_fwd" // forward, from a workload interface
+	chainToWLFwd   = "to_wl_fwd"   // forward, to a workload interface
+	chainFromWLIn  = "from_wl_in"  // input, from a workload interface
+	chainToWLOut   = "to_wl_out"   // output, to a workload interface
+	chainSpoofed   = "spoofed"
+	chainDecide    = "decide"
+	chainEscalate  = "escalate"
+	chainNoEntry   = "no_entry"
+)
+
+func outcomeChain(id compile.OutcomeID) string { return "out" + strconv.Itoa(int(id)) }
+func wallChain(i int) string                   { return "wall" + strconv.Itoa(i) }
+func conflictChain(i int) string               { return "conflict" + strconv.Itoa(i) }
+
+// Address kinds of a packet's endpoint: a workload address (exact map) or
+// any other (ranges).
+const (
+	kindExact = "x"
+	kindRange = "r"
+)
+
+// Port kinds: where a protocol's "port" comes from.
+const (
+	portTH    = "th"    // tcp, udp, sctp: destination port
+	portICMP  = "icmp"  // icmp, icmpv6: type<<8 | code
+	portOther = "other" // every other protocol: 0
+)
+
+var portKinds = []string{portTH, portICMP, portOther}
+
+// decisionChain names the decision chain of family f (4 or 6) for the
+// source and destination address kinds ("" for the family's entry).
+func decisionChain(f int, src, dst string) string {
+	return "d" + strconv.Itoa(f) + src + dst
+}
+
+// sideChain names a side's chain: direction, family, peer kind and port
+// kind ("" for the dispatch by port kind).
+func sideChain(d policy.Direction, f int, peer, port string) string {
+	n := "s" + dirName(d) + strconv.Itoa(f) + peer
+	if port != "" {
+		n += "_" + port
+	}
+	return n
+}
+
+// Key and data encodings. Numbers are big-endian, so that the readable
+// dump and nft agree; the port is big-endian because it is compared as an
+// interval with the packet's bytes.
+
+func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func addrKey(a netip.Addr) []byte {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		return b[:]
+	}
+	b := a.As16()
+	return b[:]
+}
+
+func ownKey(iface string, a netip.Addr) []byte { return append(ifname(iface), addrKey(a)...) }
+
+func attrsData(a compile.IdentityAttrs) []byte {
+	b := u32(uint32(a.Guard))
+	for d := range a.Class {
+		for l := range a.Class[d] {
+			b = binary.BigEndian.AppendUint32(b, uint32(a.Class[d][l]))
+		}
+	}
+	return b
+}
+
+func tabKey(k compile.TableKey) []byte {
+	b := u32(uint32(k.Class))
+	b = binary.BigEndian.AppendUint32(b, uint32(k.Group))
+	b = binary.BigEndian.AppendUint32(b, uint32(k.Bucket))
+	return binary.BigEndian.AppendUint32(b, uint32(k.Level))
+}
+
+func portKey(pm uint32, port uint16) []byte {
+	b := u32(pm)
+	return append(b, byte(port>>8), byte(port), 0, 0)
+}
+
+func guardKey(k [2]compile.GuardID) []byte {
+	return binary.BigEndian.AppendUint32(u32(uint32(k[0])), uint32(k[1]))
+}
+
+// Log prefixes: "bh KIND ID". NFLOG carries at most 127 bytes of prefix;
+// a longer id is replaced by "#" and RuleTag(id).
+const logPrefixMax = 127
+
+// The kinds of log record.
+const (
+	LogAllow     = "allow"
+	LogDeny      = "deny"
+	LogReject    = "reject"
+	LogEscalate  = "escalate"
+	LogWouldDeny = "would-deny"
+	LogWall      = "wall"
+	LogSpoofed   = "spoofed"
+	LogNoEntry   = "no-entry"
+)
+
+// LogPrefix returns the NFLOG prefix of a record of kind about id (a rule
+// id or a wall name).
+func LogPrefix(kind, id string) string {
+	p := "bh " + kind + " " + id
+	if len(p) <= logPrefixMax {
+		return p
+	}
+	return "bh " + kind + " #" + RuleTag(id)
+}
+
+// RuleTag is the short form of an id too long for a log prefix.
+func RuleTag(id string) string { return shortHash(id) }
+
+// ParseLogPrefix splits a prefix made by LogPrefix. A long id comes back
+// as "#" and its RuleTag.
+func ParseLogPrefix(p string) (kind, id string, ok bool) {
+	p = strings.TrimRight(p, "\x00")
+	rest, ok := strings.CutPrefix(p, "bh ")
+	if !ok {
+		return "", "", false
+	}
+	kind, id, _ = strings.Cut(rest, " ")
+	return kind, id, kind != ""
+}
+
+func actionLogKind(a policy.Action) string {
+	switch a {
+	case policy.Allow:
+		return LogAllow
+	case policy.Reject:
+		return LogReject
+	case policy.Escalate:
+		return LogEscalate
+	}
+	return LogDeny
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf("nft: "+format, args...) }

@@ -1,0 +1,406 @@
+package nft
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// model is what one generation holds in the kernel, kept in memory so
+// that an update is a diff and nothing big is ever read back.
+type model struct {
+	b        *builder
+	state    *compile.State // nil: nothing but anti-spoofing
+	own      map[ownElem]bool
+	ifaces   map[string]bool
+	pms      *portMaps
+	outcomes []string // rendering signature by outcome id; "" for none yet
+	walls    []string // signature by wall index
+	nconf    int      // conflict chains made
+	buckets  [256]uint8
+	counters map[string]string // counter name → rule id or wall name ("" for the fixed ones)
+	ruleOf   map[string]string // rule counter name → rule id
+	wallOf   map[string]string // wall counter name → wall name
+}
+
+type ownElem struct {
+	iface string
+	addr  netip.Addr
+}
+
+func newModel(b *builder) *model {
+	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
+		outcomes: []string{""}, counters: map[string]string{}, ruleOf: map[string]string{}, wallOf: map[string]string{}}
+	return m
+}
+
+// create writes a whole new generation for d into t (the caller adds the
+// base rules and the sweep).
+func (m *model) create(t *tx, d dataplane.Desired) {
+	b := m.b
+	t.sets = append(t.sets, b.sets(t.table)...)
+	t.chains = append(t.chains, b.chainNames()...)
+	t.rules = append(t.rules, b.fixedRules(d.State != nil)...)
+	m.update(t, d)
+}
+
+// update writes the changes from the model to d into t and moves the
+// model to d. If the transaction then fails, the model is wrong: the
+// caller must start a new generation.
+func (m *model) update(t *tx, d dataplane.Desired) {
+	m.attachments(t, d.Attachments)
+	if d.State == nil {
+		m.state = nil
+		return
+	}
+	m.outcomeChains(t, d.State)
+	m.wallChains(t, d.State)
+	m.counterObjects(t, d.State)
+	delta := compile.Diff(m.state, d.State)
+	m.bucketElems(t, d.State)
+	m.addrElems(t, delta.Addrs)
+	if delta.Ranges != nil || m.state == nil {
+		m.rangeElems(t, d.State.Ranges)
+	}
+	m.identityElems(t, delta.Identities)
+	for dir := range delta.Tables {
+		m.tableElems(t, policy.Direction(dir), delta.Tables[dir])
+	}
+	m.guardElems(t, delta.Guards)
+	m.state = d.State
+}
+
+func (m *model) attachments(t *tx, atts []dataplane.Attachment) {
+	own, ifs := map[ownElem]bool{}, map[string]bool{}
+	for _, a := range atts {
+		ifs[a.Interface] = true
+		for _, ad := range a.Addrs {
+			own[ownElem{a.Interface, ad.Unmap()}] = true
+		}
+	}
+	for i := range ifs {
+		if !m.ifaces[i] {
+			t.add(m.b.n(setIfaces), nftables.SetElement{Key: ifname(i)})
+		}
+	}
+	for i := range m.ifaces {
+		if !ifs[i] {
+			t.del(m.b.n(setIfaces), nftables.SetElement{Key: ifname(i)})
+		}
+	}
+	ownSet := func(e ownElem) string {
+		if e.addr.Is4() {
+			return m.b.n(setOwn4)
+		}
+		return m.b.n(setOwn6)
+	}
+	for e := range own {
+		if !m.own[e] {
+			t.add(ownSet(e), nftables.SetElement{Key: ownKey(e.iface, e.addr)})
+		}
+	}
+	for e := range m.own {
+		if !own[e] {
+			t.del(ownSet(e), nftables.SetElement{Key: ownKey(e.iface, e.addr)})
+		}
+	}
+	m.own, m.ifaces = own, ifs
+}
+
+// outcomeChains adds the chains of new outcomes and rewrites those whose
+// rule changed (a rule's id or log flag).
+func (m *model) outcomeChains(t *tx, s *compile.State) {
+	for id := 1; id < len(s.Outcomes); id++ {
+		rules, sig := m.b.outcomeRules(s.Outcomes[id], s.Rules)
+		name := m.b.n(outcomeChain(compile.OutcomeID(id)))
+		if id >= len(m.outcomes) {
+			t.chains = append(t.chains, name)
+			t.addRules(name, false, rules)
+			m.outcomes = append(m.outcomes, sig)
+			continue
+		}
+		if m.outcomes[id] != sig {
+			t.addRules(name, true, rules)
+			m.outcomes[id] = sig
+		}
+	}
+}
+
+func (m *model) wallChains(t *tx, s *compile.State) {
+	for i, w := range s.Walls {
+		rules, sig := m.b.wallRules(w)
+		name := m.b.n(wallChain(i + 1))
+		switch {
+		case i >= len(m.walls):
+			t.chains = append(t.chains, name)
+			t.addRules(name, false, rules)
+			m.walls = append(m.walls, sig)
+		case m.walls[i] != sig:
+			t.addRules(name, true, rules)
+			m.walls[i] = sig
+		}
+	}
+	// Chains of walls that went away stay, unreferenced, until the next
+	// generation: their guard entries are gone with the wall.
+	for ; m.nconf < len(s.Conflict); m.nconf++ {
+		name := m.b.n(conflictChain(m.nconf + 1))
+		t.chains = append(t.chains, name)
+		t.addRules(name, false, m.b.conflictRules())
+	}
+}
+
+// counterObjects creates the counters of new rules and walls and deletes
+// those of rules and walls that went away (after the chains that
+// referred to them were rewritten, in the same transaction).
+func (m *model) counterObjects(t *tx, s *compile.State) {
+	want := map[string]string{counterSpoofed: "", counterNoEntry: "", counterEscal: ""}
+	ruleOf, wallOf := map[string]string{}, map[string]string{}
+	for _, r := range s.Rules {
+		if r.ID != "" {
+			n := ruleCounterName(r.ID)
+			want[n], ruleOf[n] = r.ID, r.ID
+		}
+	}
+	for _, w := range s.Walls {
+		n := wallCounterName(w.Name)
+		want[n], wallOf[n] = w.Name, w.Name
+	}
+	for n := range want {
+		if _, ok := m.counters[n]; !ok {
+			t.counters = append(t.counters, n)
+		}
+	}
+	for n := range m.counters {
+		if _, ok := want[n]; !ok && !m.referenced(n) {
+			t.delObjs = append(t.delObjs, n)
+		} else if !ok {
+			want[n] = m.counters[n] // still in an old wall's chain
+		}
+	}
+	m.counters, m.ruleOf, m.wallOf = want, ruleOf, wallOf
+}
+
+// referenced reports whether a chain of the generation that is not
+// rewritten still counts into n: only the chains of walls that went away.
+func (m *model) referenced(n string) bool {
+	for _, sig := range m.walls {
+		if w, ok := strings.CutPrefix(sig, "wall|"); ok && wallCounterName(w) == n {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *model) bucketElems(t *tx, s *compile.State) {
+	if m.state != nil && m.buckets == s.Buckets {
+		return
+	}
+	name := m.b.n(setBuckets)
+	for p := 0; p < 256; p++ {
+		e := nftables.SetElement{Key: []byte{byte(p)}, Val: u32(uint32(s.Buckets[p]))}
+		if m.state == nil {
+			t.add(name, e)
+		} else if m.buckets[p] != s.Buckets[p] {
+			t.del(name, nftables.SetElement{Key: []byte{byte(p)}})
+			t.add(name, e)
+		}
+	}
+	m.buckets = s.Buckets
+}
+
+func (m *model) addrElems(t *tx, changes []compile.Change[netip.Addr, compile.IdentityID]) {
+	for _, c := range changes {
+		name := m.b.n(setAddr6)
+		if c.Key.Unmap().Is4() {
+			name = m.b.n(setAddr4)
+		}
+		k := addrKey(c.Key)
+		if c.Op != compile.Add {
+			t.del(name, nftables.SetElement{Key: k})
+		}
+		if c.Op != compile.Delete {
+			t.add(name, nftables.SetElement{Key: k, Val: u32(uint32(c.New))})
+		}
+	}
+}
+
+// rangeElems rewrites the outside ranges (small; they change only with
+// the policy's CIDRs): flush and refill, within the transaction.
+func (m *model) rangeElems(t *tx, ranges []compile.AddrRange) {
+	if m.state != nil {
+		t.flushSets = append(t.flushSets, m.b.n(setRange4), m.b.n(setRange6))
+	}
+	for _, r := range ranges {
+		name := m.b.n(setRange6)
+		if r.Lo.Is4() {
+			name = m.b.n(setRange4)
+		}
+		t.add(name, nftables.SetElement{Key: addrKey(r.Lo), Val: u32(uint32(r.ID))})
+		if next := r.Hi.Next(); next.IsValid() && next.Is4() == r.Lo.Is4() {
+			t.add(name, nftables.SetElement{Key: addrKey(next), IntervalEnd: true})
+		}
+	}
+}
+
+func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID, compile.IdentityAttrs]) {
+	attrs := m.b.n(setAttrs)
+	for _, c := range changes {
+		k := u32(uint32(c.Key))
+		old, nw := c.Old, c.New
+		switch {
+		case c.Op == compile.Add:
+			old = compile.IdentityAttrs{}
+			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+		case c.Op == compile.Delete:
+			nw = compile.IdentityAttrs{}
+			t.del(attrs, nftables.SetElement{Key: k})
+		case string(attrsData(old)) != string(attrsData(nw)):
+			t.del(attrs, nftables.SetElement{Key: k})
+			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+		}
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			og, ng := groupOf(old, d), groupOf(nw, d)
+			if og == ng {
+				continue
+			}
+			if og != 0 {
+				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})
+			}
+			if ng != 0 {
+				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(uint32(ng))})
+			}
+		}
+	}
+}
+
+// groupOf is the group that judges side d of an identity: none (the side
+// allows) unless it is a workload on this host with a group.
+func groupOf(a compile.IdentityAttrs, d policy.Direction) compile.GroupID {
+	if !a.Workload || !a.Local {
+		return 0
+	}
+	return a.Group[d]
+}
+
+func (m *model) tableElems(t *tx, d policy.Direction, changes []compile.Change[compile.TableKey, compile.PortMap]) {
+	name := m.b.n(tabSet(d))
+	for _, c := range changes {
+		k := tabKey(c.Key)
+		var oldPM, newPM uint32
+		if c.Op != compile.Add {
+			oldPM = m.pms.release(t, m.b, c.Old)
+		}
+		if c.Op != compile.Delete {
+			newPM = m.pms.acquire(t, m.b, c.New)
+		}
+		if oldPM == newPM {
+			continue
+		}
+		if c.Op != compile.Add {
+			t.del(name, nftables.SetElement{Key: k})
+		}
+		if c.Op != compile.Delete {
+			t.add(name, nftables.SetElement{Key: k, Val: u32(newPM)})
+		}
+	}
+}
+
+func (m *model) guardElems(t *tx, changes []compile.Change[[2]compile.GuardID, compile.Guard]) {
+	name := m.b.n(setGuards)
+	for _, c := range changes {
+		k := guardKey(c.Key)
+		if c.Op != compile.Add {
+			t.del(name, nftables.SetElement{Key: k})
+		}
+		if c.Op != compile.Delete {
+			t.add(name, nftables.SetElement{Key: k, VerdictData: m.guardVerdict(c.New)})
+		}
+	}
+}
+
+func (m *model) guardVerdict(g compile.Guard) *expr.Verdict {
+	if g.Wall > 0 {
+		return &expr.Verdict{Kind: expr.VerdictGoto, Chain: m.b.n(wallChain(int(g.Wall)))}
+	}
+	return &expr.Verdict{Kind: expr.VerdictJump, Chain: m.b.n(conflictChain(int(g.Conflict)))}
+}
+
+// portMaps shares port maps between table keys: many keys map to the
+// same ports and outcomes, so the interval map (whose every update costs
+// in proportion to its size) holds each distinct port map once.
+type portMaps struct {
+	byKey map[string]*portMap
+	free  []uint32
+	next  uint32
+}
+
+type portMap struct {
+	id   uint32
+	refs int
+	m    compile.PortMap
+}
+
+func newPortMaps() *portMaps { return &portMaps{byKey: map[string]*portMap{}, next: 1} }
+
+func pmKey(m compile.PortMap) string {
+	b := make([]byte, 0, len(m)*8)
+	for _, r := range m {
+		b = binary.BigEndian.AppendUint16(b, r.Lo)
+		b = binary.BigEndian.AppendUint16(b, r.Hi)
+		b = binary.BigEndian.AppendUint32(b, uint32(r.Outcome))
+	}
+	return string(b)
+}
+
+func (p *portMaps) acquire(t *tx, b *builder, m compile.PortMap) uint32 {
+	k := pmKey(m)
+	if pm, ok := p.byKey[k]; ok {
+		pm.refs++
+		return pm.id
+	}
+	pm := &portMap{refs: 1, m: m}
+	if n := len(p.free); n > 0 {
+		pm.id, p.free = p.free[n-1], p.free[:n-1]
+	} else {
+		pm.id = p.next
+		p.next++
+	}
+	p.byKey[k] = pm
+	for _, r := range m {
+		t.add(b.n(setPorts), nftables.SetElement{Key: portKey(pm.id, r.Lo), KeyEnd: portKey(pm.id, r.Hi),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(outcomeChain(r.Outcome))}})
+	}
+	return pm.id
+}
+
+func (p *portMaps) release(t *tx, b *builder, m compile.PortMap) uint32 {
+	k := pmKey(m)
+	pm, ok := p.byKey[k]
+	if !ok {
+		return 0
+	}
+	pm.refs--
+	if pm.refs == 0 {
+		delete(p.byKey, k)
+		p.free = append(p.free, pm.id)
+		for _, r := range m {
+			t.del(b.n(setPorts), nftables.SetElement{Key: portKey(pm.id, r.Lo), KeyEnd: portKey(pm.id, r.Hi)})
+		}
+	}
+	return pm.id
+}
+
+func (p *portMaps) len() (maps, ranges int) {
+	for _, pm := range p.byKey {
+		maps++
+		ranges += len(pm.m)
+	}
+	return
+}

@@ -1,0 +1,334 @@
+package nft
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// builder writes the fixed part of one generation: its sets, and the
+// chains whose rules do not depend on the compiled state (the
+// dispatch by family, address kind, side and port kind; the lookups).
+type builder struct {
+	gen         int
+	logGroup    uint16
+	logRate     uint32
+	mark        uint32 // the escalation bit of the packet mark
+	queueNum    uint16
+	queueNative bool
+}
+
+func (b *builder) n(base string) string { return genName(base, b.gen) }
+
+func (b *builder) goTo(chain string) []expr.Any { return verdict(expr.VerdictGoto, b.n(chain)) }
+func (b *builder) jump(chain string) []expr.Any { return verdict(expr.VerdictJump, b.n(chain)) }
+
+var (
+	accept = verdict(expr.VerdictAccept, "")
+	drop   = verdict(expr.VerdictDrop, "")
+	ret    = verdict(expr.VerdictReturn, "")
+)
+
+func cat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// sets returns the generation's sets, empty.
+func (b *builder) sets(t *nftables.Table) []*nftables.Set {
+	var out []*nftables.Set
+	for _, s := range allSetSpecs() {
+		set := &nftables.Set{Table: t, ID: nextSetID(), Name: b.n(s.name), KeyType: s.key,
+			Interval: s.interval, Concatenation: s.concat, Comment: Tag}
+		switch {
+		case s.verdict:
+			set.IsMap, set.DataType = true, nftables.TypeVerdict
+		case s.data.Bytes > 0:
+			set.IsMap, set.DataType = true, s.data
+		}
+		out = append(out, set)
+	}
+	return out
+}
+
+// chainNames lists the fixed chains of the generation.
+func (b *builder) chainNames() []string {
+	names := []string{chainFromWLFwd, chainToWLFwd, chainFromWLIn, chainToWLOut, chainSpoofed,
+		chainDecide, chainEscalate, chainNoEntry}
+	for _, f := range []int{4, 6} {
+		names = append(names, decisionChain(f, "", ""))
+		for _, s := range []string{kindExact, kindRange} {
+			names = append(names, decisionChain(f, s, ""))
+			for _, d := range []string{kindExact, kindRange} {
+				names = append(names, decisionChain(f, s, d))
+			}
+		}
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			for _, p := range []string{kindExact, kindRange} {
+				names = append(names, sideChain(d, f, p, ""))
+				for _, k := range portKinds {
+					names = append(names, sideChain(d, f, p, k))
+				}
+			}
+		}
+	}
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = b.n(n)
+	}
+	return out
+}
+
+// baseRules returns the rules of the three base chains, which send
+// packets from and to workload interfaces into this generation.
+func (b *builder) baseRules() []chainRules {
+	note := Tag + " gen " + strconv.Itoa(b.gen)
+	est := cat(ctState(ctEstablished|ctRelated), accept)
+	ifs := b.n(setIfaces)
+	from := func(chain string) []expr.Any {
+		return cat(meta(expr.MetaKeyIIFNAME, reg(0)), member(ifs, reg(0), false), b.goTo(chain))
+	}
+	to := func(chain string) []expr.Any {
+		return cat(meta(expr.MetaKeyOIFNAME, reg(0)), member(ifs, reg(0), false), b.goTo(chain))
+	}
+	return []chainRules{
+		{chain: chainForward, flush: true, rules: [][]expr.Any{est, from(chainFromWLFwd), to(chainToWLFwd)}, notes: []string{note, note, note}},
+		{chain: chainInput, flush: true, rules: [][]expr.Any{est, from(chainFromWLIn)}, notes: []string{note, note}},
+		{chain: chainOutput, flush: true, rules: [][]expr.Any{est, to(chainToWLOut)}, notes: []string{note, note}},
+	}
+}
+
+// fixedRules returns the rules of the generation's fixed chains. With
+// enforce false, decide accepts everything (anti-spoofing still holds).
+func (b *builder) fixedRules(enforce bool) []chainRules {
+	invalid := cat(ctState(ctInvalid), drop)
+	decide := b.goTo(chainDecide)
+	out := []chainRules{
+		{chain: b.n(chainFromWLFwd), rules: [][]expr.Any{invalid, b.spoof(4), b.spoof(6), decide}},
+		{chain: b.n(chainToWLFwd), rules: [][]expr.Any{invalid, decide}},
+		{chain: b.n(chainFromWLIn), rules: append(b.neighbourDiscovery(), invalid, b.spoof(4), b.spoof(6), decide)},
+		{chain: b.n(chainToWLOut), rules: append(b.neighbourDiscovery(), invalid, decide)},
+		{chain: b.n(chainSpoofed), rules: [][]expr.Any{counterRef(counterSpoofed),
+			nflog(b.logGroup, LogPrefix(LogSpoofed, ""), b.logRate), drop}},
+		{chain: b.n(chainNoEntry), rules: [][]expr.Any{counterRef(counterNoEntry),
+			nflog(b.logGroup, LogPrefix(LogNoEntry, ""), b.logRate), drop}},
+		{chain: b.n(chainEscalate), rules: [][]expr.Any{cat(counterRef(counterEscal),
+			[]expr.Any{queueExpr(b.queueNum, b.queueNative)})}},
+		b.decideRules(enforce),
+	}
+	for _, f := range []int{4, 6} {
+		out = append(out, b.familyRules(f)...)
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			for _, p := range []string{kindExact, kindRange} {
+				out = append(out, b.sideRules(d, f, p)...)
+			}
+		}
+	}
+	return out
+}
+
+func (b *builder) decideRules(enforce bool) chainRules {
+	if !enforce {
+		return chainRules{chain: b.n(chainDecide), flush: true, rules: [][]expr.Any{accept}}
+	}
+	return chainRules{chain: b.n(chainDecide), flush: true, rules: [][]expr.Any{
+		markSet(b.mark, false),
+		cat(nfproto(4), b.goTo(decisionChain(4, "", ""))),
+		cat(nfproto(6), b.goTo(decisionChain(6, "", ""))),
+		drop, // neither IPv4 nor IPv6 in an inet chain: cannot happen
+	}}
+}
+
+// spoof drops a packet from a workload interface whose source address is
+// not one of that workload's.
+func (b *builder) spoof(f int) []expr.Any {
+	set := setOwn4
+	if f == 6 {
+		set = setOwn6
+	}
+	return cat(nfproto(f), meta(expr.MetaKeyIIFNAME, reg(0)), addr(f, true, reg(4)),
+		member(b.n(set), reg(0), true), b.goTo(chainSpoofed))
+}
+
+// neighbourDiscovery accepts IPv6 neighbour discovery (hop limit 255)
+// and multicast listener messages (hop limit 1) between a workload and
+// the host: link-local control traffic that routing cannot carry further,
+// which conntrack leaves untracked, and without which IPv6 stops working.
+func (b *builder) neighbourDiscovery() [][]expr.Any {
+	typ := payload(expr.PayloadBaseTransportHeader, 0, 1, reg(1))
+	hop := func(h byte) []expr.Any {
+		return cat(payload(expr.PayloadBaseNetworkHeader, 7, 1, reg(2)), cmp(expr.CmpOpEq, reg(2), []byte{h}))
+	}
+	icmp6 := cat(nfproto(6), l4proto(unix.IPPROTO_ICMPV6), typ)
+	return [][]expr.Any{
+		cat(icmp6, []expr.Any{&expr.Range{Op: expr.CmpOpEq, Register: reg(1), FromData: []byte{133}, ToData: []byte{137}}}, hop(255), accept),
+		cat(icmp6, []expr.Any{&expr.Range{Op: expr.CmpOpEq, Register: reg(1), FromData: []byte{130}, ToData: []byte{132}}}, hop(1), accept),
+		cat(icmp6, cmp(expr.CmpOpEq, reg(1), []byte{143}), hop(1), accept),
+	}
+}
+
+func addrSet(f int, kind string) string {
+	switch {
+	case f == 4 && kind == kindExact:
+		return setAddr4
+	case f == 4:
+		return setRange4
+	case kind == kindExact:
+		return setAddr6
+	}
+	return setRange6
+}
+
+// familyRules dispatches by the kinds of the source and destination
+// addresses, then checks the guard table and judges the sides that have a
+// workload: egress when the source is one, ingress when the destination is.
+func (b *builder) familyRules(f int) []chainRules {
+	isExact := func(src bool, yes, no string) [][]expr.Any {
+		return [][]expr.Any{
+			cat(addr(f, src, reg(4)), member(b.n(addrSet(f, kindExact)), reg(4), false), b.goTo(yes)),
+			b.goTo(no),
+		}
+	}
+	out := []chainRules{
+		{chain: b.n(decisionChain(f, "", "")), rules: isExact(true, decisionChain(f, kindExact, ""), decisionChain(f, kindRange, ""))},
+	}
+	for _, s := range []string{kindExact, kindRange} {
+		out = append(out, chainRules{chain: b.n(decisionChain(f, s, "")),
+			rules: isExact(false, decisionChain(f, s, kindExact), decisionChain(f, s, kindRange))})
+		for _, d := range []string{kindExact, kindRange} {
+			rules := [][]expr.Any{b.guard(f, s, d)}
+			if s == kindExact {
+				rules = append(rules, b.jump(sideChain(policy.Egress, f, d, "")))
+			}
+			if d == kindExact {
+				rules = append(rules, b.jump(sideChain(policy.Ingress, f, s, "")))
+			}
+			rules = append(rules, cat(markTest(b.mark), b.goTo(chainEscalate)), accept)
+			out = append(out, chainRules{chain: b.n(decisionChain(f, s, d)), rules: rules})
+		}
+	}
+	return out
+}
+
+// identity loads the identity of the source or destination address into
+// r: the address goes to r first (four registers for IPv6).
+func (b *builder) identity(f int, src bool, kind string, r uint32) []expr.Any {
+	return cat(addr(f, src, r), lookupMap(b.n(addrSet(f, kind)), r, r))
+}
+
+// guard looks up (source guard . destination guard): a wall's chain
+// drops, a conflict class's chain marks the packet for escalation.
+func (b *builder) guard(f int, src, dst string) []expr.Any {
+	return cat(
+		b.identity(f, true, src, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(0)),
+		b.identity(f, false, dst, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(1)),
+		lookupMap(b.n(setGuards), reg(0), unix.NFT_REG_VERDICT))
+}
+
+// sideRules judges one side: the dispatch by port kind, then per port
+// kind: no group → the side allows; one lookup per level, then the
+// wildcard; no entry → fail closed.
+func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules {
+	disp := sideChain(d, f, peer, "")
+	var rules [][]expr.Any
+	for _, p := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP} {
+		rules = append(rules, cat(l4proto(p), b.goTo(sideChain(d, f, peer, portTH))))
+	}
+	for _, p := range []byte{unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6} {
+		rules = append(rules, cat(l4proto(p), b.goTo(sideChain(d, f, peer, portICMP))))
+	}
+	rules = append(rules, b.goTo(sideChain(d, f, peer, portOther)))
+	out := []chainRules{{chain: b.n(disp), rules: rules}}
+	localSrc := d == policy.Egress
+	for _, k := range portKinds {
+		rules := [][]expr.Any{cat(b.identity(f, localSrc, kindExact, reg(regKey)),
+			member(b.n(groupSet(d)), reg(regKey), true), ret)}
+		for lv := 0; lv <= wildcardLevel; lv++ {
+			rules = append(rules, b.level(d, f, peer, k, lv))
+		}
+		rules = append(rules, b.goTo(chainNoEntry))
+		out = append(out, chainRules{chain: b.n(sideChain(d, f, peer, k)), rules: rules})
+	}
+	return out
+}
+
+// level is one lookup of a side: the key (peer class . group . bucket .
+// level) gives a port map, (port map . port) an outcome chain. The peer's
+// attribute vector is loaded so that the wanted class lands in regKey-1.
+func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int) []expr.Any {
+	var out []expr.Any
+	if lv == wildcardLevel {
+		out = imm(reg(regKey-1), u32(0))
+	} else {
+		base := regKey - 1 - attrOffset(d, lv)
+		out = cat(b.identity(f, d == policy.Ingress, peer, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(base)))
+	}
+	return cat(out,
+		b.identity(f, d == policy.Egress, kindExact, reg(regKey)),
+		lookupMap(b.n(groupSet(d)), reg(regKey), reg(regKey)),
+		meta(expr.MetaKeyL4PROTO, reg(regKey+1)),
+		lookupMap(b.n(setBuckets), reg(regKey+1), reg(regKey+1)),
+		imm(reg(regKey+2), u32(uint32(lv))),
+		lookupMap(b.n(tabSet(d)), reg(regKey-1), reg(regKey+3)),
+		port(portKind, reg(regKey+4)),
+		lookupMap(b.n(setPorts), reg(regKey+3), unix.NFT_REG_VERDICT))
+}
+
+// outcomeRules renders the chain of one outcome, and a signature that
+// changes exactly when the rendering does.
+func (b *builder) outcomeRules(o compile.Outcome, rules []policy.RuleRef) ([][]expr.Any, string) {
+	ref := func(n compile.RuleNum) policy.RuleRef {
+		if int(n) < len(rules) {
+			return rules[n]
+		}
+		return policy.RuleRef{}
+	}
+	r, wd := ref(o.Rule), ref(o.WouldDeny)
+	var out [][]expr.Any
+	sig := string(o.Action)
+	if r.ID != "" {
+		out = append(out, counterRef(ruleCounterName(r.ID)))
+		sig += "|c" + r.ID
+		if r.Log {
+			p := LogPrefix(actionLogKind(o.Action), r.ID)
+			out = append(out, nflog(b.logGroup, p, b.logRate))
+			sig += "|l" + p
+		}
+	}
+	if o.WouldDeny != 0 && wd.ID != "" {
+		p := LogPrefix(LogWouldDeny, wd.ID)
+		out = append(out, nflog(b.logGroup, p, b.logRate))
+		sig += "|w" + p
+	}
+	switch o.Action {
+	case policy.Allow:
+		out = append(out, ret)
+	case policy.Reject:
+		out = append(out, rejectRules()...)
+	case policy.Escalate:
+		out = append(out, cat(markSet(b.mark, true), ret))
+	default: // deny, and anything unknown: fail closed
+		out = append(out, drop)
+	}
+	return out, sig
+}
+
+func (b *builder) wallRules(w *policy.Wall) ([][]expr.Any, string) {
+	p := LogPrefix(LogWall, w.Name)
+	return [][]expr.Any{counterRef(wallCounterName(w.Name)), nflog(b.logGroup, p, b.logRate), drop}, "wall|" + w.Name
+}
+
+func (b *builder) conflictRules() [][]expr.Any {
+	return [][]expr.Any{cat(markSet(b.mark, true), ret)}
+}
+
+func (b *builder) String() string { return fmt.Sprintf("generation %d", b.gen) }
