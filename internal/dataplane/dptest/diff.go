@@ -114,7 +114,7 @@ func runWorld(t *testing.T, h Harness, rw randomWorld, cfg DiffConfig, seed int6
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			got, detail := w.tryQuiet(Try{From: from.Name, To: dst, Protocol: p.proto, Port: p.port})
+			got, detail := w.tryQuiet(Try{From: from.Name, To: dst, Protocol: p.proto, Port: p.port}, want)
 			if got != want {
 				mu.Lock()
 				bad = append(bad, result{p, want, got, detail, v})
@@ -139,12 +139,12 @@ func runWorld(t *testing.T, h Harness, rw randomWorld, cfg DiffConfig, seed int6
 
 // tryQuiet is try without failing the test from another goroutine: a
 // harness error becomes the detail of a zero outcome.
-func (w *World) tryQuiet(tr Try) (Outcome, string) {
+func (w *World) tryQuiet(tr Try, want Outcome) (Outcome, string) {
 	got, detail, err := w.Host.Try(w.ctx, tr)
 	if err != nil {
 		return 0, "harness error: " + err.Error()
 	}
-	if got == Dropped {
+	if got == Dropped && want != Dropped {
 		tr.Timeout = RetryTimeout
 		if again, d2, err := w.Host.Try(w.ctx, tr); err == nil && again != Dropped {
 			return again, d2 + " (after one timeout)"

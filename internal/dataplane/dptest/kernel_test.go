@@ -2,8 +2,12 @@ package dptest
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -136,4 +140,84 @@ func mustAddrs(s string) []netip.Addr {
 		out = append(out, netip.MustParseAddr(f))
 	}
 	return out
+}
+
+// rulesetDataplane is a stand-in kernel dataplane for the harness's own
+// tests: anti-spoofing from the attachments, then a fixed, hand-written
+// policy, applied in one nft transaction.
+type rulesetDataplane struct {
+	ns     string // namespace name
+	policy string // rules of the forward chain
+}
+
+const fakeTable = "dptestfake"
+
+func (r *rulesetDataplane) Apply(ctx context.Context, d dataplane.Desired) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %[1]s\ndelete table inet %[1]s\ntable inet %[1]s {\n counter spoofed {}\n chain forward {\n", fakeTable)
+	b.WriteString("  type filter hook forward priority 0; policy drop;\n  ct state established,related accept\n")
+	for _, a := range d.Attachments {
+		var v4, v6 []string
+		for _, ip := range a.Addrs {
+			if ip.Is4() {
+				v4 = append(v4, ip.String())
+			} else {
+				v6 = append(v6, ip.String())
+			}
+		}
+		for _, fam := range []struct {
+			name  string
+			addrs []string
+		}{{"ip", v4}, {"ip6", v6}} {
+			if len(fam.addrs) > 0 {
+				fmt.Fprintf(&b, "  iifname %q %s saddr != { %s } counter name spoofed drop\n", a.Interface, fam.name, strings.Join(fam.addrs, ", "))
+			} else {
+				fmt.Fprintf(&b, "  iifname %q meta nfproto %s counter name spoofed drop\n", a.Interface, map[string]string{"ip": "ipv4", "ip6": "ipv6"}[fam.name])
+			}
+		}
+	}
+	b.WriteString(r.policy + "\n }\n}\n")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", r.ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %v: %s\n%s", err, out, b.String())
+	}
+	return nil
+}
+
+var packetsRE = regexp.MustCompile(`packets (\d+)`)
+
+func (r *rulesetDataplane) Counters(ctx context.Context) (dataplane.Counters, error) {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", r.ns, "nft", "list", "counter", "inet", fakeTable, "spoofed").CombinedOutput()
+	if err != nil {
+		return dataplane.Counters{}, fmt.Errorf("nft: %v: %s", err, out)
+	}
+	m := packetsRE.FindSubmatch(out)
+	if m == nil {
+		return dataplane.Counters{}, fmt.Errorf("nft: no packets in %s", out)
+	}
+	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return dataplane.Counters{Spoofed: dataplane.Counter{Packets: n}}, nil
+}
+
+func (r *rulesetDataplane) Close() error { return nil }
+
+// The attack tests' own logic, against the stand-in ruleset written for
+// their world (the real dataplane runs them in internal/dataplane/nft).
+func TestAttacksAgainstAHandWrittenRuleset(t *testing.T) {
+	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "nft")
+	var rules []string
+	for _, r := range []string{
+		"%s daddr %s2 tcp dport 5432 accept",
+		"%s daddr %s2 udp dport 53 accept",
+		"%s daddr %s3 tcp dport 80 accept",
+		"%s saddr %[2]s3 %[1]s daddr %[2]s4 tcp dport 6379 accept",
+	} {
+		rules = append(rules, "  "+fmt.Sprintf(r, "ip", "10.81.0."), "  "+fmt.Sprintf(r, "ip6", "fd81::"))
+	}
+	k := Kernel(t, func(path string) (dataplane.Dataplane, error) {
+		return &rulesetDataplane{ns: filepath.Base(path), policy: strings.Join(rules, "\n")}, nil
+	})
+	Attacks(t, k)
 }
