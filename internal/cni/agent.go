@@ -56,8 +56,8 @@ func (p *plugin) flushPending(store *Store, c *client.Client) {
 }
 
 // agentError turns a failed call to the agent into a CNI error: the
-// agent's refusal is code 102 with its reasons; an agent that does not
-// answer, or is overloaded, is code 11.
+// agent's refusal (or a socket the plugin may not use) is code 102 with
+// the reasons; an agent that does not answer, or is overloaded, is code 11.
 func agentError(socket, op string, err error) error {
 	var ae *client.Error
 	switch {
@@ -65,16 +65,16 @@ func agentError(socket, op string, err error) error {
 		return cniError(CodeAgentRefused, "%s: the agent at %s refused: %v", op, socket, err)
 	case errors.As(err, &ae) && ae.Status != 502 && ae.Status != 503 && ae.Status != 504:
 		return cniError(CodeAgentRefused, "%s: the agent at %s failed: %v", op, socket, err)
+	case errors.Is(err, syscall.EACCES):
+		return cniError(CodeAgentRefused, "%s: %v", op, err)
 	case errors.Is(err, context.Canceled):
 		return cniError(CodeTryAgainLater, "%s: interrupted: %v", op, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return cniError(CodeTryAgainLater, "%s: the agent at %s did not answer in time: %v", op, socket, err)
 	}
-	return cniError(CodeTryAgainLater, "%s: the agent at %s is unreachable (is `bulkhead agent` running?): %v", op, socket, err)
+	return cniError(CodeTryAgainLater, "%s: the agent is unreachable: %v", op, err)
 }
 
 // neverReached reports whether err proves the request never reached the
 // agent (nothing listens on the socket).
-func neverReached(err error) bool {
-	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
-}
+func neverReached(err error) bool { return errors.Is(err, client.ErrNoAgent) }

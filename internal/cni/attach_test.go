@@ -352,3 +352,22 @@ func TestConcurrentAdds(t *testing.T) {
 		t.Errorf("after concurrent DELs: %d allocations, registrations %v", len(st.Allocations), e.agent.keys())
 	}
 }
+
+// A runtime speaking an older version gets its result in that version.
+func TestResultInOlderVersion(t *testing.T) {
+	e := newHostEnv(t)
+	w := nstest.NS(t, nsPrefix)
+	conf := e.conf(map[string]any{"cniVersion": "0.4.0", "subnet6": "fd77::/64"})
+	out := e.run(call{Command: "ADD", ContainerID: "old", NetNS: w.Path(), IfName: "eth0", Stdin: conf}).ok(t)
+	var head struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if json.Unmarshal(out, &head); head.CNIVersion != "0.4.0" {
+		t.Errorf("result version %q, want 0.4.0: %s", head.CNIVersion, out)
+	}
+	if got := resultAddrs(parseResult(t, "0.4.0", out)); len(got) != 2 {
+		t.Errorf("0.4.0 result addresses %v, want two", got)
+	}
+	e.run(call{Command: "CHECK", ContainerID: "old", NetNS: w.Path(), IfName: "eth0", Stdin: withPrev(conf, out)}).ok(t)
+	e.run(call{Command: "DEL", ContainerID: "old", NetNS: w.Path(), IfName: "eth0", Stdin: withPrev(conf, out)}).ok(t)
+}

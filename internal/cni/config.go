@@ -134,8 +134,9 @@ func ParseConfig(data []byte) (*Config, error) {
 			p.add(CodeInvalidConfig, "plugins: this is a network configuration list; give the plugin one element of plugins, with name and cniVersion added")
 		case "agentSocket":
 			if decode(&p, k, v, &c.AgentSocket, `a socket path such as "/run/bulkhead/agent.sock"`) {
-				if _, err := client.New(c.AgentSocket); err != nil || !strings.Contains(c.AgentSocket, "/") {
-					p.add(CodeInvalidConfig, "agentSocket %q: want an absolute socket path such as %q", c.AgentSocket, client.DefaultSocket)
+				_, err := client.New(c.AgentSocket)
+				if err != nil || !strings.HasPrefix(c.AgentSocket, "unix://") && !filepath.IsAbs(c.AgentSocket) {
+					p.add(CodeInvalidConfig, "agentSocket %q: want an absolute socket path such as %q (or unix:///path)", c.AgentSocket, client.DefaultSocket)
 				}
 			}
 		case "subnet":

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,8 @@ func TestMain(m *testing.M) {
 type fakeAgent struct {
 	socket string
 	srv    *http.Server
+	served chan struct{} // closed once Serve returned (and closed its listener)
+	once   sync.Once
 
 	mu           sync.Mutex
 	workloads    map[string]api.WorkloadRegistration // by namespace/name
@@ -103,7 +106,11 @@ func (f *fakeAgent) serve(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	f.srv = &http.Server{Handler: mux}
-	go f.srv.Serve(l)
+	f.served = make(chan struct{})
+	go func() {
+		defer close(f.served)
+		f.srv.Serve(l)
+	}()
 }
 
 func (f *fakeAgent) register(w http.ResponseWriter, r *http.Request) {
@@ -138,10 +145,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func (f *fakeAgent) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	f.srv.Shutdown(ctx)
-	os.Remove(f.socket)
+	f.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		f.srv.Shutdown(ctx)
+		// Serve closes (and unlinks) its listener when it returns, which may
+		// be after Shutdown; only then is the path free for another server.
+		<-f.served
+		os.Remove(f.socket)
+	})
 }
 
 func (f *fakeAgent) get(key string) (api.WorkloadRegistration, bool) {
@@ -174,12 +186,18 @@ type hostEnv struct {
 
 func newHostEnv(t *testing.T) *hostEnv {
 	t.Helper()
+	e := newBareHostEnv(t)
+	e.agent = startFakeAgent(t, e.socket)
+	return e
+}
+
+// newBareHostEnv is newHostEnv without an agent.
+func newBareHostEnv(t *testing.T) *hostEnv {
+	t.Helper()
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "ip")
 	dir := t.TempDir()
-	e := &hostEnv{t: t, host: nstest.NS(t, nsPrefix), socket: filepath.Join(dir, "agent.sock"), dataDir: filepath.Join(dir, "data")}
-	e.agent = startFakeAgent(t, e.socket)
-	return e
+	return &hostEnv{t: t, host: nstest.NS(t, nsPrefix), socket: filepath.Join(dir, "agent.sock"), dataDir: filepath.Join(dir, "data")}
 }
 
 // conf is the network configuration with extra keys merged in (a nil
@@ -295,3 +313,5 @@ func (e *hostEnv) state() *State {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
