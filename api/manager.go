@@ -46,11 +46,15 @@ type JoinTokenRequest struct {
 	TTL  string `json:"ttl,omitempty"`
 }
 
-// JoinToken answers POST /v1/jointokens; Secret is shown once.
+// JoinToken answers POST /v1/jointokens; Secret is shown once. CAHash
+// ("sha256:HEX" of the CA certificate's DER) lets a new agent trust the
+// manager before it has the CA: it accepts a server whose chain ends in a
+// CA with this hash.
 type JoinToken struct {
 	Host    string    `json:"host"`
 	Expires time.Time `json:"expires"`
 	Secret  string    `json:"secret"`
+	CAHash  string    `json:"caHash"`
 }
 
 // JoinRequest buys a client certificate (POST /v1/join, or POST /v1/renew

@@ -135,6 +135,9 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		}
 		objects := prop.objects
 		res := compare(cur.objects, objects)
+		if prop.fromReq != nil {
+			res.Unchanged = onlyFrom(res.Unchanged, prop.fromReq)
+		}
 		if len(res.Created)+len(res.Updated)+len(res.Deleted) == 0 {
 			return res, nil
 		}
@@ -159,6 +162,17 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
 	}
 	return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other changes kept winning; nothing was applied; try again")
+}
+
+// onlyFrom keeps the refs a request named.
+func onlyFrom(refs []api.ObjectRef, named map[string]bool) []api.ObjectRef {
+	out := refs[:0]
+	for _, r := range refs {
+		if named[refKey(r)] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func changeDetail(res api.ManagerApplyResult, rollbackOf int64) map[string]any {

@@ -125,7 +125,7 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 	if err != nil {
 		return api.JoinToken{}, 0, err
 	}
-	return api.JoinToken{Host: host, Expires: rec.Expires, Secret: secret}, rev, nil
+	return api.JoinToken{Host: host, Expires: rec.Expires, Secret: secret, CAHash: m.ca.Hash()}, rev, nil
 }
 
 func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {

@@ -13,9 +13,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -105,6 +107,16 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 		return nil, errors.New("pki: the CA key does not belong to the CA certificate")
 	}
 	return &CA{Cert: cert, Key: key}, nil
+}
+
+// Hash returns "sha256:HEX" of the CA certificate, which a join token
+// carries so that a new agent can trust the manager.
+func (ca *CA) Hash() string { return CertHash(ca.Cert) }
+
+// CertHash returns "sha256:HEX" of a certificate's DER.
+func CertHash(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // CertPEM returns the CA certificate in PEM.

@@ -1,0 +1,281 @@
+// Package client calls a Bulkhead manager's public API (api/manager.go,
+// api/openapi.yaml) over HTTPS: the CLI with a bearer token, agents with
+// their client certificate. Join buys an agent's certificate with a
+// one-time join token; Watch follows the agents' feed.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
+)
+
+// Config says where the manager is and how to prove who we are.
+type Config struct {
+	URL string // https://HOST:PORT
+	// CA is the PEM of the manager's CA; the server must chain to it.
+	CA []byte
+	// CAHash ("sha256:HEX", from a join token) trusts a server whose
+	// chain ends in a CA with that hash, when CA is not known yet.
+	CAHash string
+	// Token is a bearer token (CLI); Certificate an agent's client
+	// certificate. At most one is needed.
+	Token       string
+	Certificate *tls.Certificate
+	// Timeout bounds each request but Watch (default 60 s).
+	Timeout time.Duration
+}
+
+// Client calls one manager. It is safe for concurrent use.
+type Client struct {
+	base    string
+	token   string
+	hc      *http.Client // requests
+	stream  *http.Client // watches: no overall timeout
+	timeout time.Duration
+}
+
+// New returns a client for cfg.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("manager client: server %q: want https://HOST:PORT", cfg.URL)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS13}
+	switch {
+	case len(cfg.CA) > 0:
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(cfg.CA) {
+			return nil, errors.New("manager client: the CA holds no PEM certificate")
+		}
+		tc.RootCAs = pool
+	case cfg.CAHash != "":
+		tc.InsecureSkipVerify = true // verified below, against the hash
+		tc.VerifyConnection = verifyByHash(cfg.CAHash)
+	}
+	if cfg.Certificate != nil {
+		tc.Certificates = []tls.Certificate{*cfg.Certificate}
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 60 * time.Second
+	}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
+		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second}
+	return &Client{base: strings.TrimRight(cfg.URL, "/"), token: cfg.Token, timeout: cfg.Timeout,
+		hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: tr}}, nil
+}
+
+// verifyByHash accepts a server whose certificate chains to a CA, sent in
+// the handshake, with the given hash.
+func verifyByHash(hash string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		for _, c := range cs.PeerCertificates {
+			if !c.IsCA || pki.CertHash(c) != hash {
+				continue
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(c)
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: cs.ServerName})
+			return err
+		}
+		return fmt.Errorf("manager client: the server's CA does not have hash %s", hash)
+	}
+}
+
+// Error is an error answer from the manager.
+type Error struct {
+	Status int
+	api.APIError
+}
+
+func (e *Error) Error() string {
+	msg := fmt.Sprintf("manager: %s (HTTP %d)", e.APIError.Error, e.Status)
+	if len(e.Details) > 0 {
+		msg += ":\n  " + strings.Join(e.Details, "\n  ")
+	}
+	return msg
+}
+
+// Do calls method path with in as the JSON body (nil: none) and decodes
+// the answer into out (nil: discard).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.send(ctx, c.hc, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return readError(resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("manager client: %s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("manager client: encode %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("manager client: %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("manager client: %s %s: %w", method, path, err)
+	}
+	return resp, nil
+}
+
+func readError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	e := &Error{Status: resp.StatusCode}
+	if json.Unmarshal(data, &e.APIError) != nil || e.APIError.Error == "" {
+		e.APIError.Error = strings.TrimSpace(string(data))
+	}
+	return e
+}
+
+// Apply sends documents to apply as one revision (POST /v1/apply).
+func (c *Client) Apply(ctx context.Context, req api.ManagerApplyRequest) (api.ManagerApplyResult, error) {
+	var res api.ManagerApplyResult
+	return res, c.Do(ctx, "POST", "/v1/apply", req, &res)
+}
+
+// Delete removes the objects the documents name, as one revision.
+func (c *Client) Delete(ctx context.Context, req api.ManagerApplyRequest) (api.ManagerApplyResult, error) {
+	var res api.ManagerApplyResult
+	return res, c.Do(ctx, "POST", "/v1/delete", req, &res)
+}
+
+// Objects lists the objects at the head, of the kinds given (comma
+// separated kinds or resource names; "" for all).
+func (c *Client) Objects(ctx context.Context, kinds string) (api.ObjectList, error) {
+	var res api.ObjectList
+	return res, c.Do(ctx, "GET", "/v1/objects?kind="+url.QueryEscape(kinds), nil, &res)
+}
+
+// Revisions lists the policy revisions, newest first.
+func (c *Client) Revisions(ctx context.Context) (api.RevisionList, error) {
+	var res api.RevisionList
+	return res, c.Do(ctx, "GET", "/v1/revisions", nil, &res)
+}
+
+// Diff lists what changed from revision from to revision to (0: defaults).
+func (c *Client) Diff(ctx context.Context, from, to int64) (api.RevisionDiff, error) {
+	q := url.Values{}
+	if from > 0 {
+		q.Set("from", strconv.FormatInt(from, 10))
+	}
+	if to > 0 {
+		q.Set("to", strconv.FormatInt(to, 10))
+	}
+	var res api.RevisionDiff
+	return res, c.Do(ctx, "GET", "/v1/revisions/diff?"+q.Encode(), nil, &res)
+}
+
+// Rollback makes revision rev's objects the head again, as a new revision.
+func (c *Client) Rollback(ctx context.Context, rev int64, req api.RollbackRequest) (api.ManagerApplyResult, error) {
+	var res api.ManagerApplyResult
+	return res, c.Do(ctx, "POST", fmt.Sprintf("/v1/revisions/%d/rollback", rev), req, &res)
+}
+
+// Workloads lists the workloads of every host (host "" ) or of one.
+func (c *Client) Workloads(ctx context.Context, host string) (api.WorkloadList, error) {
+	var res api.WorkloadList
+	return res, c.Do(ctx, "GET", "/v1/workloads?host="+url.QueryEscape(host), nil, &res)
+}
+
+// Hosts lists the hosts.
+func (c *Client) Hosts(ctx context.Context) (api.HostList, error) {
+	var res api.HostList
+	return res, c.Do(ctx, "GET", "/v1/hosts", nil, &res)
+}
+
+// Identities lists the identities with the addresses behind each.
+func (c *Client) Identities(ctx context.Context) (api.IdentityList, error) {
+	var res api.IdentityList
+	return res, c.Do(ctx, "GET", "/v1/identities", nil, &res)
+}
+
+// CreateToken creates an API token; the answer holds its secret.
+func (c *Client) CreateToken(ctx context.Context, name, role string) (api.Token, error) {
+	var res api.Token
+	return res, c.Do(ctx, "POST", "/v1/tokens", api.TokenRequest{Name: name, Role: role}, &res)
+}
+
+// Tokens lists the API tokens (without secrets).
+func (c *Client) Tokens(ctx context.Context) ([]api.Token, error) {
+	var res []api.Token
+	return res, c.Do(ctx, "GET", "/v1/tokens", nil, &res)
+}
+
+// RevokeToken deletes an API token.
+func (c *Client) RevokeToken(ctx context.Context, name string) error {
+	return c.Do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(name), nil, nil)
+}
+
+// CreateJoinToken creates a one-time join token for host.
+func (c *Client) CreateJoinToken(ctx context.Context, host string, ttl time.Duration) (api.JoinToken, error) {
+	req := api.JoinTokenRequest{Host: host}
+	if ttl > 0 {
+		req.TTL = ttl.String()
+	}
+	var res api.JoinToken
+	return res, c.Do(ctx, "POST", "/v1/jointokens", req, &res)
+}
+
+// Certificates lists the agents' certificates.
+func (c *Client) Certificates(ctx context.Context) ([]api.Certificate, error) {
+	var res []api.Certificate
+	return res, c.Do(ctx, "GET", "/v1/certificates", nil, &res)
+}
+
+// RevokeCertificate revokes an agent's certificate by serial.
+func (c *Client) RevokeCertificate(ctx context.Context, serial string) (api.Certificate, error) {
+	var res api.Certificate
+	return res, c.Do(ctx, "POST", "/v1/certificates/"+url.PathEscape(serial)+"/revoke", nil, &res)
+}
+
+// Audit reads audit entries from seq from on.
+func (c *Client) Audit(ctx context.Context, from uint64, limit int) (api.AuditList, error) {
+	var res api.AuditList
+	return res, c.Do(ctx, "GET", fmt.Sprintf("/v1/audit?from=%d&limit=%d", from, limit), nil, &res)
+}
+
+// VerifyAudit asks the manager to verify the audit chain.
+func (c *Client) VerifyAudit(ctx context.Context) (api.AuditVerify, error) {
+	var res api.AuditVerify
+	return res, c.Do(ctx, "GET", "/v1/audit/verify", nil, &res)
+}
