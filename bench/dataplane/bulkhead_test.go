@@ -1,15 +1,200 @@
 package benchdataplane
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
+	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
+// elementCounter catches the "elements" attribute of the nft dataplane's
+// debug record "applied": how many set elements one transaction wrote.
+type elementCounter struct{ last atomic.Int64 }
+
+func (e *elementCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (e *elementCounter) WithAttrs([]slog.Attr) slog.Handler       { return e }
+func (e *elementCounter) WithGroup(string) slog.Handler            { return e }
+func (e *elementCounter) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "elements" {
+			e.last.Store(a.Value.Int64())
+		}
+		return true
+	})
+	return nil
+}
+
+func pairAttachments(tp *topo) []dataplane.Attachment {
+	return []dataplane.Attachment{
+		{Workload: "bench/client", Interface: tp.clientIf, Addrs: []netip.Addr{ClientAddr}},
+		{Workload: "bench/server", Interface: tp.serverIf, Addrs: []netip.Addr{ServerAddr}},
+	}
+}
+
+func describe(st *compile.State) string {
+	s := st.Stats()
+	return fmt.Sprintf("%d addresses, %d outside ranges, %d identities, table keys %d ingress + %d egress (%d + %d port ranges), %d outcomes, %d rule ids",
+		s.Addrs, s.Ranges, s.Identities, s.Entries[0], s.Entries[1], s.PortRanges[0], s.PortRanges[1], s.Outcomes, s.Rules)
+}
+
 // bulkheadConfigs builds one topology per policy size with Bulkhead's
-// nftables dataplane holding it, and measures the load and update times.
+// nftables dataplane holding the state compiled for BenchHost, and, at
+// the largest size, times first loads and one-rule changes.
 func bulkheadConfigs(t *testing.T, sets []*policy.Set, report *strings.Builder) ([]config, extraFigures) {
-	report.WriteString("bulkhead: internal/dataplane/nft does not exist yet: not measured\n")
-	return nil, extraFigures{}
+	ctx := context.Background()
+	var cfgs []config
+	var x extraFigures
+	for i, s := range sets {
+		name := "bulkhead " + sizeName(Sizes[i].Rules)
+		start := time.Now()
+		c, err := compile.New(s, BenchHost, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		st := c.State()
+		compiled := time.Since(start)
+		tp := newTopo(t, name)
+		ec := &elementCounter{}
+		dp, err := nft.New(nft.Options{NetNS: tp.host.Path(), Logger: slog.New(ec)})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		start = time.Now()
+		if err := dp.Apply(ctx, dataplane.Desired{State: st, Set: s, Attachments: pairAttachments(tp)}); err != nil {
+			// Report it and go on: the other configurations are still worth measuring.
+			fmt.Fprintf(report, "%s: NOT MEASURED: first Apply failed after %v: %v\n", name, time.Since(start).Round(time.Millisecond), err)
+			t.Errorf("%s: first apply: %v", name, err)
+			continue
+		}
+		load := time.Since(start)
+		fmt.Fprintf(report, "%s: compiled for %s in %v; first Apply %v, %d set elements written (%s)\n",
+			name, BenchHost, compiled.Round(time.Millisecond), load.Round(time.Millisecond), ec.last.Load(), describe(st))
+		cfgs = append(cfgs, config{name: name, tp: tp, enforce: true})
+		if i == len(sets)-1 {
+			x.initialLoad = firstLoads(t, s, st, tp, report)
+			x.oneRule, x.addRule = oneRule(t, dp, ec, s, st, cfgs[len(cfgs)-1], report)
+		}
+	}
+	return cfgs, x
+}
+
+// firstLoads times three more first loads of st into fresh namespaces
+// (with the load above, four) and returns their median.
+func firstLoads(t *testing.T, s *policy.Set, st *compile.State, tp *topo, report *strings.Builder) time.Duration {
+	var loads []time.Duration
+	for range 3 {
+		scratch := nstest.NS(t, prefix+"l")
+		dp, err := nft.New(nft.Options{NetNS: scratch.Path()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		err = dp.Apply(context.Background(), dataplane.Desired{State: st, Set: s, Attachments: pairAttachments(tp)})
+		loads = append(loads, time.Since(start))
+		dp.Close()
+		if err != nil {
+			t.Fatalf("first load into %s: %v", scratch.Name, err)
+		}
+		if err := scratch.Delete(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(loads)
+	fmt.Fprintf(report, "first load of the largest state into fresh namespaces: %v\n", loads)
+	return loads[len(loads)/2]
+}
+
+// withPort9 returns s with the test pair's rule changed: edit adds port 9
+// to its services (the rule ids stay as they are); otherwise a second
+// rule allowing port 9 is added after it (every later rule id moves).
+func withPort9(s *policy.Set, edit bool) *policy.Set {
+	out := *s
+	out.Policies = slices.Clone(s.Policies)
+	for i, p := range out.Policies {
+		if p.Namespace != "bench" || p.Name != "bench-server" {
+			continue
+		}
+		np := *p
+		np.Ingress = slices.Clone(p.Ingress)
+		r := np.Ingress[0]
+		r.Services = append(slices.Clone(r.Services), policy.Service{Protocol: policy.TCP, Port: 9})
+		if edit {
+			np.Ingress[0] = r
+		} else {
+			r.ID = "bench/bench-server/port-9"
+			r.Services = r.Services[1:]
+			np.Ingress = append(np.Ingress, r)
+		}
+		out.Policies[i] = &np
+	}
+	return &out
+}
+
+// oneRule times Apply for a one-rule change at the largest size, both
+// ways, 10 times each: an edited rule (the pair's rule also allows port
+// 9) and an added rule. After each it checks that the kernel enforces
+// the state just applied. It leaves the original state in force.
+func oneRule(t *testing.T, dp *nft.Dataplane, ec *elementCounter, s *policy.Set, st0 *compile.State, cfg config, report *strings.Builder) (edit, add time.Duration) {
+	for _, isEdit := range []bool{true, false} {
+		s1 := withPort9(s, isEdit)
+		st1, err := compile.Compile(s1, BenchHost, st0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d1, d0 := compile.Diff(st0, st1), compile.Diff(st1, st0)
+		var times []time.Duration
+		var elems []int64
+		for i := range 20 {
+			want := dataplane.Desired{State: st1, Set: s1, Attachments: pairAttachments(cfg.tp)}
+			if i%2 == 1 {
+				want = dataplane.Desired{State: st0, Set: s, Attachments: pairAttachments(cfg.tp)}
+			}
+			start := time.Now()
+			if err := dp.Apply(context.Background(), want); err != nil {
+				t.Fatalf("one-rule apply: %v", err)
+			}
+			times = append(times, time.Since(start))
+			elems = append(elems, ec.last.Load())
+			if i < 2 {
+				checkPort9(t, cfg, i%2 == 0)
+			}
+		}
+		slices.Sort(times)
+		kind := "edited"
+		if !isEdit {
+			kind = "added"
+		}
+		fmt.Fprintf(report, "one %s rule at the largest size: Apply median %v, min %v, max %v (20 applies, alternating); compile delta %d / %d elements, nft elements written %v\n",
+			kind, times[len(times)/2], times[0], times[len(times)-1], d1.Len(), d0.Len(), elems[:2])
+		if isEdit {
+			edit = times[len(times)/2]
+		} else {
+			add = times[len(times)/2]
+		}
+	}
+	return edit, add
+}
+
+// checkPort9 checks that a connection from the client to the server's
+// port 9 (where nothing listens) is let through — refused by the server's
+// kernel — when allowed, and dropped when not.
+func checkPort9(t *testing.T, cfg config, allowed bool) {
+	t.Helper()
+	c := cfg
+	c.enforce = !allowed
+	if err := checkEnforced(c); err != nil {
+		t.Fatalf("after a one-rule apply (port 9 allowed: %v): %v", allowed, err)
+	}
 }
