@@ -345,19 +345,16 @@ func (m *Manager) Addr() net.Addr { return m.ln.Addr() }
 // URL is the manager's base URL, https://ADDR.
 func (m *Manager) URL() string { return "https://" + m.ln.Addr().String() }
 
-// Close stops serving (ending every watch) and following the store. It
-// does not close the store.
+// Close stops serving, ending every request and watch (a change in
+// flight is committed whole or not at all), and stops following the
+// store. It does not close the store.
 func (m *Manager) Close() error {
+	if m.cancel != nil {
+		m.cancel()
+	}
 	var err error
 	if m.srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		m.cancel()
-		if err = m.srv.Shutdown(ctx); err != nil {
-			err = m.srv.Close()
-		}
-	} else if m.cancel != nil {
-		m.cancel()
+		err = m.srv.Close()
 	}
 	m.wg.Wait()
 	return err
