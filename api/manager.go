@@ -220,17 +220,25 @@ type IdentityList struct {
 	Items    []Identity `json:"items"`
 }
 
-// AuditEntry is one record of the audit log.
+// AuditActor is who did something: a token (with its role), an agent
+// (its host) or the manager itself ("system").
+type AuditActor struct {
+	Kind string `json:"kind"` // "token", "agent" or "system"
+	Name string `json:"name"`
+	Role string `json:"role,omitempty"`
+}
+
+// AuditEntry is one record of the audit log (internal/audit's Entry).
 type AuditEntry struct {
 	Seq      uint64          `json:"seq"`
 	Time     time.Time       `json:"time"`
-	Actor    string          `json:"actor"`  // "token:NAME (role)" or "host:NAME"
-	Action   string          `json:"action"` // e.g. "apply", "token.create"
-	Object   string          `json:"object,omitempty"`
-	Revision int64           `json:"revision,omitempty"`
+	Actor    AuditActor      `json:"actor"`
+	Action   string          `json:"action"` // e.g. "policy.apply", "token.create"
+	Object   string          `json:"object"`
 	Detail   json.RawMessage `json:"detail,omitempty"`
+	Revision int64           `json:"revision,omitempty"` // the revision of the change it records
+	PrevHash string          `json:"prevHash"`
 	Hash     string          `json:"hash"`
-	Prev     string          `json:"prev"`
 }
 
 // AuditList answers GET /v1/audit.
@@ -239,13 +247,16 @@ type AuditList struct {
 	Next  uint64       `json:"next,omitempty"` // the seq to ask for next; 0 at the end
 }
 
-// AuditVerify answers GET /v1/audit/verify.
+// AuditVerify answers GET /v1/audit/verify[?anchor=SEQ:HASH]: the chain
+// is checked whole, and against the anchor (a head seen earlier) when
+// given, else against the head the store keeps.
 type AuditVerify struct {
 	OK      bool   `json:"ok"`
 	Entries uint64 `json:"entries"`
-	Head    string `json:"head,omitempty"`
+	Head    string `json:"head,omitempty"` // SEQ:HASH, an anchor for a later verify
 	// Problem names the first entry that does not verify, and why.
 	Problem string `json:"problem,omitempty"`
+	Seq     uint64 `json:"seq,omitempty"` // that entry
 }
 
 // Feed event types: the lines of GET /v1/watch, one JSON object each.

@@ -58,9 +58,9 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 	if err := errs.Err(); err != nil {
 		return invalid("the documents are invalid; nothing was applied", err)
 	}
-	action := "apply"
+	action := "policy.apply"
 	if del {
-		action = "delete"
+		action = "policy.delete"
 	}
 	res, err := m.change(r.Context(), p, action, req.Message, req.DryRun, func(cur *policyState) (proposal, error) {
 		return nextObjects(cur, docs, del)

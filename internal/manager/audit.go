@@ -2,32 +2,20 @@ package manager
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/audit"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
-// The audit log is a hash chain in the store: each entry carries the hash
-// of the one before, and the head key names the last. An entry is written
-// in the same Txn as the change it records, conditioned on the head, so
-// that a change is never without its entry and the chain never forks.
-const (
-	keyAuditHead       = "audit/head"
-	prefixAuditEntries = "audit/entries/"
-)
-
-type auditHead struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
-
+// auditEntry is what a change records in the audit log (internal/audit),
+// in the same Txn as the change.
 type auditEntry struct {
 	actor  principal
 	action string
@@ -35,15 +23,14 @@ type auditEntry struct {
 	detail any
 }
 
-func auditKey(seq uint64) string { return fmt.Sprintf("%s%020d", prefixAuditEntries, seq) }
-
-// entryHash is the hash that chains e: SHA-256 of the previous hash and
-// e's JSON without its own hash.
-func entryHash(e api.AuditEntry) string {
-	e.Hash = ""
-	data, _ := json.Marshal(e)
-	sum := sha256.Sum256(append([]byte(e.Prev+"\n"), data...))
-	return hex.EncodeToString(sum[:])
+func (p principal) actor() audit.Actor {
+	switch p.kind {
+	case "token":
+		return audit.Actor{Kind: "token", Name: p.name, Role: p.role}
+	case "host":
+		return audit.Actor{Kind: "agent", Name: p.name}
+	}
+	return audit.Actor{Kind: "system", Name: p.String()}
 }
 
 // commitAudited commits conds and ops with the audit entry for them, at
@@ -51,40 +38,35 @@ func entryHash(e api.AuditEntry) string {
 // appended meanwhile, it chains onto that one and tries again; ok is
 // false when one of conds no longer holds.
 func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []store.Op, e auditEntry) (int64, bool, error) {
-	detail, err := json.Marshal(e.detail)
-	if err != nil {
-		return 0, false, fmt.Errorf("manager: audit detail: %w", err)
-	}
-	if e.detail == nil {
-		detail = nil
+	var detail json.RawMessage
+	if e.detail != nil {
+		d, err := json.Marshal(e.detail)
+		if err != nil {
+			return 0, false, fmt.Errorf("manager: audit detail: %w", err)
+		}
+		detail = d
 	}
 	// One writer at a time in this process: the chain's head is a single
 	// key, and local writers queueing here do not waste Txns on conflicts.
 	m.auditMu.Lock()
 	defer m.auditMu.Unlock()
 	for attempt := 0; attempt < 20; attempt++ {
-		headKV, err := m.st.Get(ctx, keyAuditHead)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return 0, false, fmt.Errorf("manager: read audit head: %w", err)
+		head, err := audit.ReadHead(ctx, m.st)
+		if err != nil {
+			return 0, false, err
 		}
-		var head auditHead
-		if headKV.ModRev != 0 {
-			if err := json.Unmarshal(headKV.Value, &head); err != nil {
-				return 0, false, fmt.Errorf("manager: audit head: %w", err)
-			}
+		_, aconds, aops, err := audit.Append(head, audit.Entry{Time: m.now(), Actor: e.actor.actor(),
+			Action: e.action, Object: e.object, Detail: detail})
+		if err != nil {
+			return 0, false, err
 		}
-		// The revision is not known before the commit: an entry records
-		// the revision its change was committed at as the ModRev of its
-		// key, which GET /v1/audit reports.
-		entry := api.AuditEntry{Seq: head.Seq + 1, Time: m.now().UTC(), Actor: e.actor.String(),
-			Action: e.action, Object: e.object, Detail: detail, Prev: head.Hash}
-		entry.Hash = entryHash(entry)
-		value, _ := json.Marshal(entry)
-		newHead, _ := json.Marshal(auditHead{Seq: entry.Seq, Hash: entry.Hash})
-		allConds := append(append([]store.Cond(nil), conds...), store.Unchanged(headKV))
-		allOps := append(append([]store.Op(nil), ops...), store.Put(auditKey(entry.Seq), value), store.Put(keyAuditHead, newHead))
+		allConds := append(append([]store.Cond(nil), conds...), aconds...)
+		allOps := append(append([]store.Op(nil), ops...), aops...)
 		rev, ok, err := m.st.Txn(ctx, allConds, allOps)
 		if err != nil {
+			if errors.Is(err, store.ErrTooLarge) {
+				return 0, false, errorf(http.StatusRequestEntityTooLarge, "the change is too large for one store transaction: %v", err)
+			}
 			return 0, false, fmt.Errorf("manager: commit %s: %w", e.action, err)
 		}
 		if ok {
@@ -111,69 +93,83 @@ func (m *Manager) holds(ctx context.Context, conds []store.Cond) (bool, error) {
 	return true, nil
 }
 
-// auditEntries reads entries from seq on, at most limit.
-func (m *Manager) auditEntries(ctx context.Context, from uint64, limit int) ([]api.AuditEntry, error) {
-	kvs, _, err := m.st.List(ctx, prefixAuditEntries)
-	if err != nil {
-		return nil, fmt.Errorf("manager: read audit log: %w", err)
-	}
-	var out []api.AuditEntry
-	for _, kv := range kvs {
-		seq, _ := strconv.ParseUint(kv.Key[len(prefixAuditEntries):], 10, 64)
-		if seq < from {
-			continue
-		}
-		if len(out) == limit {
-			break
-		}
-		var e api.AuditEntry
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
-			e = api.AuditEntry{Seq: seq, Action: "(undecodable: " + err.Error() + ")"}
-		}
-		e.Revision = kv.ModRev
-		out = append(out, e)
-	}
-	return out, nil
+func toAPI(e audit.Entry) api.AuditEntry {
+	return api.AuditEntry{Seq: e.Seq, Time: e.Time, Actor: api.AuditActor(e.Actor), Action: e.Action, Object: e.Object,
+		Detail: e.Detail, Revision: e.Revision, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
-// verifyAudit walks the whole chain and reports the first entry that
-// does not verify: a changed entry, a removed one, or a head that does
-// not name the last.
-func (m *Manager) verifyAudit(ctx context.Context) (api.AuditVerify, error) {
-	kvs, _, err := m.st.List(ctx, "audit/")
-	if err != nil {
-		return api.AuditVerify{}, fmt.Errorf("manager: read audit log: %w", err)
+func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) error {
+	q := r.URL.Query()
+	from, limit := uint64(1), 1000
+	if s := q.Get("from"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return errorf(http.StatusBadRequest, "from: %q: want an entry number", s)
+		}
+		from = n
 	}
-	var head *auditHead
-	prev, n := "", uint64(0)
-	for _, kv := range kvs {
-		if kv.Key == keyAuditHead {
-			head = &auditHead{}
-			if err := json.Unmarshal(kv.Value, head); err != nil {
-				return api.AuditVerify{Entries: n, Problem: "the audit head is undecodable: " + err.Error()}, nil
-			}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 10000 {
+			return errorf(http.StatusBadRequest, "limit: %q: want 1 to 10000", s)
+		}
+		limit = n
+	}
+	entries, err := audit.Read(r.Context(), m.st)
+	if err != nil {
+		return err
+	}
+	out := api.AuditList{Items: []api.AuditEntry{}}
+	for _, e := range entries {
+		if e.Seq < from {
 			continue
 		}
-		want := n + 1
-		var e api.AuditEntry
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
-			return api.AuditVerify{Entries: n, Problem: fmt.Sprintf("entry %s is undecodable: %v", kv.Key, err)}, nil
+		if len(out.Items) == limit {
+			out.Next = e.Seq
+			break
 		}
-		switch {
-		case kv.Key != auditKey(want) || e.Seq != want:
-			return api.AuditVerify{Entries: n, Problem: fmt.Sprintf("entry %d is missing (found %s next)", want, kv.Key)}, nil
-		case e.Prev != prev:
-			return api.AuditVerify{Entries: n, Problem: fmt.Sprintf("entry %d does not chain onto entry %d", want, n)}, nil
-		case entryHash(e) != e.Hash:
-			return api.AuditVerify{Entries: n, Problem: fmt.Sprintf("entry %d was changed: its hash does not match its content", want)}, nil
+		out.Items = append(out.Items, toAPI(e))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// getAuditVerify checks the whole chain, against the anchor given
+// (?anchor=SEQ:HASH) or else the head the store keeps.
+func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ principal) error {
+	ctx := r.Context()
+	var anchor audit.Head
+	if s := r.URL.Query().Get("anchor"); s != "" {
+		seq, hash, ok := strings.Cut(s, ":")
+		n, err := strconv.ParseUint(seq, 10, 64)
+		if !ok || err != nil || len(hash) != 64 {
+			return errorf(http.StatusBadRequest, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
 		}
-		prev, n = e.Hash, want
+		anchor = audit.Head{Seq: n, Hash: hash}
+	} else {
+		h, err := audit.ReadHead(ctx, m.st)
+		if err != nil {
+			return err
+		}
+		anchor = h
 	}
-	switch {
-	case head == nil && n > 0:
-		return api.AuditVerify{Entries: n, Problem: "the audit head is missing"}, nil
-	case head != nil && (head.Seq != n || head.Hash != prev):
-		return api.AuditVerify{Entries: n, Problem: fmt.Sprintf("the head names entry %d, but the chain ends at entry %d: entries were removed", head.Seq, n)}, nil
+	entries, err := audit.Read(ctx, m.st)
+	if err != nil {
+		return err
 	}
-	return api.AuditVerify{OK: true, Entries: n, Head: prev}, nil
+	out := api.AuditVerify{Entries: uint64(len(entries))}
+	var broken *audit.BrokenError
+	switch err := audit.Verify(entries, &anchor); {
+	case errors.As(err, &broken):
+		out.Problem, out.Seq = broken.Error(), broken.Seq
+	case err != nil:
+		return err
+	default:
+		out.OK = true
+		if n := len(entries); n > 0 {
+			out.Head = audit.Head{Seq: entries[n-1].Seq, Hash: entries[n-1].Hash}.String()
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }

@@ -163,53 +163,12 @@ func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	res, err := m.change(r.Context(), p, "rollback", req.Message, false, func(*policyState) (proposal, error) {
+	res, err := m.change(r.Context(), p, "policy.rollback", req.Message, false, func(*policyState) (proposal, error) {
 		return proposal{objects: target.objects}, nil
 	}, rev)
 	if err != nil {
 		return err
 	}
 	m.finish(w, r, res, wait)
-	return nil
-}
-
-func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) error {
-	q := r.URL.Query()
-	from, limit := uint64(1), 1000
-	if s := q.Get("from"); s != "" {
-		n, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return errorf(http.StatusBadRequest, "from: %q: want an entry number", s)
-		}
-		from = n
-	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 10000 {
-			return errorf(http.StatusBadRequest, "limit: %q: want 1 to 10000", s)
-		}
-		limit = n
-	}
-	entries, err := m.auditEntries(r.Context(), from, limit+1)
-	if err != nil {
-		return err
-	}
-	out := api.AuditList{Items: entries}
-	if len(entries) > limit {
-		out.Items, out.Next = entries[:limit], entries[limit].Seq
-	}
-	if out.Items == nil {
-		out.Items = []api.AuditEntry{}
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
-func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ principal) error {
-	v, err := m.verifyAudit(r.Context())
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, v)
 	return nil
 }
