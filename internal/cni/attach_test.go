@@ -81,25 +81,8 @@ func TestAddCheckDelDualStack(t *testing.T) {
 	r1, out1 := add(w1, "ctr-one", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=123;FOO=bar")
 	r2, _ := add(w2, "ctr-two", "")
 
-	// The result, as a runtime reads it.
 	host1 := attach.HostIfName("ctr-one/eth0")
-	if len(r1.Interfaces) != 2 || r1.Interfaces[0].Name != host1 || r1.Interfaces[0].Sandbox != "" ||
-		r1.Interfaces[1].Name != "eth0" || r1.Interfaces[1].Sandbox != w1.Path() || r1.Interfaces[1].Mac == "" {
-		t.Errorf("interfaces = %v, want host side %s and eth0 in %s", r1.Interfaces, host1, w1.Path())
-	}
-	addrs := resultAddrs(r1)
-	if len(addrs) != 2 || !addrs[0].Is4() || !addrs[1].Is6() ||
-		!netip.MustParsePrefix("10.77.0.0/16").Contains(addrs[0]) || !netip.MustParsePrefix("fd77::/64").Contains(addrs[1]) {
-		t.Fatalf("addresses = %v, want one from each subnet", addrs)
-	}
-	for _, ipc := range r1.IPs {
-		if ones, bits := ipc.Address.Mask.Size(); ones != bits || *ipc.Interface != 1 || ipc.Gateway == nil {
-			t.Errorf("ip %v: want a host prefix on interface 1 with a gateway", ipc)
-		}
-	}
-	if len(r1.Routes) != 2 || r1.Routes[0].GW.String() != "169.254.1.1" || r1.Routes[1].GW.String() != "fe80::ecee:eeff:feee:eeee" {
-		t.Errorf("routes = %v, want the two default routes through the link-local gateways", r1.Routes)
-	}
+	addrs := checkDualStackResult(t, r1, host1, w1.Path())
 
 	// The agent got labels, ports, names, addresses, interface, container.
 	reg, ok := e.agent.get("shop/web-0")
@@ -157,6 +140,30 @@ func TestAddCheckDelDualStack(t *testing.T) {
 	if links := e.hostLinks(); strings.Contains(links, "bh") {
 		t.Errorf("veths left in the host: %s", links)
 	}
+}
+
+// checkDualStackResult checks an ADD result as a runtime reads it and
+// returns its addresses.
+func checkDualStackResult(t *testing.T, r1 *types100.Result, host1, sandbox string) []netip.Addr {
+	t.Helper()
+	if len(r1.Interfaces) != 2 || r1.Interfaces[0].Name != host1 || r1.Interfaces[0].Sandbox != "" ||
+		r1.Interfaces[1].Name != "eth0" || r1.Interfaces[1].Sandbox != sandbox || r1.Interfaces[1].Mac == "" {
+		t.Errorf("interfaces = %v, want host side %s and eth0 in %s", r1.Interfaces, host1, sandbox)
+	}
+	addrs := resultAddrs(r1)
+	if len(addrs) != 2 || !addrs[0].Is4() || !addrs[1].Is6() ||
+		!netip.MustParsePrefix("10.77.0.0/16").Contains(addrs[0]) || !netip.MustParsePrefix("fd77::/64").Contains(addrs[1]) {
+		t.Fatalf("addresses = %v, want one from each subnet", addrs)
+	}
+	for _, ipc := range r1.IPs {
+		if ones, bits := ipc.Address.Mask.Size(); ones != bits || *ipc.Interface != 1 || ipc.Gateway == nil {
+			t.Errorf("ip %v: want a host prefix on interface 1 with a gateway", ipc)
+		}
+	}
+	if len(r1.Routes) != 2 || r1.Routes[0].GW.String() != "169.254.1.1" || r1.Routes[1].GW.String() != "fe80::ecee:eeff:feee:eeee" {
+		t.Errorf("routes = %v, want the two default routes through the link-local gateways", r1.Routes)
+	}
+	return addrs
 }
 
 // nothingLeft asserts that a refused ADD of id left no trace.

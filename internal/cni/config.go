@@ -3,7 +3,6 @@ package cni
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -448,13 +447,4 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME %q: want lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253", w.Name)
 	}
 	return w, nil
-}
-
-// errorCode is the CNI code of err, or 0.
-func errorCode(err error) uint {
-	var e *types.Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return 0
 }

@@ -315,3 +315,12 @@ func (e *hostEnv) state() *State {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// errorCode is the CNI code of err, or 0.
+func errorCode(err error) uint {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}

@@ -232,23 +232,36 @@ func famKey(a netip.Addr) string {
 	return "6"
 }
 
-// used maps every reserved address to a description of its holder.
-func (st *State) used() map[netip.Addr]string {
-	used := map[netip.Addr]string{}
+// holder is who holds an address: an allocation, or a pending removal.
+type holder struct {
+	a       *Allocation
+	pending bool
+}
+
+func (h holder) String() string {
+	if h.pending {
+		return fmt.Sprintf("removed container %s, whose unregistration at the agent is pending", h.a.ContainerID)
+	}
+	return fmt.Sprintf("container %s interface %s (workload %s/%s)", h.a.ContainerID, h.a.IfName, h.a.Namespace, h.a.Name)
+}
+
+// used maps every reserved address to its holder.
+func (st *State) used() map[netip.Addr]holder {
+	used := map[netip.Addr]holder{}
 	for _, a := range st.Allocations {
 		for _, ip := range a.IPs {
-			used[ip] = fmt.Sprintf("container %s interface %s (workload %s/%s)", a.ContainerID, a.IfName, a.Namespace, a.Name)
+			used[ip] = holder{a: a}
 		}
 	}
 	for _, a := range st.Pending {
 		for _, ip := range a.IPs {
-			used[ip] = fmt.Sprintf("removed container %s, whose unregistration at the agent is pending", a.ContainerID)
+			used[ip] = holder{a: a, pending: true}
 		}
 	}
 	return used
 }
 
-func checkRequested(ip netip.Addr, sub netip.Prefix, used map[netip.Addr]string) error {
+func checkRequested(ip netip.Addr, sub netip.Prefix, used map[netip.Addr]holder) error {
 	switch {
 	case !sub.Contains(ip):
 		return cniError(CodeAddressUnavailable, "requested address %v is outside subnet %v; request one inside it, or none to have one allocated", ip, sub)
@@ -258,8 +271,8 @@ func checkRequested(ip netip.Addr, sub netip.Prefix, used map[netip.Addr]string)
 		return cniError(CodeAddressUnavailable, "requested address %v is the subnet-router anycast address of subnet %v; request another", ip, sub)
 	case ip == broadcast(sub):
 		return cniError(CodeAddressUnavailable, "requested address %v is the broadcast address of subnet %v; request another", ip, sub)
-	case used[ip] != "":
-		return cniError(CodeAddressUnavailable, "requested address %v is allocated to %s; request another, or DEL that container first", ip, used[ip])
+	case used[ip].a != nil:
+		return cniError(CodeAddressUnavailable, "requested address %v is allocated to %v; request another, or DEL that container first", ip, used[ip])
 	}
 	return nil
 }
@@ -295,9 +308,11 @@ func capacity(sub netip.Prefix) uint64 {
 }
 
 // Free is the number of addresses left in sub.
-func (st *State) Free(sub netip.Prefix) uint64 {
+func (st *State) Free(sub netip.Prefix) uint64 { return free(sub, st.used()) }
+
+func free(sub netip.Prefix, used map[netip.Addr]holder) uint64 {
 	n := uint64(0)
-	for ip := range st.used() {
+	for ip := range used {
 		if sub.Contains(ip) && !reserved(ip, sub) {
 			n++
 		}
@@ -308,17 +323,13 @@ func (st *State) Free(sub netip.Prefix) uint64 {
 // next finds a free address of sub, starting after the last one handed
 // out. Among any n+3 consecutive addresses, with n of them used and at
 // most two reserved, one is free, which bounds the search.
-func (st *State) next(sub netip.Prefix, used map[netip.Addr]string) (netip.Addr, error) {
-	if st.Free(sub) == 0 {
+func (st *State) next(sub netip.Prefix, used map[netip.Addr]holder) (netip.Addr, error) {
+	left := free(sub, used)
+	if left == 0 {
 		return netip.Addr{}, cniError(CodePoolExhausted, "subnet %v has no address left (%d allocated); DEL unused containers, run GC, or widen subnet",
 			sub, capacity(sub))
 	}
-	n := 0
-	for ip := range used {
-		if sub.Contains(ip) {
-			n++
-		}
-	}
+	n := capacity(sub) - left
 	ip := st.Last[famKey(sub.Addr())]
 	if !sub.Contains(ip) {
 		ip = sub.Addr()
@@ -328,7 +339,7 @@ func (st *State) next(sub netip.Prefix, used map[netip.Addr]string) (netip.Addr,
 		if !ip.IsValid() || !sub.Contains(ip) {
 			ip = sub.Addr()
 		}
-		if !reserved(ip, sub) && used[ip] == "" {
+		if !reserved(ip, sub) && used[ip].a == nil {
 			return ip, nil
 		}
 	}

@@ -188,7 +188,7 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	err = unregisterOwned(ctx, at.agent, map[string]bool{at.hostIf: true})
 	cancel()
 	if err != nil {
-		p.log.Warn("agent unreachable: the addresses stay reserved until a later call reaches it",
+		p.log.Warn("the agent did not forget the workload: its addresses stay reserved until a later call reaches the agent",
 			"attachment", at.key, "socket", at.agent.Socket(), "err", err)
 		errs = append(errs, at.store.MarkPending(args.ContainerID, args.IfName, at.hostIf))
 	} else {
