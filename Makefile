@@ -5,6 +5,7 @@ GO ?= go
 .PHONY: build test deps vet fuzz bench
 build:
 	$(GO) build -o bin/bulkhead ./cmd/bulkhead
+	$(GO) build -o bin/bulkhead-cni ./cmd/bulkhead-cni
 
 test: deps vet
 	$(GO) test -count=1 -timeout 25m ./...
