@@ -40,6 +40,7 @@ import (
 const (
 	AdminTokenFile = "admin.token" // the first admin token, 0600
 	CAFile         = "ca.crt"      // the CA certificate, for clients
+	URLFile        = "url"         // the URL the manager serves, once it listens
 	keyCA          = "pki/ca"
 	keyBootstrap   = "auth/bootstrap"
 )
@@ -288,6 +289,10 @@ func (m *Manager) listen() error {
 		return fmt.Errorf("manager: listen on %s: %w", m.cfg.Listen, err)
 	}
 	m.ln = ln
+	if err := writeFile(filepath.Join(m.cfg.DataDir, URLFile), []byte(m.URL()+"\n"), 0o644); err != nil {
+		ln.Close()
+		return err
+	}
 	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
 	return nil
