@@ -496,7 +496,9 @@ func printServerTable(out io.Writer, v any) error {
 			kind, _ := it["kind"].(string)
 			rows = append(rows, row{kind, ns, name})
 		}
-		sort.Slice(rows, func(i, j int) bool { return rows[i].kind+rows[i].ns+rows[i].name < rows[j].kind+rows[j].ns+rows[j].name })
+		sort.Slice(rows, func(i, j int) bool {
+			return rows[i].kind+rows[i].ns+rows[i].name < rows[j].kind+rows[j].ns+rows[j].name
+		})
 		for _, r := range rows {
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.kind, r.ns, r.name)
 		}
@@ -516,4 +518,3 @@ func serverLabelString(l map[string]string) string {
 	}
 	return strings.Join(keys, ",")
 }
-

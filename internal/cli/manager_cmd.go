@@ -15,8 +15,8 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 	"github.com/bulkhead-dev/bulkhead/internal/store/etcdstore"
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // managerFlags are the flags of `bulkhead manager`.

@@ -105,7 +105,7 @@ func serverConfig(cmd *cobra.Command) (ClientConfig, error) {
 		return c, err
 	}
 	for _, o := range []struct {
-		dst        *string
+		dst       *string
 		flag, env string
 	}{{&c.Server, "server", serverEnv}, {&c.Token, "token", tokenEnv}, {&c.CA, "ca", ""}} {
 		if v := flag(o.flag); v != "" {
