@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/dptest"
+	"github.com/bulkhead-dev/bulkhead/internal/load"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -67,5 +69,44 @@ func TestEnforced(t *testing.T) {
 		if got := dataplane.Enforced(c.v); got != c.want {
 			t.Errorf("Enforced(egress %s, ingress %s, wall %v) = %s, want %s", c.v.Egress.Action, c.v.Ingress.Action, c.v.Wall != nil, got, c.want)
 		}
+	}
+}
+
+// Logged rules and would-deny records are kept, newest MaxLogs of them.
+func TestUserspaceLogsAreBounded(t *testing.T) {
+	set, errs := load.Bytes("p.yaml", []byte(`
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: p}
+spec:
+  appliesTo: {selector: {}}
+  ingress: [{name: logged, action: allow, log: true}]
+`))
+	if errs.Err() != nil {
+		t.Fatal(errs.Err())
+	}
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	set.Workloads = []*policy.Workload{{Namespace: "n", Name: "a", IPs: []netip.Addr{a}}, {Namespace: "n", Name: "b", IPs: []netip.Addr{b}}}
+	st, err := compile.Compile(set, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := dataplane.NewUserspace()
+	if err := u.Apply(context.Background(), dataplane.Desired{State: st, Set: set}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < dataplane.MaxLogs+10; i++ {
+		p := policy.Packet{Src: a, Dst: b, Protocol: policy.TCP, SrcPort: 1000 + i, DstPort: 80}
+		if act, why := u.Packet("", p); act != policy.Allow {
+			t.Fatalf("packet %d: %s (%s)", i, act, why)
+		}
+	}
+	logs := u.Logs()
+	if len(logs) != dataplane.MaxLogs || logs[0].Packet.SrcPort != 1010 || logs[len(logs)-1].Packet.SrcPort != 1000+dataplane.MaxLogs+9 {
+		t.Fatalf("%d logs from port %d to %d, want the newest %d", len(logs), logs[0].Packet.SrcPort, logs[len(logs)-1].Packet.SrcPort, dataplane.MaxLogs)
+	}
+	c, _ := u.Counters(context.Background())
+	if got := c.Rules["Policy/p/ingress/logged"].Packets; got != dataplane.MaxLogs+10 {
+		t.Errorf("counter: %d, want %d", got, dataplane.MaxLogs+10)
 	}
 }

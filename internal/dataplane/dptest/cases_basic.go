@@ -234,19 +234,25 @@ spec:
 			}
 		}},
 		{"IPv6", func(w *World) {
-			web, db, _ := cast(w)
+			web, db, other := cast(w)
 			w.Apply(denyIngress + `---
 apiVersion: bulkhead.dev/v1
 kind: Policy
 metadata: {name: db, namespace: app}
 spec:
   appliesTo: {selector: {matchLabels: {app: db}}}
-  ingress: [{action: allow, services: [{protocol: tcp, port: 80}, {protocol: udp, port: 53}, {protocol: icmpv6, icmpType: 128}]}]
+  ingress:
+    - {action: reject, services: [{protocol: tcp, port: 81}, {protocol: udp, port: 55}]}
+    - {action: reject, from: [{selector: {matchLabels: {app: other}}}], services: [{protocol: icmpv6}]}
+    - {action: allow, services: [{protocol: tcp, port: 80}, {protocol: udp, port: 53}, {protocol: icmpv6, icmpType: 128}]}
 `)
 			w.Expect(web, db.V6(), "tcp/80", Connected)
-			w.Expect(web, db.V6(), "tcp/81", Dropped)
+			w.Expect(web, db.V6(), "tcp/82", Dropped)
+			w.Expect(web, db.V6(), "tcp/81", Refused)
 			w.Expect(web, db.V6(), "udp/53", Connected)
+			w.Expect(web, db.V6(), "udp/55", Refused)
 			w.Expect(web, db.V6(), "icmpv6", Connected)
+			w.Expect(other, db.V6(), "icmpv6", Refused)
 			w.Expect(db, web.V6(), "icmpv6", Dropped)
 		}},
 		{"UDP", func(w *World) {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -127,6 +130,7 @@ spec:
     - {name: web-again, action: allow, from: [{selector: {matchLabels: {app: web}}}], services: [{protocol: tcp, port: 80}]}
 `}
 	w.Apply(policies[0])
+	before := w.Counters()
 	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
 	defer cancel()
 	var mu sync.Mutex
@@ -134,6 +138,7 @@ spec:
 	var failures []string
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	start := time.Now()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -147,25 +152,50 @@ spec:
 			mu.Lock()
 			attempts++
 			if err != nil || o != Connected {
-				failures = append(failures, fmt.Sprintf("attempt %d: %s (%s) %v", i, o, detail, err))
+				failures = append(failures, fmt.Sprintf("attempt %d at %s: %s (%s) %v", i, time.Since(start).Round(time.Millisecond), o, detail, err))
 			}
 			mu.Unlock()
 		}
 	}()
+	var applied []string
 	for i := 1; i <= 20; i++ {
+		t0 := time.Since(start)
 		if err := w.TryApply(policies[i%2]); err != nil {
 			w.T.Error(err)
 			break
 		}
+		applied = append(applied, fmt.Sprintf("%v-%v", t0.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)))
 		time.Sleep(5 * time.Millisecond)
 	}
 	close(stop)
 	wg.Wait()
-	if len(failures) > 0 {
-		w.T.Errorf("%d of %d connections failed during 20 Applies; first: %s", len(failures), attempts, failures[0])
-	}
-	if attempts < 20 {
+	switch {
+	case len(failures) > 0:
+		w.T.Errorf("%d of %d connections failed during 20 Applies: %s\n(the Applies ran %s)\ncounters that moved: %s",
+			len(failures), attempts, strings.Join(failures, "; "), strings.Join(applied, " "), counterDelta(before, w.Counters()))
+	case attempts < 20:
 		w.T.Errorf("only %d connections during 20 Applies", attempts)
+	default:
+		w.T.Logf("%d connections during 20 Applies, none failed", attempts)
 	}
-	w.T.Logf("%d connections during 20 Applies, none failed", attempts)
+}
+
+// counterDelta lists the counters that moved from a to b.
+func counterDelta(a, b dataplane.Counters) string {
+	var out []string
+	for id, c := range b.Rules {
+		if d := c.Packets - a.Rules[id].Packets; d != 0 {
+			out = append(out, fmt.Sprintf("%s +%d", id, d))
+		}
+	}
+	for id, c := range b.Walls {
+		if d := c.Packets - a.Walls[id].Packets; d != 0 {
+			out = append(out, fmt.Sprintf("wall %s +%d", id, d))
+		}
+	}
+	if d := b.Spoofed.Packets - a.Spoofed.Packets; d != 0 {
+		out = append(out, fmt.Sprintf("spoofed +%d", d))
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }

@@ -188,9 +188,11 @@ func classify(err error) (Outcome, string, error) {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return Dropped, "timeout", nil
+	// ECONNREFUSED: a TCP reset or a port unreachable; EHOSTUNREACH and
+	// EACCES: host or administratively prohibited (ICMP, ICMPv6).
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
 		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.EPROTO):
+		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.EPROTO), errors.Is(err, syscall.EACCES):
 		return Refused, err.Error(), nil
 	}
 	return 0, "", fmt.Errorf("dptest: %w", err)
