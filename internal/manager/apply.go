@@ -154,10 +154,11 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		}
 		if ok {
 			res.Revision = rev
+			// Answer once this manager's own reads show the revision.
 			if err := m.feed.waitRev(ctx, rev); err != nil {
 				return res, err
 			}
-			return res, nil
+			return res, m.revisions.waitRev(ctx, rev)
 		}
 		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
 	}

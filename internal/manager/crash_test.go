@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func TestKilledMidApply(t *testing.T) {
 	for round := range 3 {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
 		cmd.Env = append(os.Environ(), "BH_CRASH_DIR="+dir, fmt.Sprintf("BH_CRASH_ROUND=%d", round))
-		out := &strings.Builder{}
+		out := &syncBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -80,7 +81,10 @@ func TestKilledMidApply(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 		var took time.Duration
-		fmt.Sscanf(out.String()[strings.Index(out.String(), "applied 1 ")+len("applied 1 "):], "%d", &took)
+		text := out.String()
+		if i := strings.Index(text, "applied 1 "); i >= 0 {
+			fmt.Sscanf(text[i+len("applied 1 "):], "%d", &took)
+		}
 		time.Sleep(time.Duration(round+1) * took / 4)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
@@ -111,6 +115,25 @@ func TestKilledMidApply(t *testing.T) {
 		e.m.Close()
 		st.Close()
 	}
+}
+
+// syncBuffer is a buffer the child's output goroutine writes while the
+// test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestCrashChild is the child of TestKilledMidApply: a manager applying

@@ -66,7 +66,7 @@ func (m *Manager) getRevision(w http.ResponseWriter, r *http.Request, _ principa
 	if err != nil {
 		return err
 	}
-	rec, err := m.record(rev)
+	rec, err := m.record(r.Context(), rev)
 	if err != nil {
 		return err
 	}
@@ -92,7 +92,7 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 		if to, err = revParam(s, "to"); err != nil {
 			return err
 		}
-		rec, err := m.record(to)
+		rec, err := m.record(ctx, to)
 		if err != nil {
 			return err
 		}
@@ -109,7 +109,7 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 			return err
 		}
 	}
-	rec, err := m.record(from)
+	rec, err := m.record(ctx, from)
 	if err != nil {
 		return err
 	}
@@ -155,7 +155,7 @@ func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	rec, err := m.record(rev)
+	rec, err := m.record(r.Context(), rev)
 	if err != nil {
 		return err
 	}

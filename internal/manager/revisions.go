@@ -253,8 +253,9 @@ func (m *Manager) head(ctx context.Context) (store.KV, *policyState, error) {
 	return kv, ps, err
 }
 
-// record finds the policy revision rev (0: none, the empty set).
-func (m *Manager) record(rev int64) (*revRecord, error) {
+// record finds the policy revision rev (0: none, the empty set), in the
+// mirror, else in the store (a revision another manager just made).
+func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 	if rev == 0 {
 		return nil, nil
 	}
@@ -264,10 +265,23 @@ func (m *Manager) record(rev int64) (*revRecord, error) {
 			found = r
 		}
 	})
-	if found == nil {
-		return nil, errorf(http.StatusNotFound, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
+	if found != nil {
+		return found, nil
 	}
-	return found, nil
+	kvs, _, err := m.st.List(ctx, prefixRevisions)
+	if err != nil {
+		return nil, fmt.Errorf("manager: list revisions: %w", err)
+	}
+	for _, kv := range kvs {
+		if kv.ModRev == rev {
+			v, err := decodeRecord(kv)
+			if err != nil {
+				return nil, err
+			}
+			return v.(*revRecord), nil
+		}
+	}
+	return nil, errorf(http.StatusNotFound, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
 }
 
 // change is what a commit records besides the objects.
