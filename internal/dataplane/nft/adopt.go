@@ -101,7 +101,7 @@ func (d *Dataplane) newGeneration(want dataplane.Desired) (*tx, *model, error) {
 		m.counters[n] = ""
 	}
 	t := newTx(table())
-	t.base = true
+	t.pre.base = true
 	m.create(t, want)
 	t.rules = append(t.rules, b.baseRules()...)
 	for _, n := range f.chains {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +29,25 @@ import (
 
 // prefix names every namespace these tests create.
 const prefix = "bhnf"
+
+// removeStale removes the namespaces of earlier runs that died without
+// cleaning up. Only old ones: another run of this package (the
+// conformance suite's, say) may be going on right now.
+func removeStale(prefix string, age time.Duration) {
+	entries, err := os.ReadDir(netns.Dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !strings.HasPrefix(e.Name(), prefix) || time.Since(info.ModTime()) < age {
+			continue
+		}
+		if n, err := netns.Open(e.Name()); err == nil {
+			_ = n.Delete()
+		}
+	}
+}
 
 // testHost is a throwaway host namespace with workloads attached to it
 // by routed veths, as the agent would attach them.

@@ -3,15 +3,21 @@ package nft
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
-	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
-	"github.com/bulkhead-dev/bulkhead/internal/netns"
+	gonflog "github.com/florianl/go-nflog/v2"
+
+	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
 func TestMain(m *testing.M) {
-	_ = netns.DeleteAll(prefix)
-	m.Run()
+	removeStale(prefix, 10*time.Minute)
+	os.Exit(m.Run())
 }
 
 const basePolicy = `
@@ -79,10 +85,276 @@ func TestEnforce(t *testing.T) {
 	if got := cs.Rules["Policy/app/b-in/ingress/web"]; got.Packets == 0 {
 		t.Errorf("counter of rule web = %+v, want packets; all: %+v", got, cs.Rules)
 	}
+}
+
+const wallPolicy = `
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: seg-a}
+spec: {selector: {matchLabels: {app: a}}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: seg-c}
+spec: {selector: {matchLabels: {app: c}}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Wall
+metadata: {name: a-c}
+spec: {segments: [seg-a, seg-c]}
+`
+
+// A wall denies ahead of every tier, in both directions, and counts.
+func TestWall(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	for _, w := range h.wls {
+		w.listen(t, "tcp", 8080)
+	}
+	d := h.newDataplane(Options{})
+	h.apply(d, wallPolicy)
+	expectTCP(t, []tcpCase{
+		{a, c.v4, 8080, resTimeout},
+		{c, a.v6, 8080, resTimeout},
+		{a, b.v4, 8080, resOK},
+		{b, c.v6, 8080, resOK},
+	})
+	cs, err := d.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs.Walls["a-c"].Packets == 0 {
+		t.Errorf("wall counter = %+v, want packets", cs.Walls)
+	}
+}
+
+// A workload that takes another's address (it has CAP_NET_ADMIN in its
+// own namespace) is dropped and counted, in IPv4 and IPv6.
+func TestAntiSpoofing(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	c.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy)
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resOK}})
+	before, _ := d.Counters(context.Background())
+	nstest.Run(t, a.ns, "ip", "addr", "add", b.v4.String()+"/32", "dev", "eth0")
+	nstest.Run(t, a.ns, "ip", "addr", "add", b.v6.String()+"/128", "dev", "eth0", "nodad")
+	for _, src := range []struct{ from, to netip.Addr }{{b.v4, c.v4}, {b.v6, c.v6}} {
+		conn, err := a.dialFrom(src.from, src.to, 8080)
+		if got := classify(t, conn, err); got != resTimeout {
+			t.Errorf("spoofed %s → %s = %s, want timeout", src.from, src.to, got)
+		}
+	}
+	after, err := d.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Spoofed.Packets < before.Spoofed.Packets+2 {
+		t.Errorf("spoofed counter %d → %d, want at least 2 more", before.Spoofed.Packets, after.Spoofed.Packets)
+	}
+	for _, dst := range []netip.Addr{c.v4, c.v6} { // its own addresses still work
+		src := a.v4
+		if dst.Is6() {
+			src = a.v6
+		}
+		conn, err := a.dialFrom(src, dst, 8080)
+		if got := classify(t, conn, err); got != resOK {
+			t.Errorf("%s → %s = %s, want ok", src, dst, got)
+		}
+	}
+}
+
+// An established connection survives an Apply that changes other rules,
+// and a restart: a new Dataplane adopts the table (a new generation, the
+// old one swept) without cutting it.
+func TestEstablishedSurvivesApplyAndRestart(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy)
+	conn, err := a.dial(b.v4, 8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	changed := strings.Replace(basePolicy, "port: 5353", "port: 5300", 1)
+	h.apply(d, changed)
+	if err := echo(conn, "after apply"); err != nil {
+		t.Fatalf("established connection cut by Apply: %v", err)
+	}
+	chains := tableShape(t, d)
+	d.Close()
+
+	d2 := h.newDataplane(Options{})
+	if err := echo(conn, "after close"); err != nil {
+		t.Fatalf("established connection cut by Close: %v", err)
+	}
+	h.apply(d2, changed)
+	if err := echo(conn, "after adoption"); err != nil {
+		t.Fatalf("established connection cut by adoption: %v", err)
+	}
+	if got := tableShape(t, d2); got != chains {
+		t.Errorf("after adoption the table holds %s, want %s (the old generation swept)", got, chains)
+	}
+	if d2.model.b.gen != 2 {
+		t.Errorf("generation after adoption = %d, want 2", d2.model.b.gen)
+	}
+	expectTCP(t, []tcpCase{{a, b.v4, 8080, resOK}, {c, b.v4, 8080, resTimeout}})
+}
+
+func tableShape(t *testing.T, d *Dataplane) string {
+	t.Helper()
+	f, err := readTable(d.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%d chains, %d sets, %d counters", len(f.chains), len(f.sets), len(f.counters))
+}
+
+// Cleanup removes the table; everything is allowed again.
+func TestCleanup(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	c, b := h.wls["c"], h.wls["b"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy)
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resTimeout}})
+	if err := Cleanup(h.ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := Cleanup(h.ns.Path()); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	f, err := readTable(d.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.exists {
+		t.Fatalf("table still there after Cleanup: %+v", f)
+	}
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resOK}})
+}
+
+// Logged rules and observe-mode "would deny" reach NFLOG tagged with the
+// rule id.
+func TestNFLOG(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	b.listen(t, "tcp", 8080)
+	c.listen(t, "tcp", 8080)
+	const group = 7
+	records := readNFLOG(t, h, group)
+	d := h.newDataplane(Options{LogGroup: group})
+	h.apply(d, basePolicy+observePolicy)
+	expectTCP(t, []tcpCase{{a, b.v4, 8080, resOK}, {a, c.v4, 8080, resOK}})
+	want := []string{
+		LogPrefix(LogAllow, "Policy/app/b-in/ingress/web"),
+		LogPrefix(LogWouldDeny, "Policy/app/c-observe/ingress/no-a"),
+	}
+	deadline := time.After(2 * time.Second)
+	seen := map[string]bool{}
+	for len(seen) < len(want) {
+		select {
+		case p := <-records:
+			for _, w := range want {
+				if p == w {
+					seen[w] = true
+				}
+			}
+		case <-deadline:
+			t.Fatalf("NFLOG records seen %v, want %v", seen, want)
+		}
+	}
+}
+
+const observePolicy = `
+---
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: c-observe, namespace: app}
+spec:
+  mode: observe
+  appliesTo: {selector: {matchLabels: {app: c}}}
+  ingress:
+    - name: no-a
+      action: deny
+      from: [{selector: {matchLabels: {app: a}}}]
+`
+
+// readNFLOG subscribes to an NFLOG group in the host namespace and
+// returns the prefixes of the records.
+func readNFLOG(t *testing.T, h *testHost, group uint16) <-chan string {
+	t.Helper()
+	f, err := os.Open(h.ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	nf, err := gonflog.Open(&gonflog.Config{NetNS: int(f.Fd()), Group: group, Copymode: gonflog.CopyPacket, Bufsize: 128})
+	if err != nil {
+		t.Fatalf("nflog: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); nf.Close() })
+	out := make(chan string, 64)
+	err = nf.RegisterWithErrorFunc(ctx, func(a gonflog.Attribute) int {
+		if a.Prefix != nil {
+			select {
+			case out <- *a.Prefix:
+			default:
+			}
+		}
+		return 0
+	}, func(err error) int { return 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Escalation without a listener on the queue fails closed.
+func TestEscalateFailsClosed(t *testing.T) {
+	h := newTestHost(t, "a", "b")
+	a, b := h.wls["a"], h.wls["b"]
+	b.listen(t, "tcp", 8080)
+	b.listen(t, "tcp", 8081)
+	d := h.newDataplane(Options{QueueNum: 3})
+	h.apply(d, `
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: a-out, namespace: app}
+spec:
+  appliesTo: {selector: {matchLabels: {app: a}}}
+  egress:
+    - name: ask
+      action: escalate
+      services: [{protocol: tcp, port: 8080}]
+`)
+	expectTCP(t, []tcpCase{{a, b.v4, 8080, resTimeout}, {a, b.v4, 8081, resOK}})
+	cs, _ := d.Counters(context.Background())
+	if cs.Rules["Policy/app/a-out/egress/ask"].Packets == 0 {
+		t.Errorf("escalate rule not counted: %+v", cs.Rules)
+	}
+}
+
+// Dump prints the table with its maps decoded.
+func TestDump(t *testing.T) {
+	h := newTestHost(t, "a", "b")
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy+"---\n"+wallPolicy)
 	var buf bytes.Buffer
 	if err := d.Dump(&buf); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("dump:\n%s", buf.String())
-	_ = dataplane.Desired{}
+	out := buf.String()
+	for _, want := range []string{"table inet bulkhead", "chain forward"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dump lacks %q:\n%s", want, out)
+		}
+	}
+	if testing.Verbose() {
+		t.Logf("dump:\n%s", out)
+	}
 }

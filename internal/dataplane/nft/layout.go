@@ -288,7 +288,10 @@ const (
 // LogPrefix returns the NFLOG prefix of a record of kind about id (a rule
 // id or a wall name).
 func LogPrefix(kind, id string) string {
-	p := "bh " + kind + " " + id
+	p := "bh " + kind
+	if id != "" {
+		p += " " + id
+	}
 	if len(p) <= logPrefixMax {
 		return p
 	}

@@ -44,11 +44,13 @@ func newModel(b *builder) *model {
 // create writes a whole new generation for d into t (the caller adds the
 // base rules and the sweep).
 func (m *model) create(t *tx, d dataplane.Desired) {
-	b := m.b
-	t.sets = append(t.sets, b.sets(t.table)...)
-	t.chains = append(t.chains, b.chainNames()...)
-	t.rules = append(t.rules, b.fixedRules(d.State != nil)...)
-	m.update(t, d)
+	w := t.pre
+	w.pre = w // the whole generation is preparatory: nothing refers to it yet
+	defer func() { w.pre = nil }()
+	w.sets = append(w.sets, m.b.sets(t.table)...)
+	w.chains = append(w.chains, m.b.chainNames()...)
+	w.rules = append(w.rules, m.b.fixedRules(d.State != nil)...)
+	m.update(w, d)
 }
 
 // update writes the changes from the model to d into t and moves the
@@ -121,8 +123,8 @@ func (m *model) outcomeChains(t *tx, s *compile.State) {
 		rules, sig := m.b.outcomeRules(s.Outcomes[id], s.Rules)
 		name := m.b.n(outcomeChain(compile.OutcomeID(id)))
 		if id >= len(m.outcomes) {
-			t.chains = append(t.chains, name)
-			t.addRules(name, false, rules)
+			t.pre.chains = append(t.pre.chains, name)
+			t.pre.addRules(name, false, rules)
 			m.outcomes = append(m.outcomes, sig)
 			continue
 		}
@@ -139,8 +141,8 @@ func (m *model) wallChains(t *tx, s *compile.State) {
 		name := m.b.n(wallChain(i + 1))
 		switch {
 		case i >= len(m.walls):
-			t.chains = append(t.chains, name)
-			t.addRules(name, false, rules)
+			t.pre.chains = append(t.pre.chains, name)
+			t.pre.addRules(name, false, rules)
 			m.walls = append(m.walls, sig)
 		case m.walls[i] != sig:
 			t.addRules(name, true, rules)
@@ -151,8 +153,8 @@ func (m *model) wallChains(t *tx, s *compile.State) {
 	// generation: their guard entries are gone with the wall.
 	for ; m.nconf < len(s.Conflict); m.nconf++ {
 		name := m.b.n(conflictChain(m.nconf + 1))
-		t.chains = append(t.chains, name)
-		t.addRules(name, false, m.b.conflictRules())
+		t.pre.chains = append(t.pre.chains, name)
+		t.pre.addRules(name, false, m.b.conflictRules())
 	}
 }
 
@@ -174,7 +176,7 @@ func (m *model) counterObjects(t *tx, s *compile.State) {
 	}
 	for n := range want {
 		if _, ok := m.counters[n]; !ok {
-			t.counters = append(t.counters, n)
+			t.pre.counters = append(t.pre.counters, n)
 		}
 	}
 	for n := range m.counters {
@@ -291,23 +293,26 @@ func groupOf(a compile.IdentityAttrs, d policy.Direction) compile.GroupID {
 
 func (m *model) tableElems(t *tx, d policy.Direction, changes []compile.Change[compile.TableKey, compile.PortMap]) {
 	name := m.b.n(tabSet(d))
-	for _, c := range changes {
-		k := tabKey(c.Key)
-		var oldPM, newPM uint32
-		if c.Op != compile.Add {
-			oldPM = m.pms.release(t, m.b, c.Old)
-		}
+	ids := make([]uint32, len(changes))
+	for i, c := range changes { // acquire first, so that a shared port map never drops to zero refs on the way
 		if c.Op != compile.Delete {
-			newPM = m.pms.acquire(t, m.b, c.New)
+			ids[i] = m.pms.acquire(t.pre, m.b, c.New)
 		}
-		if oldPM == newPM {
+	}
+	for i, c := range changes {
+		var old uint32
+		if c.Op != compile.Add {
+			old = m.pms.release(t, m.b, c.Old)
+		}
+		if old == ids[i] {
 			continue
 		}
+		k := tabKey(c.Key)
 		if c.Op != compile.Add {
 			t.del(name, nftables.SetElement{Key: k})
 		}
 		if c.Op != compile.Delete {
-			t.add(name, nftables.SetElement{Key: k, Val: u32(newPM)})
+			t.add(name, nftables.SetElement{Key: k, Val: u32(ids[i])})
 		}
 	}
 }
@@ -337,7 +342,8 @@ func (m *model) guardVerdict(g compile.Guard) *expr.Verdict {
 // in proportion to its size) holds each distinct port map once.
 type portMaps struct {
 	byKey map[string]*portMap
-	free  []uint32
+	free  []uint32 // ids free to take
+	freed []uint32 // ids released by the Apply under way: free once it is done
 	next  uint32
 }
 
@@ -389,12 +395,18 @@ func (p *portMaps) release(t *tx, b *builder, m compile.PortMap) uint32 {
 	pm.refs--
 	if pm.refs == 0 {
 		delete(p.byKey, k)
-		p.free = append(p.free, pm.id)
+		p.freed = append(p.freed, pm.id)
 		for _, r := range m {
 			t.del(b.n(setPorts), nftables.SetElement{Key: portKey(pm.id, r.Lo), KeyEnd: portKey(pm.id, r.Hi)})
 		}
 	}
 	return pm.id
+}
+
+// settle makes the ids released by a finished Apply free to take: their
+// elements are gone from the kernel.
+func (p *portMaps) settle() {
+	p.free, p.freed = append(p.free, p.freed...), nil
 }
 
 func (p *portMaps) len() (maps, ranges int) {

@@ -212,19 +212,22 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
-	if t.empty() {
-		return nil
+	for _, part := range []*tx{t.pre, t} {
+		if part.empty() {
+			continue
+		}
+		if err := part.send(d.conn); err != nil {
+			d.broken = true
+			return err
+		}
+		if err := d.conn.Flush(); err != nil {
+			d.broken = true
+			return errorf("apply %s: %w", m.b, err)
+		}
 	}
-	if err := t.send(d.conn); err != nil {
-		d.broken = true
-		return err
-	}
-	if err := d.conn.Flush(); err != nil {
-		d.broken = true
-		return errorf("apply %s: %w", m.b, err)
-	}
+	m.pms.settle()
 	d.model, d.broken = m, false
-	d.log.Debug("applied", "generation", m.b.gen, "fresh", fresh, "elements", t.elements(),
+	d.log.Debug("applied", "generation", m.b.gen, "fresh", fresh, "elements", t.pre.elements()+t.elements(),
 		"duration", time.Since(start))
 	return nil
 }

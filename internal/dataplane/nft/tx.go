@@ -33,6 +33,7 @@ type conn interface {
 // last, rules before the sets and chains they refer to.
 type tx struct {
 	table      *nftables.Table
+	pre        *tx  // the preparatory transaction, sent first (nil in pre itself)
 	base       bool // create the table and its base chains (no-ops when they exist)
 	counters   []string
 	chains     []string
@@ -53,7 +54,21 @@ type chainRules struct {
 	notes []string // comments, by rule; may be shorter than rules
 }
 
+// newTx returns a transaction with its preparatory one. The kernel's
+// interval-map backend (pipapo) publishes what a transaction added to it
+// only after the transaction's generation is live: an element added, or
+// deleted and added again, is missing for a moment. So whatever the
+// switch will refer to (a new generation whole; new port maps, outcome
+// chains and counters) is written first, in a transaction that nothing
+// refers to yet and so changes no verdict; the switch follows in one
+// transaction.
 func newTx(t *nftables.Table) *tx {
+	out := newBareTx(t)
+	out.pre = newBareTx(t)
+	return out
+}
+
+func newBareTx(t *nftables.Table) *tx {
 	return &tx{table: t, dels: map[string][]nftables.SetElement{}, adds: map[string][]nftables.SetElement{}}
 }
 

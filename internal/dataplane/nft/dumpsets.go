@@ -1,0 +1,127 @@
+package nft
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// dumpSet prints one set's elements, decoded by what the set holds.
+func dumpSet(w *errWriter, name string, els []element) {
+	w.printf("map %s (%d elements)\n", name, len(els))
+	be := binary.BigEndian.Uint32
+	words := func(b []byte) []uint32 {
+		var out []uint32
+		for i := 0; i+4 <= len(b); i += 4 {
+			out = append(out, be(b[i:]))
+		}
+		return out
+	}
+	var lines []string
+	add := func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }
+	switch baseName(name) {
+	case setIfaces:
+		for _, e := range els {
+			add("%s", ifString(e.key))
+		}
+	case setOwn4, setOwn6:
+		for _, e := range els {
+			a, _ := netip.AddrFromSlice(e.key[16:])
+			add("%s . %s", ifString(e.key[:16]), a)
+		}
+	case setAddr4, setAddr6:
+		for _, e := range els {
+			a, _ := netip.AddrFromSlice(e.key)
+			add("%s : identity %d", a, be(e.data))
+		}
+	case setRange4, setRange6:
+		lines = rangeLines(els)
+	case setAttrs:
+		for _, e := range els {
+			v := words(e.data)
+			if len(v) == attrWords {
+				add("identity %d : guard %d, ingress classes %d/%d/%d, egress classes %d/%d/%d",
+					be(e.key), v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+			}
+		}
+	case setGroupI, setGroupE:
+		for _, e := range els {
+			add("identity %d : group %d", be(e.key), be(e.data))
+		}
+	case setBuckets:
+		for _, e := range els {
+			if b := be(e.data); b != 0 {
+				add("protocol %d : bucket %d", e.key[0], b)
+			}
+		}
+		add("(every other protocol : bucket 0)")
+	case setTabI, setTabE:
+		for _, e := range els {
+			k := words(e.key)
+			lv := fmt.Sprintf("level %d", k[3])
+			if k[3] == wildcardLevel {
+				lv = "wildcard"
+			}
+			add("class %d . group %d . bucket %d . %s : port map %d", k[0], k[1], k[2], lv, be(e.data))
+		}
+	case setPorts:
+		for _, e := range els {
+			lo, hi := binary.BigEndian.Uint16(e.key[4:]), binary.BigEndian.Uint16(e.keyEnd[4:])
+			add("port map %d . ports %d-%d : %s", be(e.key), lo, hi, e.verdict)
+		}
+	case setGuards:
+		for _, e := range els {
+			k := words(e.key)
+			add("guard %d . guard %d : %s", k[0], k[1], e.verdict)
+		}
+	default:
+		for _, e := range els {
+			add("%x : %x %s", e.key, e.data, e.verdict)
+		}
+	}
+	sort.Strings(lines)
+	for _, l := range lines {
+		w.printf("\t%s\n", l)
+	}
+}
+
+func ifString(b []byte) string { return string(bytes.TrimRight(b, "\x00")) }
+
+// rangeLines pairs the start and end elements of an interval map.
+func rangeLines(els []element) []string {
+	sort.SliceStable(els, func(i, j int) bool {
+		if c := bytes.Compare(els[i].key, els[j].key); c != 0 {
+			return c < 0
+		}
+		return els[i].end && !els[j].end
+	})
+	var out []string
+	for i, e := range els {
+		if e.end {
+			continue
+		}
+		lo, _ := netip.AddrFromSlice(e.key)
+		hi := netip.IPv4Unspecified()
+		if lo.Is6() {
+			hi = netip.IPv6Unspecified()
+		}
+		hi = lastAddr(hi)
+		if i+1 < len(els) && els[i+1].end {
+			end, _ := netip.AddrFromSlice(els[i+1].key)
+			hi = end.Prev()
+		}
+		out = append(out, fmt.Sprintf("%s-%s : identity %d", lo, hi, binary.BigEndian.Uint32(e.data)))
+	}
+	return out
+}
+
+func lastAddr(zero netip.Addr) netip.Addr {
+	b := zero.AsSlice()
+	for i := range b {
+		b[i] = 0xff
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
