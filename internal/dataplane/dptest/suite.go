@@ -1,6 +1,7 @@
 package dptest
 
 import (
+	"os"
 	"testing"
 )
 
@@ -11,9 +12,18 @@ type Case struct {
 }
 
 // Run runs every conformance case against h, each on a fresh host.
-func Run(t *testing.T, h Harness) {
+func Run(t *testing.T, h Harness) { RunKnown(t, h, nil) }
+
+// RunKnown is Run for an implementation with known failures: a case named
+// in known (name → the bug, where it is tracked) is skipped with that
+// reason, unless BULKHEAD_STRICT=1. Remove an entry when its bug is fixed.
+func RunKnown(t *testing.T, h Harness, known map[string]string) {
+	strict := os.Getenv("BULKHEAD_STRICT") == "1"
 	for _, c := range Cases() {
 		t.Run(c.Name, func(t *testing.T) {
+			if why, ok := known[c.Name]; ok && !strict {
+				t.Skipf("known failure of %s (BULKHEAD_STRICT=1 runs it): %s", h.Name(), why)
+			}
 			c.Run(NewWorld(t, h))
 		})
 	}
