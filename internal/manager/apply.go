@@ -154,6 +154,8 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		}
 		if ok {
 			res.Revision = rev
+			// Decode the new objects for the next change while nobody waits.
+			go m.prewarm(objects)
 			// Answer once this manager's own reads show the revision.
 			if err := m.feed.waitRev(ctx, rev); err != nil {
 				return res, err
@@ -306,6 +308,13 @@ func (c *setCache) get(o object) (*policy.Set, error) {
 	c.m[o.Hash+refKey(o.Ref)] = s
 	c.mu.Unlock()
 	return s, nil
+}
+
+// prewarm decodes objects into the set cache.
+func (m *Manager) prewarm(objects map[string]object) {
+	for _, o := range objects {
+		_, _ = m.sets.get(o)
+	}
 }
 
 // decodedSet is the policy set of a state (without workloads).

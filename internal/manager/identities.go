@@ -196,13 +196,18 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 	if err != nil {
 		return nil, 0, err
 	}
-	set, err := m.decodedSet(ps)
-	if err != nil {
-		return nil, 0, err
-	}
 	out := map[string]map[string]string{}
-	for _, ns := range set.Namespaces {
-		out[ns.Name] = ns.Labels
+	for _, o := range ps.objects {
+		if o.Ref.Kind != "Namespace" {
+			continue
+		}
+		set, err := m.sets.get(o)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, ns := range set.Namespaces {
+			out[ns.Name] = ns.Labels
+		}
 	}
 	return out, ps.rev(), nil
 }

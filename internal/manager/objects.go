@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/k8s"
 	"github.com/bulkhead-dev/bulkhead/internal/load"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -62,20 +63,16 @@ type parsedDoc struct {
 	objects []object
 }
 
-// parseDocument reads one request document. Every problem is reported
-// with file:line:col and field path, as `bulkhead check` does.
+// parseDocument reads one request document: the YAML is parsed once,
+// and each object decoded as internal/load decodes it (native objects by
+// policy.DecodeNative, Kubernetes ones by k8s.Decode), with the positions
+// of the user's file. Every problem is reported with file:line:col and
+// field path, as `bulkhead check` does.
 func parseDocument(doc api.Document, forDelete bool) (parsedDoc, source.Errors) {
 	if doc.Name == "" {
 		doc.Name = "request"
 	}
-	var out parsedDoc
-	if !forDelete {
-		set, errs := load.Bytes(doc.Name, []byte(doc.Data))
-		if len(errs) > 0 {
-			return out, errs
-		}
-		out.set = set
-	}
+	out := parsedDoc{set: &policy.Set{}}
 	nodes, errs := splitNodes(doc.Name, []byte(doc.Data))
 	if len(errs) > 0 {
 		return out, errs
@@ -87,8 +84,29 @@ func parseDocument(doc api.Document, forDelete bool) (parsedDoc, source.Errors) 
 			continue
 		}
 		out.objects = append(out.objects, o)
+		if forDelete {
+			continue
+		}
+		set, derrs := decodeNode(doc.Name, n)
+		errs = append(errs, derrs...)
+		if set != nil {
+			out.set.Merge(set)
+		}
 	}
 	return out, errs
+}
+
+// decodeNode decodes one object node as internal/load does.
+func decodeNode(file string, n *yaml.Node) (*policy.Set, source.Errors) {
+	apiVersion, kind := scalar(n, "apiVersion"), scalar(n, "kind")
+	switch {
+	case apiVersion == api.Version:
+		return policy.DecodeNative(file, n)
+	case k8s.Handles(apiVersion, kind):
+		return k8s.Decode(file, n, apiVersion, kind)
+	}
+	return nil, source.Errors{{Pos: source.Pos{File: file, Line: n.Line, Column: n.Column}, Path: "apiVersion",
+		Msg: fmt.Sprintf("unsupported object %s %s; native objects use apiVersion %s", apiVersion, kind, api.Version)}}
 }
 
 // splitNodes splits a YAML stream into its objects, reading a List as its
