@@ -276,6 +276,13 @@ func TestWatchSnapshotEventsResumeResync(t *testing.T) {
 		count(evs, api.FeedObject, "put") != len(r1.Created)-len(r2.Deleted) || count(evs, api.FeedWorkload, "put") != 3 {
 		t.Fatalf("resync: %d events, first %+v", len(evs), evs[0])
 	}
+
+	// A reader ahead of the store (the store was replaced) resyncs too.
+	fr4 := watch(t, agent, r3.Revision+1000)
+	evs = fr4.until(t, func(ev api.FeedEvent) bool { return ev.Type == api.FeedRev })
+	if evs[0].Type != api.FeedResync || !strings.Contains(evs[0].Reason, "ahead of the store") {
+		t.Fatalf("a reader from the future: first event %+v", evs[0])
+	}
 }
 
 func TestWatchCutOffOnRevocation(t *testing.T) {

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"time"
 
@@ -29,12 +30,12 @@ func (m *Manager) identityLoop(ctx context.Context) {
 		ch := m.feed.notify()
 		if v, ok := m.feed.get(keyHead); ok && v.(*feedItem).modRev != seenHead {
 			seenHead = v.(*feedItem).modRev
-			m.reidentify(ctx)
+			m.reidentify(ctx, false)
 		}
 		select {
 		case <-ch:
 		case <-tick.C:
-			m.reidentify(ctx)
+			m.reidentify(ctx, true)
 			m.collectIdentities(ctx)
 		case <-ctx.Done():
 			return
@@ -44,13 +45,19 @@ func (m *Manager) identityLoop(ctx context.Context) {
 
 // reidentify rewrites the workloads whose identity no longer matches
 // their namespace's labels; a workload its agent changed meanwhile is
-// left for the next round.
-func (m *Manager) reidentify(ctx context.Context) {
+// left for the next round. With force false it does nothing when the
+// namespaces' labels are those of its last run.
+func (m *Manager) reidentify(ctx context.Context, force bool) {
 	nsLabels, _, err := m.namespaceLabels(ctx)
 	if err != nil {
 		m.log.Warn("reidentify: read namespaces", "err", err)
 		return
 	}
+	sum, _ := json.Marshal(nsLabels)
+	if !force && string(sum) == m.lastNSLabels {
+		return
+	}
+	m.lastNSLabels = string(sum)
 	idKeys := map[uint32]string{}
 	m.feed.each(prefixIdentities, func(_ string, v any) {
 		id := v.(*feedItem).identity

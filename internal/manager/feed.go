@@ -23,14 +23,11 @@ import (
 //
 // Per watch, one producer reads the store and a writer sends lines; the
 // bounded queue between them holds WatchBuffer lines. A reader that
-// leaves the queue full for slowCutoff is cut off with a "cutoff" line
+// leaves the queue full for Config.SlowReaderCutoff is cut off with a "cutoff" line
 // naming the revision to resume after; the store's writers never wait for
 // any of this. A from that the store has compacted gets a "resync" line,
 // then a whole snapshot, as does from=0 (with "snapshot").
-const (
-	slowCutoff    = 10 * time.Second
-	writeDeadline = 30 * time.Second
-)
+const writeDeadline = 30 * time.Second
 
 // feedCache keeps the encoded object lines of recent head changes, which
 // every watcher sends alike.
@@ -57,39 +54,40 @@ func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) 
 	if err := rc.Flush(); err != nil {
 		return nil
 	}
-	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{})}
+	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{}), cutoff: m.cfg.SlowReaderCutoff}
 	go func() {
 		defer close(q.done)
 		q.err = m.produce(ctx, from, q)
 	}()
-	m.writeFeed(ctx, w, rc, p, q)
+	m.writeFeed(ctx, w, p, q)
 	cancel()
 	<-q.done
 	return nil
 }
 
 type feedQueue struct {
-	ch   chan []byte
-	done chan struct{}
-	err  error // why the producer stopped; read after done
+	ch     chan []byte
+	done   chan struct{}
+	cutoff time.Duration // how long a full queue may stay full
+	err    error         // why the producer stopped; read after done
 }
 
 var errSlowReader = errors.New("slow reader")
 
-// send queues a line, waiting at most slowCutoff for room.
+// send queues a line, waiting at most q.cutoff for room.
 func (q *feedQueue) send(ctx context.Context, line []byte) error {
 	select {
 	case q.ch <- line:
 		return nil
 	default:
 	}
-	t := time.NewTimer(slowCutoff)
+	t := time.NewTimer(q.cutoff)
 	defer t.Stop()
 	select {
 	case q.ch <- line:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("%w: %d lines unread for %s", errSlowReader, cap(q.ch), slowCutoff)
+		return fmt.Errorf("%w: %d lines unread for %s", errSlowReader, cap(q.ch), q.cutoff)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -98,7 +96,8 @@ func (q *feedQueue) send(ctx context.Context, line []byte) error {
 // writeFeed sends the queued lines, heartbeats when nothing happens, and
 // ends with a "cutoff" line when the producer stops or the agent's
 // certificate is revoked.
-func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, p principal, q *feedQueue) {
+func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p principal, q *feedQueue) {
+	rc := http.NewResponseController(w)
 	tick := time.NewTicker(m.cfg.Heartbeat)
 	defer tick.Stop()
 	var last int64 // the rev of the last "rev" line sent
@@ -205,8 +204,22 @@ func encodeEvent(e api.FeedEvent) []byte {
 // ends or the reader is too slow. A watch the store ends for its own
 // reasons resumes where it was; a compacted one resynchronizes.
 func (m *Manager) produce(ctx context.Context, from int64, q *feedQueue) error {
-	if from == 0 {
+	cur, err := m.st.Rev(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case from == 0:
 		rev, err := m.snapshot(ctx, q, api.FeedSnapshot, "")
+		if err != nil {
+			return err
+		}
+		from = rev + 1
+	case from > cur+1:
+		// The reader has seen revisions this store never made: the store
+		// was replaced. What it holds cannot be trusted.
+		reason := fmt.Sprintf("revision %d is ahead of the store's %d: the store was replaced", from, cur)
+		rev, err := m.snapshot(ctx, q, api.FeedResync, reason)
 		if err != nil {
 			return err
 		}

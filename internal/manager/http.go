@@ -61,6 +61,15 @@ func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) 
 // decode reads a JSON body into v strictly: at most the manager's body
 // limit, no unknown fields, one value. Errors name the field.
 func (m *Manager) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return m.decodeBody(w, r, v, false)
+}
+
+// decodeOptional is decode for a body that may be empty.
+func (m *Manager) decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	return m.decodeBody(w, r, v, true)
+}
+
+func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errorf(http.StatusUnsupportedMediaType, "request body: Content-Type %q; send application/json", ct)
 	}
@@ -72,6 +81,9 @@ func (m *Manager) decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return errorf(http.StatusRequestEntityTooLarge, "request body: larger than the limit of %d bytes", tooBig.Limit)
 		}
 		return errorf(http.StatusBadRequest, "request body: %v", err)
+	}
+	if optional && len(bytes.TrimSpace(data)) == 0 {
+		return nil
 	}
 	return decodeStrict(data, v)
 }

@@ -60,9 +60,11 @@ type Config struct {
 	// Heartbeat is the interval of heartbeat lines on a quiet watch
 	// (default 5 s).
 	Heartbeat time.Duration
-	// WatchBuffer bounds the lines a watch holds for a slow reader before
-	// cutting it off (default 4096).
-	WatchBuffer int
+	// WatchBuffer bounds the lines a watch holds for a slow reader
+	// (default 4096); SlowReaderCutoff is how long they may stay full
+	// before the reader is cut off (default 10 s).
+	WatchBuffer      int
+	SlowReaderCutoff time.Duration
 	// ClientValidity is how long an agent certificate is valid (default
 	// pki.ClientValidity).
 	ClientValidity time.Duration
@@ -89,6 +91,9 @@ func (c *Config) defaults() error {
 	if c.WatchBuffer <= 0 {
 		c.WatchBuffer = 4096
 	}
+	if c.SlowReaderCutoff <= 0 {
+		c.SlowReaderCutoff = 10 * time.Second
+	}
 	if c.ClientValidity <= 0 {
 		c.ClientValidity = pki.ClientValidity
 	}
@@ -114,6 +119,8 @@ type Manager struct {
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
 
 	auth, feed, hosts, revisions *mirror
+	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
+	addrs                        addrIndex
 
 	adminToken string
 	mux        *http.ServeMux
@@ -150,6 +157,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.auth = newMirror(m.st, prefixAuth, m.log, decodeAuth)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
+	m.feed.onChange, m.feed.onReset = m.addrs.change, m.addrs.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
 	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
 	m.routes = m.routeTable()

@@ -19,6 +19,10 @@ type mirror struct {
 	prefix string
 	decode func(kv store.KV) (any, error)
 	log    *slog.Logger
+	// onChange, if set, sees every change (old or new nil for a put of a
+	// new key or a delete), and reset every new list, under the lock.
+	onChange func(key string, old, new any)
+	onReset  func()
 
 	mu      sync.RWMutex
 	items   map[string]any
@@ -54,6 +58,12 @@ func (mi *mirror) run(ctx context.Context) {
 		}
 		mi.mu.Lock()
 		mi.items = items
+		if mi.onReset != nil {
+			mi.onReset()
+			for k, v := range items {
+				mi.onChange(k, nil, v)
+			}
+		}
 		mi.advance(rev)
 		mi.mu.Unlock()
 		if first {
@@ -75,15 +85,21 @@ func (mi *mirror) follow(ctx context.Context, from int64) error {
 	for batch := range w.C {
 		mi.mu.Lock()
 		for _, ev := range batch {
-			if ev.Type == store.EventDelete {
-				delete(mi.items, ev.KV.Key)
-				continue
+			old := mi.items[ev.KV.Key]
+			var v any
+			if ev.Type == store.EventPut {
+				var err error
+				if v, err = mi.decode(ev.KV); err != nil {
+					mi.log.Warn("undecodable value skipped", "key", ev.KV.Key, "err", err)
+				}
 			}
-			if v, err := mi.decode(ev.KV); err == nil {
-				mi.items[ev.KV.Key] = v
-			} else {
+			if v == nil {
 				delete(mi.items, ev.KV.Key)
-				mi.log.Warn("undecodable value skipped", "key", ev.KV.Key, "err", err)
+			} else {
+				mi.items[ev.KV.Key] = v
+			}
+			if mi.onChange != nil && (old != nil || v != nil) {
+				mi.onChange(ev.KV.Key, old, v)
 			}
 		}
 		mi.advance(batch[len(batch)-1].KV.ModRev)

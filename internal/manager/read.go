@@ -146,10 +146,8 @@ func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p princip
 		return err
 	}
 	var req api.RollbackRequest
-	if r.ContentLength != 0 {
-		if err := m.decode(w, r, &req); err != nil {
-			return err
-		}
+	if err := m.decodeOptional(w, r, &req); err != nil {
+		return err
 	}
 	wait, err := waitParam(r, req.Wait)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -65,18 +66,12 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 	bad := func(path, format string, args ...any) {
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
-	owners := map[netip.Addr]string{}
-	m.feed.each(prefixWorkloads, func(_ string, v any) {
-		wl := v.(*feedItem).workload
-		if wl.Host == host {
-			return
+	owner := func(a netip.Addr) string {
+		if wl := m.addrs.owner(a); wl != nil && wl.Host != host {
+			return wl.Namespace + "/" + wl.Name + " on host " + wl.Host
 		}
-		for _, s := range wl.IPs {
-			if a, err := netip.ParseAddr(s); err == nil {
-				owners[a.Unmap()] = wl.Namespace + "/" + wl.Name + " on host " + wl.Host
-			}
-		}
-	})
+		return ""
+	}
 	seen := map[string]bool{}
 	for i, wl := range ws {
 		at := fmt.Sprintf("workloads[%d]", i)
@@ -102,8 +97,8 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 			switch {
 			case err != nil:
 				bad(fmt.Sprintf("%s.ips[%d]", at, j), "%q is not an IP address", s)
-			case owners[a.Unmap()] != "":
-				bad(fmt.Sprintf("%s.ips[%d]", at, j), "address %s already belongs to %s", s, owners[a.Unmap()])
+			case owner(a) != "":
+				bad(fmt.Sprintf("%s.ips[%d]", at, j), "address %s already belongs to %s", s, owner(a))
 			}
 		}
 		for j, np := range wl.Ports {
@@ -346,4 +341,48 @@ func (m *Manager) inventory() []*policy.Workload {
 		out = append(out, w)
 	}
 	return out
+}
+
+// addrIndex maps the reported addresses to their workloads, kept by the
+// feed mirror's changes.
+type addrIndex struct {
+	mu sync.RWMutex
+	m  map[netip.Addr]*api.HostWorkload
+}
+
+func (ix *addrIndex) reset() {
+	ix.mu.Lock()
+	ix.m = map[netip.Addr]*api.HostWorkload{}
+	ix.mu.Unlock()
+}
+
+func (ix *addrIndex) change(_ string, old, new any) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.m == nil {
+		ix.m = map[netip.Addr]*api.HostWorkload{}
+	}
+	for _, v := range []any{old, new} {
+		it, _ := v.(*feedItem)
+		if it == nil || it.workload == nil {
+			continue
+		}
+		for _, s := range it.workload.IPs {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			if v == old && ix.m[a.Unmap()] == it.workload {
+				delete(ix.m, a.Unmap())
+			} else if v == new {
+				ix.m[a.Unmap()] = it.workload
+			}
+		}
+	}
+}
+
+func (ix *addrIndex) owner(a netip.Addr) *api.HostWorkload {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.m[a.Unmap()]
 }

@@ -1,0 +1,87 @@
+package manager
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
+)
+
+// TestSlowReaderIsCutOff: a reader that leaves its queue full is cut off
+// with a "cutoff" line naming where to resume, while the store's writers
+// go on unhindered.
+func TestSlowReaderIsCutOff(t *testing.T) {
+	dir := t.TempDir()
+	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := New(ctx, Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		WatchBuffer: 4, SlowReaderCutoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(i int) int64 {
+		v, _ := json.Marshal(api.Identity{ID: uint32(1000 + i), Namespace: "ns"})
+		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identityKey(uint32(1000+i)), v)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	first := put(0)
+	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{}), cutoff: m.cfg.SlowReaderCutoff}
+	go func() {
+		defer close(q.done)
+		q.err = m.produce(ctx, first, q)
+	}()
+	// Nobody reads while the store moves on; writers never wait.
+	start := time.Now()
+	var last int64
+	for i := 1; i <= 50; i++ {
+		last = put(i)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("50 writes took %s with a stuck watcher", d)
+	}
+	select {
+	case <-q.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow reader was not cut off")
+	}
+	if !errors.Is(q.err, errSlowReader) {
+		t.Fatalf("producer ended with %v, want a slow reader", q.err)
+	}
+	// The writer sends what was queued, then the cutoff line.
+	rec := httptest.NewRecorder()
+	m.writeFeed(ctx, rec, principal{}, q)
+	var lines []api.FeedEvent
+	sc := bufio.NewScanner(strings.NewReader(rec.Body.String()))
+	for sc.Scan() {
+		var ev api.FeedEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, ev)
+	}
+	end := lines[len(lines)-1]
+	if end.Type != api.FeedCutoff || !strings.Contains(end.Reason, "slow reader") ||
+		!strings.Contains(end.Reason, fmt.Sprintf("resume with from=%d", end.Rev+1)) || end.Rev >= last {
+		t.Fatalf("last line %+v (of %d); the store is at %d", end, len(lines), last)
+	}
+}
