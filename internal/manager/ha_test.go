@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
 	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
@@ -18,14 +19,19 @@ import (
 func TestTwoManagersOneStore(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "bulkhead.db")
-	open := func() *boltstore.Store {
+	testTwoManagers(t, dir, func() store.Store {
 		st, err := boltstore.Open(path, boltstore.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
 		return st
-	}
+	})
+}
+
+// testTwoManagers runs two managers over the store open returns handles
+// of, each with a data directory of its own.
+func testTwoManagers(t *testing.T, dir string, open func() store.Store) {
 	e1 := startOn(t, open(), filepath.Join(dir, "m1"))
 	e2 := startOn(t, open(), filepath.Join(dir, "m2"))
 	if !bytes.Equal(e1.m.CAPEM(), e2.m.CAPEM()) {

@@ -37,9 +37,14 @@ func quiet() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// start starts a manager over a new bolt store, or over a new etcd with
+// BULKHEAD_TEST_STORE=etcd (the whole suite then runs on etcd).
 func start(t *testing.T, opts ...func(*manager.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
+	if os.Getenv("BULKHEAD_TEST_STORE") == "etcd" {
+		return startOn(t, etcdStore(t, startEtcd(t)), dir, opts...)
+	}
 	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
