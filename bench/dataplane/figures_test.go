@@ -103,21 +103,13 @@ func runRounds(t *testing.T, cfgs []config, p params) [][]sample {
 	return out
 }
 
-func median(xs []float64) float64 {
+func median[T float64 | time.Duration](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	if len(s)%2 == 1 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func medianDur(xs []time.Duration) time.Duration {
-	f := make([]float64, len(xs))
-	for i, x := range xs {
-		f[i] = float64(x)
-	}
-	return time.Duration(median(f))
 }
 
 // metric extracts one number from a sample.
@@ -159,7 +151,7 @@ func durColumn(ss []sample, f func(sample) time.Duration) time.Duration {
 	for i, s := range ss {
 		xs[i] = f(s)
 	}
-	return medianDur(xs)
+	return median(xs)
 }
 
 // medianTable formats the medians of every configuration as Markdown.
