@@ -77,6 +77,7 @@ type principal struct {
 	name   string
 	role   string // a token's role; "agent" for a host
 	serial string // a host's certificate
+	hash   string // a token's hash
 }
 
 func (p principal) String() string {
@@ -144,12 +145,13 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 		if !ok {
 			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
 		}
-		v, ok := m.auth.get(prefixTokens + hashSecret(strings.TrimSpace(secret)))
+		hash := hashSecret(strings.TrimSpace(secret))
+		v, ok := m.auth.get(prefixTokens + hash)
 		if !ok {
 			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
 		}
 		t := v.(*tokenRecord)
-		return principal{kind: "token", name: t.Name, role: t.Role}, nil
+		return principal{kind: "token", name: t.Name, role: t.Role, hash: hash}, nil
 	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		cert := r.TLS.PeerCertificates[0]

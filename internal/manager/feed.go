@@ -132,10 +132,8 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 			}
 		case <-tick.C:
 			reason := ""
-			if p.kind == "host" {
-				if err := m.stillValid(p); err != nil {
-					reason = err.Error()
-				}
+			if err := m.stillValid(p); err != nil {
+				reason = err.Error()
 			}
 			if reason != "" {
 				write(encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason}))
@@ -168,8 +166,18 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 	}
 }
 
-// stillValid checks an agent's certificate again, for long-lived streams.
+// stillValid checks a token or an agent's certificate again, for
+// long-lived streams.
 func (m *Manager) stillValid(p principal) error {
+	switch p.kind {
+	case "token":
+		if _, ok := m.auth.get(prefixTokens + p.hash); !ok {
+			return fmt.Errorf("token %s was revoked", p.name)
+		}
+		return nil
+	case "":
+		return nil
+	}
 	v, ok := m.auth.get(prefixCerts + p.serial)
 	if !ok {
 		return fmt.Errorf("client certificate %s of host %s is no longer in the records", p.serial, p.name)
