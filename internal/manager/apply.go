@@ -39,7 +39,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 	}
 	var docs []parsedDoc
 	var errs source.Errors
-	seen := map[string]source.Pos{}
+	seen := map[string]bool{}
 	for i, d := range req.Documents {
 		if d.Name == "" {
 			req.Documents[i].Name = fmt.Sprintf("documents[%d]", i)
@@ -48,10 +48,10 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 		errs = append(errs, derrs...)
 		for _, o := range pd.objects {
 			k := refKey(o.Ref)
-			if _, dup := seen[k]; dup {
+			if seen[k] {
 				errs.Add(source.Pos{File: req.Documents[i].Name}, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
 			}
-			seen[k] = source.Pos{}
+			seen[k] = true
 		}
 		docs = append(docs, pd)
 	}

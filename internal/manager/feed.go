@@ -287,33 +287,25 @@ func (m *Manager) follow(ctx context.Context, from int64, q *feedQueue) (int64, 
 func (m *Manager) queueRevision(ctx context.Context, q *feedQueue, events []store.Event) (int64, error) {
 	var policyRev int64
 	for _, ev := range events {
-		rev, key := ev.KV.ModRev, ev.KV.Key
-		var lines [][]byte
-		switch {
+		var line []byte
+		switch key := ev.KV.Key; {
 		case key == keyHead && ev.Type == store.EventPut:
 			data, err := m.headLines(ctx, ev.KV)
 			if err != nil {
 				return 0, err
 			}
-			policyRev = rev
-			if err := q.send(ctx, data); err != nil {
-				return 0, err
-			}
-			continue
+			line, policyRev = data, ev.KV.ModRev
 		case strings.HasPrefix(key, prefixWorkloads):
-			lines = append(lines, workloadLine(ev))
+			line = workloadLine(ev)
 		case strings.HasPrefix(key, prefixIdentities):
-			lines = append(lines, identityLine(ev))
+			line = identityLine(ev)
 		}
-		for _, l := range lines {
-			if l == nil {
-				continue
-			}
-			if err := q.send(ctx, l); err != nil {
-				return 0, err
-			}
+		if len(line) == 0 {
+			continue
 		}
-		_ = rev
+		if err := q.send(ctx, line); err != nil {
+			return 0, err
+		}
 	}
 	return policyRev, nil
 }

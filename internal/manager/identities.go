@@ -214,7 +214,7 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 
 func (m *Manager) getIdentities(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	byID := map[uint32]*api.Identity{}
-	var addrs map[uint32][]string = map[uint32][]string{}
+	addrs := map[uint32][]string{}
 	rev := m.feed.each(prefixFeed, func(_ string, v any) {
 		it := v.(*feedItem)
 		switch {
