@@ -49,7 +49,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 		for _, o := range pd.objects {
 			k := refKey(o.Ref)
 			if seen[k] {
-				errs.Add(source.Pos{File: req.Documents[i].Name}, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
+				errs.Add(o.pos, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
 			}
 			seen[k] = true
 		}

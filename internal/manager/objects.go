@@ -25,6 +25,7 @@ type object struct {
 	Ref  api.ObjectRef
 	JSON []byte
 	Hash string
+	pos  source.Pos // where a request wrote it; not stored
 }
 
 // refKey names an object uniquely: Kind/namespace/name.
@@ -173,7 +174,7 @@ func nodeObject(file string, n *yaml.Node, forDelete bool) (object, *source.Erro
 		ref.Namespace = defaultNamespace
 	}
 	if forDelete {
-		return object{Ref: ref}, nil
+		return object{Ref: ref, pos: pos}, nil
 	}
 	var v any
 	if err := n.Decode(&v); err != nil {
@@ -183,7 +184,9 @@ func nodeObject(file string, n *yaml.Node, forDelete bool) (object, *source.Erro
 	if err != nil {
 		return object{}, &source.Error{Pos: pos, Msg: "cannot be written as JSON (every mapping key must be a string): " + err.Error()}
 	}
-	return newObject(ref, data), nil
+	o := newObject(ref, data)
+	o.pos = pos
+	return o, nil
 }
 
 func newObject(ref api.ObjectRef, data []byte) object {
