@@ -13,6 +13,7 @@ import (
 // never a set's elements.
 type found struct {
 	exists, ours bool
+	ruleCounters bool // the rule counter set is there
 	maxGen       int
 	chains       []string
 	sets         []string
@@ -67,6 +68,9 @@ func readTable(c *nftables.Conn) (found, error) {
 	for _, s := range sets {
 		f.sets = append(f.sets, s.Name)
 		f.maxGen = max(f.maxGen, genOf(s.Name))
+		if s.Name == setRuleCounters {
+			f.ruleCounters = true
+		}
 	}
 	objs, err := c.GetObjects(table())
 	if err != nil {
@@ -100,18 +104,32 @@ func (d *Dataplane) newGeneration(want dataplane.Desired) (*tx, *model, error) {
 	for _, n := range f.counters {
 		m.counters[n] = ""
 	}
+	if f.ruleCounters {
+		// Its keys (one per rule, a few thousand) are read once, so that
+		// counters of rules gone meanwhile are swept and live ones kept.
+		els, err := d.conn.GetSetElements(&nftables.Set{Table: table(), Name: setRuleCounters})
+		if err != nil {
+			return nil, nil, errorf("read set %s: %w", setRuleCounters, err)
+		}
+		for _, e := range els {
+			m.ruleOf[string(e.Key)] = ""
+		}
+	}
 	t := newTx(table())
 	t.pre.base = true
+	if !f.ruleCounters {
+		t.pre.sets = append(t.pre.sets, ruleCounterSet(t.table))
+	}
 	m.create(t, want)
 	t.rules = append(t.rules, b.baseRules()...)
 	for _, n := range f.chains {
-		if !isBaseChain(n) && genOf(n) != b.gen {
+		if !isPersistent(n) && genOf(n) != b.gen {
 			t.sweepRules = append(t.sweepRules, n)
 			t.delChains = append(t.delChains, n)
 		}
 	}
 	for _, n := range f.sets {
-		if genOf(n) != b.gen {
+		if !isPersistent(n) && genOf(n) != b.gen {
 			t.delSets = append(t.delSets, n)
 		}
 	}
@@ -133,4 +151,9 @@ func baseChains(t *nftables.Table) []*nftables.Chain {
 		mk(chainInput, nftables.ChainHookInput),
 		mk(chainOutput, nftables.ChainHookOutput),
 	}
+}
+
+func ruleCounterSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, ID: nextSetID(), Name: setRuleCounters, KeyType: typeRuleKey,
+		Counter: true, Comment: Tag}
 }

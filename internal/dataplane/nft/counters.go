@@ -8,11 +8,12 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 )
 
-// Counters reads the named counters of the table: one per rule (keyed by
-// rule id), one per wall (by name) and the anti-spoofing one. Rule and
-// wall names are known from the state Apply wrote; before the first
-// Apply only Spoofed is filled. It reads on its own netlink socket, so it
-// may run beside an Apply.
+// Counters reads what the table counted: per rule (the elements of the
+// rule counter set, keyed by rule id), per wall (named counters, by name)
+// and the anti-spoofing counter. Rule ids and wall names are known from
+// the state Apply wrote; before the first Apply only Spoofed is filled.
+// It reads on its own netlink socket, so it may run beside an Apply; it
+// reads one element per rule.
 func (d *Dataplane) Counters(ctx context.Context) (dataplane.Counters, error) {
 	out := dataplane.Counters{Rules: map[string]dataplane.Counter{}, Walls: map[string]dataplane.Counter{}}
 	d.mu.Lock()
@@ -46,10 +47,20 @@ func (d *Dataplane) Counters(ctx context.Context) (dataplane.Counters, error) {
 		switch {
 		case co.Name == counterSpoofed:
 			out.Spoofed = v
-		case ruleOf[co.Name] != "":
-			out.Rules[ruleOf[co.Name]] = v
 		case wallOf[co.Name] != "":
 			out.Walls[wallOf[co.Name]] = v
+		}
+	}
+	if len(ruleOf) == 0 {
+		return out, nil
+	}
+	els, err := c.GetSetElements(&nftables.Set{Table: table(), Name: setRuleCounters})
+	if err != nil {
+		return out, errorf("read set %s: %w", setRuleCounters, err)
+	}
+	for _, e := range els {
+		if id := ruleOf[string(e.Key)]; id != "" && e.Counter != nil {
+			out.Rules[id] = dataplane.Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 		}
 	}
 	return out, nil

@@ -32,8 +32,8 @@ func (d *Dataplane) Dump(w io.Writer) error {
 	var names map[string]string
 	if d.model != nil {
 		names = map[string]string{}
-		for n, id := range d.model.ruleOf {
-			names[n] = "rule " + id
+		for k, id := range d.model.ruleOf {
+			names[fmt.Sprintf("%x", k)] = "rule " + id
 		}
 		for n, w := range d.model.wallOf {
 			names[n] = "wall " + w
@@ -95,7 +95,7 @@ func dump(c *nftables.Conn, nsFd int, w io.Writer, names map[string]string) erro
 		if err != nil {
 			return err
 		}
-		dumpSet(bw, s, els)
+		dumpSet(bw, s, els, names)
 	}
 	objs, err := c.GetObjects(table())
 	if err != nil {
@@ -406,6 +406,8 @@ type element struct {
 	key, keyEnd, data []byte
 	verdict           string
 	end               bool // the end of an interval (non-concatenated interval sets)
+	packets, bytes    uint64
+	counted           bool // has a counter
 }
 
 // readElements lists a set's elements with a netlink dump of its own:
@@ -473,6 +475,8 @@ func parseElements(b []byte) ([]element, error) {
 							a.Nested(func(v *netlink.AttributeDecoder) error { e.data, e.verdict = dataOrVerdict(v); return nil })
 						case unix.NFTA_SET_ELEM_FLAGS:
 							e.end = a.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
+						case unix.NFTA_SET_ELEM_EXPR:
+							a.Nested(func(x *netlink.AttributeDecoder) error { counterOf(x, &e); return nil })
 						}
 					}
 					return nil
@@ -518,4 +522,26 @@ func dataOrVerdict(v *netlink.AttributeDecoder) ([]byte, string) {
 		}
 	}
 	return nil, ""
+}
+
+// counterOf reads a counter expression of a set element.
+func counterOf(x *netlink.AttributeDecoder, e *element) {
+	x.ByteOrder = binary.BigEndian
+	for x.Next() {
+		if x.Type() != unix.NFTA_EXPR_DATA {
+			continue
+		}
+		x.Nested(func(c *netlink.AttributeDecoder) error {
+			c.ByteOrder = binary.BigEndian
+			for c.Next() {
+				switch c.Type() {
+				case unix.NFTA_COUNTER_BYTES:
+					e.bytes, e.counted = c.Uint64(), true
+				case unix.NFTA_COUNTER_PACKETS:
+					e.packets, e.counted = c.Uint64(), true
+				}
+			}
+			return nil
+		})
+	}
 }

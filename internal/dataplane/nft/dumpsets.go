@@ -9,7 +9,7 @@ import (
 )
 
 // dumpSet prints one set's elements, decoded by what the set holds.
-func dumpSet(w *errWriter, name string, els []element) {
+func dumpSet(w *errWriter, name string, els []element, names map[string]string) {
 	w.printf("map %s (%d elements)\n", name, len(els))
 	be := binary.BigEndian.Uint32
 	words := func(b []byte) []uint32 {
@@ -69,7 +69,23 @@ func dumpSet(w *errWriter, name string, els []element) {
 	case setPorts:
 		for _, e := range els {
 			lo, hi := binary.BigEndian.Uint16(e.key[4:]), binary.BigEndian.Uint16(e.keyEnd[4:])
-			add("port map %d . ports %d-%d : %s", be(e.key), lo, hi, e.verdict)
+			add("port map %d . ports %d-%d : outcome %d", be(e.key), lo, hi, be(e.data))
+		}
+	case setOutcomes:
+		for _, e := range els {
+			add("outcome %d : %s", be(e.key), e.verdict)
+		}
+	case setOutRule:
+		for _, e := range els {
+			add("outcome %d : rule %x", be(e.key), e.data)
+		}
+	case setRuleCounters:
+		for _, e := range els {
+			note := ""
+			if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
+				note = " (" + n + ")"
+			}
+			add("rule %x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes)
 		}
 	case setGuards:
 		for _, e := range els {

@@ -43,8 +43,26 @@ const (
 	counterEscal   = "escalated"
 )
 
-func ruleCounterName(id string) string { return "rule_" + shortHash(id) }
-func wallCounterName(w string) string  { return "wall_" + shortHash(w) }
+func wallCounterName(w string) string { return "wall_" + shortHash(w) }
+
+// setRuleCounters counts, per rule, the connections the rule decided: a
+// set with a counter on every element, keyed by ruleKey. A lookup that
+// finds an element counts into it. It belongs to no generation, so that
+// the counts survive a generation change and an agent restart.
+const setRuleCounters = "rule_counters"
+
+// ruleKey keys a rule's counter: 8 bytes of a hash of its id, stable
+// across restarts. The zero key counts outcomes that no rule decided.
+func ruleKey(id string) []byte {
+	if id == "" {
+		return make([]byte, 8)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return sum[:8]
+}
+
+// isPersistent reports the names that no generation owns.
+func isPersistent(name string) bool { return isBaseChain(name) || name == setRuleCounters }
 
 func shortHash(s string) string {
 	sum := sha256.Sum256([]byte(s))
@@ -92,21 +110,23 @@ const wildcardLevel = compile.NumLevels
 
 // Set names (without the generation suffix).
 const (
-	setIfaces  = "ifaces"  // workload interfaces
-	setOwn4    = "own4"    // iifname . ip saddr a workload may send from
-	setOwn6    = "own6"    //
-	setAddr4   = "addr4"   // workload address → identity
-	setAddr6   = "addr6"   //
-	setRange4  = "range4"  // every other address (intervals) → identity
-	setRange6  = "range6"  //
-	setAttrs   = "attrs"   // identity → attribute vector
-	setGroupI  = "group_i" // local identity → ingress policy group
-	setGroupE  = "group_e" // local identity → egress policy group
-	setBuckets = "buckets" // IP protocol → protocol bucket
-	setTabI    = "tab_i"   // class . group . bucket . level → port map
-	setTabE    = "tab_e"   //
-	setPorts   = "ports"   // port map . port interval → verdict
-	setGuards  = "guards"  // source guard . destination guard → verdict
+	setIfaces   = "ifaces"   // workload interfaces
+	setOwn4     = "own4"     // iifname . ip saddr a workload may send from
+	setOwn6     = "own6"     //
+	setAddr4    = "addr4"    // workload address → identity
+	setAddr6    = "addr6"    //
+	setRange4   = "range4"   // every other address (intervals) → identity
+	setRange6   = "range6"   //
+	setAttrs    = "attrs"    // identity → attribute vector
+	setGroupI   = "group_i"  // local identity → ingress policy group
+	setGroupE   = "group_e"  // local identity → egress policy group
+	setBuckets  = "buckets"  // IP protocol → protocol bucket
+	setTabI     = "tab_i"    // class . group . bucket . level → port map
+	setTabE     = "tab_e"    //
+	setPorts    = "ports"    // port map . port interval → outcome
+	setOutcomes = "outcomes" // outcome → verdict
+	setOutRule  = "out_rule" // outcome → rule key (see setRuleCounters)
+	setGuards   = "guards"   // source guard . destination guard → verdict
 )
 
 func groupSet(d policy.Direction) string {
@@ -134,6 +154,8 @@ var (
 	typeU32    = nftables.TypeInteger
 	typeAttrs  = nftables.SetDatatype{Name: "integer", Bytes: 4 * attrWords}
 	typeIfName = nftables.TypeIFName
+	// typeRuleKey is 8 bytes of hash; nftables.TypeInteger with 8 bytes.
+	typeRuleKey = nftables.SetDatatype{Name: "integer", Bytes: 8}
 )
 
 // setSpec describes one set of a generation.
@@ -166,7 +188,9 @@ func allSetSpecs() []setSpec {
 		{name: setBuckets, key: nftables.TypeInetProto, data: typeU32},
 		{name: setTabI, key: tabKey, data: typeU32, concat: true},
 		{name: setTabE, key: tabKey, data: typeU32, concat: true},
-		{name: setPorts, key: portKey, verdict: true, interval: true, concat: true},
+		{name: setPorts, key: portKey, data: typeU32, interval: true, concat: true},
+		{name: setOutcomes, key: typeU32, verdict: true},
+		{name: setOutRule, key: typeU32, data: typeRuleKey},
 		{name: setGuards, key: guardKey, verdict: true, concat: true},
 	}
 }
@@ -181,8 +205,11 @@ const (
 	chainDecide    = "decide"
 	chainEscalate  = "escalate"
 	chainNoEntry   = "no_entry"
+	chainReject    = "reject"   // an outcome that rejects and logs nothing
+	chainEscMark   = "esc_mark" // an outcome that escalates and logs nothing
 )
 
+// outcomeChain is the chain of an outcome that logs.
 func outcomeChain(id compile.OutcomeID) string { return "out" + strconv.Itoa(int(id)) }
 func wallChain(i int) string                   { return "wall" + strconv.Itoa(i) }
 func conflictChain(i int) string               { return "conflict" + strconv.Itoa(i) }

@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -17,16 +18,19 @@ import (
 // that an update is a diff and nothing big is ever read back.
 type model struct {
 	b        *builder
-	state    *compile.State // nil: nothing but anti-spoofing
+	state    *compile.State         // nil: nothing but anti-spoofing
+	atts     []dataplane.Attachment // as last written
 	own      map[ownElem]bool
 	ifaces   map[string]bool
 	pms      *portMaps
-	outcomes []string // rendering signature by outcome id; "" for none yet
-	walls    []string // signature by wall index
-	nconf    int      // conflict chains made
+	outcomes []string                   // rendering signature by outcome id; "" for none yet
+	outRule  []string                   // rule key by outcome id
+	outChain map[compile.OutcomeID]bool // outcomes that have a chain (they log)
+	walls    []string                   // signature by wall index
+	nconf    int                        // conflict chains made
 	buckets  [256]uint8
-	counters map[string]string // counter name → rule id or wall name ("" for the fixed ones)
-	ruleOf   map[string]string // rule counter name → rule id
+	counters map[string]string // counter object → wall name ("" for the fixed ones)
+	ruleOf   map[string]string // rule key → rule id: the elements of the rule counter set
 	wallOf   map[string]string // wall counter name → wall name
 }
 
@@ -37,7 +41,8 @@ type ownElem struct {
 
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
-		outcomes: []string{""}, counters: map[string]string{}, ruleOf: map[string]string{}, wallOf: map[string]string{}}
+		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
+		counters: map[string]string{}, ruleOf: map[string]string{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -62,10 +67,17 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 		m.state = nil
 		return
 	}
-	m.outcomeChains(t, d.State)
-	m.wallChains(t, d.State)
-	m.counterObjects(t, d.State)
 	delta := compile.Diff(m.state, d.State)
+	rulesChanged := m.state == nil || delta.Rules != nil
+	wallsChanged := m.state == nil || !sameWalls(m.state.Walls, d.State.Walls) || len(m.state.Conflict) != len(d.State.Conflict)
+	if rulesChanged {
+		m.ruleCounterElems(t, d.State)
+	}
+	m.outcomeElems(t, d.State, rulesChanged)
+	if wallsChanged {
+		m.wallChains(t, d.State)
+		m.counterObjects(t, d.State)
+	}
 	m.bucketElems(t, d.State)
 	m.addrElems(t, delta.Addrs)
 	if delta.Ranges != nil || m.state == nil {
@@ -80,6 +92,10 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 }
 
 func (m *model) attachments(t *tx, atts []dataplane.Attachment) {
+	if sameAttachments(m.atts, atts) {
+		return
+	}
+	m.atts = cloneAttachments(atts)
 	own, ifs := map[ownElem]bool{}, map[string]bool{}
 	for _, a := range atts {
 		ifs[a.Interface] = true
@@ -116,23 +132,85 @@ func (m *model) attachments(t *tx, atts []dataplane.Attachment) {
 	m.own, m.ifaces = own, ifs
 }
 
-// outcomeChains adds the chains of new outcomes and rewrites those whose
-// rule changed (a rule's id or log flag).
-func (m *model) outcomeChains(t *tx, s *compile.State) {
-	for id := 1; id < len(s.Outcomes); id++ {
-		rules, sig := m.b.outcomeRules(s.Outcomes[id], s.Rules)
-		name := m.b.n(outcomeChain(compile.OutcomeID(id)))
-		if id >= len(m.outcomes) {
+// outcomeElems writes the outcomes new in s and, when the rules changed,
+// rewrites those whose rendering changed (a rule's id or log flag): the
+// verdict, the chain of an outcome that logs, the rule it counts into.
+func (m *model) outcomeElems(t *tx, s *compile.State, all bool) {
+	from := len(m.outcomes)
+	if all {
+		from = 1
+	}
+	for i := from; i < len(s.Outcomes); i++ {
+		id := compile.OutcomeID(i)
+		o := s.Outcomes[i]
+		v, chain, sig := m.b.outcome(id, o, s.Rules)
+		key, rk := u32(uint32(id)), string(ruleKey(ruleID(s.Rules, o.Rule)))
+		name := m.b.n(outcomeChain(id))
+		if chain != nil && !m.outChain[id] {
 			t.pre.chains = append(t.pre.chains, name)
-			t.pre.addRules(name, false, rules)
-			m.outcomes = append(m.outcomes, sig)
+			t.pre.addRules(name, false, chain)
+			m.outChain[id] = true
+		} else if chain != nil && (i >= len(m.outcomes) || m.outcomes[i] != sig) {
+			t.addRules(name, true, chain)
+		}
+		if i >= len(m.outcomes) {
+			t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+			t.pre.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
+			m.outcomes, m.outRule = append(m.outcomes, sig), append(m.outRule, rk)
 			continue
 		}
-		if m.outcomes[id] != sig {
-			t.addRules(name, true, rules)
-			m.outcomes[id] = sig
+		if m.outcomes[i] != sig {
+			t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
+			t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+			m.outcomes[i] = sig
+		}
+		if m.outRule[i] != rk {
+			t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
+			t.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
+			m.outRule[i] = rk
 		}
 	}
+}
+
+func ruleID(rules []policy.RuleRef, n compile.RuleNum) string {
+	if n == 0 || int(n) >= len(rules) {
+		return ""
+	}
+	return rules[n].ID
+}
+
+// ruleCounterElems keeps one counter element per rule (and the zero key):
+// new ones before the switch, gone ones after.
+func (m *model) ruleCounterElems(t *tx, s *compile.State) {
+	want := map[string]string{string(ruleKey("")): ""}
+	for _, r := range s.Rules {
+		if r.ID != "" {
+			want[string(ruleKey(r.ID))] = r.ID
+		}
+	}
+	for k := range want {
+		if _, ok := m.ruleOf[k]; !ok {
+			t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	for k := range m.ruleOf {
+		if _, ok := want[k]; !ok {
+			t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	m.ruleOf = want
+}
+
+func sameWalls(a, b []*policy.Wall) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *model) wallChains(t *tx, s *compile.State) {
@@ -158,18 +236,12 @@ func (m *model) wallChains(t *tx, s *compile.State) {
 	}
 }
 
-// counterObjects creates the counters of new rules and walls and deletes
-// those of rules and walls that went away (after the chains that
+// counterObjects creates the counters of new walls (and the fixed ones)
+// and deletes those of walls that went away (after the chains that
 // referred to them were rewritten, in the same transaction).
 func (m *model) counterObjects(t *tx, s *compile.State) {
 	want := map[string]string{counterSpoofed: "", counterNoEntry: "", counterEscal: ""}
-	ruleOf, wallOf := map[string]string{}, map[string]string{}
-	for _, r := range s.Rules {
-		if r.ID != "" {
-			n := ruleCounterName(r.ID)
-			want[n], ruleOf[n] = r.ID, r.ID
-		}
-	}
+	wallOf := map[string]string{}
 	for _, w := range s.Walls {
 		n := wallCounterName(w.Name)
 		want[n], wallOf[n] = w.Name, w.Name
@@ -186,7 +258,7 @@ func (m *model) counterObjects(t *tx, s *compile.State) {
 			want[n] = m.counters[n] // still in an old wall's chain
 		}
 	}
-	m.counters, m.ruleOf, m.wallOf = want, ruleOf, wallOf
+	m.counters, m.wallOf = want, wallOf
 }
 
 // referenced reports whether a chain of the generation that is not
@@ -381,7 +453,7 @@ func (p *portMaps) acquire(t *tx, b *builder, m compile.PortMap) uint32 {
 	p.byKey[k] = pm
 	for _, r := range m {
 		t.add(b.n(setPorts), nftables.SetElement{Key: portKey(pm.id, r.Lo), KeyEnd: portKey(pm.id, r.Hi),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(outcomeChain(r.Outcome))}})
+			Val: u32(uint32(r.Outcome))})
 	}
 	return pm.id
 }
@@ -415,4 +487,28 @@ func (p *portMaps) len() (maps, ranges int) {
 		ranges += len(pm.m)
 	}
 	return
+}
+
+func sameAttachments(a, b []dataplane.Attachment) bool {
+	if len(a) != len(b) || a == nil != (b == nil) {
+		return false
+	}
+	for i := range a {
+		if a[i].Interface != b[i].Interface || !slices.Equal(a[i].Addrs, b[i].Addrs) {
+			return false
+		}
+	}
+	return true
+}
+
+func cloneAttachments(a []dataplane.Attachment) []dataplane.Attachment {
+	out := make([]dataplane.Attachment, len(a))
+	for i, x := range a {
+		out[i] = x
+		out[i].Addrs = slices.Clone(x.Addrs)
+	}
+	if a == nil {
+		return nil
+	}
+	return out
 }

@@ -71,7 +71,13 @@ type Dataplane struct {
 	model  *model
 	broken bool // the last transaction failed: start a new generation
 	closed bool
+	last   map[string]int // element operations of the last Apply, by set (for reports)
+	phases phases         // where the last Apply spent its time (for reports)
 }
+
+// phases times an Apply: computing the transactions, encoding them and
+// the kernel's work on each.
+type phases struct{ build, encode, pre, main time.Duration }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
@@ -212,20 +218,34 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
-	for _, part := range []*tx{t.pre, t} {
+	ph := phases{build: time.Since(start)}
+	d.log.Debug("transactions", "prepare", t.pre, "switch", t)
+	for i, part := range []*tx{t.pre, t} {
 		if part.empty() {
 			continue
 		}
+		t0 := time.Now()
 		if err := part.send(d.conn); err != nil {
 			d.broken = true
 			return err
 		}
+		t1 := time.Now()
+		ph.encode += t1.Sub(t0)
 		if err := d.conn.Flush(); err != nil {
 			d.broken = true
 			return errorf("apply %s: %w", m.b, err)
 		}
+		if i == 0 {
+			ph.pre = time.Since(t1)
+		} else {
+			ph.main = time.Since(t1)
+		}
 	}
+	d.phases = ph
 	m.pms.settle()
+	d.last = map[string]int{}
+	t.pre.perSet(d.last)
+	t.perSet(d.last)
 	d.model, d.broken = m, false
 	d.log.Debug("applied", "generation", m.b.gen, "fresh", fresh, "elements", t.pre.elements()+t.elements(),
 		"duration", time.Since(start))

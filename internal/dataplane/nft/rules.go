@@ -63,7 +63,7 @@ func (b *builder) sets(t *nftables.Table) []*nftables.Set {
 // chainNames lists the fixed chains of the generation.
 func (b *builder) chainNames() []string {
 	names := []string{chainFromWLFwd, chainToWLFwd, chainFromWLIn, chainToWLOut, chainSpoofed,
-		chainDecide, chainEscalate, chainNoEntry}
+		chainDecide, chainEscalate, chainNoEntry, chainReject, chainEscMark}
 	for _, f := range []int{4, 6} {
 		names = append(names, decisionChain(f, "", ""))
 		for _, s := range []string{kindExact, kindRange} {
@@ -123,6 +123,8 @@ func (b *builder) fixedRules(enforce bool) []chainRules {
 			nflog(b.logGroup, LogPrefix(LogNoEntry, ""), b.logRate), drop}},
 		{chain: b.n(chainEscalate), rules: [][]expr.Any{cat(counterRef(counterEscal),
 			[]expr.Any{queueExpr(b.queueNum, b.queueNative)})}},
+		{chain: b.n(chainReject), rules: rejectRules()},
+		{chain: b.n(chainEscMark), rules: [][]expr.Any{cat(markSet(b.mark, true), ret)}},
 		b.decideRules(enforce),
 	}
 	for _, f := range []int{4, 6} {
@@ -262,8 +264,10 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 }
 
 // level is one lookup of a side: the key (peer class . group . bucket .
-// level) gives a port map, (port map . port) an outcome chain. The peer's
-// attribute vector is loaded so that the wanted class lands in regKey-1.
+// level) gives a port map, (port map . port) an outcome; the outcome's
+// rule counts the packet (a lookup in the counter set) and the outcome's
+// verdict decides. The peer's attribute vector is loaded so that the
+// wanted class lands in regKey-1.
 func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int) []expr.Any {
 	var out []expr.Any
 	if lv == wildcardLevel {
@@ -272,20 +276,25 @@ func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int
 		base := regKey - 1 - attrOffset(d, lv)
 		out = cat(b.identity(f, d == policy.Ingress, peer, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(base)))
 	}
+	const pm, outcome, rule = regKey + 3, regKey + 5, regKey + 6
 	return cat(out,
 		b.identity(f, d == policy.Egress, kindExact, reg(regKey)),
 		lookupMap(b.n(groupSet(d)), reg(regKey), reg(regKey)),
 		meta(expr.MetaKeyL4PROTO, reg(regKey+1)),
 		lookupMap(b.n(setBuckets), reg(regKey+1), reg(regKey+1)),
 		imm(reg(regKey+2), u32(uint32(lv))),
-		lookupMap(b.n(tabSet(d)), reg(regKey-1), reg(regKey+3)),
-		port(portKind, reg(regKey+4)),
-		lookupMap(b.n(setPorts), reg(regKey+3), unix.NFT_REG_VERDICT))
+		lookupMap(b.n(tabSet(d)), reg(regKey-1), reg(pm)),
+		port(portKind, reg(pm+1)),
+		lookupMap(b.n(setPorts), reg(pm), reg(outcome)),
+		lookupMap(b.n(setOutRule), reg(outcome), reg(rule)),
+		member(setRuleCounters, reg(rule), false),
+		lookupMap(b.n(setOutcomes), reg(outcome), unix.NFT_REG_VERDICT))
 }
 
-// outcomeRules renders the chain of one outcome, and a signature that
-// changes exactly when the rendering does.
-func (b *builder) outcomeRules(o compile.Outcome, rules []policy.RuleRef) ([][]expr.Any, string) {
+// outcome renders what an outcome does: the verdict of its element in the
+// outcomes map and, when it logs, the rules of its own chain (nil
+// otherwise), with a signature that changes exactly when either does.
+func (b *builder) outcome(id compile.OutcomeID, o compile.Outcome, rules []policy.RuleRef) (*expr.Verdict, [][]expr.Any, string) {
 	ref := func(n compile.RuleNum) policy.RuleRef {
 		if int(n) < len(rules) {
 			return rules[n]
@@ -293,33 +302,40 @@ func (b *builder) outcomeRules(o compile.Outcome, rules []policy.RuleRef) ([][]e
 		return policy.RuleRef{}
 	}
 	r, wd := ref(o.Rule), ref(o.WouldDeny)
-	var out [][]expr.Any
+	var logs [][]expr.Any
 	sig := string(o.Action)
-	if r.ID != "" {
-		out = append(out, counterRef(ruleCounterName(r.ID)))
-		sig += "|c" + r.ID
-		if r.Log {
-			p := LogPrefix(actionLogKind(o.Action), r.ID)
-			out = append(out, nflog(b.logGroup, p, b.logRate))
-			sig += "|l" + p
-		}
+	if r.ID != "" && r.Log {
+		p := LogPrefix(actionLogKind(o.Action), r.ID)
+		logs = append(logs, nflog(b.logGroup, p, b.logRate))
+		sig += "|l" + p
 	}
 	if o.WouldDeny != 0 && wd.ID != "" {
 		p := LogPrefix(LogWouldDeny, wd.ID)
-		out = append(out, nflog(b.logGroup, p, b.logRate))
+		logs = append(logs, nflog(b.logGroup, p, b.logRate))
 		sig += "|w" + p
+	}
+	if logs == nil {
+		switch o.Action {
+		case policy.Allow:
+			return &expr.Verdict{Kind: expr.VerdictReturn}, nil, sig
+		case policy.Reject:
+			return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(chainReject)}, nil, sig
+		case policy.Escalate:
+			return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(chainEscMark)}, nil, sig
+		}
+		return &expr.Verdict{Kind: expr.VerdictDrop}, nil, sig // deny, and anything unknown: fail closed
 	}
 	switch o.Action {
 	case policy.Allow:
-		out = append(out, ret)
+		logs = append(logs, ret)
 	case policy.Reject:
-		out = append(out, rejectRules()...)
+		logs = append(logs, b.goTo(chainReject))
 	case policy.Escalate:
-		out = append(out, cat(markSet(b.mark, true), ret))
-	default: // deny, and anything unknown: fail closed
-		out = append(out, drop)
+		logs = append(logs, b.goTo(chainEscMark))
+	default:
+		logs = append(logs, drop)
 	}
-	return out, sig
+	return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(outcomeChain(id))}, logs, sig
 }
 
 func (b *builder) wallRules(w *policy.Wall) ([][]expr.Any, string) {

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"fmt"
 	"sort"
 	"sync/atomic"
 
@@ -78,6 +79,17 @@ func (t *tx) addRules(chain string, flush bool, rules [][]expr.Any, notes ...str
 
 func (t *tx) add(set string, e nftables.SetElement) { t.adds[set] = append(t.adds[set], e) }
 func (t *tx) del(set string, e nftables.SetElement) { t.dels[set] = append(t.dels[set], e) }
+
+// perSet counts the element operations by set (without the generation
+// suffix), for reports.
+func (t *tx) perSet(into map[string]int) {
+	for n, l := range t.adds {
+		into[baseName(n)] += len(l)
+	}
+	for n, l := range t.dels {
+		into[baseName(n)] += len(l)
+	}
+}
 
 // elements counts the element operations.
 func (t *tx) elements() int {
@@ -216,4 +228,15 @@ func elemSize(e nftables.SetElement) int {
 		n += 24 + pad(len(e.VerdictData.Chain)+1)
 	}
 	return n
+}
+
+// String summarises the transaction, for logs.
+func (t *tx) String() string {
+	rules := 0
+	for _, cr := range t.rules {
+		rules += len(cr.rules)
+	}
+	return fmt.Sprintf("%d counters, %d chains, %d sets, %d set flushes, %d chain rewrites (%d rules), %d element operations, sweep %d/%d/%d, %d counters deleted",
+		len(t.counters), len(t.chains), len(t.sets), len(t.flushSets), len(t.rules), rules, t.elements(),
+		len(t.sweepRules), len(t.delSets), len(t.delChains), len(t.delObjs))
 }
