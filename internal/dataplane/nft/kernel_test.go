@@ -12,6 +12,7 @@ import (
 
 	gonflog "github.com/florianl/go-nflog/v2"
 
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
@@ -357,4 +358,112 @@ func TestDump(t *testing.T) {
 	if testing.Verbose() {
 		t.Logf("dump:\n%s", out)
 	}
+}
+
+// New connections keep being allowed while the agent restarts and
+// adopts the table again and again: no window in which nothing enforces
+// or in which an allowed connection is dropped.
+func TestAdoptionHasNoWindow(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy)
+	stop := make(chan struct{})
+	done := make(chan []string)
+	go func() {
+		var fails []string
+		for i := 0; i < 5000; i++ {
+			select {
+			case <-stop:
+				done <- fails
+				return
+			default:
+			}
+			conn, err := a.dial(b.v4, 8080)
+			if err != nil {
+				fails = append(fails, err.Error())
+				continue
+			}
+			conn.Close()
+		}
+		done <- fails
+	}()
+	for i := range 4 {
+		d.Close()
+		d = h.newDataplane(Options{})
+		policy := basePolicy
+		if i%2 == 1 {
+			policy = strings.Replace(basePolicy, "port: 5353", "port: 5300", 1)
+		}
+		h.apply(d, policy)
+	}
+	close(stop)
+	if fails := <-done; len(fails) > 0 {
+		t.Errorf("%d connections failed during adoptions: %v", len(fails), fails[0])
+	}
+	if d.model.b.gen != 5 {
+		t.Errorf("generation = %d, want 5", d.model.b.gen)
+	}
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resTimeout}})
+}
+
+// With no state the table still checks sources, and lets everything else
+// through; a state enforces; going back to none lets everything through.
+func TestNilState(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	nothing := dataplane.Desired{Attachments: h.atts}
+	if err := d.Apply(context.Background(), nothing); err != nil {
+		t.Fatal(err)
+	}
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resOK}})
+	nstest.Run(t, a.ns, "ip", "addr", "add", c.v4.String()+"/32", "dev", "eth0")
+	conn, err := a.dialFrom(c.v4, b.v4, 8080)
+	if got := classify(t, conn, err); got != resTimeout {
+		t.Errorf("spoofed with no state = %s, want timeout", got)
+	}
+	h.apply(d, basePolicy)
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resTimeout}})
+	if err := d.Apply(context.Background(), nothing); err != nil {
+		t.Fatal(err)
+	}
+	expectTCP(t, []tcpCase{{c, b.v4, 8080, resOK}})
+}
+
+// A connection into a conflict class's dataset escalates: with nobody on
+// the queue it is dropped (fail closed).
+func TestConflictClassEscalates(t *testing.T) {
+	h := newTestHost(t, "a", "b")
+	a, b := h.wls["a"], h.wls["b"]
+	a.listen(t, "tcp", 8080)
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, `
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: seg-b}
+spec: {selector: {matchLabels: {app: b}}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: seg-a}
+spec: {selector: {matchLabels: {app: a}}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: seg-z}
+spec: {selector: {matchLabels: {app: z}}}
+---
+apiVersion: bulkhead.dev/v1
+kind: ConflictClass
+metadata: {name: cc}
+spec:
+  subjects: seg-a
+  datasets: [{name: bee, segment: seg-b}, {name: zed, segment: seg-z}]
+  scope: lifecycle
+`)
+	expectTCP(t, []tcpCase{{a, b.v4, 8080, resTimeout}, {b, a.v4, 8080, resOK}})
 }
