@@ -188,12 +188,20 @@ func ruleString(exprs []expr.Any) string {
 		case *expr.Payload:
 			set(e.DestRegister, payloadName(e), int(e.Len+3)/4)
 		case *expr.Bitwise:
+			if regs[e.SourceRegister] == "ct state" {
+				set(e.DestRegister, "ct state in {"+ctStateNames(binary.NativeEndian.Uint32(pad4(e.Mask)))+"}", 1)
+				continue
+			}
 			b := fmt.Sprintf("%s & 0x%x", regs[e.SourceRegister], binary.NativeEndian.Uint32(pad4(e.Mask)))
 			if x := binary.NativeEndian.Uint32(pad4(e.Xor)); x != 0 {
 				b += fmt.Sprintf(" ^ 0x%x", x)
 			}
 			set(e.DestRegister, b, 1)
 		case *expr.Cmp:
+			if strings.HasPrefix(regs[e.Register], "ct state in") && e.Op == expr.CmpOpNeq {
+				out = append(out, regs[e.Register])
+				continue
+			}
 			out = append(out, fmt.Sprintf("%s %s %s", regs[e.Register], cmpOp(e.Op), hexBytes(e.Data)))
 		case *expr.Range:
 			out = append(out, fmt.Sprintf("%s %s-%s", regs[e.Register], hexBytes(e.FromData), hexBytes(e.ToData)))
@@ -204,6 +212,11 @@ func ruleString(exprs []expr.Any) string {
 			switch {
 			case e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT:
 				out = append(out, key+" vmap @"+e.SetName)
+			case e.IsDestRegSet && baseName(e.SetName) == setPorts:
+				out = append(out, "outcome = @"+e.SetName+"["+key+"]")
+				set(e.DestRegister, "outcome", 1)
+			case !e.IsDestRegSet && e.SetName == setRuleCounters:
+				out = append(out, "count @"+e.SetName+"["+key+"]")
 			case e.IsDestRegSet && baseName(e.SetName) == setAttrs:
 				set(e.DestRegister, "guard("+key+")", 1)
 				for d := range 2 {
@@ -544,4 +557,17 @@ func counterOf(x *netlink.AttributeDecoder, e *element) {
 			return nil
 		})
 	}
+}
+
+func ctStateNames(mask uint32) string {
+	var names []string
+	for _, n := range []struct {
+		bit  uint32
+		name string
+	}{{ctInvalid, "invalid"}, {ctEstablished, "established"}, {ctRelated, "related"}} {
+		if mask&n.bit != 0 {
+			names = append(names, n.name)
+		}
+	}
+	return strings.Join(names, ",")
 }

@@ -82,7 +82,9 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 	case setRuleCounters:
 		for _, e := range els {
 			note := ""
-			if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
+			if bytes.Equal(e.key, ruleKey("")) {
+				note = " (no rule)"
+			} else if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
 				note = " (" + n + ")"
 			}
 			add("rule %x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes)
