@@ -264,7 +264,7 @@ func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration
 	if len(errs) > 0 {
 		return api.WorkloadRegistration{}, newError(http.StatusUnprocessableEntity, errs, "agent: register workload %s/%s: invalid", w.Namespace, w.Name)
 	}
-	_, err := a.send(ctx, &request{op: opRegister, start: time.Now(), reg: &registration{api: w, w: m}})
+	_, err := a.send(ctx, &request{op: opRegister, start: time.Now(), reg: &registration{api: w, w: m, key: m.Key()}})
 	if err != nil {
 		return api.WorkloadRegistration{}, err
 	}

@@ -52,8 +52,10 @@ type reply struct {
 type loopState struct {
 	rev     int64
 	objects map[api.ObjectRef]*object
+	objList []*object   // objects, sorted by name
 	objSet  *policy.Set // the objects' set, without registrations
 	regs    map[string]*registration
+	regList []*registration // regs, sorted by key
 	comp    *compile.Compiler
 	state   *compile.State // in force
 }
@@ -151,8 +153,9 @@ func (a *Agent) objectsChange(r *request) reply {
 		return reply{result: res}
 	}
 	tv := time.Now()
-	objSet := objectSet(next)
-	full := withWorkloads(objSet, l.regs)
+	nextList := sortedObjects(next)
+	objSet := objectSet(nextList)
+	full := withWorkloads(objSet, l.regList)
 	if err := validate(r.op, full); err != nil {
 		return reply{err: err}
 	}
@@ -165,17 +168,17 @@ func (a *Agent) objectsChange(r *request) reply {
 	}
 	st := l.comp.State()
 	t1 := time.Now()
-	if err := a.dp.Apply(r.ctx, a.desired(st, full, l.regs)); err != nil {
+	if err := a.dp.Apply(r.ctx, a.desired(st, full, l.regList)); err != nil {
 		a.recompile()
 		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
 	}
 	t2 := time.Now()
-	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, next)); err != nil {
+	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, nextList)); err != nil {
 		a.revert()
 		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
 	}
 	l.rev++
-	l.objects, l.objSet, l.state = next, objSet, st
+	l.objects, l.objList, l.objSet, l.state = next, nextList, objSet, st
 	a.publish(full)
 	res.Revision = l.rev
 	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
@@ -280,31 +283,32 @@ func (a *Agent) workloadsChange(batch []*request) {
 		}
 	}
 	st := l.comp.State()
-	full := withWorkloads(l.objSet, regs)
+	list := sortedRegistrations(regs)
+	full := withWorkloads(l.objSet, list)
 	t0 := time.Now()
-	if err := a.dp.Apply(context.Background(), a.desired(st, full, regs)); err != nil {
+	if err := a.dp.Apply(context.Background(), a.desired(st, full, list)); err != nil {
 		rollback()
 		answer(newError(http.StatusServiceUnavailable, nil, "agent: the dataplane refused the workload change, which is not in force: %v", err))
 		return
 	}
 	t1 := time.Now()
-	if err := a.state.write(workloadsFile, encodeWorkloads(l.rev+1, regs)); err != nil {
+	if err := a.state.write(workloadsFile, encodeWorkloads(l.rev+1, list)); err != nil {
 		rollback()
 		a.reapply()
 		answer(newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err))
 		return
 	}
 	l.rev++
-	l.regs, l.state = regs, st
+	l.regs, l.regList, l.state = regs, list, st
 	a.publish(full)
 	answer(nil)
 	a.log.Debug("workloads changed", "revision", l.rev, "requests", len(done), "workloads", len(regs), "dataplane", t1.Sub(t0))
 }
 
 // desired is what the dataplane must enforce.
-func (a *Agent) desired(st *compile.State, full *policy.Set, regs map[string]*registration) dataplane.Desired {
-	d := dataplane.Desired{State: st, Set: full}
-	for _, r := range sortedRegistrations(regs) {
+func (a *Agent) desired(st *compile.State, full *policy.Set, regs []*registration) dataplane.Desired {
+	d := dataplane.Desired{State: st, Set: full, Attachments: make([]dataplane.Attachment, 0, len(regs))}
+	for _, r := range regs {
 		d.Attachments = append(d.Attachments, r.attachment())
 	}
 	return d
@@ -312,11 +316,11 @@ func (a *Agent) desired(st *compile.State, full *policy.Set, regs map[string]*re
 
 // withWorkloads is the objects' set with the registered workloads added;
 // it shares everything but the workload list with objSet.
-func withWorkloads(objSet *policy.Set, regs map[string]*registration) *policy.Set {
+func withWorkloads(objSet *policy.Set, regs []*registration) *policy.Set {
 	full := *objSet
 	full.Workloads = make([]*policy.Workload, 0, len(objSet.Workloads)+len(regs))
 	full.Workloads = append(full.Workloads, objSet.Workloads...)
-	for _, r := range sortedRegistrations(regs) {
+	for _, r := range regs {
 		full.Workloads = append(full.Workloads, r.w)
 	}
 	return &full
@@ -326,7 +330,7 @@ func withWorkloads(objSet *policy.Set, regs map[string]*registration) *policy.Se
 // the dataplane refused (the compiler had already taken it).
 func (a *Agent) recompile() {
 	l := &a.l
-	c, err := compile.New(withWorkloads(l.objSet, l.regs), a.host, l.state)
+	c, err := compile.New(withWorkloads(l.objSet, l.regList), a.host, l.state)
 	if err != nil {
 		// It compiled before; failing now is a bug. Keep serving the
 		// state in force and say so.
@@ -346,7 +350,7 @@ func (a *Agent) revert() {
 func (a *Agent) reapply() {
 	l := &a.l
 	l.state = l.comp.State()
-	if err := a.dp.Apply(context.Background(), a.desired(l.state, withWorkloads(l.objSet, l.regs), l.regs)); err != nil {
+	if err := a.dp.Apply(context.Background(), a.desired(l.state, withWorkloads(l.objSet, l.regList), l.regList)); err != nil {
 		a.log.Error("restore the state in force after a failed write", "err", err)
 	}
 }
@@ -354,12 +358,12 @@ func (a *Agent) reapply() {
 // publish makes the loop's state the one readers see.
 func (a *Agent) publish(full *policy.Set) {
 	l := &a.l
-	a.snap.Store(&snapshot{rev: l.rev, objects: sortedObjects(l.objects), regs: sortedRegistrations(l.regs), set: full, state: l.state})
+	a.snap.Store(&snapshot{rev: l.rev, objects: l.objList, regs: l.regList, set: full, state: l.state})
 }
 
-func encodeWorkloads(rev int64, regs map[string]*registration) workloadsState {
-	st := workloadsState{Format: stateFormat, Revision: rev, Workloads: []api.WorkloadRegistration{}}
-	for _, r := range sortedRegistrations(regs) {
+func encodeWorkloads(rev int64, regs []*registration) workloadsState {
+	st := workloadsState{Format: stateFormat, Revision: rev, Workloads: make([]api.WorkloadRegistration, 0, len(regs))}
+	for _, r := range regs {
 		st.Workloads = append(st.Workloads, r.api)
 	}
 	return st
@@ -391,8 +395,9 @@ func (a *Agent) restore(ctx context.Context) error {
 		}
 	}
 	l.rev = max(objs.Revision, ws.Revision)
-	l.objSet = objectSet(l.objects)
-	full := withWorkloads(l.objSet, l.regs)
+	l.objList, l.regList = sortedObjects(l.objects), sortedRegistrations(l.regs)
+	l.objSet = objectSet(l.objList)
+	full := withWorkloads(l.objSet, l.regList)
 	if err := policy.Validate(full); err != nil {
 		return fmt.Errorf("agent: the state in %s does not validate: %w", a.state.dir, err)
 	}
@@ -401,7 +406,7 @@ func (a *Agent) restore(ctx context.Context) error {
 	}
 	l.state = l.comp.State()
 	t0 := time.Now()
-	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.regs)); err != nil {
+	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.regList)); err != nil {
 		return fmt.Errorf("agent: enforce the state in %s: %w", a.state.dir, err)
 	}
 	a.log.Info("state restored", "revision", l.rev, "objects", len(l.objects), "workloads", len(l.regs), "dataplane", time.Since(t0))
@@ -422,7 +427,7 @@ func decodeWorkloads(path string, st workloadsState, host string) (map[string]*r
 		if _, dup := regs[w.Key()]; dup {
 			return nil, corrupt(path, fmt.Errorf("workload %s is listed twice", w.Key()))
 		}
-		regs[w.Key()] = &registration{api: r, w: w}
+		regs[w.Key()] = &registration{api: r, w: w, key: w.Key()}
 	}
 	return regs, nil
 }

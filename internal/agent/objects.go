@@ -30,6 +30,7 @@ type document struct {
 // `get` prints and apply compares to tell an update from no change.
 type object struct {
 	ref   api.ObjectRef
+	key   string // refKey(ref), the sort key
 	doc   *document
 	set   *policy.Set
 	value map[string]any // the document as written, as JSON values
@@ -81,7 +82,7 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 			errs.Add(m.pos, "", "%s cannot be written as JSON: %v", refString(m.ref), err)
 			continue
 		}
-		out = append(out, &object{ref: m.ref, doc: d, set: m.set, value: jsonValue(canon), canon: canon})
+		out = append(out, &object{ref: m.ref, key: refKey(m.ref), doc: d, set: m.set, value: jsonValue(canon), canon: canon})
 	}
 	if len(errs) > 0 {
 		return nil, errs
@@ -171,11 +172,11 @@ func split(s *policy.Set) []modelObject {
 	return out
 }
 
-// objectSet merges the objects, in the order of their names, into the
-// policy set they make.
-func objectSet(objs map[api.ObjectRef]*object) *policy.Set {
+// objectSet merges the objects, in the order given, into the policy set
+// they make.
+func objectSet(objs []*object) *policy.Set {
 	set := &policy.Set{}
-	for _, o := range sortedObjects(objs) {
+	for _, o := range objs {
 		set.Merge(o.set)
 	}
 	return set
@@ -186,7 +187,7 @@ func sortedObjects(objs map[api.ObjectRef]*object) []*object {
 	for _, o := range objs {
 		out = append(out, o)
 	}
-	sort.Slice(out, func(i, j int) bool { return refKey(out[i].ref) < refKey(out[j].ref) })
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
 	return out
 }
 

@@ -106,7 +106,7 @@ func corrupt(path string, err error) error {
 
 // write replaces one state file atomically.
 func (s *stateDir) write(name string, v any) error {
-	data, err := json.MarshalIndent(v, "", " ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("agent: encode %s: %w", name, err)
 	}
@@ -145,22 +145,20 @@ func syncDir(dir string) error {
 }
 
 // encodeObjects lists each document that still defines an object in force,
-// in the order documents were first applied.
-func encodeObjects(rev int64, objs map[api.ObjectRef]*object) objectsState {
+// in the order documents were first applied; objs is sorted by name.
+func encodeObjects(rev int64, objs []*object) objectsState {
 	byDoc := map[*document][]api.ObjectRef{}
+	var docs []*document
 	for _, o := range objs {
+		if _, ok := byDoc[o.doc]; !ok {
+			docs = append(docs, o.doc)
+		}
 		byDoc[o.doc] = append(byDoc[o.doc], o.ref)
-	}
-	docs := make([]*document, 0, len(byDoc))
-	for d := range byDoc {
-		docs = append(docs, d)
 	}
 	sort.Slice(docs, func(i, j int) bool { return docs[i].seq < docs[j].seq })
 	st := objectsState{Format: stateFormat, Revision: rev, Documents: make([]storedDocument, 0, len(docs))}
 	for _, d := range docs {
-		refs := byDoc[d]
-		sortRefs(refs)
-		st.Documents = append(st.Documents, storedDocument{Name: d.name, Data: d.data, Objects: refs})
+		st.Documents = append(st.Documents, storedDocument{Name: d.name, Data: d.data, Objects: byDoc[d]})
 	}
 	return st
 }

@@ -81,10 +81,11 @@ func workload(r api.WorkloadRegistration, host string) (*policy.Workload, []stri
 type registration struct {
 	api api.WorkloadRegistration
 	w   *policy.Workload
+	key string // namespace/name
 }
 
 func (r *registration) attachment() dataplane.Attachment {
-	return dataplane.Attachment{Workload: r.w.Key(), Interface: r.api.Interface, Addrs: r.w.IPs}
+	return dataplane.Attachment{Workload: r.key, Interface: r.api.Interface, Addrs: r.w.IPs}
 }
 
 func sortedRegistrations(regs map[string]*registration) []*registration {
@@ -92,7 +93,7 @@ func sortedRegistrations(regs map[string]*registration) []*registration {
 	for _, r := range regs {
 		out = append(out, r)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].w.Key() < out[j].w.Key() })
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
 	return out
 }
 
