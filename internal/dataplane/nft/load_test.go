@@ -47,6 +47,9 @@ func loadFigures(t *testing.T, sh benchcompile.Shape, host string) {
 		t.Fatal(err)
 	}
 	st := c.State()
+	t0 := time.Now()
+	full := compile.Diff(nil, st)
+	t.Logf("compile.Diff(nil, state): %d changes in %v (part of every first load)", full.Len(), time.Since(t0).Round(time.Millisecond))
 	var atts []dataplane.Attachment
 	for _, w := range set.Workloads {
 		if w.Host == host {
@@ -124,7 +127,7 @@ func loadFigures(t *testing.T, sh benchcompile.Shape, host string) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	t0 := time.Now()
+	t0 = time.Now()
 	if err := d2.Apply(ctx, dataplane.Desired{State: c.State(), Set: set, Attachments: atts}); err != nil {
 		t.Fatal(err)
 	}

@@ -76,9 +76,7 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 	delta := compile.Diff(m.state, d.State)
 	rulesChanged := m.state == nil || delta.Rules != nil
 	wallsChanged := m.state == nil || !sameWalls(m.state.Walls, d.State.Walls) || len(m.state.Conflict) != len(d.State.Conflict)
-	if rulesChanged {
-		m.ruleCounterElems(t, d.State)
-	}
+	m.ruleCounterElems(t, d.State, rulesChanged)
 	m.outcomeElems(t, d.State, rulesChanged)
 	if wallsChanged {
 		m.wallChains(t, d.State)
@@ -185,23 +183,35 @@ func ruleID(rules []policy.RuleRef, n compile.RuleNum) string {
 	return rules[n].ID
 }
 
-// ruleCounterElems keeps one counter element per rule (and the zero key):
-// new ones before the switch, gone ones after.
-func (m *model) ruleCounterElems(t *tx, s *compile.State) {
-	want := map[string]string{string(ruleKey("")): ""}
-	for _, r := range s.Rules {
-		if r.ID != "" {
-			want[string(ruleKey(r.ID))] = r.ID
-		}
+// ruleCounterElems keeps one counter element per rule that some outcome
+// names (and the zero key): new ones before the switch, gone ones after.
+// Rules that decide nothing on this host cost nothing. Outcomes only grow
+// within a lineage, so unless the rules changed only new outcomes count.
+func (m *model) ruleCounterElems(t *tx, s *compile.State, all bool) {
+	old, want, from := m.ruleOf, m.ruleOf, len(m.outcomes)
+	if all {
+		want, from = map[string]string{}, 1
 	}
-	for k := range want {
-		if _, ok := m.ruleOf[k]; !ok {
+	mark := func(id string) {
+		k := string(ruleKey(id))
+		_, had := old[k]
+		_, dup := want[k]
+		if !had && !dup {
 			t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
 		}
+		want[k] = id
 	}
-	for k := range m.ruleOf {
-		if _, ok := want[k]; !ok {
-			t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+	mark("")
+	for i := from; i < len(s.Outcomes); i++ {
+		if id := ruleID(s.Rules, s.Outcomes[i].Rule); id != "" {
+			mark(id)
+		}
+	}
+	if all {
+		for k := range old {
+			if _, ok := want[k]; !ok {
+				t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+			}
 		}
 	}
 	m.ruleOf = want
