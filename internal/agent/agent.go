@@ -58,6 +58,10 @@ type Options struct {
 	Dataplane dataplane.Dataplane
 	// Logger receives state transitions; nil logs nothing.
 	Logger *slog.Logger
+	// Manager names the manager this agent follows ("": standalone). A
+	// managed agent takes its objects from the manager's feed (Sync);
+	// Apply and Delete are refused, so that the two never disagree.
+	Manager string
 }
 
 // Agent is a running host agent. Its methods are safe for concurrent
@@ -81,6 +85,9 @@ type Agent struct {
 	served   chan struct{}
 	closeErr error
 	closing  sync.Once
+
+	manager string         // Options.Manager
+	changed changeNotifier // for Changed
 
 	l loopState // owned by the loop goroutine
 }
@@ -108,7 +115,7 @@ func Start(ctx context.Context, opts Options) (a *Agent, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a = &Agent{host: host, log: log.With("component", "agent"), dp: opts.Dataplane, socket: opts.Socket,
+	a = &Agent{host: host, log: log.With("component", "agent"), dp: opts.Dataplane, socket: opts.Socket, manager: opts.Manager,
 		uid: os.Getuid(), reqs: make(chan *request, 256), quit: make(chan struct{}), loopDone: make(chan struct{})}
 	state, err := openStateDir(opts.StateDir)
 	if err != nil {
@@ -222,6 +229,9 @@ func (a *Agent) Delete(ctx context.Context, req api.ApplyRequest) (api.ApplyResu
 }
 
 func (a *Agent) changeObjects(ctx context.Context, op opKind, req api.ApplyRequest) (api.ApplyResult, error) {
+	if a.manager != "" {
+		return api.ApplyResult{}, newError(http.StatusConflict, nil, "agent: this agent follows the manager at %s and takes its objects from there; %s them on the manager (bulkhead --server %s %s -f ...)", a.manager, op, a.manager, op)
+	}
 	start := time.Now()
 	if len(req.Documents) == 0 {
 		return api.ApplyResult{}, newError(http.StatusBadRequest, nil, "agent: no documents given")

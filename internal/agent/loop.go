@@ -25,10 +25,11 @@ const (
 	opDelete
 	opRegister
 	opUnregister
+	opSync
 )
 
 func (o opKind) String() string {
-	return [...]string{"apply", "delete", "register", "unregister"}[o]
+	return [...]string{"apply", "delete", "register", "unregister", "sync"}[o]
 }
 
 // request is one change for the loop to make.
@@ -36,11 +37,14 @@ type request struct {
 	ctx    context.Context
 	op     opKind
 	start  time.Time
-	objs   []*object // apply, delete
+	objs   []*object // apply, delete, sync
 	dryRun bool
 	reg    *registration // register
 	key    string        // unregister
 	done   chan reply    // buffered: the loop never blocks on it
+
+	deleted []api.ObjectRef // sync: objects to remove
+	replace bool            // sync: objs are the whole set
 }
 
 type reply struct {
@@ -78,6 +82,9 @@ func (s *snapshot) policyEngine() (*policy.Engine, error) {
 	return s.engine, s.err
 }
 
+// objects reports whether the request changes objects (else workloads).
+func (o opKind) objects() bool { return o == opApply || o == opDelete || o == opSync }
+
 // maxBatch bounds how many workload changes share one dataplane Apply.
 const maxBatch = 64
 
@@ -96,7 +103,7 @@ func (a *Agent) loop() {
 				return
 			}
 		}
-		if r.op == opApply || r.op == opDelete {
+		if r.op.objects() {
 			r.done <- a.objectsChange(r)
 			continue
 		}
@@ -105,7 +112,7 @@ func (a *Agent) loop() {
 		for len(batch) < maxBatch {
 			select {
 			case q := <-a.reqs:
-				if q.op == opApply || q.op == opDelete {
+				if q.op.objects() {
 					next = q
 					break drain
 				}
@@ -127,6 +134,26 @@ func (a *Agent) objectsChange(r *request) reply {
 	l := &a.l
 	next := maps.Clone(l.objects)
 	res := api.ApplyResult{Revision: l.rev}
+	deleted := r.deleted
+	if r.replace {
+		keep := map[api.ObjectRef]bool{}
+		for _, o := range r.objs {
+			keep[o.ref] = true
+		}
+		for ref := range l.objects {
+			if !keep[ref] {
+				deleted = append(deleted, ref)
+			}
+		}
+	}
+	for _, ref := range deleted {
+		if _, ok := next[ref]; ok {
+			delete(next, ref)
+			res.Deleted = append(res.Deleted, ref)
+		} else {
+			res.NotFound = append(res.NotFound, ref)
+		}
+	}
 	for _, o := range r.objs {
 		old, ok := next[o.ref]
 		switch {
@@ -359,6 +386,7 @@ func (a *Agent) reapply() {
 func (a *Agent) publish(full *policy.Set) {
 	l := &a.l
 	a.snap.Store(&snapshot{rev: l.rev, objects: l.objList, regs: l.regList, set: full, state: l.state})
+	a.changed.notify()
 }
 
 func encodeWorkloads(rev int64, regs []*registration) workloadsState {
