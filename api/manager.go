@@ -157,6 +157,10 @@ type HostWorkload struct {
 	IPs       []string          `json:"ips,omitempty"`
 	Ports     []NamedPort       `json:"ports,omitempty"`
 	Identity  uint32            `json:"identity,omitempty"` // set by the manager
+	// HostIP is the host's underlay address (as a Kubernetes pod's
+	// status.hostIP): the other hosts route the workload's addresses
+	// through it.
+	HostIP string `json:"hostIP,omitempty"`
 }
 
 // WorkloadReport is an agent's report of its host's workloads: PUT

@@ -101,6 +101,11 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 				bad(fmt.Sprintf("%s.ips[%d]", at, j), "address %s already belongs to %s", s, owner(a))
 			}
 		}
+		if wl.HostIP != "" {
+			if a, err := netip.ParseAddr(wl.HostIP); err != nil || a.Zone() != "" || !a.IsGlobalUnicast() {
+				bad(at+".hostIP", "%q: want the host's unicast underlay address", wl.HostIP)
+			}
+		}
 		for j, np := range wl.Ports {
 			proto, ok := policy.ParseProtocol(np.Protocol)
 			if np.Protocol == "" {
