@@ -127,8 +127,12 @@ func runWorld(t *testing.T, h Harness, rw randomWorld, cfg DiffConfig, seed int6
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d of %d probes disagree with the reference evaluator (replay: BULKHEAD_SEED=%d go test -run 'Differential/%s')\n",
-		len(bad), len(probes), seed, t.Name()[strings.LastIndex(t.Name(), "/")+1:])
+	long := ""
+	if os.Getenv("BULKHEAD_LONG") == "1" {
+		long = "BULKHEAD_LONG=1 "
+	}
+	fmt.Fprintf(&b, "%d of %d probes disagree with the reference evaluator (replay: %sBULKHEAD_SEED=%d go test -run '%s$')\n",
+		len(bad), len(probes), long, seed, t.Name())
 	for _, r := range bad {
 		fmt.Fprintf(&b, "  %s -> %s %s: dataplane %s (%s), evaluator %s: %s\n", rw.workloads[r.p.from].name,
 			rw.workloads[r.p.to].name, r.p.describe(), r.got, r.detail, r.want, explainVerdict(r.verdict))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -73,6 +74,15 @@ func (k *KernelHarness) NewHost(t *testing.T) Host { return k.NewKernelHost(t) }
 func (k *KernelHarness) NewKernelHost(t *testing.T) *KernelHost {
 	t.Helper()
 	ns := nstest.NS(t, Prefix+"h")
+	// The kernel rate-limits the ICMP errors a reject sends, per peer (a
+	// burst of 6, then one a second): a test that makes many rejected
+	// attempts from one workload would see drops. This host is ours.
+	err := ns.Do(func() error {
+		return errors.Join(netns.Sysctl("net/ipv4/icmp_ratelimit", "0"), netns.Sysctl("net/ipv6/icmp/ratelimit", "0"))
+	})
+	if err != nil {
+		t.Fatalf("dptest: host %s: %v", ns.Name, err)
+	}
 	dp, err := k.newDP(ns.Path())
 	if err != nil {
 		t.Fatalf("dptest: new dataplane in %s: %v", ns.Name, err)
