@@ -9,6 +9,8 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
+	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
 // nullDP enforces nothing: the benchmarks measure the agent alone.
@@ -22,9 +24,9 @@ func (nullDP) Close() error { return nil }
 
 // floor is n policies of one rule each, in n/10 namespaces, with a
 // registered workload per policy.
-func floor(b *testing.B, n int) (*Agent, []api.Document) {
+func floor(b *testing.B, n int, dp dataplane.Dataplane) (*Agent, []api.Document) {
 	dir := b.TempDir()
-	a, err := Start(context.Background(), Options{StateDir: filepath.Join(dir, "state"), Host: "h1", Dataplane: nullDP{}})
+	a, err := Start(context.Background(), Options{StateDir: filepath.Join(dir, "state"), Host: "h1", Dataplane: dp})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -64,28 +66,46 @@ func floor(b *testing.B, n int) (*Agent, []api.Document) {
 // dataplane's share) for one changed policy among n.
 func BenchmarkApplyOneChange(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) { benchApply(b, n, nullDP{}) })
+	}
+}
+
+// BenchmarkApplyOneChangeKernel is BenchmarkApplyOneChange with the
+// nftables dataplane in a throwaway namespace.
+func BenchmarkApplyOneChangeKernel(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			a, changes := floor(b, n)
-			var enforced int64
-			i := 0
-			for b.Loop() {
-				res, err := a.Apply(context.Background(), api.ApplyRequest{Documents: changes[i%2 : i%2+1]})
-				if err != nil || len(res.Updated) != 1 {
-					b.Fatal(res, err)
-				}
-				enforced += res.EnforcedMicros
-				i++
+			host := nstest.NS(b, "bhag")
+			b.Cleanup(func() { nft.Cleanup(host.Path()) })
+			dp, err := nft.New(nft.Options{NetNS: host.Path()})
+			if err != nil {
+				b.Fatal(err)
 			}
-			b.ReportMetric(float64(enforced)/float64(i), "µs-to-enforced/op")
+			benchApply(b, n, dp)
 		})
 	}
+}
+
+func benchApply(b *testing.B, n int, dp dataplane.Dataplane) {
+	a, changes := floor(b, n, dp)
+	var enforced int64
+	i := 0
+	for b.Loop() {
+		res, err := a.Apply(context.Background(), api.ApplyRequest{Documents: changes[i%2 : i%2+1]})
+		if err != nil || len(res.Updated) != 1 {
+			b.Fatal(res, err)
+		}
+		enforced += res.EnforcedMicros
+		i++
+	}
+	b.ReportMetric(float64(enforced)/float64(i), "µs-to-enforced/op")
 }
 
 // BenchmarkRegisterWorkload measures one registration among n workloads.
 func BenchmarkRegisterWorkload(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			a, _ := floor(b, n)
+			a, _ := floor(b, n, nullDP{})
 			for i := 0; b.Loop(); i++ {
 				w := api.WorkloadRegistration{Namespace: "ns0", Name: "extra", Labels: map[string]string{"app": fmt.Sprintf("a%d", i%n)},
 					IPs: []string{"10.200.0.1"}, Interface: "bhextra"}

@@ -11,6 +11,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
 	"github.com/spf13/cobra"
 )
 
@@ -27,6 +28,12 @@ type dataplaneKind struct {
 
 // dataplanes are the implementations --dataplane chooses from.
 var dataplanes = map[string]dataplaneKind{
+	"nft": {
+		about: "one nftables table in the host namespace, programmed through netlink",
+		open: func(netns string, log *slog.Logger) (dataplane.Dataplane, error) {
+			return nft.New(nft.Options{NetNS: netns, Logger: log})
+		},
+	},
 	"userspace": {
 		about: "judges in Go and enforces nothing in the kernel: for trying policies and for tests",
 		open: func(string, *slog.Logger) (dataplane.Dataplane, error) {
