@@ -137,7 +137,7 @@ func benchPolicy(s *policy.Set) *policy.Policy {
 func measureAgent(t *testing.T, s *policy.Set, report *strings.Builder, x *extraFigures) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cfg := config{name: "agent", tp: newTopo(t, "agent"), enforce: true}
+	cfg := config{name: "agent", tp: newTopo(t, figuresPrefix, "agent"), enforce: true}
 	p := startAgent(t, cfg.tp)
 	for _, r := range []api.WorkloadRegistration{registration("client", ClientAddr.String(), cfg.tp.clientIf),
 		registration("server", ServerAddr.String(), cfg.tp.serverIf)} {

@@ -70,7 +70,7 @@ func bulkheadConfigs(t *testing.T, sets []*policy.Set, report *strings.Builder) 
 		}
 		st := c.State()
 		compiled := time.Since(start)
-		tp := newTopo(t, name)
+		tp := newTopo(t, figuresPrefix, name)
 		ec := &elementCounter{}
 		dp, err := nft.New(nft.Options{NetNS: tp.host.Path(), Logger: slog.New(ec)})
 		if err != nil {
@@ -102,12 +102,12 @@ func bulkheadConfigs(t *testing.T, sets []*policy.Set, report *strings.Builder) 
 	return cfgs, x
 }
 
-// firstLoads times three more first loads of st into fresh namespaces
-// (with the load above, four) and returns their median.
+// firstLoads times three more first loads of st, each into a fresh
+// namespace with nothing else to do, and returns their median.
 func firstLoads(t *testing.T, s *policy.Set, st *compile.State, tp *topo, report *strings.Builder) time.Duration {
 	var loads []time.Duration
 	for range 3 {
-		scratch := nstest.NS(t, prefix+"l")
+		scratch := nstest.NS(t, figuresPrefix+"l")
 		dp, err := nft.New(nft.Options{NetNS: scratch.Path()})
 		if err != nil {
 			t.Fatal(err)
@@ -163,7 +163,7 @@ func withPort9(s *policy.Set, edit bool) *policy.Set {
 // costs. After the first two applies a connection checks that the kernel
 // enforces what was applied.
 func oneRule(t *testing.T, s *policy.Set, st0 *compile.State, report *strings.Builder) (edit, add time.Duration) {
-	cfg := config{name: "update", tp: newTopo(t, "update")}
+	cfg := config{name: "update", tp: newTopo(t, figuresPrefix, "update")}
 	ec := &elementCounter{}
 	dp, err := nft.New(nft.Options{NetNS: cfg.tp.host.Path(), Logger: slog.New(ec)})
 	if err != nil {

@@ -67,7 +67,8 @@ func checkEnforced(cfg config) error {
 
 // runRounds measures every configuration once per round, in the same
 // order every round (A B C … A B C …), so that slow phases of the shared
-// machine touch all of them alike.
+// machine touch all of them alike; inside a round, each workload runs on
+// every configuration before the next workload starts.
 func runRounds(t *testing.T, cfgs []config, p params) [][]sample {
 	out := make([][]sample, len(cfgs))
 	for i, cfg := range cfgs {
@@ -81,18 +82,31 @@ func runRounds(t *testing.T, cfgs []config, p params) [][]sample {
 	}
 	for r := 0; r < p.rounds; r++ {
 		start := time.Now()
+		samples := make([]sample, len(cfgs))
+		// Workload by workload, every configuration in turn: the numbers
+		// a ratio pairs are measured seconds apart, not a minute.
+		for _, w := range []func(cfg config, s *sample) error{
+			func(cfg config, s *sample) (err error) {
+				s.crr1, err = crr(cfg.tp.client, serverAddr, 1, p.dur)
+				return err
+			},
+			func(cfg config, s *sample) (err error) {
+				s.crr8, err = crr(cfg.tp.client, serverAddr, 8, p.dur)
+				return err
+			},
+			func(cfg config, s *sample) (err error) {
+				s.gbps, err = bulk(cfg.tp.client, serverAddr, p.dur)
+				return err
+			},
+		} {
+			for i, cfg := range cfgs {
+				if err := w(cfg, &samples[i]); err != nil {
+					t.Fatalf("%s: %v", cfg.name, err)
+				}
+			}
+		}
 		for i, cfg := range cfgs {
-			var s sample
-			var err error
-			if s.crr1, err = crr(cfg.tp.client, serverAddr, 1, p.dur); err != nil {
-				t.Fatalf("%s: %v", cfg.name, err)
-			}
-			if s.crr8, err = crr(cfg.tp.client, serverAddr, 8, p.dur); err != nil {
-				t.Fatalf("%s: %v", cfg.name, err)
-			}
-			if s.gbps, err = bulk(cfg.tp.client, serverAddr, p.dur); err != nil {
-				t.Fatalf("%s: %v", cfg.name, err)
-			}
+			s := samples[i]
 			out[i] = append(out[i], s)
 			t.Logf("round %d %-16s crr1 %7.0f/s (p50 %v p99 %v, %d errors)  crr8 %7.0f/s (p50 %v p99 %v, %d errors)  bulk %5.2f Gbit/s",
 				r+1, cfg.name, s.crr1.Rate(), s.crr1.P50.Round(time.Microsecond), s.crr1.P99.Round(time.Microsecond), s.crr1.Errors,
@@ -207,11 +221,11 @@ func ratioTable(cfgs []config, res [][]sample, bases []string) string {
 // conntrack only, so that the default suite keeps the harness working.
 func TestSmoke(t *testing.T) {
 	nstest.RequireRoot(t)
-	if err := netns.DeleteAll(prefix); err != nil {
+	if err := netns.DeleteAll(smokePrefix); err != nil {
 		t.Fatal(err)
 	}
-	none := config{name: "no firewall", tp: newTopo(t, "none")}
-	ct := config{name: "conntrack only", tp: newTopo(t, "conntrack")}
+	none := config{name: "no firewall", tp: newTopo(t, smokePrefix, "none")}
+	ct := config{name: "conntrack only", tp: newTopo(t, smokePrefix, "conntrack")}
 	if err := conntrackOnly(ct.tp.host); err != nil {
 		t.Fatal(err)
 	}

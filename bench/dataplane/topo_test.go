@@ -9,8 +9,13 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
-// prefix names every namespace this package creates.
-const prefix = "bhbn"
+// Every namespace this package creates is named with one of these
+// prefixes, one per test, so that a test removing its leftovers at start
+// never touches a run of the other one.
+const (
+	figuresPrefix = "bhbnf"
+	smokePrefix   = "bhbnk"
+)
 
 // topo is one throwaway host namespace with two workload namespaces
 // attached by routed veths: client (ClientAddr) and server (ServerAddr).
@@ -23,7 +28,7 @@ type topo struct {
 	srv                  *server
 }
 
-func newTopo(t *testing.T, name string) *topo {
+func newTopo(t *testing.T, prefix, name string) *topo {
 	t.Helper()
 	tp := &topo{name: name, host: nstest.NS(t, prefix+"h"), client: nstest.NS(t, prefix+"c"), server: nstest.NS(t, prefix+"s")}
 	tp.clientIf, tp.serverIf = attach.HostIfName(tp.client.Name), attach.HostIfName(tp.server.Name)
