@@ -343,7 +343,7 @@ func TestExplainAgainstTheLiveState(t *testing.T) {
 		t.Fatalf("%s", raw)
 	}
 	_, err = a.c.Explain(ctx, api.ExplainRequest{From: "trading/nobody", To: "10.0.0.1", Port: 80})
-	if e := apiError(t, err); e.Status != http.StatusBadRequest || !strings.Contains(e.Error(), "no such workload") {
+	if e := apiError(t, err); e.Status != http.StatusBadRequest || !strings.Contains(e.Error(), "no workload trading/nobody is registered") {
 		t.Fatalf("%v", e)
 	}
 }

@@ -248,11 +248,11 @@ func (a *Agent) Explain(req api.ExplainRequest) (ExplainResult, error) {
 	if req.From == "" || req.To == "" {
 		return bad("both from and to are required: namespace/name or an IP address")
 	}
-	from, err := e.Endpoint(req.From)
+	from, err := endpoint(e, req.From)
 	if err != nil {
 		return bad("from: %v", err)
 	}
-	to, err := e.Endpoint(req.To)
+	to, err := endpoint(e, req.To)
 	if err != nil {
 		return bad("to: %v", err)
 	}
@@ -261,4 +261,12 @@ func (a *Agent) Explain(req api.ExplainRequest) (ExplainResult, error) {
 	var text strings.Builder
 	policy.WriteText(&text, probe, v)
 	return ExplainResult{Report: policy.NewReport(v), Text: text.String()}, nil
+}
+
+func endpoint(e *policy.Engine, ref string) (policy.Endpoint, error) {
+	ep, err := e.Endpoint(ref)
+	if err != nil && strings.Count(ref, "/") == 1 {
+		return ep, fmt.Errorf("no workload %s is registered with this agent or applied as a Workload object", ref)
+	}
+	return ep, err
 }

@@ -67,7 +67,12 @@ type noAgentError struct {
 }
 
 func (e *noAgentError) Error() string {
-	return fmt.Sprintf("no agent at unix://%s: is `bulkhead agent --standalone` running? (%v)", e.socket, e.err)
+	why := e.err
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		why = errno
+	}
+	return fmt.Sprintf("no agent at unix://%s: is `bulkhead agent --standalone` running? (%v)", e.socket, why)
 }
 
 func (e *noAgentError) Unwrap() []error { return []error{ErrNoAgent, e.err} }
