@@ -195,7 +195,9 @@ func (a *Agent) objectsChange(r *request) reply {
 	}
 	st := l.comp.State()
 	t1 := time.Now()
-	if err := a.dp.Apply(r.ctx, a.desired(st, full, l.regList)); err != nil {
+	// A change the loop has started is finished even if its caller gives
+	// up: the outcome must not depend on when a client disconnects.
+	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.regList)); err != nil {
 		a.recompile()
 		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
 	}
