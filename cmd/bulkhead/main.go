@@ -1,5 +1,6 @@
 // Command bulkhead is Bulkhead's command line: check, explain and what-if
-// policies offline, and (later) run the manager and the agents.
+// policies offline, run the standalone host agent, and apply, get, delete
+// and explain against it (internal/cli does the work).
 package main
 
 import (
