@@ -132,6 +132,51 @@ func (a *Agent) objectsChange(r *request) reply {
 		return reply{err: err}
 	}
 	l := &a.l
+	next, res := a.plan(r)
+	if len(res.Created)+len(res.Updated)+len(res.Deleted) == 0 {
+		res.EnforcedMicros = time.Since(r.start).Microseconds()
+		return reply{result: res}
+	}
+	tv := time.Now()
+	nextList := sortedObjects(next)
+	objSet := objectSet(nextList)
+	full := withWorkloads(objSet, l.regList)
+	if err := validate(r.op, full); err != nil {
+		return reply{err: err}
+	}
+	if r.dryRun {
+		return reply{result: res}
+	}
+	t0 := time.Now()
+	if err := l.comp.SetPolicies(full); err != nil {
+		return reply{err: newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the policy set does not compile", r.op)}
+	}
+	st := l.comp.State()
+	t1 := time.Now()
+	// A change the loop has started is finished even if its caller gives
+	// up: the outcome must not depend on when a client disconnects.
+	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.regList)); err != nil {
+		a.recompile()
+		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
+	}
+	t2 := time.Now()
+	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, nextList)); err != nil {
+		a.revert()
+		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
+	}
+	l.rev++
+	l.objects, l.objList, l.objSet, l.state = next, nextList, objSet, st
+	a.publish(full)
+	res.Revision = l.rev
+	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
+	a.log.Info("objects changed", "op", r.op.String(), "revision", l.rev, "created", len(res.Created), "updated", len(res.Updated),
+		"deleted", len(res.Deleted), "read", tv.Sub(r.start), "validate", t0.Sub(tv), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
+	return reply{result: res}
+}
+
+// plan computes the object set a request makes, and what it changes.
+func (a *Agent) plan(r *request) (map[api.ObjectRef]*object, api.ApplyResult) {
+	l := &a.l
 	next := maps.Clone(l.objects)
 	res := api.ApplyResult{Revision: l.rev}
 	deleted := r.deleted
@@ -175,45 +220,7 @@ func (a *Agent) objectsChange(r *request) reply {
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Unchanged, res.Deleted, res.NotFound} {
 		sortRefs(refs)
 	}
-	if len(res.Created)+len(res.Updated)+len(res.Deleted) == 0 {
-		res.EnforcedMicros = time.Since(r.start).Microseconds()
-		return reply{result: res}
-	}
-	tv := time.Now()
-	nextList := sortedObjects(next)
-	objSet := objectSet(nextList)
-	full := withWorkloads(objSet, l.regList)
-	if err := validate(r.op, full); err != nil {
-		return reply{err: err}
-	}
-	if r.dryRun {
-		return reply{result: res}
-	}
-	t0 := time.Now()
-	if err := l.comp.SetPolicies(full); err != nil {
-		return reply{err: newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the policy set does not compile", r.op)}
-	}
-	st := l.comp.State()
-	t1 := time.Now()
-	// A change the loop has started is finished even if its caller gives
-	// up: the outcome must not depend on when a client disconnects.
-	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.regList)); err != nil {
-		a.recompile()
-		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
-	}
-	t2 := time.Now()
-	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, nextList)); err != nil {
-		a.revert()
-		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
-	}
-	l.rev++
-	l.objects, l.objList, l.objSet, l.state = next, nextList, objSet, st
-	a.publish(full)
-	res.Revision = l.rev
-	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
-	a.log.Info("objects changed", "op", r.op.String(), "revision", l.rev, "created", len(res.Created), "updated", len(res.Updated),
-		"deleted", len(res.Deleted), "read", tv.Sub(r.start), "validate", t0.Sub(tv), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
-	return reply{result: res}
+	return next, res
 }
 
 // validate checks the whole set as `bulkhead check` does: every reference
@@ -259,42 +266,15 @@ func (a *Agent) workloadsChange(batch []*request) {
 		changed bool
 	)
 	for _, r := range batch {
-		if err := r.ctx.Err(); err != nil {
+		undoOne, err := a.stage(r, regs)
+		switch {
+		case err != nil:
 			r.done <- reply{err: err}
 			continue
+		case undoOne != nil:
+			undo = append(undo, undoOne)
+			changed = true
 		}
-		if r.op == opUnregister {
-			if old, ok := regs[r.key]; ok {
-				l.comp.DeleteWorkload(r.key)
-				undo = append(undo, func() { l.comp.UpsertWorkload(old.w) })
-				delete(regs, r.key)
-				changed = true
-			}
-			done = append(done, r)
-			continue
-		}
-		key := r.reg.w.Key()
-		ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
-		if o, ok := l.objects[ref]; ok {
-			r.done <- reply{err: newError(http.StatusConflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)}
-			continue
-		}
-		old := regs[key]
-		if old != nil && sameRegistration(old.api, r.reg.api) {
-			done = append(done, r)
-			continue
-		}
-		if err := l.comp.UpsertWorkload(r.reg.w); err != nil {
-			r.done <- reply{err: newError(http.StatusConflict, nil, "agent: register workload %s: %v", key, err)}
-			continue
-		}
-		if old != nil {
-			undo = append(undo, func() { l.comp.UpsertWorkload(old.w) })
-		} else {
-			undo = append(undo, func() { l.comp.DeleteWorkload(key) })
-		}
-		regs[key] = r.reg
-		changed = true
 		done = append(done, r)
 	}
 	answer := func(err error) {
@@ -332,6 +312,41 @@ func (a *Agent) workloadsChange(batch []*request) {
 	a.publish(full)
 	answer(nil)
 	a.log.Debug("workloads changed", "revision", l.rev, "requests", len(done), "workloads", len(regs), "dataplane", t1.Sub(t0))
+}
+
+// stage makes one registration or unregistration in regs and in the
+// compiler, and returns how to undo it (nil: nothing changed).
+func (a *Agent) stage(r *request, regs map[string]*registration) (func(), error) {
+	l := &a.l
+	if err := r.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if r.op == opUnregister {
+		old, ok := regs[r.key]
+		if !ok {
+			return nil, nil
+		}
+		l.comp.DeleteWorkload(r.key)
+		delete(regs, r.key)
+		return func() { l.comp.UpsertWorkload(old.w) }, nil
+	}
+	key := r.reg.key
+	ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
+	if o, ok := l.objects[ref]; ok {
+		return nil, newError(http.StatusConflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)
+	}
+	old := regs[key]
+	if old != nil && sameRegistration(old.api, r.reg.api) {
+		return nil, nil
+	}
+	if err := l.comp.UpsertWorkload(r.reg.w); err != nil {
+		return nil, newError(http.StatusConflict, nil, "agent: register workload %s: %v", key, err)
+	}
+	regs[key] = r.reg
+	if old != nil {
+		return func() { l.comp.UpsertWorkload(old.w) }, nil
+	}
+	return func() { l.comp.DeleteWorkload(key) }, nil
 }
 
 // desired is what the dataplane must enforce.
