@@ -2,6 +2,7 @@ package nft
 
 import (
 	"context"
+	"maps"
 
 	"github.com/google/nftables"
 
@@ -22,8 +23,8 @@ func (d *Dataplane) Counters(ctx context.Context) (dataplane.Counters, error) {
 		return out, dataplane.ErrClosed
 	}
 	var ruleOf, wallOf map[string]string
-	if d.model != nil {
-		ruleOf, wallOf = d.model.ruleOf, d.model.wallOf
+	if d.model != nil { // copies: Apply changes ruleOf in place
+		ruleOf, wallOf = maps.Clone(d.model.ruleOf), maps.Clone(d.model.wallOf)
 	}
 	c, err := d.dial() // under the lock: Close may not release the namespace meanwhile
 	d.mu.Unlock()

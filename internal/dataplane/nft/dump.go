@@ -208,29 +208,8 @@ func ruleString(exprs []expr.Any) string {
 		case *expr.Immediate:
 			set(e.Register, hexBytes(e.Data), (len(e.Data)+3)/4)
 		case *expr.Lookup:
-			key := concat(regs, width, e.SourceRegister, keyWords(e.SetName))
-			switch {
-			case e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT:
-				out = append(out, key+" vmap @"+e.SetName)
-			case e.IsDestRegSet && baseName(e.SetName) == setPorts:
-				out = append(out, "outcome = @"+e.SetName+"["+key+"]")
-				set(e.DestRegister, "outcome", 1)
-			case !e.IsDestRegSet && e.SetName == setRuleCounters:
-				out = append(out, "count @"+e.SetName+"["+key+"]")
-			case e.IsDestRegSet && baseName(e.SetName) == setAttrs:
-				set(e.DestRegister, "guard("+key+")", 1)
-				for d := range 2 {
-					for l := range wildcardLevel {
-						set(e.DestRegister+uint32(attrOffset(policy.Direction(d), l)),
-							fmt.Sprintf("class_%s%d(%s)", dirName(policy.Direction(d)), l, key), 1)
-					}
-				}
-			case e.IsDestRegSet:
-				set(e.DestRegister, "@"+e.SetName+"["+key+"]", dataWords(e.SetName))
-			case e.Invert:
-				out = append(out, key+" != @"+e.SetName)
-			default:
-				out = append(out, key+" @"+e.SetName)
+			if stmt := lookupString(e, regs, width, set); stmt != "" {
+				out = append(out, stmt)
 			}
 		case *expr.Verdict:
 			out = append(out, verdictString(e.Kind, e.Chain))
@@ -255,6 +234,36 @@ func ruleString(exprs []expr.Any) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// lookupString renders a lookup: a statement, or "" when it only loads a
+// register (which set records).
+func lookupString(e *expr.Lookup, regs map[uint32]string, width map[uint32]int, set func(uint32, string, int)) string {
+	key := concat(regs, width, e.SourceRegister, keyWords(e.SetName))
+	switch {
+	case e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT:
+		return key + " vmap @" + e.SetName
+	case e.IsDestRegSet && baseName(e.SetName) == setPorts:
+		set(e.DestRegister, "outcome", 1)
+		return "outcome = @" + e.SetName + "[" + key + "]"
+	case !e.IsDestRegSet && e.SetName == setRuleCounters:
+		return "count @" + e.SetName + "[" + key + "]"
+	case e.IsDestRegSet && baseName(e.SetName) == setAttrs:
+		set(e.DestRegister, "guard("+key+")", 1)
+		for d := range 2 {
+			for l := range wildcardLevel {
+				set(e.DestRegister+uint32(attrOffset(policy.Direction(d), l)),
+					fmt.Sprintf("class_%s%d(%s)", dirName(policy.Direction(d)), l, key), 1)
+			}
+		}
+		return ""
+	case e.IsDestRegSet:
+		set(e.DestRegister, "@"+e.SetName+"["+key+"]", dataWords(e.SetName))
+		return ""
+	case e.Invert:
+		return key + " != @" + e.SetName
+	}
+	return key + " @" + e.SetName
 }
 
 // normalize turns the register numbers the kernel lists back into the

@@ -66,29 +66,8 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 			}
 			add("class %d . group %d . bucket %d . %s : port map %d", k[0], k[1], k[2], lv, be(e.data))
 		}
-	case setPorts:
-		for _, e := range els {
-			lo, hi := binary.BigEndian.Uint16(e.key[4:]), binary.BigEndian.Uint16(e.keyEnd[4:])
-			add("port map %d . ports %d-%d : outcome %d", be(e.key), lo, hi, be(e.data))
-		}
-	case setOutcomes:
-		for _, e := range els {
-			add("outcome %d : %s", be(e.key), e.verdict)
-		}
-	case setOutRule:
-		for _, e := range els {
-			add("outcome %d : rule %x", be(e.key), e.data)
-		}
-	case setRuleCounters:
-		for _, e := range els {
-			note := ""
-			if bytes.Equal(e.key, ruleKey("")) {
-				note = " (no rule)"
-			} else if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
-				note = " (" + n + ")"
-			}
-			add("rule %x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes)
-		}
+	case setPorts, setOutcomes, setOutRule, setRuleCounters:
+		lines = outcomeLines(name, els, names)
 	case setGuards:
 		for _, e := range els {
 			k := words(e.key)
@@ -142,4 +121,31 @@ func lastAddr(zero netip.Addr) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+// outcomeLines renders the maps from port maps to outcomes to verdicts
+// and rule counters.
+func outcomeLines(name string, els []element, names map[string]string) []string {
+	be := binary.BigEndian.Uint32
+	var lines []string
+	for _, e := range els {
+		switch baseName(name) {
+		case setPorts:
+			lo, hi := binary.BigEndian.Uint16(e.key[4:]), binary.BigEndian.Uint16(e.keyEnd[4:])
+			lines = append(lines, fmt.Sprintf("port map %d . ports %d-%d : outcome %d", be(e.key), lo, hi, be(e.data)))
+		case setOutcomes:
+			lines = append(lines, fmt.Sprintf("outcome %d : %s", be(e.key), e.verdict))
+		case setOutRule:
+			lines = append(lines, fmt.Sprintf("outcome %d : rule %x", be(e.key), e.data))
+		case setRuleCounters:
+			note := ""
+			if bytes.Equal(e.key, ruleKey("")) {
+				note = " (no rule)"
+			} else if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
+				note = " (" + n + ")"
+			}
+			lines = append(lines, fmt.Sprintf("rule %x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes))
+		}
+	}
+	return lines
 }

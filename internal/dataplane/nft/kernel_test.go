@@ -11,6 +11,7 @@ import (
 	"time"
 
 	gonflog "github.com/florianl/go-nflog/v2"
+	"github.com/google/nftables"
 
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
@@ -466,4 +467,58 @@ spec:
   scope: lifecycle
 `)
 	expectTCP(t, []tcpCase{{a, b.v4, 8080, resTimeout}, {b, a.v4, 8080, resOK}})
+}
+
+// The probes find what the ruleset needs and choose a queue; they leave
+// nothing behind.
+func TestFeatures(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.NS(t, prefix+"f")
+	d, err := New(Options{NetNS: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	f := d.Features()
+	for _, k := range []string{FeatureConcatInterval, FeatureNamedCounters, FeatureNFLOG, FeatureReject} {
+		if f[k] != "yes" {
+			t.Errorf("feature %s = %q, want yes", k, f[k])
+		}
+	}
+	if f[FeatureQueue] == "" {
+		t.Errorf("no queue chosen: %v", f)
+	}
+	t.Logf("features: %v", f)
+	tables, err := d.conn.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tables) != 0 {
+		t.Errorf("the probes left %d tables behind", len(tables))
+	}
+}
+
+// A table named bulkhead that Bulkhead did not make is left alone.
+func TestForeignTableRefused(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.NS(t, prefix+"x")
+	d, err := New(Options{NetNS: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	policyAccept := nftables.ChainPolicyAccept
+	d.conn.AddTable(table())
+	d.conn.AddChain(&nftables.Chain{Name: chainForward, Table: table(), Hooknum: nftables.ChainHookForward,
+		Priority: nftables.ChainPriorityFilter, Type: nftables.ChainTypeFilter, Policy: &policyAccept})
+	d.conn.AddRule(&nftables.Rule{Table: table(), Chain: &nftables.Chain{Name: chainForward, Table: table()}, Exprs: accept})
+	if err := d.conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(context.Background(), dataplane.Desired{}); err == nil || !strings.Contains(err.Error(), "not made by Bulkhead") {
+		t.Errorf("Apply on a foreign table = %v, want a refusal", err)
+	}
+	if err := Cleanup(ns.Path()); err == nil {
+		t.Errorf("Cleanup removed a foreign table")
+	}
 }

@@ -77,7 +77,26 @@ func loadFigures(t *testing.T, sh benchcompile.Shape, host string) {
 		total, load.Round(time.Millisecond), len(atts), maps, ranges, d.phases)
 	t.Logf("elements per map: %s", perMap(d.last))
 
-	// One workload elsewhere comes and goes: one address, perhaps an identity.
+	smallChanges(t, d, c, set, atts)
+
+	// A restart: a new Dataplane adopts the table with a new generation.
+	d.Close()
+	d2, err := New(Options{NetNS: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	t0 = time.Now()
+	if err := d2.Apply(ctx, dataplane.Desired{State: c.State(), Set: set, Attachments: atts}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("adoption after a restart (new generation, old one swept): %v", time.Since(t0).Round(time.Millisecond))
+}
+
+// smallChanges measures Applies of one workload and of one rule.
+func smallChanges(t *testing.T, d *Dataplane, c *compile.Compiler, set *policy.Set, atts []dataplane.Attachment) {
+	ctx := context.Background()
+	// One workload elsewhere comes: one address, perhaps an identity.
 	var times []time.Duration
 	var elems []int
 	for i := range 20 {
@@ -119,19 +138,6 @@ func loadFigures(t *testing.T, sh benchcompile.Shape, host string) {
 		t.Logf("  %+v", d.phases)
 	}
 	t.Logf("one rule's port changed: Apply median %v, max %v, element operations %v", median(times), slices.Max(times), elems)
-
-	// A restart: a new Dataplane adopts the table with a new generation.
-	d.Close()
-	d2, err := New(Options{NetNS: ns.Path()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
-	t0 = time.Now()
-	if err := d2.Apply(ctx, dataplane.Desired{State: c.State(), Set: set, Attachments: atts}); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("adoption after a restart (new generation, old one swept): %v", time.Since(t0).Round(time.Millisecond))
 }
 
 func sum(m map[string]int) int {
