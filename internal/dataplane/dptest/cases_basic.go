@@ -3,6 +3,11 @@ package dptest
 import "github.com/bulkhead-dev/bulkhead/internal/policy"
 
 func basicCases() []Case {
+	return append(append(selectionCases(), actionCases()...), protocolCases()...)
+}
+
+// selectionCases: which connections a rule selects: ports, ranges, named ports, peers.
+func selectionCases() []Case {
 	return []Case{
 		{"NoPolicyAllows", func(w *World) {
 			web, db, _ := cast(w)
@@ -67,6 +72,36 @@ spec:
 			w.Expect(web, db2.V4(), "tcp/6432", Connected)
 			w.Expect(web, db2.V4(), "tcp/5432", Dropped)
 		}},
+		{"CIDRPeersForOutsideAddresses", func(w *World) {
+			web, _, _ := cast(w)
+			near := w.Outside("outside/near", "203.0.113.10 2001:db8::10")
+			far := w.Outside("outside/far", "203.0.113.200 2001:db8::200")
+			w.Apply(denyAll + `---
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: web, namespace: app}
+spec:
+  appliesTo: {selector: {matchLabels: {app: web}}}
+  egress:
+    - {action: allow, to: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}, {cidr: "2001:db8::/120"}], services: [{protocol: tcp, port: 443}]}
+  ingress:
+    - {action: allow, from: [{cidr: 203.0.113.0/25}, {cidr: "2001:db8::/123"}], services: [{protocol: tcp, port: 80}]}
+`)
+			w.Expect(web, near.V4(), "tcp/443", Connected)
+			w.Expect(web, far.V4(), "tcp/443", Dropped)
+			w.Expect(web, near.V6(), "tcp/443", Connected)
+			w.Expect(web, near.V4(), "tcp/80", Dropped)
+			w.Expect(near, web.V4(), "tcp/80", Connected)
+			w.Expect(far, web.V4(), "tcp/80", Dropped)
+			w.Expect(near, web.V6(), "tcp/80", Connected)
+			w.Expect(far, web.V6(), "tcp/80", Dropped)
+		}},
+	}
+}
+
+// actionCases: what rules do: actions, tiers, both sides, walls, observe mode.
+func actionCases() []Case {
+	return []Case{
 		{"DenyRejectEscalate", func(w *World) {
 			web, db, _ := cast(w)
 			w.Apply(`
@@ -233,6 +268,12 @@ spec:
 				}
 			}
 		}},
+	}
+}
+
+// protocolCases: the protocols and address families.
+func protocolCases() []Case {
+	return []Case{
 		{"IPv6", func(w *World) {
 			web, db, other := cast(w)
 			w.Apply(denyIngress + `---
@@ -303,30 +344,6 @@ spec:
 			w.Expect(web, db.V4(), "sctp/9999", Connected)
 			w.Expect(web, db.V4(), "sctp/9998", Dropped)
 			w.Expect(web, db.V4(), "tcp/9999", Dropped)
-		}},
-		{"CIDRPeersForOutsideAddresses", func(w *World) {
-			web, _, _ := cast(w)
-			near := w.Outside("outside/near", "203.0.113.10 2001:db8::10")
-			far := w.Outside("outside/far", "203.0.113.200 2001:db8::200")
-			w.Apply(denyAll + `---
-apiVersion: bulkhead.dev/v1
-kind: Policy
-metadata: {name: web, namespace: app}
-spec:
-  appliesTo: {selector: {matchLabels: {app: web}}}
-  egress:
-    - {action: allow, to: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}, {cidr: "2001:db8::/120"}], services: [{protocol: tcp, port: 443}]}
-  ingress:
-    - {action: allow, from: [{cidr: 203.0.113.0/25}, {cidr: "2001:db8::/123"}], services: [{protocol: tcp, port: 80}]}
-`)
-			w.Expect(web, near.V4(), "tcp/443", Connected)
-			w.Expect(web, far.V4(), "tcp/443", Dropped)
-			w.Expect(web, near.V6(), "tcp/443", Connected)
-			w.Expect(web, near.V4(), "tcp/80", Dropped)
-			w.Expect(near, web.V4(), "tcp/80", Connected)
-			w.Expect(far, web.V4(), "tcp/80", Dropped)
-			w.Expect(near, web.V6(), "tcp/80", Connected)
-			w.Expect(far, web.V6(), "tcp/80", Dropped)
 		}},
 	}
 }
