@@ -143,9 +143,9 @@ func Start(ctx context.Context, opts Options) (a *Agent, err error) {
 			}
 		}()
 	}
-	go a.loop()
 	a.log.Info("agent started", "host", host, "socket", opts.Socket, "stateDir", opts.StateDir,
 		"revision", a.l.rev, "objects", len(a.l.objects), "workloads", len(a.l.regs))
+	go a.loop() // from here on, only the loop touches a.l
 	return a, nil
 }
 

@@ -120,8 +120,7 @@ func (a *Agent) server() *http.Server {
 		res, err := a.Counters(r.Context())
 		respond(w, http.StatusOK, res, err)
 	})
-	return &http.Server{Handler: a.authorize(mux), ConnContext: peerContext, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: nil}
+	return &http.Server{Handler: a.authorize(mux), ConnContext: peerContext, ReadHeaderTimeout: 10 * time.Second}
 }
 
 // authorize lets root and the agent's own user call everything, anyone
