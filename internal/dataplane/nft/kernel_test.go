@@ -522,3 +522,40 @@ func TestForeignTableRefused(t *testing.T) {
 		t.Errorf("Cleanup removed a foreign table")
 	}
 }
+
+// A change of the policy's CIDRs changes the outside ranges: Apply writes
+// a new generation, and the new CIDR is enforced.
+func TestRangeChange(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
+	b.listen(t, "tcp", 8080)
+	c.listen(t, "tcp", 8080)
+	deny := func(cidr string) string {
+		return `
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: a-out, namespace: app}
+spec:
+  appliesTo: {selector: {matchLabels: {app: a}}}
+  egress:
+    - {name: no, action: deny, to: [{cidr: ` + cidr + `}]}
+`
+	}
+	d := h.newDataplane(Options{})
+	h.apply(d, deny("10.77.0.3/32"))
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resTimeout}, {a, b.v4, 8080, resOK}})
+	h.apply(d, deny("10.77.0.2/32"))
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resOK}, {a, b.v4, 8080, resTimeout}})
+	if d.model.b.gen != 2 {
+		t.Errorf("generation = %d, want 2 (new ranges, new generation)", d.model.b.gen)
+	}
+	f, err := readTable(d.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range append(f.chains, f.sets...) {
+		if !isPersistent(n) && genOf(n) != 2 {
+			t.Errorf("%s left over from another generation", n)
+		}
+	}
+}

@@ -84,7 +84,11 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 	}
 	m.bucketElems(t, d.State)
 	m.addrElems(t, delta.Addrs)
-	if delta.Ranges != nil || m.state == nil {
+	if m.state == nil {
+		// Ranges change only with the policy's CIDRs; Apply writes a new
+		// generation then: an interval set's backend may publish changes
+		// after the switch (as pipapo does), and a miss here would skip a
+		// wall.
 		m.rangeElems(t, d.State.Ranges)
 	}
 	m.identityElems(t, delta.Identities)
@@ -321,12 +325,8 @@ func (m *model) addrElems(t *tx, changes []compile.Change[netip.Addr, compile.Id
 	}
 }
 
-// rangeElems rewrites the outside ranges (small; they change only with
-// the policy's CIDRs): flush and refill, within the transaction.
+// rangeElems writes the outside ranges of a new generation.
 func (m *model) rangeElems(t *tx, ranges []compile.AddrRange) {
-	if m.state != nil {
-		t.flushSets = append(t.flushSets, m.b.n(setRange4), m.b.n(setRange6))
-	}
 	for _, r := range ranges {
 		name := m.b.n(setRange6)
 		if r.Lo.Is4() {

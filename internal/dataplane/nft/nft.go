@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -202,7 +203,8 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		return errorf("apply: %w", err)
 	}
 	start := time.Now()
-	fresh := d.model == nil || d.broken || (d.model.state == nil) != (want.State == nil)
+	fresh := d.model == nil || d.broken || (d.model.state == nil) != (want.State == nil) ||
+		(want.State != nil && !slices.Equal(d.model.state.Ranges, want.State.Ranges))
 	var (
 		t   *tx
 		m   *model

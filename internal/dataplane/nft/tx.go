@@ -39,7 +39,6 @@ type tx struct {
 	counters   []string
 	chains     []string
 	sets       []*nftables.Set
-	flushSets  []string
 	rules      []chainRules
 	dels, adds map[string][]nftables.SetElement
 	sweepRules []string // chains to flush before the deletions
@@ -104,7 +103,7 @@ func (t *tx) elements() int {
 }
 
 func (t *tx) empty() bool {
-	return len(t.counters) == 0 && len(t.chains) == 0 && len(t.sets) == 0 && len(t.flushSets) == 0 &&
+	return len(t.counters) == 0 && len(t.chains) == 0 && len(t.sets) == 0 &&
 		len(t.rules) == 0 && t.elements() == 0 && len(t.delSets) == 0 && len(t.delChains) == 0 &&
 		len(t.delObjs) == 0 && len(t.sweepRules) == 0
 }
@@ -139,9 +138,6 @@ func (t *tx) send(c conn) error {
 		if err := c.AddSet(s, nil); err != nil {
 			return errorf("add set %q: %w", s.Name, err)
 		}
-	}
-	for _, n := range t.flushSets {
-		c.FlushSet(&nftables.Set{Table: t.table, Name: n})
 	}
 	for _, cr := range t.rules {
 		ch := &nftables.Chain{Name: cr.chain, Table: t.table}
@@ -236,7 +232,7 @@ func (t *tx) String() string {
 	for _, cr := range t.rules {
 		rules += len(cr.rules)
 	}
-	return fmt.Sprintf("%d counters, %d chains, %d sets, %d set flushes, %d chain rewrites (%d rules), %d element operations, sweep %d/%d/%d, %d counters deleted",
-		len(t.counters), len(t.chains), len(t.sets), len(t.flushSets), len(t.rules), rules, t.elements(),
+	return fmt.Sprintf("%d counters, %d chains, %d sets, %d chain rewrites (%d rules), %d element operations, sweep %d/%d/%d, %d counters deleted",
+		len(t.counters), len(t.chains), len(t.sets), len(t.rules), rules, t.elements(),
 		len(t.sweepRules), len(t.delSets), len(t.delChains), len(t.delObjs))
 }
