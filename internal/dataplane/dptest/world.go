@@ -29,13 +29,11 @@ type World struct {
 	T    *testing.T
 	Host Host
 
-	ctx   context.Context
-	wls   []*policy.Workload
-	atts  []dataplane.Attachment
-	set   *policy.Set
-	prev  *compile.State
-	eng   *policy.Engine
-	state *compile.State
+	ctx  context.Context
+	wls  []*policy.Workload
+	atts []dataplane.Attachment
+	prev *compile.State
+	eng  *policy.Engine
 }
 
 // WL is a workload (or an outside host) of a World.
@@ -168,7 +166,7 @@ func (w *World) TryApply(docs string) error {
 	if err := w.Host.Dataplane().Apply(ctx, d); err != nil {
 		return fmt.Errorf("dptest: apply: %w", err)
 	}
-	w.set, w.eng, w.prev, w.state = set, eng, st, st
+	w.eng, w.prev = eng, st
 	return nil
 }
 
