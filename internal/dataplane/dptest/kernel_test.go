@@ -222,11 +222,9 @@ func TestAttacksAgainstAHandWrittenRuleset(t *testing.T) {
 	Attacks(t, k)
 }
 
-// requireNftCLI skips (also in CI) without Debian's nft: these self-tests
-// write their stand-in rulesets with it, and the same harness code runs
-// on the real dataplane in internal/dataplane/nft without it.
+// requireNftCLI needs Debian's nft (make test installs it): these
+// self-tests write their stand-in rulesets with it, and the same harness
+// code runs on the real dataplane in internal/dataplane/nft without it.
 func requireNftCLI(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("the harness self-test needs the nft command (Debian's nftables)")
-	}
+	nstest.RequireCommand(t, "nft") // Debian's nftables; make test installs it
 }
