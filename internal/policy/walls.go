@@ -41,30 +41,55 @@ func portString(p Protocol, port int) string {
 // populate, on every protocol and port class that a rule distinguishes, no
 // connection between two segments of a wall may be allowed or escalated. It
 // returns one counterexample per wall and pair of segments; none means every
-// wall holds.
+// wall holds. Each side is judged once per class of endpoints it cannot tell
+// apart, not once per pair (walls_search.go); a counterexample is confirmed
+// by Engine.Side, and a disagreement is an error (the proof fails closed).
+// Safe for concurrent use; s is not changed.
 func ProveWalls(s *Set) ([]Breach, error) {
 	if len(s.Walls) == 0 {
 		return nil, nil
 	}
-	ext := withRepresentatives(s)
-	e, err := NewEngine(ext)
+	e, err := NewEngine(s)
 	if err != nil {
 		return nil, err
 	}
-	services := serviceClasses(ext)
-	cidrs := allCIDRs(ext)
-	members := map[string][]Endpoint{}
-	for _, seg := range ext.Segments {
-		members[seg.Name] = e.members(seg, cidrs)
+	var walled []*Segment
+	for _, w := range s.Walls {
+		for _, name := range w.Segments {
+			if seg := e.segments[name]; seg != nil {
+				walled = append(walled, seg)
+			}
+		}
+	}
+	// Only representatives that are members of a walled segment take part;
+	// the others cannot change a verdict (they have no address).
+	reps, repNS := representatives(s, &memberFilter{segments: walled}, e.Namespace)
+	for _, ns := range repNS {
+		if _, ok := e.namespaces[ns.Name]; !ok {
+			e.namespaces[ns.Name] = withNameLabel(ns) // e is ours alone
+		}
+	}
+	workloads := append(append([]*Workload(nil), s.Workloads...), reps...)
+	pv := newProver(e, serviceClasses(&Set{Workloads: workloads, Policies: s.Policies}))
+	cidrs := allCIDRs(s)
+	members := map[string]*memberSet{}
+	for _, seg := range walled {
+		if members[seg.Name] == nil {
+			members[seg.Name] = pv.members(e.members(seg, workloads, cidrs))
+		}
 	}
 	var out []Breach
 	for _, w := range s.Walls {
 		for _, a := range w.Segments {
 			for _, b := range w.Segments {
-				if a == b {
+				if a == b || members[a] == nil || members[b] == nil {
 					continue
 				}
-				if br, ok := e.findBreach(members[a], members[b], services); ok {
+				br, ok, err := pv.findBreach(members[a], members[b])
+				if err != nil {
+					return nil, err
+				}
+				if ok {
 					br.Wall, br.From, br.To = w, a, b
 					out = append(out, br)
 				}
@@ -79,31 +104,13 @@ type service struct {
 	port  int
 }
 
-func (e *Engine) findBreach(from, to []Endpoint, services []service) (Breach, bool) {
-	for _, f := range from {
-		for _, t := range to {
-			if f == t {
-				continue
-			}
-			for _, sv := range services {
-				p := Probe{From: f, To: t, Protocol: sv.proto, Port: sv.port}
-				eg := e.Side(Egress, f.Workload, t, sv.proto, sv.port)
-				in := e.Side(Ingress, t.Workload, f, sv.proto, sv.port)
-				if a := Combine(eg.Action, in.Action); a == Allow || a == Escalate {
-					return Breach{Probe: p, Verdict: Verdict{Action: a, Egress: eg, Ingress: in}}, true
-				}
-			}
-		}
-	}
-	return Breach{}, false
-}
-
 // members lists one endpoint per distinct identity among the segment's
-// workloads, and one address per address class of its CIDRs.
-func (e *Engine) members(seg *Segment, cidrs []CIDR) []Endpoint {
+// workloads (of the inventory and representatives), and one address per
+// address class of its CIDRs.
+func (e *Engine) members(seg *Segment, workloads []*Workload, cidrs []CIDR) []Endpoint {
 	var out []Endpoint
 	seen := map[string]bool{}
-	for _, w := range e.set.Workloads {
+	for _, w := range workloads {
 		ep := Endpoint{Addr: firstAddr(w), Workload: w}
 		if !e.InSegment(seg.Name, ep) {
 			continue
@@ -251,23 +258,22 @@ func serviceClasses(s *Set) []service {
 	return append(out, service{proto: 47}) // GRE: a protocol no service names
 }
 
-// withRepresentatives returns s plus synthetic members of every segment that
-// chooses workloads by label, so that a wall is proven also for workloads that
-// do not exist yet: one built from the segment's selector alone, and one for
+// representatives returns synthetic members of every segment that chooses
+// workloads by label, so that a wall is proven also for workloads that do
+// not exist yet: one built from the segment's selector alone, and one for
 // each selector a policy uses (as subject or peer) merged into it, so that
-// the representatives meet every rule that could apply to a member.
-func withRepresentatives(s *Set) *Set {
-	ext := *s
-	ext.Workloads = append([]*Workload(nil), s.Workloads...)
-	ext.Namespaces = append([]*Namespace(nil), s.Namespaces...)
+// the representatives meet every rule that could apply to a member. It
+// returns those that keep accepts (nil: all), with the namespaces it made
+// up for them; known resolves the namespaces that exist.
+func representatives(s *Set, keep *memberFilter, known func(string) *Namespace) ([]*Workload, []*Namespace) {
 	type scoped struct {
-		ns  string
-		sel *Selector
+		ns     string
+		labels map[string]string
 	}
-	selectors := []scoped{{sel: &Selector{}}}
+	selectors := []scoped{{labels: map[string]string{}}}
 	for _, p := range s.Policies {
 		if p.Subject.Workloads != nil {
-			selectors = append(selectors, scoped{p.Namespace, p.Subject.Workloads})
+			selectors = append(selectors, scoped{p.Namespace, satisfying(p.Subject.Workloads)})
 		}
 		for _, d := range []Direction{Ingress, Egress} {
 			for _, r := range p.Rules(d) {
@@ -277,46 +283,99 @@ func withRepresentatives(s *Set) *Set {
 						if len(peer.Namespaces.Names) > 0 {
 							ns = peer.Namespaces.Names[0]
 						}
-						selectors = append(selectors, scoped{ns, peer.Workloads})
+						selectors = append(selectors, scoped{ns, satisfying(peer.Workloads)})
 					}
 				}
 			}
 		}
 	}
 	ports := representativePorts(s)
+	var out []*Workload
+	var made []*Namespace
 	seen := map[string]bool{}
 	for _, seg := range s.Segments {
 		if seg.Workloads == nil {
 			continue
 		}
-		ns := "default"
+		ns := known("default")
 		switch {
 		case len(seg.Namespaces.Names) > 0:
-			ns = seg.Namespaces.Names[0]
+			ns = known(seg.Namespaces.Names[0])
 		case seg.Namespaces.Selector != nil:
-			ns = "representative-ns-" + seg.Name
-			ext.Namespaces = append(ext.Namespaces, &Namespace{Name: ns, Labels: satisfying(seg.Namespaces.Selector)})
+			ns = withNameLabel(&Namespace{Name: "representative-ns-" + seg.Name, Labels: satisfying(seg.Namespaces.Selector)})
 		}
+		used := false
 		base := satisfying(seg.Workloads)
 		for _, sc := range selectors {
 			wns := ns
 			if sc.ns != "" && (seg.Namespaces.All() || contains(seg.Namespaces.Names, sc.ns)) {
-				wns = sc.ns
+				wns = known(sc.ns)
 			}
-			labels := satisfying(sc.sel)
+			if !keep.namespace(wns) {
+				continue
+			}
+			labels := make(map[string]string, len(sc.labels)+len(base))
+			for k, v := range sc.labels {
+				labels[k] = v
+			}
 			for k, v := range base {
 				labels[k] = v
 			}
-			key := wns + "|" + labelKey(labels)
+			if !keep.member(wns, labels) {
+				continue
+			}
+			key := wns.Name + "|" + labelKey(labels)
 			if seen[key] {
 				continue
 			}
 			seen[key] = true
-			ext.Workloads = append(ext.Workloads, &Workload{Namespace: wns,
-				Name: fmt.Sprintf("representative-%d-of-%s", len(seen), seg.Name), Labels: labels, Ports: ports})
+			used = used || wns == ns
+			out = append(out, &Workload{Namespace: wns.Name, Labels: labels, Ports: ports,
+				Name: fmt.Sprintf("representative-%d-of-%s", len(seen), seg.Name)})
+		}
+		if used && seg.Namespaces.Selector != nil && len(seg.Namespaces.Names) == 0 {
+			made = append(made, ns)
 		}
 	}
-	return &ext
+	return out, made
+}
+
+// memberFilter keeps the representatives that are members of one of its
+// segments; a nil filter keeps all.
+type memberFilter struct {
+	segments []*Segment
+	inNS     map[string]bool
+}
+
+// namespace reports whether a workload of ns may be kept.
+func (f *memberFilter) namespace(ns *Namespace) bool {
+	if f == nil {
+		return true
+	}
+	in, ok := f.inNS[ns.Name]
+	if !ok {
+		for _, seg := range f.segments {
+			in = in || seg.Workloads != nil && seg.Namespaces.Matches(ns)
+		}
+		if f.inNS == nil {
+			f.inNS = map[string]bool{}
+		}
+		f.inNS[ns.Name] = in
+	}
+	return in
+}
+
+// member reports whether a workload of ns with labels is kept.
+func (f *memberFilter) member(ns *Namespace, labels map[string]string) bool {
+	if f == nil {
+		return true
+	}
+	for _, seg := range f.segments {
+		if seg.Workloads != nil && seg.Namespaces.Matches(ns) && seg.Workloads.Matches(labels) {
+			return true
+		}
+	}
+	return false
 }
 
 // representativePorts declares every port name that a rule uses: with the
