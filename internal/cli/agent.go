@@ -56,22 +56,31 @@ func agentCommand() *cobra.Command {
 		standalone                 bool
 		socket, stateDir, host, dp string
 		netns, logLevel            string
+		mf                         managedFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --standalone [--socket PATH] [--state-dir DIR] [--host NAME]",
+		Use:   "agent --standalone | --manager URL [--join-token T --ca-hash H] [--socket PATH] [--state-dir DIR] [--host NAME]",
 		Short: "Run the host agent: enforce the policy on this host",
 		Long: `agent runs Bulkhead's host agent. With --standalone it needs no manager: it
 keeps the objects applied to it in --state-dir, serves the local API on
 --socket (mode 0600; only root and the agent's own user may call it), and
 enforces the policy in the network namespace it runs in, which it treats as
 the host. It stops on SIGINT or SIGTERM and leaves enforcement in the
-kernel; a restarted agent adopts it. "bulkhead agent cleanup" removes it.`,
+kernel; a restarted agent adopts it. "bulkhead agent cleanup" removes it.
+
+With --manager it follows a manager instead: it joins once with a one-time
+join token (the client certificate stays in STATE-DIR/manager, 0600) and
+then speaks mutual TLS only; it enforces the manager's policy, reports the
+workloads attached here (the CNI plugin registers them on --socket) and
+the revision it realized, and routes to the other hosts' workloads. With
+the manager gone it keeps enforcing what it last had (docs/up.md).`,
 		Example: `  sudo bulkhead agent --standalone --socket /run/bulkhead/agent.sock --state-dir /var/lib/bulkhead/agent
-  sudo ip netns exec host1 bulkhead agent --standalone --socket /run/bulkhead/host1.sock --state-dir /tmp/host1`,
+  sudo ip netns exec host1 bulkhead agent --standalone --socket /run/bulkhead/host1.sock --state-dir /tmp/host1
+  sudo bulkhead agent --manager https://10.0.0.1:8443 --join-token bhj_... --ca-hash sha256:...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !standalone {
-				return errors.New("agent: only --standalone is implemented: the agent runs without a manager and takes objects on its socket")
+			if standalone == (mf.manager != "") {
+				return errors.New("agent: give --standalone (no manager: objects come on the socket) or --manager URL (follow a manager), one of the two")
 			}
 			kind, ok := dataplanes[dp]
 			if !ok {
@@ -85,17 +94,22 @@ kernel; a restarted agent adopts it. "bulkhead agent cleanup" removes it.`,
 			if err != nil {
 				return err
 			}
-			return agent.Run(cmd.Context(), agent.Options{StateDir: stateDir, Socket: socket, Host: host, Dataplane: d, Logger: log})
+			opts := agent.Options{StateDir: stateDir, Socket: socket, Host: host, Dataplane: d, Logger: log}
+			if mf.manager != "" {
+				return runManagedAgent(cmd, mf, opts, netns)
+			}
+			return agent.Run(cmd.Context(), opts)
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&standalone, "standalone", false, "run without a manager (required for now)")
+	f.BoolVar(&standalone, "standalone", false, "run without a manager")
 	f.StringVar(&socket, "socket", client.DefaultSocket, "unix socket of the local API; its directory is created")
 	f.StringVar(&stateDir, "state-dir", DefaultStateDir, "directory for the objects and registered workloads (created, mode 0700)")
 	f.StringVar(&host, "host", "", "this host's name (default: the system's host name)")
 	f.StringVar(&dp, "dataplane", "nft", "dataplane: nft or userspace")
 	f.StringVar(&netns, "netns", "", "network namespace path to enforce in (default: the agent's own)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	addManagerFlags(f, &mf)
 	cmd.AddCommand(agentCleanupCommand(), agentDumpCommand(), agentStatusCommand())
 	return cmd
 }

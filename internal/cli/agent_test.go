@@ -162,7 +162,7 @@ func TestNoAgentIsClear(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"agent"}, "only --standalone is implemented"},
+		{[]string{"agent"}, "give --standalone (no manager: objects come on the socket) or --manager URL"},
 		{[]string{"agent", "--standalone", "--dataplane", "magic"}, `--dataplane "magic": valid:`},
 		{[]string{"apply"}, "no file given"},
 		{[]string{"get", "gadgets"}, `unknown kind "gadgets"`},
