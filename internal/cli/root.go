@@ -44,7 +44,8 @@ segments are proven before they are applied.`,
 	root.SetErr(stderr)
 	root.PersistentFlags().String("agent", "", "the agent to talk to: unix:///path/to/agent.sock (default $"+agentEnv+", else unix://"+client.DefaultSocket+")")
 	root.AddCommand(checkCommand(), explainCommand(), verdictsCommand(),
-		agentCommand(), applyCommand(), deleteCommand(), getCommand())
+		agentCommand(), applyCommand(), deleteCommand(), getCommand(), upCommand())
+	RegisterManagerCommands(root)
 	err := root.ExecuteContext(ctx)
 	var exit *ExitError
 	switch {
