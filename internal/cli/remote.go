@@ -35,6 +35,13 @@ func agentClient(cmd *cobra.Command) (*client.Client, error) {
 	return client.New(target)
 }
 
+// useManager reports whether apply, delete and get go to a manager: one
+// is configured (bulkhead login, bulkhead up) and no agent was asked for
+// by --agent or $BULKHEAD_AGENT.
+func useManager(cmd *cobra.Command) bool {
+	return !cmd.Flags().Changed("agent") && os.Getenv(agentEnv) == "" && serverConfigured(cmd)
+}
+
 // readDocuments reads the files named, and the .yaml, .yml and .json files
 // inside the directories named (recursively, in name order), whole.
 func readDocuments(paths []string, stdin io.Reader) ([]api.Document, error) {
@@ -124,6 +131,7 @@ unchanged, and how long enforcing took.`,
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or directory of objects (repeatable; - for standard input)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and prove the walls on the agent without changing anything")
+	cmd.Flags().Duration("wait", 0, "with a manager: wait until every host has realized the revision, at most this long")
 	return cmd
 }
 
@@ -143,6 +151,7 @@ refused. Objects that are not there are reported, not an error.`,
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or directory of objects (repeatable; - for standard input)")
+	cmd.Flags().Duration("wait", 0, "with a manager: wait until every host has realized the revision, at most this long")
 	return cmd
 }
 
@@ -150,6 +159,10 @@ func changeObjects(cmd *cobra.Command, files []string, dryRun, del bool) error {
 	docs, err := readDocuments(files, cmd.InOrStdin())
 	if err != nil {
 		return err
+	}
+	if useManager(cmd) {
+		wait, _ := cmd.Flags().GetDuration("wait")
+		return serverApply(cmd, docs, dryRun, del, wait)
 	}
 	c, err := agentClient(cmd)
 	if err != nil {
@@ -208,13 +221,25 @@ walls, conflictclasses or workloads (short names: pol, netpol, anp, banp,
 cnp, ns, seg, cc, wl). Workloads include the ones registered by
 attachments (the CNI plugin). -o yaml and -o json print the objects as a
 List that apply reads back; registered workloads appear as Workload
-objects annotated bulkhead.dev/registered.`,
+objects annotated bulkhead.dev/registered.
+
+With a manager configured (bulkhead login, bulkhead up) and no --agent,
+get, apply and delete go to the manager: get lists workloads, hosts,
+identities, revisions, tokens, certificates, namespaces, segments,
+policies, walls, conflictclasses or objects.`,
 		Example: `  bulkhead get policies
   bulkhead get -o yaml > backup.yaml`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "yaml" && output != "json" {
 				return fmt.Errorf("-o %q: valid formats are table, yaml and json", output)
+			}
+			if useManager(cmd) {
+				resource := "objects"
+				if len(args) == 1 {
+					resource = args[0]
+				}
+				return serverGet(cmd, resource, output)
 			}
 			kind := ""
 			workloads := true
