@@ -155,7 +155,20 @@ func (h *testHost) apply(d *Dataplane, policies string) *compile.State {
 	return s
 }
 
-const shortTimeout = 300 * time.Millisecond
+// Timeouts: a connection the policy drops is given shortTimeout to prove
+// it; one expected through gets longTimeout, so that a busy machine does
+// not fail the test.
+const (
+	shortTimeout = 300 * time.Millisecond
+	longTimeout  = 3 * time.Second
+)
+
+func patience(expectThrough bool) time.Duration {
+	if expectThrough {
+		return longTimeout
+	}
+	return shortTimeout
+}
 
 // listen starts a TCP (or UDP) echo server in w on port, for the test's
 // lifetime.
@@ -214,21 +227,26 @@ func serveUDP(c net.PacketConn) {
 // dial connects from w to dst:port over TCP with a short timeout; the
 // socket is made in w's namespace and stays there.
 func (w *testWorkload) dial(dst netip.Addr, port int) (net.Conn, error) {
+	return w.dialWithin(dst, port, longTimeout)
+}
+
+func (w *testWorkload) dialWithin(dst netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := w.ns.Do(func() error {
 		var err error
-		c, err = (&net.Dialer{Timeout: shortTimeout}).Dial("tcp", netip.AddrPortFrom(dst, uint16(port)).String())
+		c, err = (&net.Dialer{Timeout: timeout}).Dial("tcp", netip.AddrPortFrom(dst, uint16(port)).String())
 		return err
 	})
 	return c, err
 }
 
-// dialFrom is dial with a given source address.
-func (w *testWorkload) dialFrom(src, dst netip.Addr, port int) (net.Conn, error) {
+// dialFrom is dial with a given source address, expecting it through or
+// not.
+func (w *testWorkload) dialFrom(src, dst netip.Addr, port int, through bool) (net.Conn, error) {
 	var c net.Conn
 	err := w.ns.Do(func() error {
 		var err error
-		d := &net.Dialer{Timeout: shortTimeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+		d := &net.Dialer{Timeout: patience(through), LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 		c, err = d.Dial("tcp", netip.AddrPortFrom(dst, uint16(port)).String())
 		return err
 	})
@@ -244,9 +262,9 @@ const (
 	resRefused tcpResult = "refused"
 )
 
-func (w *testWorkload) tryTCP(t *testing.T, dst netip.Addr, port int) tcpResult {
+func (w *testWorkload) tryTCP(t *testing.T, dst netip.Addr, port int, want tcpResult) tcpResult {
 	t.Helper()
-	c, err := w.dial(dst, port)
+	c, err := w.dialWithin(dst, port, patience(want != resTimeout))
 	return classify(t, c, err)
 }
 
@@ -273,8 +291,10 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func echo(c net.Conn, msg string) error {
-	_ = c.SetDeadline(time.Now().Add(shortTimeout))
+func echo(c net.Conn, msg string) error { return echoWithin(c, msg, longTimeout) }
+
+func echoWithin(c net.Conn, msg string, timeout time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write([]byte(msg)); err != nil {
 		return err
 	}
@@ -288,8 +308,9 @@ func echo(c net.Conn, msg string) error {
 	return nil
 }
 
-// tryUDP sends one datagram from w to dst:port and waits for the echo.
-func (w *testWorkload) tryUDP(t *testing.T, dst netip.Addr, port int) bool {
+// tryUDP sends one datagram from w to dst:port and waits for the echo
+// (long when it is expected, short otherwise).
+func (w *testWorkload) tryUDP(t *testing.T, dst netip.Addr, port int, expect bool) bool {
 	t.Helper()
 	var c net.Conn
 	err := w.ns.Do(func() error {
@@ -301,12 +322,12 @@ func (w *testWorkload) tryUDP(t *testing.T, dst netip.Addr, port int) bool {
 		t.Fatalf("udp socket: %v", err)
 	}
 	defer c.Close()
-	return echo(c, "ping") == nil
+	return echoWithin(c, "ping", patience(expect)) == nil
 }
 
 // ping sends one ICMP (or ICMPv6) echo request from w to dst through a
 // ping socket and reports whether the reply came.
-func (w *testWorkload) ping(t *testing.T, dst netip.Addr) bool {
+func (w *testWorkload) ping(t *testing.T, dst netip.Addr, expect bool) bool {
 	t.Helper()
 	network, typ := "udp4", icmp.Type(ipv4.ICMPTypeEcho)
 	proto := 1
@@ -328,7 +349,7 @@ func (w *testWorkload) ping(t *testing.T, dst netip.Addr) bool {
 	if _, err := c.WriteTo(b, &net.UDPAddr{IP: dst.AsSlice()}); err != nil {
 		return false
 	}
-	_ = c.SetReadDeadline(time.Now().Add(shortTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(patience(expect)))
 	buf := make([]byte, 1500)
 	for {
 		n, _, err := c.ReadFrom(buf)
@@ -351,7 +372,7 @@ func expectTCP(t *testing.T, cases []tcpCase) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got[i] = c.from.tryTCP(t, c.to, c.port)
+			got[i] = c.from.tryTCP(t, c.to, c.port, c.want)
 		}()
 	}
 	wg.Wait()
