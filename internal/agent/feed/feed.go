@@ -131,6 +131,9 @@ func Start(ctx context.Context, opts Options) (*Follower, error) {
 	f := &Follower{opts: opts, host: creds.Host, creds: creds, c: c, log: log.With("component", "feed", "manager", opts.URL),
 		statusCh: make(chan struct{}), reportCh: make(chan struct{}, 1), resend: true}
 	f.all, f.remote = heldRemote(opts.Agent, f.host)
+	if next := f.loadPosition(); next > 0 {
+		f.status.Realized = next - 1 // the agent restored what it enforced then
+	}
 	f.syncRoutes()
 	ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	f.done.Add(2)

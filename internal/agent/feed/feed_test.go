@@ -338,6 +338,9 @@ func TestResume(t *testing.T) {
 	rec := &recorder{}
 	w.logger = slog.New(rec)
 	w.start(h1)
+	if got := h1.f.Status().Realized; got < first {
+		t.Errorf("restarted: realized %d, want the %d it enforced before", got, first)
+	}
 	if err := h1.f.WaitRealized(ctx, rev); err != nil {
 		t.Fatal(err)
 	}
