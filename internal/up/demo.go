@@ -120,6 +120,13 @@ func startDemo(ctx context.Context, u *Up) (d *demoFloor, err error) {
 		}
 	}()
 	d.removeLeftovers()
+	// With the host's loopback down, the kernel gives neighbours on the
+	// veths the broadcast address instead of asking ARP, and every
+	// forwarded packet is dropped by its workload (a fresh `ip netns add`
+	// namespace has it down).
+	if err := u.inHost(linkUp("lo")); err != nil {
+		return nil, fmt.Errorf("up: demo: host loopback: %w", err)
+	}
 	for _, dw := range floor {
 		w, err := d.attach(ctx, dw)
 		if err != nil {
@@ -181,14 +188,7 @@ func (d *demoFloor) attach(ctx context.Context, dw demoWorkload) (*runningWorklo
 	if !u.opts.DemoSubnet.Contains(w.addr) {
 		return nil, fmt.Errorf("up: demo subnet %s is too small: it must hold .%d", u.opts.DemoSubnet, dw.offset)
 	}
-	err = ns.Do(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		return err
-	})
-	if err != nil {
+	if err := ns.Do(linkUp("lo")); err != nil {
 		return nil, fmt.Errorf("up: demo: %s: loopback: %w", name, err)
 	}
 	err = u.inHost(func() error {
@@ -215,6 +215,17 @@ func (d *demoFloor) attach(ctx context.Context, dw demoWorkload) (*runningWorklo
 		_ = u.a.UnregisterWorkload(ctx, dw.namespace, dw.name)
 	})
 	return w, nil
+}
+
+// linkUp sets an interface of the calling thread's namespace up.
+func linkUp(name string) func() error {
+	return func() error {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		return err
+	}
 }
 
 // serve answers TCP connections on port with the workload's name; the

@@ -119,7 +119,7 @@ var ErrPrivileges = errors.New("bulkhead up needs root (CAP_NET_ADMIN) to progra
 
 // Start brings everything up and returns when the baseline (and the
 // demo) is enforced. On error, whatever started is stopped again.
-func Start(ctx context.Context, opts Options) (u *Up, err error) {
+func Start(ctx context.Context, opts Options) (_ *Up, err error) {
 	t0 := time.Now()
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
@@ -127,7 +127,7 @@ func Start(ctx context.Context, opts Options) (u *Up, err error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	u = &Up{opts: opts}
+	u := &Up{opts: opts}
 	defer func() {
 		if err != nil {
 			u.Close()
