@@ -59,6 +59,7 @@ func TestUpDemo(t *testing.T) {
 		}
 	}
 	host := nstest.NS(t, "bhupt")
+	nstest.Run(t, host, "ip", "link", "set", "lo", "down") // as `ip netns add` leaves it
 	dir := t.TempDir()
 	t.Setenv(configEnv, filepath.Join(dir, "config.yaml"))
 	t.Setenv(serverEnv, "")
