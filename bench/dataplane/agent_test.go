@@ -3,6 +3,7 @@ package benchdataplane
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -38,7 +39,7 @@ func TestAgentProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = agent.Run(ctx, agent.Options{StateDir: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "agent.sock"),
-		Host: BenchHost, Dataplane: dp})
+		Host: BenchHost, Dataplane: dp, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +49,7 @@ func TestAgentProcess(t *testing.T) {
 type agentProc struct {
 	cmd *exec.Cmd
 	c   *client.Client
+	log string // its log file
 }
 
 // startAgent runs the agent process for tp's host namespace and waits
@@ -81,7 +83,7 @@ func startAgent(t *testing.T, tp *topo) *agentProc {
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if _, err := c.Health(context.Background()); err == nil {
-			return &agentProc{cmd: cmd, c: c}
+			return &agentProc{cmd: cmd, c: c, log: logf.Name()}
 		} else if time.Now().After(deadline) {
 			log, _ := os.ReadFile(logf.Name())
 			t.Fatalf("agent did not answer within 30 s: %v\n%s", err, log)
@@ -172,7 +174,12 @@ func measureAgent(t *testing.T, s *policy.Set, report *strings.Builder, x *extra
 	}
 	fmt.Fprintf(report, "agent: apply of %d rules and %d workloads (%d MiB of documents) enforced after %v (agent's own figure %v)\n",
 		CountRules(s), len(big.Workloads), len(docs)>>20, time.Since(start).Round(time.Millisecond), time.Duration(res.EnforcedMicros)*time.Microsecond)
+	seen := len(p.changes())
 	x.applyEnforced = agentOneRule(t, ctx, p, cfg, s, sizeName(CountRules(s))+" rules", report)
+	if ch := p.changes(); len(ch) > seen {
+		fmt.Fprintf(report, "agent holding %s rules, where a one-rule apply goes (medians of the agent's log): %s\n",
+			sizeName(CountRules(s)), phases(ch[seen:]))
+	}
 	if x.agentHeap, x.agentRSS, pk, err = p.memory(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -209,4 +216,40 @@ func agentOneRule(t *testing.T, ctx context.Context, p *agentProc, cfg config, s
 	fmt.Fprintf(report, "agent holding %s: apply of one changed rule → enforced: median %v over %d (min %v, max %v); agent's own figure median %v\n",
 		what, med(times), len(times), slices.Min(times), slices.Max(times), med(own))
 	return med(times)
+}
+
+// changes returns the agent's log records of applied changes ("objects
+// changed"): each carries how long reading, validating, compiling and the
+// dataplane took.
+func (p *agentProc) changes() []string {
+	b, _ := os.ReadFile(p.log)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, `msg="objects changed"`) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// phases gives the median of each duration the records carry.
+func phases(records []string) string {
+	keys := []string{"read", "validate", "compile", "dataplane", "enforced"}
+	var parts []string
+	for _, k := range keys {
+		var ds []time.Duration
+		for _, r := range records {
+			for _, f := range strings.Fields(r) {
+				if v, ok := strings.CutPrefix(f, k+"="); ok {
+					if d, err := time.ParseDuration(v); err == nil {
+						ds = append(ds, d)
+					}
+				}
+			}
+		}
+		if len(ds) > 0 {
+			parts = append(parts, fmt.Sprintf("%s %v", k, median(ds).Round(100*time.Microsecond)))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
