@@ -204,7 +204,8 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	}
 	start := time.Now()
 	fresh := d.model == nil || d.broken || (d.model.state == nil) != (want.State == nil) ||
-		(want.State != nil && !slices.Equal(d.model.state.Ranges, want.State.Ranges))
+		(want.State != nil && !slices.Equal(d.model.state.Ranges, want.State.Ranges)) ||
+		d.model.pms.needsCompaction()
 	var (
 		t   *tx
 		m   *model
@@ -244,7 +245,6 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		}
 	}
 	d.phases = ph
-	m.pms.settle()
 	d.last = map[string]int{}
 	t.pre.perSet(d.last)
 	t.perSet(d.last)

@@ -214,39 +214,40 @@ func TestDeltaOneWorkload(t *testing.T) {
 }
 
 // A policy change adds to the interval map only in the preparatory
-// transaction, and never reuses a port-map id within one Apply.
+// transaction and never deletes from it (deleting costs in proportion to
+// its size): released port maps become garbage, and enough garbage asks
+// for a new generation.
 func TestDeltaPolicyChange(t *testing.T) {
 	c, set := unitCompiler(t, unitPolicy)
 	m := testModel()
 	m.create(newTx(table()), dataplane.Desired{State: c.State()})
-	m.pms.settle()
+	seen := map[string]bool{}
 	for round := range 4 {
 		set.Policies[0].Ingress[0].Services[0].Port = 9000 + round
 		if err := c.SetPolicies(set); err != nil {
 			t.Fatal(err)
 		}
 		tx := newTx(table())
-		before := len(m.pms.free)
+		garbage := m.pms.garbage
 		m.update(tx, dataplane.Desired{State: c.State()})
-		if n := len(tx.adds[m.b.n(setPorts)]); n != 0 {
-			t.Errorf("round %d: %d interval-map additions in the switch transaction, want 0", round, n)
+		if n := len(tx.adds[m.b.n(setPorts)]) + len(tx.dels[m.b.n(setPorts)]) + len(tx.pre.dels[m.b.n(setPorts)]); n != 0 {
+			t.Errorf("round %d: %d interval-map operations besides preparatory additions, want 0", round, n)
 		}
-		if len(tx.pre.adds[m.b.n(setPorts)]) == 0 || len(tx.dels[m.b.n(setPorts)]) == 0 {
-			t.Errorf("round %d: want new port ranges prepared and old ones deleted; prepare %s, switch %s", round, tx.pre, tx)
+		if len(tx.pre.adds[m.b.n(setPorts)]) == 0 || m.pms.garbage <= garbage {
+			t.Errorf("round %d: want new port ranges prepared and old ones left as garbage; prepare %s, switch %s, garbage %d",
+				round, tx.pre, tx, m.pms.garbage)
 		}
-		if len(m.pms.free) > before {
-			t.Errorf("round %d: ids freed within the Apply became free before it finished", round)
-		}
-		used := map[string]bool{}
 		for _, e := range tx.pre.adds[m.b.n(setPorts)] {
-			used[fmt.Sprintf("%x", e.Key[:4])] = true
-		}
-		for _, e := range tx.dels[m.b.n(setPorts)] {
-			if used[fmt.Sprintf("%x", e.Key[:4])] {
-				t.Errorf("round %d: port map %x deleted and prepared in one Apply", round, e.Key[:4])
+			k := fmt.Sprintf("%x", e.Key[:4])
+			if seen[k] {
+				t.Errorf("round %d: port map id %s reused", round, k)
 			}
+			seen[k] = true
 		}
-		m.pms.settle()
+	}
+	m.pms.garbage = gcMin + 1
+	if !m.pms.needsCompaction() {
+		t.Errorf("garbage %d over live %d: want a compaction", m.pms.garbage, m.pms.live)
 	}
 }
 
