@@ -191,8 +191,11 @@ func (d *Dataplane) Close() error {
 	return err
 }
 
-// Apply makes d the state in force, in one transaction. The first Apply
-// after New, and the first after a failed one, writes a new generation.
+// Apply makes want the state in force: what the switch will refer to in a
+// preparatory transaction that changes no verdict, then the switch in one
+// transaction (see docs/dataplane.md). The first Apply after New, the
+// first after a failed one, and one that changes the outside ranges or
+// finds too much garbage in the interval map write a new generation.
 func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -230,6 +233,7 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		t0 := time.Now()
 		if err := part.send(d.conn); err != nil {
 			d.broken = true
+			d.redial() // drop what the connection buffered: it must never reach the kernel
 			return err
 		}
 		t1 := time.Now()
@@ -252,6 +256,22 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	d.log.Debug("applied", "generation", m.b.gen, "fresh", fresh, "elements", t.pre.elements()+t.elements(),
 		"duration", time.Since(start))
 	return nil
+}
+
+// redial replaces the netlink connection; the old one's buffered messages
+// go with it.
+func (d *Dataplane) redial() {
+	_ = d.conn.CloseLasting()
+	if c, err := d.dial(); err == nil {
+		d.conn = c
+		return
+	}
+	// A connection that dials per operation cannot fail to be made.
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
+	if d.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(d.nsFd))
+	}
+	d.conn, _ = nftables.New(opts...)
 }
 
 func table() *nftables.Table {
