@@ -153,6 +153,15 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 	if err := netlink.LinkSetUp(host); err != nil {
 		return Result{}, fmt.Errorf("attach: set %s up: %w", name, err)
 	}
+	// A namespace whose loopback was never up has no local routing table,
+	// and then the kernel types every neighbour as broadcast: the host
+	// would send workloads frames to ff:ff:ff:ff:ff:ff, which TCP drops.
+	// Every real host has lo up; a namespace made with `ip netns add` not.
+	if lo, err := netlink.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return Result{}, fmt.Errorf("attach: set lo up: %w", err)
+		}
+	}
 	// Inside the workload, through a handle: no thread switching.
 	h, err := netlink.NewHandleAt(wns)
 	if err != nil {

@@ -1,10 +1,12 @@
 package attach
 
 import (
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/netns"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
@@ -79,4 +81,46 @@ func TestAttachRouted(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = netns.DeleteAll("bhat-")
+}
+
+// A host namespace made by `ip netns add` has lo down; TCP between its
+// workloads must still work (the kernel would otherwise send them
+// broadcast frames, which TCP drops).
+func TestAttachHostWithLoopbackDown(t *testing.T) {
+	nstest.RequireRoot(t)
+	host := nstest.NS(t, "bhat-h")
+	nstest.Run(t, host, "ip", "link", "set", "lo", "down")
+	a, b := nstest.NS(t, "bhat-a"), nstest.NS(t, "bhat-b")
+	addrs := []netip.Addr{netip.MustParseAddr("10.92.0.1"), netip.MustParseAddr("10.92.0.2")}
+	err := host.Do(func() error {
+		for i, n := range []*netns.NS{a, b} {
+			if _, err := Add(Spec{HostIf: HostIfName(n.Name), NetNS: n.Path(), IfName: "eth0", Addrs: addrs[i : i+1]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	if err := b.Do(func() (err error) { ln, err = net.Listen("tcp4", "10.92.0.2:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	err = a.Do(func() error {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("tcp from a to b through a host with lo down: %v", err)
+	}
 }
