@@ -88,11 +88,14 @@ func TestAttachRouted(t *testing.T) {
 // broadcast frames, which TCP drops).
 func TestAttachHostWithLoopbackDown(t *testing.T) {
 	nstest.RequireRoot(t)
-	host := nstest.NS(t, "bhat-h")
-	nstest.Run(t, host, "ip", "link", "set", "lo", "down")
+	host, err := netns.Create(nstest.Name("bhat-h")) // lo never up, as `ip netns add` leaves it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Delete() })
 	a, b := nstest.NS(t, "bhat-a"), nstest.NS(t, "bhat-b")
 	addrs := []netip.Addr{netip.MustParseAddr("10.92.0.1"), netip.MustParseAddr("10.92.0.2")}
-	err := host.Do(func() error {
+	err = host.Do(func() error {
 		for i, n := range []*netns.NS{a, b} {
 			if _, err := Add(Spec{HostIf: HostIfName(n.Name), NetNS: n.Path(), IfName: "eth0", Addrs: addrs[i : i+1]}); err != nil {
 				return err
