@@ -1,0 +1,364 @@
+package benchmanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
+	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
+)
+
+// childEnv makes the test binary run a manager (TestMain), so that the
+// manager's memory and CPU are measured apart from the simulated agents.
+const childEnv = "BHUP_BENCH_MANAGER_DIR"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(childEnv); dir != "" {
+		os.Exit(runChild(dir))
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(dir string) int {
+	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer st.Close()
+	m, err := manager.Start(context.Background(), manager.Config{Store: st, DataDir: dir, Listen: "127.0.0.1:0",
+		Heartbeat: time.Second, SlowReaderCutoff: 60 * time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer m.Close()
+	select {} // until killed
+}
+
+// env sizes: BULKHEAD_AGENTS (default 1000), BULKHEAD_WORKLOADS (100000),
+// BULKHEAD_POLICIES (1000, of 10 rules each).
+func size(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+type sim struct {
+	host string
+	c    *client.Client
+	seen chan int64 // revisions of "rev" lines, as they arrive
+	at   map[int64]time.Time
+	mu   sync.Mutex
+}
+
+// TestScale runs a manager in a child process with simulated agents:
+// each a real API client on its own TLS connection that joined with a
+// join token, reported its workloads, follows the feed and reports the
+// revision it realized, as internal/agent/feed does. BULKHEAD_LONG=1.
+func TestScale(t *testing.T) {
+	if os.Getenv("BULKHEAD_LONG") == "" {
+		t.Skip("set BULKHEAD_LONG=1 for the manager scale benchmark")
+	}
+	agents, workloads, policies := size("BULKHEAD_AGENTS", 1000), size("BULKHEAD_WORKLOADS", 100000), size("BULKHEAD_POLICIES", 1000)
+	ctx := context.Background()
+	dir := t.TempDir()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), childEnv+"="+dir)
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	url, ca, token := waitManager(t, dir)
+	admin, err := client.New(client.Config{URL: url, CA: ca, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	usage := func(what string) {
+		rss, cpu := procUsage(child.Process.Pid)
+		t.Logf("manager after %s: RSS %d MiB, CPU %.1f s", what, rss>>20, cpu.Seconds())
+	}
+
+	// Join.
+	t0 := time.Now()
+	sims := make([]*sim, agents)
+	parallel(agents, 16, func(i int) error {
+		host := fmt.Sprintf("sim-%04d", i)
+		jt, err := admin.CreateJoinToken(ctx, host, time.Hour)
+		if err != nil {
+			return err
+		}
+		creds, err := client.Join(ctx, url, ca, "", jt.Secret, host)
+		if err != nil {
+			return err
+		}
+		c, err := creds.Client(url)
+		if err != nil {
+			return err
+		}
+		sims[i] = &sim{host: host, c: c, seen: make(chan int64, 64), at: map[int64]time.Time{}}
+		return nil
+	}, t)
+	t.Logf("%d agents joined in %s", agents, time.Since(t0).Round(time.Millisecond))
+
+	// Report: workloads/agents each, as one PUT.
+	t0 = time.Now()
+	var (
+		repMu   sync.Mutex
+		reps    []time.Duration
+		retries atomic.Int64
+	)
+	per := workloads / agents
+	parallel(agents, 32, func(i int) error {
+		ws := make([]api.HostWorkload, per)
+		for j := range ws {
+			n := i*per + j
+			ws[j] = api.HostWorkload{Namespace: fmt.Sprintf("app%d", n%50), Name: fmt.Sprintf("w%d", n),
+				Labels: map[string]string{"app": fmt.Sprintf("a%d", n%policies)},
+				IPs:    []string{netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}).String()}}
+		}
+		r0 := time.Now()
+		// As internal/agent/feed does: a report the manager asks to try
+		// again (503: identity allocation kept racing) is retried.
+		var err error
+		for attempt := range 20 {
+			if _, err = sims[i].c.ReportWorkloads(ctx, sims[i].host, ws, nil, true); err == nil || !retryable(err) {
+				break
+			}
+			retries.Add(1)
+			time.Sleep(client.Backoff(attempt))
+		}
+		repMu.Lock()
+		reps = append(reps, time.Since(r0))
+		repMu.Unlock()
+		return err
+	}, t)
+	t.Logf("%d workloads reported by %d agents in %s; a report of %d: %s; %d retried after a 503", agents*per, agents,
+		time.Since(t0).Round(time.Millisecond), per, quantiles(reps), retries.Load())
+	usage("the reports")
+
+	// The 10,000-rule set.
+	set := policySet(policies, 10)
+	t0 = time.Now()
+	res, err := admin.Apply(ctx, api.ManagerApplyRequest{Documents: []api.Document{{Name: "set.yaml", Data: set}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("apply of %d policies × 10 rules (%d KiB) with %d workloads reported: %s", policies, len(set)>>10,
+		agents*per, time.Since(t0).Round(time.Millisecond))
+	usage("the apply")
+
+	// Follow from the head, as agents that hold the state resume.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	ready := make(chan struct{}, agents)
+	for _, s := range sims {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first := true
+			s.c.Watch(wctx, res.Revision+1, func(ev api.FeedEvent) error {
+				switch ev.Type {
+				case api.FeedHeartbeat:
+					if first {
+						first = false
+						ready <- struct{}{}
+					}
+				case api.FeedRev:
+					s.mu.Lock()
+					s.at[ev.Rev] = time.Now()
+					s.mu.Unlock()
+					// Realized, as a real agent reports it after its Apply.
+					go s.c.ReportStatus(wctx, s.host, api.HostStatus{Realized: ev.Rev, Health: "ok"})
+				}
+				return nil
+			})
+		}()
+	}
+	for range agents {
+		select {
+		case <-ready:
+		case <-time.After(60 * time.Second):
+			t.Fatal("the watches did not all start within 60 s")
+		}
+	}
+	usage(fmt.Sprintf("%d watches open", agents))
+
+	// Rounds: one policy changed (its document alone, as `bulkhead apply
+	// -f one.yaml` sends it). Each agent's time is from the apply
+	// request to its "rev" line; "realized" waits for every agent's
+	// status report, as `apply --wait` does.
+	var seen, realized, committed []time.Duration
+	for round := range 5 {
+		one := fmt.Sprintf("apiVersion: bulkhead.dev/v1\nkind: Policy\nmetadata: {name: p0, namespace: app0}\nspec:\n  appliesTo: {selector: {matchLabels: {app: a0}}}\n  ingress:\n    - {name: r0, action: allow, from: [{selector: {matchLabels: {app: a1}}}], services: [{protocol: tcp, port: %d}]}\n", 3000+round)
+		t0 := time.Now()
+		r, err := admin.Apply(ctx, api.ManagerApplyRequest{Documents: []api.Document{{Name: "one.yaml", Data: one}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed = append(committed, time.Since(t0))
+		for _, s := range sims {
+			var at time.Time
+			for end := time.Now().Add(60 * time.Second); at.IsZero(); time.Sleep(time.Millisecond) {
+				s.mu.Lock()
+				at = s.at[r.Revision]
+				s.mu.Unlock()
+				if time.Now().After(end) {
+					t.Fatalf("round %d: %s did not see revision %d", round, s.host, r.Revision)
+				}
+			}
+			seen = append(seen, at.Sub(t0))
+		}
+		for end := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			hosts, err := admin.Hosts(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, h := range hosts.Items {
+				if h.Realized >= r.Revision {
+					n++
+				}
+			}
+			if n == agents {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("round %d: %d of %d agents realized revision %d", round, n, agents, r.Revision)
+			}
+		}
+		realized = append(realized, time.Since(t0))
+		t.Logf("round %d: revision %d committed in %s, realized by all %d agents in %s", round, r.Revision,
+			committed[round].Round(time.Millisecond), agents, realized[round].Round(time.Millisecond))
+	}
+	t.Logf("apply of one changed policy answered: %s", quantiles(committed))
+	t.Logf("the change seen by each agent (%d samples): %s", len(seen), quantiles(seen))
+	t.Logf("the change realized by every agent (all status reports stored): %s", quantiles(realized))
+	// The whole 10,000-rule set again with one rule changed.
+	t0 = time.Now()
+	r, err := admin.Apply(ctx, api.ManagerApplyRequest{Documents: []api.Document{{Name: "set.yaml",
+		Data: strings.Replace(set, "port: 1001}", "port: 2001}", 1)}}, Wait: "60s"})
+	if err != nil || len(r.NotRealized) > 0 {
+		t.Fatalf("whole set again: %v, not realized by %d", err, len(r.NotRealized))
+	}
+	t.Logf("the whole set again, one rule changed, apply --wait answered (every agent realized): %s", time.Since(t0).Round(time.Millisecond))
+	usage("the rounds")
+	cancel()
+	wg.Wait()
+}
+
+func retryable(err error) bool {
+	var e *client.Error
+	return errors.As(err, &e) && e.Status == http.StatusServiceUnavailable
+}
+
+func waitManager(t *testing.T, dir string) (url string, ca []byte, token string) {
+	t.Helper()
+	for range 3000 {
+		u, err1 := os.ReadFile(filepath.Join(dir, manager.URLFile))
+		c, err2 := os.ReadFile(filepath.Join(dir, manager.CAFile))
+		k, err3 := os.ReadFile(filepath.Join(dir, manager.AdminTokenFile))
+		if err1 == nil && err2 == nil && err3 == nil {
+			return strings.TrimSpace(string(u)), c, strings.TrimSpace(string(k))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the manager did not start")
+	return "", nil, ""
+}
+
+// parallel runs fn(0..n-1) with at most width at once and fails t on
+// the first error.
+func parallel(n, width int, fn func(int) error, t *testing.T) {
+	t.Helper()
+	sem := make(chan struct{}, width)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := fn(i); err != nil {
+				errs <- fmt.Errorf("%d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func quantiles(d []time.Duration) string {
+	if len(d) == 0 {
+		return "no samples"
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	q := func(p float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*p))].Round(time.Millisecond) }
+	return fmt.Sprintf("p50 %s, p99 %s, max %s", q(0.5), q(0.99), d[len(d)-1].Round(time.Millisecond))
+}
+
+// procUsage reads a process's resident memory and CPU time from /proc.
+func procUsage(pid int) (rss uint64, cpu time.Duration) {
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				rss = kb << 10
+			}
+		}
+	}
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(data)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) > 12 {
+			ut, _ := strconv.ParseUint(fields[11], 10, 64)
+			st, _ := strconv.ParseUint(fields[12], 10, 64)
+			cpu = time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ 100
+		}
+	}
+	return rss, cpu
+}
+
+// policySet writes n policies of rules rules each over the simulated
+// workloads' labels, with a default-deny baseline.
+func policySet(n, rules int) string {
+	var b strings.Builder
+	b.WriteString(`apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: default-deny}
+spec:
+  tier: baseline
+  appliesTo: {selector: {}}
+  ingress: [{name: deny, action: deny}]
+  egress: [{name: deny, action: deny}]
+`)
+	for i := range n {
+		fmt.Fprintf(&b, "---\napiVersion: bulkhead.dev/v1\nkind: Policy\nmetadata: {name: p%d, namespace: app%d}\nspec:\n  appliesTo: {selector: {matchLabels: {app: a%d}}}\n  ingress:\n", i, i%50, i)
+		for r := range rules {
+			fmt.Fprintf(&b, "    - {name: r%d, action: allow, from: [{selector: {matchLabels: {app: a%d}}}], services: [{protocol: tcp, port: %d}]}\n", r, (i+r+1)%n, 1000+r)
+		}
+	}
+	return b.String()
+}
