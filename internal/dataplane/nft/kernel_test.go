@@ -561,3 +561,25 @@ spec:
 		}
 	}
 }
+
+// A wall that goes away in a change that also writes a new generation (a
+// CIDR appears): its counter is still referenced by the live generation
+// until the switch, so it must be deleted in the switch, not before.
+func TestWallRemovedWithNewGeneration(t *testing.T) {
+	h := newTestHost(t, "a", "b", "c")
+	a, c := h.wls["a"], h.wls["c"]
+	c.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, wallPolicy)
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resTimeout}})
+	h.apply(d, `
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: outside}
+spec: {cidrs: [{cidr: 192.0.2.0/24}]}
+`)
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resOK}})
+	if cs, err := d.Counters(context.Background()); err != nil || len(cs.Walls) != 0 {
+		t.Errorf("counters = %+v, %v; want no wall counters", cs.Walls, err)
+	}
+}

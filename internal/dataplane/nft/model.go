@@ -62,6 +62,9 @@ func (m *model) create(t *tx, d dataplane.Desired) {
 		}
 	}
 	m.update(w, d)
+	// Counters of walls gone away are still counted into by the live
+	// generation until the switch: delete them in it, never before.
+	t.delObjs, w.delObjs = append(t.delObjs, w.delObjs...), nil
 }
 
 // update writes the changes from the model to d into t and moves the
