@@ -133,6 +133,11 @@ func Start(ctx context.Context, opts Options) (_ *Up, err error) {
 			u.Close()
 		}
 	}()
+	// The manager listens on loopback, which a namespace fresh from `ip
+	// netns add` has down (every real host has it up).
+	if err := linkUp("lo")(); err != nil {
+		return nil, fmt.Errorf("up: loopback: %w", err)
+	}
 	if err := u.startManager(ctx); err != nil {
 		return nil, err
 	}
