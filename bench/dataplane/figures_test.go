@@ -24,13 +24,14 @@ type config struct {
 // sample is what one round measured for one configuration.
 type sample struct {
 	crr1, crr8 crrResult
-	gbps       float64
+	bulk       bulkResult
 }
 
-// params bound a run.
+// params bound a run: rounds, the time per workload, configuration and
+// round, and the slices that time is cut into (see runRounds).
 type params struct {
-	rounds int
-	dur    time.Duration
+	rounds, slices int
+	dur            time.Duration
 }
 
 func envInt(key string, def int) int {
@@ -83,34 +84,44 @@ func runRounds(t *testing.T, cfgs []config, p params) [][]sample {
 	for r := 0; r < p.rounds; r++ {
 		start := time.Now()
 		samples := make([]sample, len(cfgs))
-		// Workload by workload, every configuration in turn: the numbers
-		// a ratio pairs are measured seconds apart, not a minute.
+		// Workload by workload, and inside a workload slice by slice,
+		// every configuration in turn: the numbers a ratio pairs are
+		// measured seconds apart, not a minute.
+		slice := p.dur / time.Duration(p.slices)
 		for _, w := range []func(cfg config, s *sample) error{
-			func(cfg config, s *sample) (err error) {
-				s.crr1, err = crr(cfg.tp.client, serverAddr, 1, p.dur)
+			func(cfg config, s *sample) error {
+				r, err := crr(cfg.tp.client, serverAddr, 1, slice)
+				s.crr1 = s.crr1.merge(r)
 				return err
 			},
-			func(cfg config, s *sample) (err error) {
-				s.crr8, err = crr(cfg.tp.client, serverAddr, 8, p.dur)
+			func(cfg config, s *sample) error {
+				r, err := crr(cfg.tp.client, serverAddr, 8, slice)
+				s.crr8 = s.crr8.merge(r)
 				return err
 			},
-			func(cfg config, s *sample) (err error) {
-				s.gbps, err = bulk(cfg.tp.client, serverAddr, p.dur)
+			func(cfg config, s *sample) error {
+				r, err := bulk(cfg.tp.client, serverAddr, slice)
+				s.bulk = s.bulk.merge(r)
 				return err
 			},
 		} {
-			for i, cfg := range cfgs {
-				if err := w(cfg, &samples[i]); err != nil {
-					t.Fatalf("%s: %v", cfg.name, err)
+			for range p.slices {
+				for i, cfg := range cfgs {
+					if err := w(cfg, &samples[i]); err != nil {
+						t.Fatalf("%s: %v", cfg.name, err)
+					}
 				}
 			}
+		}
+		for i := range samples { // keep the percentiles, not every latency
+			samples[i].crr1.lats, samples[i].crr8.lats = nil, nil
 		}
 		for i, cfg := range cfgs {
 			s := samples[i]
 			out[i] = append(out[i], s)
 			t.Logf("round %d %-16s crr1 %7.0f/s (p50 %v p99 %v, %d errors)  crr8 %7.0f/s (p50 %v p99 %v, %d errors)  bulk %5.2f Gbit/s",
 				r+1, cfg.name, s.crr1.Rate(), s.crr1.P50.Round(time.Microsecond), s.crr1.P99.Round(time.Microsecond), s.crr1.Errors,
-				s.crr8.Rate(), s.crr8.P50.Round(time.Microsecond), s.crr8.P99.Round(time.Microsecond), s.crr8.Errors, s.gbps)
+				s.crr8.Rate(), s.crr8.P50.Round(time.Microsecond), s.crr8.P99.Round(time.Microsecond), s.crr8.Errors, s.bulk.Gbps())
 		}
 		t.Logf("round %d took %v", r+1, time.Since(start).Round(time.Second))
 	}
@@ -135,7 +146,7 @@ type metric struct {
 var metrics = []metric{
 	{"crr1", func(s sample) float64 { return s.crr1.Rate() }},
 	{"crr8", func(s sample) float64 { return s.crr8.Rate() }},
-	{"bulk", func(s sample) float64 { return s.gbps }},
+	{"bulk", func(s sample) float64 { return s.bulk.Gbps() }},
 }
 
 // ratio is the median over rounds of a/b measured in the same round.
@@ -230,10 +241,10 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgs := []config{none, ct}
-	res := runRounds(t, cfgs, params{rounds: 1, dur: 200 * time.Millisecond})
+	res := runRounds(t, cfgs, params{rounds: 1, slices: 2, dur: 200 * time.Millisecond})
 	for i, cfg := range cfgs {
 		s := res[i][0]
-		if s.crr1.Conns == 0 || s.crr8.Conns == 0 || s.gbps <= 0 {
+		if s.crr1.Conns == 0 || s.crr8.Conns == 0 || s.bulk.Bytes == 0 {
 			t.Errorf("%s: measured nothing: %+v", cfg.name, s)
 		}
 	}

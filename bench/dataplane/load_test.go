@@ -86,15 +86,30 @@ func (s *server) Close() {
 	s.wg.Wait()
 }
 
-// crrResult is one CRR round.
+// crrResult is what one or more CRR runs measured.
 type crrResult struct {
 	Conns, Errors int
 	Elapsed       time.Duration
 	P50, P99      time.Duration // connect + request + response
+	lats          []time.Duration
 }
 
 // Rate is connections per second.
 func (r crrResult) Rate() float64 { return float64(r.Conns) / r.Elapsed.Seconds() }
+
+// merge adds run o to r: counts and times add up, percentiles are those
+// of all the connections together.
+func (r crrResult) merge(o crrResult) crrResult {
+	r.Conns += o.Conns
+	r.Errors += o.Errors
+	r.Elapsed += o.Elapsed
+	r.lats = append(r.lats, o.lats...)
+	slices.Sort(r.lats)
+	if len(r.lats) > 0 {
+		r.P50, r.P99 = r.lats[len(r.lats)/2], r.lats[len(r.lats)*99/100]
+	}
+	return r
+}
 
 // crr runs clients concurrent clients inside ns for d, each opening a
 // connection to dst, sending msgSize bytes, reading msgSize bytes back and
@@ -132,9 +147,7 @@ func crr(ns *netns.NS, dst netip.AddrPort, clients int, d time.Duration) (crrRes
 	if res.Conns == 0 {
 		return res, fmt.Errorf("bench: crr to %v from %s: no connection completed (%d errors)", dst, ns.Name, res.Errors)
 	}
-	slices.Sort(all)
-	res.P50, res.P99 = all[len(all)/2], all[len(all)*99/100]
-	return res, nil
+	return crrResult{}.merge(crrResult{Conns: res.Conns, Errors: res.Errors, Elapsed: res.Elapsed, lats: all}), nil
 }
 
 // crrClient loops until deadline. It closes with SO_LINGER 0: the close
@@ -171,11 +184,24 @@ func crrClient(dst netip.AddrPort, deadline time.Time) (lats []time.Duration, er
 	return lats, errs
 }
 
-// bulk streams from ns to dst over one TCP connection for d and returns
-// Gbit/s: the bytes the server counted over the time until its count
-// arrived back (so every byte was received).
-func bulk(ns *netns.NS, dst netip.AddrPort, d time.Duration) (float64, error) {
-	var gbps float64
+// bulkResult is what one or more bulk runs measured: the bytes the server
+// counted, over the time until its count arrived back (so that every byte
+// was received).
+type bulkResult struct {
+	Bytes   uint64
+	Elapsed time.Duration
+}
+
+// Gbps is the throughput in Gbit/s.
+func (r bulkResult) Gbps() float64 { return float64(r.Bytes) * 8 / r.Elapsed.Seconds() / 1e9 }
+
+func (r bulkResult) merge(o bulkResult) bulkResult {
+	return bulkResult{Bytes: r.Bytes + o.Bytes, Elapsed: r.Elapsed + o.Elapsed}
+}
+
+// bulk streams from ns to dst over one TCP connection for d.
+func bulk(ns *netns.NS, dst netip.AddrPort, d time.Duration) (bulkResult, error) {
+	var res bulkResult
 	err := ns.Do(func() error {
 		start := time.Now()
 		c, err := net.DialTimeout("tcp4", dst.String(), dialTimeout)
@@ -198,16 +224,16 @@ func bulk(ns *netns.NS, dst netip.AddrPort, d time.Duration) (float64, error) {
 		if _, err := io.ReadFull(c, out[:]); err != nil {
 			return err
 		}
-		gbps = float64(binary.BigEndian.Uint64(out[:])) * 8 / time.Since(start).Seconds() / 1e9
+		res = bulkResult{Bytes: binary.BigEndian.Uint64(out[:]), Elapsed: time.Since(start)}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("bench: bulk to %v from %s: %w", dst, ns.Name, err)
+		return res, fmt.Errorf("bench: bulk to %v from %s: %w", dst, ns.Name, err)
 	}
-	if gbps == 0 {
-		return 0, errors.New("bench: bulk: nothing arrived")
+	if res.Bytes == 0 {
+		return res, errors.New("bench: bulk: nothing arrived")
 	}
-	return gbps, nil
+	return res, nil
 }
 
 // dialOnce opens one connection from the calling thread's namespace.

@@ -35,7 +35,7 @@ func TestFigures(t *testing.T) {
 	if err := ensureIptables(); err != nil {
 		t.Fatal(err)
 	}
-	p := params{rounds: envInt("BULKHEAD_BENCH_ROUNDS", 8), dur: time.Duration(envInt("BULKHEAD_BENCH_SECONDS", 2)) * time.Second}
+	p := params{rounds: envInt("BULKHEAD_BENCH_ROUNDS", 8), slices: 4, dur: time.Duration(envInt("BULKHEAD_BENCH_SECONDS", 2)) * time.Second}
 	var report strings.Builder
 	defer func() {
 		if t.Failed() {
@@ -43,7 +43,7 @@ func TestFigures(t *testing.T) {
 		}
 	}()
 	fmt.Fprintf(&report, "machine: %d CPUs (%s), %s, Go %s; iptables: %s\n", runtime.NumCPU(), cpuModel(), kernel(), runtime.Version(), iptablesVariant())
-	fmt.Fprintf(&report, "rounds: %d, %v per workload and round\n\n", p.rounds, p.dur)
+	fmt.Fprintf(&report, "rounds: %d, %v per workload, configuration and round, in %d slices\n\n", p.rounds, p.dur, p.slices)
 
 	sizes := slices.DeleteFunc(slices.Clone(Sizes), func(sh benchcompile.Shape) bool { return sh.Rules > envInt("BULKHEAD_BENCH_MAXRULES", 100_000) })
 	sets := make([]*policy.Set, len(sizes))
