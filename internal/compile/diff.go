@@ -43,9 +43,7 @@ func (d *Delta) Len() int {
 // touched; between unrelated states it compares everything.
 func Diff(old, new *State) Delta {
 	if old == nil {
-		old = &State{Addrs: newSmap[netip.Addr, IdentityID](), Identities: newSmap[IdentityID, IdentityAttrs](),
-			Guards: newSmap[[2]GuardID, Guard](), Outcomes: []Outcome{{}}}
-		old.Tables[0], old.Tables[1] = newSmap[TableKey, PortMap](), newSmap[TableKey, PortMap]()
+		old = &State{Outcomes: []Outcome{{}}} // nil maps: every element is an Add
 	}
 	var d Delta
 	d.Addrs = diffSmap(old.Addrs, new.Addrs, func(a, b IdentityID) bool { return a == b })

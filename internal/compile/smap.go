@@ -78,6 +78,31 @@ func (s *smap[K, V]) len() int {
 	return n
 }
 
+// empty reports whether s is nil or holds nothing.
+func (s *smap[K, V]) empty() bool {
+	if s == nil {
+		return true
+	}
+	for _, sh := range s.shards {
+		if len(sh.m) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// adds lists every element of s as an Add: the diff from an empty map,
+// without looking anything up.
+func (s *smap[K, V]) adds() []Change[K, V] {
+	out := make([]Change[K, V], 0, s.len())
+	for _, sh := range s.shards {
+		for k, v := range sh.m {
+			out = append(out, Change[K, V]{Op: Add, Key: k, New: v})
+		}
+	}
+	return out
+}
+
 func (s *smap[K, V]) each(f func(K, V)) {
 	for _, sh := range s.shards {
 		for k, v := range sh.m {
@@ -110,8 +135,8 @@ type Change[K comparable, V any] struct {
 // compared element by element.
 func diffSmap[K comparable, V any](a, b *smap[K, V], eq func(V, V) bool) []Change[K, V] {
 	var out []Change[K, V]
-	if a == nil {
-		a = newSmap[K, V]()
+	if a.empty() {
+		return b.adds()
 	}
 	if a.seed != b.seed {
 		return diffMaps(a.each, a.get, b.each, b.get, eq)
