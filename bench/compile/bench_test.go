@@ -96,12 +96,13 @@ func TestFigures(t *testing.T) {
 	t.Logf("full compile, one host: wall %v, cpu %v", time.Since(start).Round(time.Millisecond), (cpuTime() - cpu0).Round(time.Millisecond))
 	report(t, "host-0001", hst, hc.Sizes())
 
-	incremental(t, c, st, set)
+	st = incremental(t, c, st, set)
+	changeTimes(t, c, st, set, 10)
 }
 
 // incremental times one-workload changes: relabel into an existing
 // identity, relabel into a new one, delete, add; each with State and Diff.
-func incremental(t *testing.T, c *compile.Compiler, st *compile.State, set *policy.Set) {
+func incremental(t *testing.T, c *compile.Compiler, st *compile.State, set *policy.Set) *compile.State {
 	kinds := []string{"relabel to existing app", "relabel to new app", "delete", "add back"}
 	times := make([][]time.Duration, len(kinds))
 	sizes := make([][]int, len(kinds))
@@ -137,6 +138,7 @@ func incremental(t *testing.T, c *compile.Compiler, st *compile.State, set *poli
 		t.Logf("incremental %-24s (upsert + State + Diff): median %v, max %v; delta elements median %d, max %d",
 			name, ts[len(ts)/2].Round(time.Microsecond), ts[len(ts)-1].Round(time.Microsecond), sizes[k][len(ts)/2], sizes[k][len(ts)-1])
 	}
+	return st
 }
 
 func BenchmarkCompileFull(b *testing.B) {
