@@ -91,7 +91,7 @@ func policyEdits(s *policy.Set) []policyEdit {
 					Peers: []policy.Peer{{Workloads: sel("app", b.Labels["app"])}}}}}
 			s.Policies = append(s.Policies[:len(s.Policies):len(s.Policies)], p)
 		}, func(s *policy.Set, i int) {
-			s.Policies = s.Policies[:len(s.Policies)-1 : len(s.Policies)-1]
+			s.Policies = s.Policies[: len(s.Policies)-1 : len(s.Policies)-1]
 		}},
 	}
 }
