@@ -157,9 +157,31 @@ func Start(ctx context.Context, opts Options) (_ *Up, err error) {
 		if u.demo, err = startDemo(ctx, u); err != nil {
 			return nil, err
 		}
+		// Ready means `bulkhead get workloads` in another terminal lists
+		// them all: wait until the manager has every report.
+		if err := u.waitReported(ctx, len(u.demo.wls)); err != nil {
+			return nil, err
+		}
 	}
 	u.ready = time.Since(t0)
 	return u, nil
+}
+
+// waitReported waits until the manager lists n workloads of this host.
+func (u *Up) waitReported(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		l, err := u.admin.Workloads(ctx, u.opts.Host)
+		if err == nil && len(l.Items) >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("up: the manager does not list the demo's %d workloads: %w", n, errors.Join(err, ctx.Err()))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (u *Up) startManager(ctx context.Context) error {
