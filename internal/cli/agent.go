@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
@@ -110,7 +111,7 @@ the manager gone it keeps enforcing what it last had (docs/up.md).`,
 	f.StringVar(&netns, "netns", "", "network namespace path to enforce in (default: the agent's own)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	addManagerFlags(f, &mf)
-	cmd.AddCommand(agentCleanupCommand(), agentDumpCommand(), agentStatusCommand())
+	cmd.AddCommand(agentCleanupCommand(), agentDumpCommand(), agentStatusCommand(), agentCountersCommand())
 	return cmd
 }
 
@@ -146,6 +147,38 @@ func agentStatusCommand() *cobra.Command {
 				fmt.Fprintf(out, "elements:  %s: %d\n", k, st.Elements[k])
 			}
 			return nil
+		},
+	}
+}
+
+func agentCountersCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "counters",
+		Short: "Show what each rule decided on this host, as the kernel counted it",
+		Long: `Show the dataplane's counters: packets and bytes of the connections each
+rule decided (the new connections, not their later packets), each wall
+denied, and the packets dropped because their source address was not their
+interface's workload's.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := agentClient(cmd)
+			if err != nil {
+				return err
+			}
+			cs, err := c.Counters(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "WHAT\tPACKETS\tBYTES")
+			for _, k := range sortedKeys(cs.Rules) {
+				fmt.Fprintf(w, "rule %s\t%d\t%d\n", k, cs.Rules[k].Packets, cs.Rules[k].Bytes)
+			}
+			for _, k := range sortedKeys(cs.Walls) {
+				fmt.Fprintf(w, "wall %s\t%d\t%d\n", k, cs.Walls[k].Packets, cs.Walls[k].Bytes)
+			}
+			fmt.Fprintf(w, "spoofed\t%d\t%d\n", cs.Spoofed.Packets, cs.Spoofed.Bytes)
+			return w.Flush()
 		},
 	}
 }

@@ -140,6 +140,10 @@ func TestApplyErrorsNamePlaces(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "host:      h1") || !strings.Contains(out, "workloads: 2") {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
+	code, out, _ = run(t, "--agent", target, "agent", "counters")
+	if code != 0 || !strings.Contains(out, "WHAT") || !strings.Contains(out, "spoofed") {
+		t.Fatalf("agent counters: exit %d\n%s", code, out)
+	}
 }
 
 func TestAgentFromTheEnvironment(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +120,10 @@ func TestReadmeStandaloneWalkthrough(t *testing.T) {
 	}
 	if err := dial(db, "10.88.0.1:5432"); err == nil {
 		t.Errorf("db -> web:5432 connected; the policy denies it")
+	}
+	counted := regexp.MustCompile(`rule NetworkPolicy/shop/db-from-web/ingress/0\s+[1-9]`)
+	if out := cli("agent", "counters"); !counted.MatchString(out) {
+		t.Errorf("agent counters do not count the allowing rule:\n%s", out)
 	}
 	if out := cli("explain", "shop/web", "shop/db", "--port", "8080/tcp"); !strings.Contains(out, "DENY") {
 		t.Errorf("explain:\n%s", out)
