@@ -235,7 +235,7 @@ func (m *Manager) validate(prop proposal) error {
 		}
 		set.Merge(s)
 	}
-	set.Workloads = m.inventory()
+	set.Workloads = m.inv.workloads(m.log)
 	if _, err := policy.NewEngine(set); err != nil {
 		return invalid("the resulting policy set is invalid; nothing was applied", err)
 	}

@@ -2,6 +2,7 @@ package manager_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -83,5 +84,19 @@ func testTwoManagers(t *testing.T, dir string, open func() store.Store) {
 	}
 	if v, err := e1.admin.VerifyAudit(ctx(t)); err != nil || !v.OK {
 		t.Fatalf("audit: %+v %v", v, err)
+	}
+
+	// The agent reports to m2 what it realized; apply --wait on m1 sees it.
+	go func() {
+		for ev := range fr.events {
+			if ev.Type == api.FeedRev {
+				_ = agent.ReportStatus(context.Background(), "node-1", api.HostStatus{Realized: ev.Rev, Health: "ok"})
+			}
+		}
+	}()
+	seg := "apiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: last}\nspec: {cidrs: [{cidr: 10.99.0.0/16}]}\n"
+	res, err := e1.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("last.yaml", seg), Wait: "10s"})
+	if err != nil || len(res.NotRealized) != 0 || len(res.Realized) != 1 {
+		t.Fatalf("apply --wait on m1 for a host that reports to m2: %+v %v", res, err)
 	}
 }

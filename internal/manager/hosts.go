@@ -6,19 +6,36 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
-// Hosts' status reports live under hosts/, outside the feed, so that
-// they wake no agent. A report is written when it says something new, or
-// when the last one is older than lastSeenEvery; agents report at least
-// that often to count as alive.
+// A host's status — health, version, the revision it realized, when it
+// was last seen — is soft state: the agent says it again after every
+// change and every few seconds, so losing the last tenth of a second of
+// it costs nothing. A report is answered from memory at once (this
+// manager's apply --wait and GET /v1/hosts see it there), and the
+// reports of statusFlushEvery are written together, a few Txns for a
+// thousand hosts, so that the other managers over the same store see
+// them too and a restarted manager starts from them. Nothing is written
+// for a report that says nothing new, unless the stored one is older
+// than lastSeenEvery; agents report at least that often to count as
+// alive. The records live under hosts/, outside the feed, so that they
+// wake no agent.
+//
+// Choice, for HA: coalesced writes rather than a lease per host. The
+// store interface has no leases (the embedded store could not honour
+// one), and a lease per host would still be one write per report. With
+// several managers, a host's record is the newest of the one this
+// manager holds and the one in the store.
 const (
-	prefixHosts   = "hosts/"
-	lastSeenEvery = 15 * time.Second
+	prefixHosts      = "hosts/"
+	lastSeenEvery    = 15 * time.Second
+	statusFlushEvery = 100 * time.Millisecond
+	statusFlushOps   = 100 // records per Txn, under the store's 128
 )
 
 type hostRecord struct {
@@ -34,6 +51,78 @@ func decodeHost(kv store.KV) (any, error) {
 	return &h, nil
 }
 
+// hostTable is the status reports this manager received: the latest per
+// host, and those not yet written to the store.
+type hostTable struct {
+	mu      sync.Mutex
+	latest  map[string]hostRecord
+	written map[string]hostRecord // what this manager last wrote, per host
+	dirty   map[string]bool
+	changed chan struct{} // closed and replaced at every report
+	kick    chan struct{} // wakes the writer; capacity 1
+}
+
+func newHostTable() *hostTable {
+	return &hostTable{latest: map[string]hostRecord{}, written: map[string]hostRecord{}, dirty: map[string]bool{},
+		changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+}
+
+// report records a host's status, and marks it for writing when it says
+// something new or the stored one is getting old.
+func (ht *hostTable) report(host string, rec hostRecord) {
+	ht.mu.Lock()
+	ht.latest[host] = rec
+	w, ok := ht.written[host]
+	if !ok || w.HostStatus != rec.HostStatus || rec.LastSeen.Sub(w.LastSeen) >= lastSeenEvery {
+		ht.dirty[host] = true
+	}
+	close(ht.changed)
+	ht.changed = make(chan struct{})
+	ht.mu.Unlock()
+	select {
+	case ht.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (ht *hostTable) get(host string) (hostRecord, bool) {
+	ht.mu.Lock()
+	defer ht.mu.Unlock()
+	rec, ok := ht.latest[host]
+	return rec, ok
+}
+
+func (ht *hostTable) notify() <-chan struct{} {
+	ht.mu.Lock()
+	defer ht.mu.Unlock()
+	return ht.changed
+}
+
+// take returns the records to write and forgets that they are due.
+func (ht *hostTable) take() map[string]hostRecord {
+	ht.mu.Lock()
+	defer ht.mu.Unlock()
+	out := make(map[string]hostRecord, len(ht.dirty))
+	for h := range ht.dirty {
+		out[h] = ht.latest[h]
+	}
+	clear(ht.dirty)
+	return out
+}
+
+// wrote records what was written; failed marks records due again.
+func (ht *hostTable) wrote(recs map[string]hostRecord, failed bool) {
+	ht.mu.Lock()
+	defer ht.mu.Unlock()
+	for h, rec := range recs {
+		if failed {
+			ht.dirty[h] = true
+		} else {
+			ht.written[h] = rec
+		}
+	}
+}
+
 func (m *Manager) putStatus(w http.ResponseWriter, r *http.Request, p principal) error {
 	host := r.PathValue("host")
 	if err := sameHost(p, host); err != nil {
@@ -46,24 +135,86 @@ func (m *Manager) putStatus(w http.ResponseWriter, r *http.Request, p principal)
 	if st.Health == "" {
 		st.Health = "ok"
 	}
-	now := m.now().UTC()
-	if v, ok := m.hosts.get(prefixHosts + host); ok {
-		old := v.(*hostRecord)
-		if old.HostStatus == st && now.Sub(old.LastSeen) < lastSeenEvery {
-			w.WriteHeader(http.StatusNoContent)
-			return nil
-		}
-	}
-	value, _ := json.Marshal(hostRecord{HostStatus: st, LastSeen: now})
-	rev, _, err := m.st.Txn(r.Context(), nil, []store.Op{store.Put(prefixHosts+host, value)})
-	if err != nil {
-		return err
-	}
-	if err := m.hosts.waitRev(r.Context(), rev); err != nil {
-		return err
-	}
+	m.hostTab.report(host, hostRecord{HostStatus: st, LastSeen: m.now().UTC()})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// statusWriter writes the reports of each statusFlushEvery together
+// until ctx ends, then what is left.
+func (m *Manager) statusWriter(ctx context.Context) {
+	backoff := statusFlushEvery
+	for {
+		select {
+		case <-m.hostTab.kick:
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			m.writeStatuses(fctx)
+			cancel()
+			return
+		}
+		sleep(ctx, statusFlushEvery) // let the reports of a change gather
+		if m.writeStatuses(ctx) {
+			backoff = statusFlushEvery
+			continue
+		}
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
+		select {
+		case m.hostTab.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// writeStatuses writes the records due, statusFlushOps per Txn, leaving
+// out those the store holds newer (another manager's); it reports
+// whether all were written.
+func (m *Manager) writeStatuses(ctx context.Context) bool {
+	due := m.hostTab.take()
+	hosts := make([]string, 0, len(due))
+	for h, rec := range due {
+		if v, ok := m.hosts.get(prefixHosts + h); ok && v.(*hostRecord).LastSeen.After(rec.LastSeen) {
+			delete(due, h)
+			continue
+		}
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for len(hosts) > 0 {
+		n := min(len(hosts), statusFlushOps)
+		ops := make([]store.Op, 0, n)
+		batch := make(map[string]hostRecord, n)
+		for _, h := range hosts[:n] {
+			value, _ := json.Marshal(due[h])
+			ops = append(ops, store.Put(prefixHosts+h, value))
+			batch[h] = due[h]
+		}
+		if _, _, err := m.st.Txn(ctx, nil, ops); err != nil {
+			m.log.Warn("write host statuses; trying again", "hosts", len(hosts), "err", err)
+			rest := make(map[string]hostRecord, len(hosts))
+			for _, h := range hosts {
+				rest[h] = due[h]
+			}
+			m.hostTab.wrote(rest, true)
+			return false
+		}
+		m.hostTab.wrote(batch, false)
+		hosts = hosts[n:]
+	}
+	return true
+}
+
+// hostStatus is the newest status of host: this manager's or the
+// store's (another manager's).
+func (m *Manager) hostStatus(host string) (hostRecord, bool) {
+	rec, ok := m.hostTab.get(host)
+	if v, found := m.hosts.get(prefixHosts + host); found {
+		if stored := v.(*hostRecord); !ok || stored.LastSeen.After(rec.LastSeen) {
+			return *stored, true
+		}
+	}
+	return rec, ok
 }
 
 // hostList is every host the manager knows of: those that joined, those
@@ -83,17 +234,21 @@ func (m *Manager) hostList() []api.Host {
 			get(c.Host)
 		}
 	})
-	m.hosts.each(prefixHosts, func(key string, v any) {
-		rec := v.(*hostRecord)
-		h := get(strings.TrimPrefix(key, prefixHosts))
-		h.Realized, h.Health, h.Version, h.LastSeen = rec.Realized, rec.Health, rec.Version, rec.LastSeen
-	})
-	m.feed.each(prefixWorkloads, func(_ string, v any) {
-		get(v.(*feedItem).workload.Host).Workloads++
-	})
+	m.hosts.each(prefixHosts, func(key string, _ any) { get(strings.TrimPrefix(key, prefixHosts)) })
+	m.hostTab.mu.Lock()
+	for name := range m.hostTab.latest {
+		get(name)
+	}
+	m.hostTab.mu.Unlock()
+	for name, n := range m.inv.hostCounts() {
+		get(name).Workloads = n
+	}
 	now := m.now()
 	out := make([]api.Host, 0, len(hosts))
 	for _, h := range hosts {
+		if rec, ok := m.hostStatus(h.Name); ok {
+			h.Realized, h.Health, h.Version, h.LastSeen = rec.Realized, rec.Health, rec.Version, rec.LastSeen
+		}
 		if !h.LastSeen.IsZero() && now.Sub(h.LastSeen) > 3*lastSeenEvery && h.Health == "ok" {
 			h.Health = "stale: not seen for " + now.Sub(h.LastSeen).Round(time.Second).String()
 		}
@@ -113,24 +268,27 @@ func (m *Manager) getHosts(w http.ResponseWriter, _ *http.Request, _ principal) 
 func (m *Manager) waitRealized(ctx context.Context, rev int64, hosts []string, d time.Duration) (done, notDone []string) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	pending := append([]string(nil), hosts...)
 	for {
-		ch := m.hosts.notify()
-		done, notDone = nil, nil
-		for _, h := range hosts {
-			v, ok := m.hosts.get(prefixHosts + h)
-			if ok && v.(*hostRecord).Realized >= rev {
+		local, stored := m.hostTab.notify(), m.hosts.notify()
+		still := pending[:0]
+		for _, h := range pending {
+			if rec, ok := m.hostStatus(h); ok && rec.Realized >= rev {
 				done = append(done, h)
 			} else {
-				notDone = append(notDone, h)
+				still = append(still, h)
 			}
 		}
-		if len(notDone) == 0 {
+		if pending = still; len(pending) == 0 {
+			sort.Strings(done)
 			return done, nil
 		}
 		select {
-		case <-ch:
+		case <-local:
+		case <-stored:
 		case <-ctx.Done():
-			return done, notDone
+			sort.Strings(done)
+			return done, append([]string(nil), pending...)
 		}
 	}
 }

@@ -120,7 +120,8 @@ type Manager struct {
 
 	auth, feed, hosts, revisions *mirror
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
-	addrs                        addrIndex
+	inv                          inventory
+	hostTab                      *hostTable
 
 	adminToken string
 	mux        *http.ServeMux
@@ -142,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}}
+		states: map[int64]*policyState{}, hostTab: newHostTable()}
 	m.blobs.st = cfg.Store
 	ca, err := m.loadCA(ctx)
 	if err != nil {
@@ -157,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.auth = newMirror(m.st, prefixAuth, m.log, decodeAuth)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
-	m.feed.onChange, m.feed.onReset = m.addrs.change, m.addrs.reset
+	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
 	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
 	m.routes = m.routeTable()
@@ -315,6 +316,8 @@ func (m *Manager) run() {
 	}
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.identityLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

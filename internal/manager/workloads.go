@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -67,7 +66,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
 	owner := func(a netip.Addr) string {
-		if wl := m.addrs.owner(a); wl != nil && wl.Host != host {
+		if wl := m.inv.owner(a); wl != nil && wl.Host != host {
 			return wl.Namespace + "/" + wl.Name + " on host " + wl.Host
 		}
 		return ""
@@ -302,92 +301,4 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// inventory returns the reported workloads as the policy model has them,
-// leaving out any whose address another already holds.
-func (m *Manager) inventory() []*policy.Workload {
-	var ws []*policy.Workload
-	m.feed.each(prefixWorkloads, func(_ string, v any) {
-		wl := v.(*feedItem).workload
-		pw := &policy.Workload{Namespace: wl.Namespace, Name: wl.Name, Labels: wl.Labels, Host: wl.Host,
-			Pos: policy.Pos{File: "workload " + wl.Host + "/" + wl.Namespace + "/" + wl.Name}}
-		for _, s := range wl.IPs {
-			if a, err := netip.ParseAddr(s); err == nil {
-				pw.IPs = append(pw.IPs, a)
-			}
-		}
-		for _, np := range wl.Ports {
-			proto, ok := policy.ParseProtocol(np.Protocol)
-			if !ok {
-				proto = policy.TCP
-			}
-			pw.Ports = append(pw.Ports, policy.NamedPort{Name: np.Name, Port: np.Port, Protocol: proto})
-		}
-		ws = append(ws, pw)
-	})
-	sort.Slice(ws, func(i, j int) bool { return ws[i].Host+"/"+ws[i].Key() < ws[j].Host+"/"+ws[j].Key() })
-	owner := map[netip.Addr]bool{}
-	keys := map[string]bool{}
-	out := ws[:0]
-	for _, w := range ws {
-		clash := keys[w.Key()]
-		for _, a := range w.IPs {
-			clash = clash || owner[a.Unmap()]
-		}
-		if clash {
-			m.log.Warn("workload left out of policy checks: its name or an address is taken", "workload", w.Host+"/"+w.Key())
-			continue
-		}
-		keys[w.Key()] = true
-		for _, a := range w.IPs {
-			owner[a.Unmap()] = true
-		}
-		out = append(out, w)
-	}
-	return out
-}
-
-// addrIndex maps the reported addresses to their workloads, kept by the
-// feed mirror's changes.
-type addrIndex struct {
-	mu sync.RWMutex
-	m  map[netip.Addr]*api.HostWorkload
-}
-
-func (ix *addrIndex) reset() {
-	ix.mu.Lock()
-	ix.m = map[netip.Addr]*api.HostWorkload{}
-	ix.mu.Unlock()
-}
-
-func (ix *addrIndex) change(_ string, old, new any) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	if ix.m == nil {
-		ix.m = map[netip.Addr]*api.HostWorkload{}
-	}
-	for _, v := range []any{old, new} {
-		it, _ := v.(*feedItem)
-		if it == nil || it.workload == nil {
-			continue
-		}
-		for _, s := range it.workload.IPs {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				continue
-			}
-			if v == old && ix.m[a.Unmap()] == it.workload {
-				delete(ix.m, a.Unmap())
-			} else if v == new {
-				ix.m[a.Unmap()] = it.workload
-			}
-		}
-	}
-}
-
-func (ix *addrIndex) owner(a netip.Addr) *api.HostWorkload {
-	ix.mu.RLock()
-	defer ix.mu.RUnlock()
-	return ix.m[a.Unmap()]
 }

@@ -1,0 +1,166 @@
+package manager
+
+import (
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// inventory is the reported workloads, indexed as the manager asks about
+// them: by address (whose is it), by host (how many), and as the policy
+// model's workloads for proving walls. The feed mirror keeps it current,
+// one change at a time, so that no request walks 100,000 workloads.
+type inventory struct {
+	mu      sync.RWMutex
+	byKey   map[string]*invEntry // store key → entry
+	hosts   map[string]int       // host → workloads
+	addrs   map[netip.Addr]*api.HostWorkload
+	gen     uint64             // moves at every change
+	list    []*policy.Workload // the model's inventory at gen listGen; nil: not built
+	listGen uint64
+}
+
+type invEntry struct {
+	wl      *api.HostWorkload
+	pw      *policy.Workload
+	sortKey string // host/namespace/name
+}
+
+// reset empties the index: the mirror lists the store again.
+func (inv *inventory) reset() {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
+	inv.gen++
+}
+
+// change applies one change of a key under feed/ (old or new nil for a
+// new key or a delete); keys of other kinds are ignored.
+func (inv *inventory) change(key string, old, new any) {
+	oldW, newW := feedWorkload(old), feedWorkload(new)
+	if oldW == nil && newW == nil {
+		return
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if inv.byKey == nil {
+		inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
+	}
+	inv.gen++
+	if e := inv.byKey[key]; e != nil {
+		delete(inv.byKey, key)
+		if inv.hosts[e.wl.Host]--; inv.hosts[e.wl.Host] <= 0 {
+			delete(inv.hosts, e.wl.Host)
+		}
+		for _, a := range e.pw.IPs {
+			if inv.addrs[a] == e.wl {
+				delete(inv.addrs, a)
+			}
+		}
+	}
+	if newW == nil {
+		return
+	}
+	e := &invEntry{wl: newW, pw: modelWorkload(newW), sortKey: newW.Host + "/" + newW.Namespace + "/" + newW.Name}
+	inv.byKey[key] = e
+	inv.hosts[newW.Host]++
+	for _, a := range e.pw.IPs {
+		inv.addrs[a] = newW
+	}
+}
+
+func feedWorkload(v any) *api.HostWorkload {
+	if it, _ := v.(*feedItem); it != nil {
+		return it.workload
+	}
+	return nil
+}
+
+// modelWorkload is a reported workload as the policy model has it, its
+// addresses unmapped.
+func modelWorkload(wl *api.HostWorkload) *policy.Workload {
+	pw := &policy.Workload{Namespace: wl.Namespace, Name: wl.Name, Labels: wl.Labels, Host: wl.Host,
+		Pos: policy.Pos{File: "workload " + wl.Host + "/" + wl.Namespace + "/" + wl.Name}}
+	for _, s := range wl.IPs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			pw.IPs = append(pw.IPs, a.Unmap())
+		}
+	}
+	for _, np := range wl.Ports {
+		proto, ok := policy.ParseProtocol(np.Protocol)
+		if !ok {
+			proto = policy.TCP
+		}
+		pw.Ports = append(pw.Ports, policy.NamedPort{Name: np.Name, Port: np.Port, Protocol: proto})
+	}
+	return pw
+}
+
+// owner returns the workload that holds address a, if any.
+func (inv *inventory) owner(a netip.Addr) *api.HostWorkload {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	return inv.addrs[a.Unmap()]
+}
+
+// hostCounts returns the number of workloads of each host.
+func (inv *inventory) hostCounts() map[string]int {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	out := make(map[string]int, len(inv.hosts))
+	for h, n := range inv.hosts {
+		out[h] = n
+	}
+	return out
+}
+
+// workloads returns the reported workloads as the policy model has them,
+// leaving out any whose name or address another already holds (the
+// first by host name stays). The list is built once per change of the
+// inventory and shared: callers must not change it.
+func (inv *inventory) workloads(log *slog.Logger) []*policy.Workload {
+	inv.mu.RLock()
+	if inv.list != nil && inv.listGen == inv.gen {
+		defer inv.mu.RUnlock()
+		return inv.list
+	}
+	gen := inv.gen
+	entries := make([]*invEntry, 0, len(inv.byKey))
+	for _, e := range inv.byKey {
+		entries = append(entries, e)
+	}
+	inv.mu.RUnlock()
+
+	sort.Slice(entries, func(i, j int) bool { return entries[i].sortKey < entries[j].sortKey })
+	owner := make(map[netip.Addr]bool, len(entries))
+	keys := make(map[string]bool, len(entries))
+	out := make([]*policy.Workload, 0, len(entries))
+	for _, e := range entries {
+		w := e.pw
+		key := e.sortKey[strings.IndexByte(e.sortKey, '/')+1:]
+		clash := keys[key]
+		for _, a := range w.IPs {
+			clash = clash || owner[a]
+		}
+		if clash {
+			log.Warn("workload left out of policy checks: its name or an address is taken", "workload", e.sortKey)
+			continue
+		}
+		keys[key] = true
+		for _, a := range w.IPs {
+			owner[a] = true
+		}
+		out = append(out, w)
+	}
+	inv.mu.Lock()
+	if inv.gen == gen {
+		inv.list, inv.listGen = out, gen
+	}
+	inv.mu.Unlock()
+	return out
+}
