@@ -8,12 +8,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,7 +51,25 @@ func runChild(dir string) int {
 		return 1
 	}
 	defer m.Close()
-	select {} // until killed
+	// BULKHEAD_BENCH_PROFILE=FILE: a CPU profile of the manager, written
+	// when the test stops it (SIGTERM).
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
+	if path := os.Getenv("BULKHEAD_BENCH_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	<-stop
+	return 0
 }
 
 // env sizes: BULKHEAD_AGENTS (default 1000), BULKHEAD_WORKLOADS (100000),
@@ -85,7 +106,18 @@ func TestScale(t *testing.T) {
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	t.Cleanup(func() {
+		// SIGTERM lets the child write its profile; then it must go.
+		_ = child.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { child.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			child.Process.Kill()
+			<-done
+		}
+	})
 	url, ca, token := waitManager(t, dir)
 	admin, err := client.New(client.Config{URL: url, CA: ca, Token: token})
 	if err != nil {
