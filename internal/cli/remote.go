@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,7 +56,7 @@ func readDocuments(paths []string, stdin io.Reader) ([]api.Document, error) {
 			out = append(out, api.Document{Name: "(stdin)", Data: string(data)})
 			continue
 		}
-		files, err := expandPath(p)
+		files, err := load.Expand(p)
 		if err != nil {
 			return nil, err
 		}
@@ -74,37 +72,6 @@ func readDocuments(paths []string, stdin io.Reader) ([]api.Document, error) {
 		}
 	}
 	return out, nil
-}
-
-func expandPath(p string) ([]string, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return nil, err
-	}
-	if !st.IsDir() {
-		return []string{p}, nil
-	}
-	var files []string
-	err = filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		switch strings.ToLower(filepath.Ext(path)) {
-		case ".yaml", ".yml", ".json":
-			if !d.IsDir() {
-				files = append(files, path)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("directory %s holds no .yaml, .yml or .json file", p)
-	}
-	sort.Strings(files)
-	return files, nil
 }
 
 func applyCommand() *cobra.Command {

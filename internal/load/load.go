@@ -31,7 +31,7 @@ func Paths(paths []string) (*policy.Set, error) {
 	var errs source.Errors
 	set := &policy.Set{}
 	for _, p := range paths {
-		files, err := expand(p)
+		files, err := Expand(p)
 		if err != nil {
 			return nil, err
 		}
@@ -53,7 +53,9 @@ func Paths(paths []string) (*policy.Set, error) {
 	return set, nil
 }
 
-func expand(p string) ([]string, error) {
+// Expand lists the files a path names: the file itself, or every .yaml,
+// .yml and .json file below a directory, sorted; "-" stays as it is.
+func Expand(p string) ([]string, error) {
 	if p == "-" {
 		return []string{p}, nil
 	}
