@@ -80,20 +80,33 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 	}
 }
 
-// collectIdentities removes the identities no workload uses. The index is
-// read before the workloads, and each removal is conditioned on its index
-// key: a report that used the identity after the index was read rewrote
-// that key, so the removal fails; one before is in the workloads read.
+// collectIdentities removes the identities no workload uses. The index
+// and the use keys are read before the workloads, and each removal is
+// conditioned on both: a report that used the identity after they were
+// read rewrote its use key, so the removal fails; one before is in the
+// workloads read.
 func (m *Manager) collectIdentities(ctx context.Context) {
 	index, _, err := m.st.List(ctx, prefixIDIndex)
 	if err != nil {
 		m.log.Warn("collect identities", "err", err)
 		return
 	}
+	uses, _, err := m.st.List(ctx, prefixIDUse)
+	if err != nil {
+		m.log.Warn("collect identities", "err", err)
+		return
+	}
+	useRev := make(map[string]int64, len(uses))
+	for _, kv := range uses {
+		useRev[kv.Key] = kv.ModRev
+	}
 	kvs, _, err := m.st.List(ctx, prefixWorkloads)
 	if err != nil {
 		m.log.Warn("collect identities", "err", err)
 		return
+	}
+	if m.collectHook != nil {
+		m.collectHook()
 	}
 	used := map[uint32]bool{}
 	for _, kv := range kvs {
@@ -106,7 +119,10 @@ func (m *Manager) collectIdentities(ctx context.Context) {
 		if err != nil || used[uint32(id)] {
 			continue
 		}
-		_, ok, err := m.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Delete(kv.Key), store.Delete(identityKey(uint32(id)))})
+		use := useKey(kv.Key)
+		conds := []store.Cond{store.Unchanged(kv), {Key: use, ModRev: useRev[use]}}
+		ops := []store.Op{store.Delete(kv.Key), store.Delete(use), store.Delete(identityKey(uint32(id)))}
+		_, ok, err := m.st.Txn(ctx, conds, ops)
 		if err != nil {
 			m.log.Warn("collect identity", "id", id, "err", err)
 			return

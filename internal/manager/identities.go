@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sort"
 	"strconv"
@@ -20,18 +21,26 @@ import (
 // Identities: one number per distinct (namespace, namespace labels,
 // workload labels), the same on every host. The counter only grows, so a
 // number is never given to other labels, in use or not. The index maps
-// the labels' hash to the number; a report that uses an identity rewrites
-// its index key in the same Txn as the workloads, so that the collector,
-// which removes unused identities with a condition on the index key,
-// never removes one that a report has just used.
+// the labels' hash to the number and is written once, when the number is
+// given. A report that uses an identity is conditioned on its index key
+// (so that it never uses an identity the collector has just removed) and
+// rewrites the identity's use key in the same Txn as the workloads; the
+// collector removes an unused identity with a condition on both keys, so
+// it never removes one that a report has just used. Reports do not
+// condition on the use key: concurrent reports of the same labels do not
+// conflict with each other.
 const (
 	prefixFeed       = "feed/"
 	prefixWorkloads  = "feed/workloads/"  // host/namespace/name → api.HostWorkload
 	prefixIdentities = "feed/identities/" // %010d → api.Identity
 	keyIDCounter     = "ids/counter"
 	prefixIDIndex    = "ids/labels/" // hash of labelKey → id
+	prefixIDUse      = "ids/used/"   // hash of labelKey → id, rewritten by each report that uses it
 	firstIdentity    = 256           // 1..255 are reserved for fixed identities
 	allocBatch       = 30            // identities allocated per Txn
+	// casDeadline bounds how long a write that lost a compare-and-set to
+	// another manager keeps trying before it answers 503.
+	casDeadline = 10 * time.Second
 )
 
 func identityKey(id uint32) string { return fmt.Sprintf("%s%010d", prefixIdentities, id) }
@@ -95,7 +104,12 @@ func indexKey(lk string) string {
 	return prefixIDIndex + hex.EncodeToString(sum[:16])
 }
 
-// resolved is an identity and the index key a Txn must rewrite to use it.
+// useKey is the key a report rewrites when it uses the identity whose
+// index key is index.
+func useKey(index string) string { return prefixIDUse + strings.TrimPrefix(index, prefixIDIndex) }
+
+// resolved is an identity and its index key as read: a Txn that uses the
+// identity is conditioned on it.
 type resolved struct {
 	id    uint32
 	index store.KV
@@ -132,62 +146,92 @@ func (m *Manager) resolveIdentities(ctx context.Context, want map[string]api.Ide
 	return out, nil
 }
 
-// allocate gives numbers to label keys, one Txn, retrying on conflict.
+// allocate gives numbers to label keys, in one Txn. This manager's
+// allocations take turns (allocMu), so only another manager's can win
+// the counter's compare-and-set; then it reads again what that one
+// allocated and tries again with a jittered backoff, for at most
+// casDeadline.
 func (m *Manager) allocate(ctx context.Context, lks []string, want map[string]api.Identity, out map[string]resolved) error {
-	for attempt := 0; attempt < 50; attempt++ {
-		counter, err := m.st.Get(ctx, keyIDCounter)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("manager: read identity counter: %w", err)
-		}
-		next := uint64(firstIdentity)
-		if counter.ModRev != 0 {
-			last, err := strconv.ParseUint(string(counter.Value), 10, 32)
-			if err != nil {
-				return fmt.Errorf("manager: identity counter: %w", err)
-			}
-			next = last + 1
-		}
-		conds := []store.Cond{store.Unchanged(counter)}
-		var ops []store.Op
-		ids := map[string]uint32{}
-		for _, lk := range lks {
-			id := uint32(next)
-			next++
-			ids[lk] = id
-			ident := want[lk]
-			ident.ID, ident.Addresses = id, nil
-			value, _ := json.Marshal(ident)
-			conds = append(conds, store.Absent(indexKey(lk)))
-			ops = append(ops, store.Put(indexKey(lk), []byte(strconv.FormatUint(uint64(id), 10))), store.Put(identityKey(id), value))
-		}
-		ops = append(ops, store.Put(keyIDCounter, []byte(strconv.FormatUint(next-1, 10))))
-		rev, ok, err := m.st.Txn(ctx, conds, ops)
-		if err != nil {
-			return fmt.Errorf("manager: allocate identities: %w", err)
-		}
-		if ok {
-			for lk, id := range ids {
-				out[lk] = resolved{id: id, index: store.KV{Key: indexKey(lk), ModRev: rev}}
-			}
-			return nil
-		}
-		// Another manager allocated meanwhile, perhaps some of ours.
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	deadline := time.Now().Add(casDeadline)
+	for attempt := 0; ; attempt++ {
+		// Another report may have allocated some meanwhile.
 		var still []string
 		for _, lk := range lks {
 			kv, err := m.st.Get(ctx, indexKey(lk))
-			if err == nil {
-				id, _ := strconv.ParseUint(string(kv.Value), 10, 32)
+			switch {
+			case err == nil:
+				id, perr := strconv.ParseUint(string(kv.Value), 10, 32)
+				if perr != nil {
+					return fmt.Errorf("manager: identity index %s: %w", kv.Key, perr)
+				}
 				out[lk] = resolved{id: uint32(id), index: kv}
-				continue
+			case errors.Is(err, store.ErrNotFound):
+				still = append(still, lk)
+			default:
+				return fmt.Errorf("manager: read identity index: %w", err)
 			}
-			still = append(still, lk)
 		}
 		if lks = still; len(lks) == 0 {
 			return nil
 		}
-		sleep(ctx, time.Duration(attempt+1)*time.Millisecond)
+		ok, err := m.allocateOnce(ctx, lks, want, out)
+		if err != nil || ok {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errorf(http.StatusServiceUnavailable, "identity allocation kept losing to other managers for %s; try again", casDeadline)
+		}
+		sleep(ctx, jitter(attempt))
 	}
-	return errorf(http.StatusServiceUnavailable, "identity allocation keeps conflicting; try again")
+}
+
+// allocateOnce tries one Txn; ok is false when the counter or an index
+// key changed since it was read.
+func (m *Manager) allocateOnce(ctx context.Context, lks []string, want map[string]api.Identity, out map[string]resolved) (bool, error) {
+	counter, err := m.st.Get(ctx, keyIDCounter)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, fmt.Errorf("manager: read identity counter: %w", err)
+	}
+	next := uint64(firstIdentity)
+	if counter.ModRev != 0 {
+		last, err := strconv.ParseUint(string(counter.Value), 10, 32)
+		if err != nil {
+			return false, fmt.Errorf("manager: identity counter: %w", err)
+		}
+		next = last + 1
+	}
+	conds := []store.Cond{store.Unchanged(counter)}
+	var ops []store.Op
+	ids := map[string]uint32{}
+	for _, lk := range lks {
+		id := uint32(next)
+		next++
+		ids[lk] = id
+		ident := want[lk]
+		ident.ID, ident.Addresses = id, nil
+		value, _ := json.Marshal(ident)
+		conds = append(conds, store.Absent(indexKey(lk)))
+		ops = append(ops, store.Put(indexKey(lk), []byte(strconv.FormatUint(uint64(id), 10))), store.Put(identityKey(id), value))
+	}
+	ops = append(ops, store.Put(keyIDCounter, []byte(strconv.FormatUint(next-1, 10))))
+	rev, ok, err := m.st.Txn(ctx, conds, ops)
+	if err != nil || !ok {
+		return false, err
+	}
+	for lk, id := range ids {
+		out[lk] = resolved{id: id, index: store.KV{Key: indexKey(lk), ModRev: rev}}
+	}
+	return true, nil
+}
+
+// jitter is the wait before retry attempt n of a lost compare-and-set:
+// random, up to 2 ms doubling to 100 ms, so that two managers that keep
+// colliding soon stop.
+func jitter(n int) time.Duration {
+	ceil := min(2*time.Millisecond<<min(n, 6), 100*time.Millisecond)
+	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
 }
 
 // namespaceLabels returns the labels of the namespaces at the head.

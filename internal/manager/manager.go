@@ -117,11 +117,13 @@ type Manager struct {
 	feedC   feedCache
 	auditMu sync.Mutex // serializes this manager's audited commits
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
+	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
 
 	auth, feed, hosts, revisions *mirror
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
 	inv                          inventory
 	hostTab                      *hostTable
+	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
 	mux        *http.ServeMux

@@ -196,20 +196,23 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 		if !retry || expect != nil {
 			return lastRev, put, nil
 		}
+		// An identity was removed under the report (the collector found
+		// it unused a moment before): resolve again.
 		if attempt == 10 {
-			return 0, nil, errorf(http.StatusServiceUnavailable, "the workloads of host %s keep changing; try again", host)
+			return 0, nil, errorf(http.StatusServiceUnavailable, "the identities of host %s's workloads keep being removed under the report; try again", host)
 		}
+		sleep(ctx, jitter(attempt))
 	}
 }
 
 type workloadWrite struct {
 	op    store.Op
-	index store.KV // the identity's index key, rewritten with the workload
+	index store.KV // the identity's index key: the write is conditioned on it and rewrites its use key
 	id    uint32
 }
 
-// commitWorkloads writes in chunks; retry is true when an identity
-// changed under a chunk (the chunks before it stay written, and current
+// commitWorkloads writes in chunks; retry is true when an identity was
+// removed under a chunk (the chunks before it stay written, and current
 // is updated to match).
 func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string, writes []workloadWrite, current map[string][]byte, expect map[string]int64) (rev int64, retry bool, err error) {
 	sort.Slice(writes, func(i, j int) bool { return writes[i].op.Key < writes[j].op.Key })
@@ -233,7 +236,7 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 			if wr.index.Key != "" && !touched[wr.index.Key] {
 				touched[wr.index.Key] = true
 				conds = append(conds, store.Unchanged(wr.index))
-				ops = append(ops, store.Put(wr.index.Key, []byte(strconv.FormatUint(uint64(wr.id), 10))))
+				ops = append(ops, store.Put(useKey(wr.index.Key), []byte(strconv.FormatUint(uint64(wr.id), 10))))
 			}
 		}
 		action := "workloads.report"
