@@ -117,14 +117,23 @@ func nsName(r api.ObjectRef) string {
 	return r.Namespace + "/" + r.Name
 }
 
+// changeDeadline bounds how long a change that keeps losing the head's
+// compare-and-set to other managers tries again before it answers 409.
+const changeDeadline = 30 * time.Second
+
 // change is one policy change: compute the next objects from the head,
 // validate the whole resulting set, prove the walls, commit as one
-// revision, and try again from the new head if another change won.
+// revision, and try again from the new head if another change won. This
+// manager's changes take turns (applyMu); another manager's can win the
+// head, and then this one tries again after a jittered backoff, for at
+// most changeDeadline: each loss means that another change committed, so
+// under any contention that ends, every change lands.
 func (m *Manager) change(ctx context.Context, p principal, action, message string, dryRun bool,
 	next func(*policyState) (proposal, error), rollbackOf int64) (api.ManagerApplyResult, error) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
-	for attempt := 0; attempt < 10; attempt++ {
+	deadline := time.Now().Add(changeDeadline)
+	for attempt := 0; ; attempt++ {
 		base, cur, err := m.head(ctx)
 		if err != nil {
 			return api.ManagerApplyResult{}, err
@@ -162,9 +171,15 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			}
 			return res, m.revisions.waitRev(ctx, rev)
 		}
+		if time.Now().After(deadline) {
+			return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other managers' changes kept winning for %s (%d attempts); nothing was applied; try again", changeDeadline, attempt+1)
+		}
 		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
+		sleep(ctx, jitter(attempt))
+		if err := ctx.Err(); err != nil {
+			return api.ManagerApplyResult{}, err
+		}
 	}
-	return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other changes kept winning; nothing was applied; try again")
 }
 
 // onlyFrom keeps the refs a request named.
@@ -219,7 +234,11 @@ func compare(before, after map[string]object) api.ManagerApplyResult {
 
 // validate checks the whole resulting set as `bulkhead check` does: every
 // object valid, every reference resolved, every wall proven (over the
-// reported workloads and representatives).
+// reported workloads and representatives). The workloads take part only
+// in the proof: each was checked when its agent reported it, and the
+// inventory leaves out any whose name or address another holds, so
+// validating them again on every apply (100,000 at a cluster's scale)
+// could find nothing new.
 func (m *Manager) validate(prop proposal) error {
 	set := &policy.Set{}
 	if prop.reqSet != nil {
@@ -235,10 +254,13 @@ func (m *Manager) validate(prop proposal) error {
 		}
 		set.Merge(s)
 	}
-	set.Workloads = m.inv.workloads(m.log)
 	if _, err := policy.NewEngine(set); err != nil {
 		return invalid("the resulting policy set is invalid; nothing was applied", err)
 	}
+	if len(set.Walls) == 0 {
+		return nil
+	}
+	set.Workloads = m.inv.workloads(m.log)
 	breaches, err := policy.ProveWalls(set)
 	if err != nil {
 		return invalid("the walls could not be proven; nothing was applied", err)

@@ -37,17 +37,22 @@ func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Reque
 	}
 }
 
+// getRevisions lists the revisions up to the head as the store has it,
+// even one another manager made a moment ago: the record is written with
+// the head, so the list waits until this manager's copy holds it.
 func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ principal) error {
-	out := api.RevisionList{Items: []api.Revision{}}
-	m.revisions.each(prefixRevisions, func(_ string, v any) {
-		out.Items = append(out.Items, v.(*revRecord).api())
-	})
-	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Revision > out.Items[j].Revision })
 	kv, _, err := m.head(r.Context())
 	if err != nil {
 		return err
 	}
-	out.Head = kv.ModRev
+	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
+		return err
+	}
+	out := api.RevisionList{Items: []api.Revision{}, Head: kv.ModRev}
+	m.revisions.each(prefixRevisions, func(_ string, v any) {
+		out.Items = append(out.Items, v.(*revRecord).api())
+	})
+	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Revision > out.Items[j].Revision })
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
