@@ -1,7 +1,7 @@
 package compile
 
 import (
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -48,18 +48,30 @@ type guardInfo struct {
 	refs     int
 }
 
+// attachClasses gives a new identity its classes and guard, and indexes it.
 func (c *Compiler) attachClasses(id *identInfo) {
+	id.segs = c.segments(id, id.cidr)
+	id.subjSegs = id.segs
+	if id.first != id.cidr {
+		id.subjSegs = c.segments(id, id.first)
+	}
+	id.class = c.acquireClasses(id)
+	id.guard = c.acquireGuard(id, id.segs)
+	c.idx.update(id, true)
+}
+
+// acquireClasses returns the classes id belongs to, one more reference each.
+func (c *Compiler) acquireClasses(id *identInfo) [2][NumLevels]*classInfo {
 	pr := c.pr
-	segs := c.segments(id, id.cidr)
 	var members [2][]int32
 	add := func(p int32) {
-		for d, ok := range pr.peers[p].dirs {
-			if ok {
+		for d := range members {
+			if pr.peers[p].used(d) {
 				members[d] = append(members[d], p)
 			}
 		}
 	}
-	for i, in := range segs {
+	for i, in := range id.segs {
 		if in {
 			for _, p := range pr.segPeers[i] {
 				add(p)
@@ -70,9 +82,10 @@ func (c *Compiler) attachClasses(id *identInfo) {
 		add(p)
 	}
 	pr.wlPeers.query(id, add)
+	var out [2][NumLevels]*classInfo
 	for d := range members {
 		m := members[d]
-		sort.Slice(m, func(i, j int) bool { return m[i] < m[j] })
+		slices.Sort(m)
 		for l := 0; l < NumLevels; l++ {
 			var sub []int32
 			for _, p := range m {
@@ -84,10 +97,10 @@ func (c *Compiler) attachClasses(id *identInfo) {
 			if d == int(policy.Egress) && l == 0 {
 				ports = id.ports
 			}
-			id.class[d][l] = c.acquireClass(policy.Direction(d), l, sub, ports)
+			out[d][l] = c.acquireClass(policy.Direction(d), l, sub, ports)
 		}
 	}
-	id.guard = c.acquireGuard(id, segs)
+	return out
 }
 
 func (c *Compiler) acquireClass(d policy.Direction, l int, members []int32, ports map[portName]int) *classInfo {
@@ -179,25 +192,24 @@ func (c *Compiler) releaseClass(cl *classInfo) {
 // attachGroups finds the policies that apply to a local identity.
 func (c *Compiler) attachGroups(id *identInfo) {
 	pr := c.pr
-	var idx []int32
-	pr.subjects.query(id, func(i int32) { idx = append(idx, i) })
-	for seg, in := range c.segments(id, id.first) {
+	var list []*cpolicy
+	pr.subjects.query(id, func(i int32) { list = append(list, pr.polByID[i]) })
+	for seg, in := range id.subjSegs {
 		if !in {
 			continue
 		}
 		for _, i := range pr.segSubject[seg] {
-			if ns := pr.pols[i].p.Namespace; ns == "" || ns == id.ns {
-				idx = append(idx, i)
+			if ns := pr.polByID[i].p.Namespace; ns == "" || ns == id.ns {
+				list = append(list, pr.polByID[i])
 			}
 		}
 	}
-	sort.Slice(idx, func(i, j int) bool { return idx[i] < idx[j] })
+	slices.SortFunc(list, polCmp)
 	for d := range id.group {
 		var pols []*cpolicy
 		var b strings.Builder
-		for i, x := range idx {
-			cp := pr.pols[x]
-			if (i > 0 && idx[i-1] == x) || (len(cp.rules[d]) == 0 && !cp.p.Isolate[d]) {
+		for i, cp := range list {
+			if (i > 0 && list[i-1] == cp) || (len(cp.rules[d]) == 0 && !cp.p.Isolate[d]) {
 				continue
 			}
 			pols = append(pols, cp)
@@ -247,8 +259,19 @@ func (c *Compiler) acquireGroup(d policy.Direction, key string, pols []*cpolicy,
 func (c *Compiler) newGroup(d policy.Direction, key string, pols []*cpolicy, ports map[portName]int) *groupInfo {
 	g := &groupInfo{dir: d, key: key, pols: pols, ports: ports, classes: map[*classInfo]struct{}{}}
 	g.id = GroupID(c.alloc.number("g:"+d.String()+":"+key, kindGroup))
+	c.groups[d][key] = g
+	c.linkGroup(g)
+	c.computeWildcard(g)
+	c.classesOfGroup(g, func(cl *classInfo) { c.computeEntry(g, cl) })
+	return g
+}
+
+// linkGroup lists the peers and egress named ports of g's rules and
+// indexes g under them.
+func (c *Compiler) linkGroup(g *groupInfo) {
+	d := g.dir
 	peers, names := map[int32]bool{}, map[portName]bool{}
-	for _, cp := range pols {
+	for _, cp := range g.pols {
 		for _, r := range cp.rules[d] {
 			for _, p := range r.peers {
 				peers[p] = true
@@ -268,10 +291,17 @@ func (c *Compiler) newGroup(d policy.Direction, key string, pols []*cpolicy, por
 		g.names = append(g.names, pn)
 		setMember(c.groupsByName, pn, g, true)
 	}
-	c.groups[d][key] = g
-	c.computeWildcard(g)
-	c.classesOfGroup(g, func(cl *classInfo) { c.computeEntry(g, cl) })
-	return g
+}
+
+// unlinkGroup undoes linkGroup.
+func (c *Compiler) unlinkGroup(g *groupInfo) {
+	for _, p := range g.peers {
+		setMember(c.groupsByPeer[g.dir], p, g, false)
+	}
+	for _, pn := range g.names {
+		setMember(c.groupsByName, pn, g, false)
+	}
+	g.peers, g.names = nil, nil
 }
 
 // classesOfGroup lists the classes whose entries for g may differ from
@@ -311,12 +341,7 @@ func (c *Compiler) releaseGroup(g *groupInfo) {
 	for b := range c.pr.bucketProt {
 		c.tables[g.dir].del(TableKey{Level: wildcardLevel, Bucket: uint8(b), Group: g.id})
 	}
-	for _, p := range g.peers {
-		setMember(c.groupsByPeer[g.dir], p, g, false)
-	}
-	for _, pn := range g.names {
-		setMember(c.groupsByName, pn, g, false)
-	}
+	c.unlinkGroup(g)
 	delete(c.groups[g.dir], g.key)
 	c.alloc.release("g:" + g.dir.String() + ":" + g.key)
 }

@@ -3,6 +3,7 @@ package compile
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,12 +44,26 @@ type Compiler struct {
 	tables [2]*smap[TableKey, PortMap]
 	guardT *smap[[2]GuardID, Guard]
 	ranges []AddrRange
+
+	// For SetPolicies: what the last compile was given, to tell what
+	// changed, and an index to find the identities a change concerns.
+	inv        inventory
+	idx        identIndex
+	byPtr      map[*policy.Workload]*wlInfo
+	wlList     []*policy.Workload // the set's workloads when wlDirty is false
+	wlDirty    bool               // workloads changed since (Upsert, Delete)
+	wlEpoch    uint64
+	polEpoch   uint64
+	identEpoch uint64
+
+	fullCompiles int // SetPolicies calls that compiled everything (for tests)
 }
 
 type wlInfo struct {
 	w      *policy.Workload
 	idents []*identInfo
 	addrs  []netip.Addr
+	seen   uint64
 }
 
 type identInfo struct {
@@ -61,11 +76,14 @@ type identInfo struct {
 	ports    map[portName]int // only names some rule uses
 	cidr     int32            // CIDR class of this address
 	first    int32            // CIDR class of the workload's first address (subjects)
+	segs     []bool           // segments that contain it, by cidr (peers, walls)
+	subjSegs []bool           // the same by first (subjects)
 	refs     int
 	local    int
 	class    [2][NumLevels]*classInfo
 	group    [2]*groupInfo
 	guard    *guardInfo
+	seen     uint64 // visit mark, see Compiler.identEpoch
 }
 
 // New compiles set for host ("" for every host). prev, when not nil, is a
@@ -91,20 +109,6 @@ func Compile(set *policy.Set, host string, prev *State) (*State, error) {
 	return c.State(), nil
 }
 
-// SetPolicies replaces the policy objects (namespaces, segments, policies,
-// walls, conflict classes) of the set and recompiles. Workloads are taken
-// from set too. Numbers of what did not change are kept, so the Delta from
-// the previous State is small when the change is.
-func (c *Compiler) SetPolicies(set *policy.Set) error {
-	prev := c.State()
-	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), outcomes: prev.Outcomes}
-	if err := n.reset(set); err != nil {
-		return err
-	}
-	*c = *n
-	return nil
-}
-
 func (c *Compiler) reset(set *policy.Set) error {
 	pr, err := newProgram(set, c.alloc)
 	if err != nil {
@@ -120,7 +124,7 @@ func (c *Compiler) reset(set *policy.Set) error {
 		c.groups[d] = map[string]*groupInfo{}
 		c.classesByPeer[d] = map[int32]map[*classInfo]struct{}{}
 		c.groupsByPeer[d] = map[int32]map[*groupInfo]struct{}{}
-		c.tables[d] = newSmap[TableKey, PortMap]()
+		c.tables[d] = newSmapSized[TableKey, PortMap](tableShards(len(set.Policies)))
 	}
 	c.classesByName = map[portName]map[*classInfo]struct{}{}
 	c.groupsByName = map[portName]map[*groupInfo]struct{}{}
@@ -132,12 +136,14 @@ func (c *Compiler) reset(set *policy.Set) error {
 		c.outcomeIDs[o] = OutcomeID(i + 1)
 	}
 	c.addrs, c.attrs, c.guardT = newSmap[netip.Addr, IdentityID](), newSmap[IdentityID, IdentityAttrs](), newSmap[[2]GuardID, Guard]()
+	c.inv, c.idx, c.byPtr = newInventory(set), newIdentIndex(), map[*policy.Workload]*wlInfo{}
 	c.buildOutside()
 	for _, w := range set.Workloads {
 		if err := c.UpsertWorkload(w); err != nil {
 			return err
 		}
 	}
+	c.wlList, c.wlDirty = slices.Clone(set.Workloads), false
 	return nil
 }
 
@@ -157,11 +163,14 @@ func (c *Compiler) buildOutside() {
 	}
 }
 
+// atomKeyString names a CIDR class by its CIDRs, sorted: atom numbers
+// depend on the order policies come in, identity keys must not.
 func atomKeyString(cs *cidrSpace, cl int) string {
 	var parts []string
 	for _, a := range cs.classes[cl] {
 		parts = append(parts, cidrKey(cs.list[a]))
 	}
+	sort.Strings(parts)
 	return strings.Join(parts, ";")
 }
 
@@ -196,6 +205,7 @@ func (c *Compiler) UpsertWorkload(w *policy.Workload) error {
 	if old != nil {
 		c.releaseWorkload(old, wi)
 	}
+	c.byPtr[w], c.wlDirty = wi, true
 	return nil
 }
 
@@ -204,12 +214,16 @@ func (c *Compiler) DeleteWorkload(key string) {
 	if old, ok := c.workloads[key]; ok {
 		delete(c.workloads, key)
 		c.releaseWorkload(old, nil)
+		c.wlDirty = true
 	}
 }
 
 // releaseWorkload drops old's references; addresses that repl (the new
 // version of the workload, or nil) does not hold leave the address map.
 func (c *Compiler) releaseWorkload(old, repl *wlInfo) {
+	if c.byPtr[old.w] == old {
+		delete(c.byPtr, old.w)
+	}
 	local := c.host == "" || old.w.Host == c.host
 	keep := map[netip.Addr]bool{}
 	if repl != nil {
@@ -235,7 +249,7 @@ func (c *Compiler) workloadKey(w *policy.Workload) wlKey {
 	writeLabels(&b, w.Labels)
 	for _, np := range w.Ports {
 		pn := portName{np.Name, np.Protocol}
-		if !c.pr.names[0][pn] && !c.pr.names[1][pn] {
+		if c.pr.uses.names[pn] == 0 {
 			continue
 		}
 		if _, dup := k.ports[pn]; dup {
@@ -329,6 +343,7 @@ func (c *Compiler) releaseIdent(id *identInfo, local bool) {
 		}
 	}
 	c.releaseGuard(id.guard)
+	c.idx.update(id, false)
 	delete(c.idents, id.key)
 	c.alloc.release("i:" + id.key)
 	c.attrs.del(id.id)
@@ -378,6 +393,7 @@ func (c *Compiler) State() *State {
 		s.Tables[d] = c.tables[d].freeze()
 	}
 	c.outcomes = c.outcomes[:len(c.outcomes):len(c.outcomes)] // appends never write into a shared array
+	c.pr.rulesShared = true
 	return s
 }
 

@@ -39,6 +39,21 @@ func (x *selIndex) add(id int32, m matcher) {
 	}
 }
 
+func (x *selIndex) remove(id int32) {
+	m, ok := x.entries[id]
+	if !ok {
+		return
+	}
+	delete(x.entries, id)
+	for _, k := range indexKeys(m) {
+		if l := without(x.byKey[k], id); len(l) > 0 {
+			x.byKey[k] = l
+		} else {
+			delete(x.byKey, k)
+		}
+	}
+}
+
 // indexKeys picks the most selective term every match must satisfy.
 func indexKeys(m matcher) []string {
 	if m.sel != nil && len(m.sel.MatchLabels) > 0 {
@@ -86,21 +101,64 @@ func (x *selIndex) query(id *identInfo, f func(int32)) {
 	if x.byKey == nil || !id.workload {
 		return
 	}
-	try := func(key string) {
+	identTerms(id, func(key string) {
 		for _, e := range x.byKey[key] {
 			m := x.entries[e]
 			if m.matches(id) {
 				f(e)
 			}
 		}
-	}
-	try("*")
-	try("n\x00" + id.ns)
+	})
+}
+
+// identTerms lists the index terms a workload identity has: every
+// matcher that matches it is indexed under one of them.
+func identTerms(id *identInfo, f func(string)) {
+	f("*")
+	f("n\x00" + id.ns)
 	for k, v := range id.labels {
-		try("l\x00" + k + "\x00" + v)
+		f("l\x00" + k + "\x00" + v)
 	}
 	for k, v := range id.nsObj.Labels {
-		try("m\x00" + k + "\x00" + v)
+		f("m\x00" + k + "\x00" + v)
+	}
+}
+
+// identIndex is the other way round: from a term, segment or CIDR class
+// to the identities that have it, so that a policy change finds the
+// identities a subject or a peer may match without looking at all.
+type identIndex struct {
+	terms map[string]map[*identInfo]struct{}
+	segs  [2]map[int]map[*identInfo]struct{} // by address (peers), by first address (subjects)
+	cidr  map[int32]map[*identInfo]struct{}
+}
+
+func newIdentIndex() identIndex {
+	return identIndex{terms: map[string]map[*identInfo]struct{}{},
+		segs: [2]map[int]map[*identInfo]struct{}{{}, {}}, cidr: map[int32]map[*identInfo]struct{}{}}
+}
+
+// update adds id to (or removes it from) the index.
+func (x *identIndex) update(id *identInfo, add bool) {
+	if id.workload {
+		identTerms(id, func(t string) { setMember(x.terms, t, id, add) })
+	}
+	for i, segs := range [2][]bool{id.segs, id.subjSegs} {
+		for s, in := range segs {
+			if in {
+				setMember(x.segs[i], s, id, add)
+			}
+		}
+	}
+	setMember(x.cidr, id.cidr, id, add)
+}
+
+// matching calls f for the identities m may match (a superset: f checks).
+func (x *identIndex) matching(m matcher, f func(*identInfo)) {
+	for _, k := range indexKeys(m) {
+		for id := range x.terms[k] {
+			f(id)
+		}
 	}
 }
 

@@ -1,34 +1,102 @@
 package compile
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
 // program is the policy half of a compile: everything derived from the
-// policy objects alone (peers, rules, indexes), rebuilt when they change.
+// policy objects alone (peers, rules, indexes). A full compile builds it
+// anew; SetPolicies swaps the changed policies in and out when the rest
+// (namespaces, segments, CIDRs, protocols, named ports) stays as it is.
 type program struct {
-	namespaces map[string]*policy.Namespace // with the metadata.name label
-	segs       []*policy.Segment
-	segIndex   map[string]int
-	segAtoms   [][]int32 // CIDR atoms of each segment
-	guardSegs  []bool    // segments a wall or conflict class names
-	cidr       cidrSpace
-	peers      []*peerDef // by peer id
-	segPeers   [][]int32  // segment → peers that name it
-	cidrPeers  map[int32][]int32
-	wlPeers    selIndex             // workload-form peers
-	pols       []*cpolicy           // sorted by tier, priority, key
-	subjects   selIndex             // policies by subject selector
-	segSubject [][]int32            // segment → policies whose subject it is
-	names      [2]map[portName]bool // named ports rules use, by direction
-	bucketOf   [256]uint8
-	bucketProt []int // bucket → protocol; -1 for "other"
-	rules      []policy.RuleRef
+	namespaces  map[string]*policy.Namespace // with the metadata.name label
+	segs        []*policy.Segment
+	segIndex    map[string]int
+	segAtoms    [][]int32 // CIDR atoms of each segment
+	guardSegs   []bool    // segments a wall or conflict class names
+	cidr        cidrSpace
+	peers       []*peerDef // by peer id; nil: free
+	segPeers    [][]int32  // segment → peers that name it
+	cidrPeers   map[int32][]int32
+	wlPeers     selIndex            // workload-form peers
+	pols        map[string]*cpolicy // by key
+	polByID     []*cpolicy          // by policy id; nil: free
+	freeIDs     []int32
+	order       []*cpolicy // as Set.Policies lists them, for the next comparison
+	dups        bool       // two policies share a key: no incremental change
+	subjects    selIndex   // policy ids by subject selector
+	segSubject  [][]int32  // segment → ids of the policies whose subject it is
+	uses        uses
+	bucketOf    [256]uint8
+	bucketProt  []int // bucket → protocol; -1 for "other"
+	rules       []policy.RuleRef
+	rulesShared bool // a State holds rules: copy before changing a slot
+}
+
+// uses counts, over all policies, what the rest of a compile is built on:
+// protocols (the buckets), named ports (part of identity keys) and CIDRs
+// (the address classes). A change that makes one appear or disappear is
+// compiled in full.
+type uses struct {
+	protos map[int]int
+	names  map[portName]int
+	cidrs  map[string]int // by cidrKey; segments' CIDRs count too
+}
+
+// footprint lists what one policy adds to uses, and the segments it
+// names (which must exist).
+type footprint struct {
+	protos []int
+	names  []portName
+	cidrs  []string
+	segs   []string
+}
+
+func footprintOf(p *policy.Policy) footprint {
+	var fp footprint
+	if p.Subject.Segment != "" {
+		fp.segs = append(fp.segs, p.Subject.Segment)
+	}
+	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+		for _, r := range p.Rules(d) {
+			for _, pe := range r.Peers {
+				switch {
+				case pe.Any:
+				case pe.Segment != "":
+					fp.segs = append(fp.segs, pe.Segment)
+				default:
+					for _, c := range pe.CIDRs {
+						fp.cidrs = append(fp.cidrs, cidrKey(c))
+					}
+				}
+			}
+			for _, s := range r.Services {
+				fp.protos = append(fp.protos, int(s.Protocol))
+				if s.Name != "" && s.Protocol != policy.ICMP && s.Protocol != policy.ICMPv6 {
+					fp.names = append(fp.names, portName{s.Name, s.Protocol})
+				}
+			}
+		}
+	}
+	return fp
+}
+
+func (u *uses) add(fp *footprint, n int) {
+	for _, p := range fp.protos {
+		u.protos[p] += n
+	}
+	for _, pn := range fp.names {
+		u.names[pn] += n
+	}
+	for _, c := range fp.cidrs {
+		u.cidrs[c] += n
+	}
 }
 
 type portName struct {
@@ -39,11 +107,13 @@ type portName struct {
 type peerDef struct {
 	key   string
 	level int
-	dirs  [2]bool
+	uses  [2]int  // rules that name the peer, by direction
 	seg   int     // segment index, or -1
 	atoms []int32 // CIDR peer
 	wl    *matcher
 }
+
+func (d *peerDef) used(dir int) bool { return d.uses[dir] > 0 }
 
 type svc struct {
 	proto int
@@ -60,18 +130,23 @@ type crule struct {
 }
 
 type cpolicy struct {
-	p       *policy.Policy
+	p       *policy.Policy // a copy: callers may edit theirs in place
+	snap    snapshot       // of p, to compare
+	id      int32
 	key     string
 	observe bool
 	rules   [2][]crule
 	isoNum  [2]RuleNum
+	fp      footprint
+	seen    uint64 // visit mark, see Compiler.polEpoch
 }
 
 // newProgram compiles the policy objects of set; a numbers peers and rules
 // so that unchanged ones keep the numbers of a previous compile.
 func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 	pr := &program{namespaces: map[string]*policy.Namespace{}, segIndex: map[string]int{},
-		cidrPeers: map[int32][]int32{}}
+		cidrPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
+		uses: uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}}
 	pr.cidr.atoms = map[string]int32{}
 	for _, ns := range set.Namespaces {
 		pr.namespaces[ns.Name] = withNameLabel(ns)
@@ -82,6 +157,7 @@ func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 		var atoms []int32
 		for _, c := range s.CIDRs {
 			atoms = append(atoms, pr.cidr.atom(c))
+			pr.uses.cidrs[cidrKey(c)]++
 		}
 		pr.segAtoms = append(pr.segAtoms, atoms)
 	}
@@ -92,29 +168,19 @@ func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 		return nil, err
 	}
 	pr.rules = []policy.RuleRef{{}}
-	pr.names = [2]map[portName]bool{{}, {}}
-	protos := map[int]bool{}
-	pols := append([]*policy.Policy(nil), set.Policies...)
-	sort.SliceStable(pols, func(i, j int) bool {
-		pi, pj := pols[i], pols[j]
-		if pi.Tier != pj.Tier {
-			return pi.Tier < pj.Tier
-		}
-		if pi.Priority != pj.Priority {
-			return pi.Priority < pj.Priority
-		}
-		return pi.Key() < pj.Key()
-	})
-	for _, p := range pols {
-		cp, err := pr.compilePolicy(p, a, protos)
+	for _, p := range set.Policies {
+		cp, err := pr.compilePolicy(snapshotOf(p), a)
 		if err != nil {
 			return nil, err
 		}
-		pr.pols = append(pr.pols, cp)
+		if pr.pols[cp.key] != nil {
+			pr.dups = true
+		}
+		pr.addPolicy(cp, nil)
+		pr.order = append(pr.order, cp)
 	}
 	pr.cidr.build()
-	pr.indexPolicies()
-	pr.buildBuckets(protos)
+	pr.buildBuckets()
 	return pr, nil
 }
 
@@ -160,8 +226,16 @@ func withNameLabel(ns *policy.Namespace) *policy.Namespace {
 	return &c
 }
 
-func (pr *program) compilePolicy(p *policy.Policy, a *allocBuilder, protos map[int]bool) (*cpolicy, error) {
-	cp := &cpolicy{p: p, key: p.Key(), observe: p.Mode == policy.Observe}
+// compilePolicy compiles a snapshot of a policy, numbering its rules (in
+// pr.rules) and peers; addPolicy makes it count.
+func (pr *program) compilePolicy(snap snapshot, a *allocBuilder) (*cpolicy, error) {
+	p := snap.p
+	cp := &cpolicy{p: p, snap: snap, key: p.Key(), observe: p.Mode == policy.Observe, fp: footprintOf(p)}
+	if s := p.Subject.Segment; s != "" {
+		if _, ok := pr.segIndex[s]; !ok {
+			return nil, fmt.Errorf("compile: %s: subject segment %q does not exist", cp.key, s)
+		}
+	}
 	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 		if p.Isolate[d] {
 			ref := policy.IsolationRef(p, d)
@@ -172,7 +246,7 @@ func (pr *program) compilePolicy(p *policy.Policy, a *allocBuilder, protos map[i
 				Action: r.Action, Log: r.Log, Pos: r.Pos}
 			cr := crule{num: pr.ruleNum(a, ref), action: r.Action, any: len(r.Peers) == 0}
 			for j := range r.Peers {
-				id, any, err := pr.peer(&r.Peers[j], d, a)
+				id, any, err := pr.peer(&r.Peers[j], a)
 				if err != nil {
 					return nil, fmt.Errorf("compile: %s %s rule %d: %w", cp.key, d, i, err)
 				}
@@ -183,12 +257,7 @@ func (pr *program) compilePolicy(p *policy.Policy, a *allocBuilder, protos map[i
 				}
 			}
 			for _, s := range r.Services {
-				cs := compileService(s)
-				protos[cs.proto] = true
-				if cs.name != "" {
-					pr.names[d][portName{cs.name, s.Protocol}] = true
-				}
-				cr.svcs = append(cr.svcs, cs)
+				cr.svcs = append(cr.svcs, compileService(s))
 			}
 			cp.rules[d] = append(cp.rules[d], cr)
 		}
@@ -196,13 +265,103 @@ func (pr *program) compilePolicy(p *policy.Policy, a *allocBuilder, protos map[i
 	return cp, nil
 }
 
+// addPolicy indexes cp by key and subject and counts what it uses;
+// touched records, for each peer whose counts change, whether it was
+// used before (nil: no record).
+func (pr *program) addPolicy(cp *cpolicy, touched map[int32][2]bool) {
+	if n := len(pr.freeIDs); n > 0 {
+		cp.id, pr.freeIDs = pr.freeIDs[n-1], pr.freeIDs[:n-1]
+		pr.polByID[cp.id] = cp
+	} else {
+		cp.id = int32(len(pr.polByID))
+		pr.polByID = append(pr.polByID, cp)
+	}
+	pr.pols[cp.key] = cp
+	if s := cp.p.Subject; s.Segment != "" {
+		seg := pr.segIndex[s.Segment]
+		pr.segSubject[seg] = append(pr.segSubject[seg], cp.id)
+	} else {
+		pr.subjects.add(cp.id, matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads})
+	}
+	pr.count(cp, 1, touched)
+}
+
+// removePolicy undoes addPolicy. The peers cp named stay defined until
+// dropPeer: groups being rebuilt may still look at them.
+func (pr *program) removePolicy(cp *cpolicy, touched map[int32][2]bool) {
+	pr.count(cp, -1, touched)
+	if s := cp.p.Subject; s.Segment != "" {
+		seg := pr.segIndex[s.Segment]
+		pr.segSubject[seg] = without(pr.segSubject[seg], cp.id)
+	} else {
+		pr.subjects.remove(cp.id)
+	}
+	if pr.pols[cp.key] == cp {
+		delete(pr.pols, cp.key)
+	}
+	pr.polByID[cp.id] = nil
+	pr.freeIDs = append(pr.freeIDs, cp.id)
+}
+
+func (pr *program) count(cp *cpolicy, n int, touched map[int32][2]bool) {
+	pr.uses.add(&cp.fp, n)
+	for d := range cp.rules {
+		for _, r := range cp.rules[d] {
+			for _, p := range r.peers {
+				def := pr.peers[p]
+				if _, ok := touched[p]; !ok && touched != nil {
+					touched[p] = [2]bool{def.used(0), def.used(1)}
+				}
+				def.uses[d] += n
+			}
+		}
+	}
+}
+
+// dropPeer forgets a peer that no rule names any more.
+func (pr *program) dropPeer(id int32) {
+	def := pr.peers[id]
+	switch {
+	case def.seg >= 0:
+		pr.segPeers[def.seg] = without(pr.segPeers[def.seg], id)
+	case def.wl != nil:
+		pr.wlPeers.remove(id)
+	case len(def.atoms) > 0:
+		clear(pr.cidrPeers)
+	}
+	pr.peers[id] = nil
+}
+
+func without(s []int32, x int32) []int32 {
+	out := s[:0]
+	for _, y := range s {
+		if y != x {
+			out = append(out, y)
+		}
+	}
+	return out
+}
+
 func (pr *program) ruleNum(a *allocBuilder, ref policy.RuleRef) RuleNum {
-	n := RuleNum(a.number("r:"+ref.Policy+"\x00"+ref.Direction.String()+"\x00"+strconv.Itoa(ref.Index), kindRule))
+	n := RuleNum(a.number(ruleKey(ref.Policy, ref.Direction, ref.Index), kindRule))
+	pr.setRule(n, ref)
+	return n
+}
+
+// setRule writes the rule table copy-on-write: States share it, and see
+// only their length of it, so appending is free and a changed slot costs
+// one copy per State.
+func (pr *program) setRule(n RuleNum, ref policy.RuleRef) {
+	if int(n) < len(pr.rules) && pr.rules[n] == ref {
+		return
+	}
+	if int(n) < len(pr.rules) && pr.rulesShared {
+		pr.rules, pr.rulesShared = slices.Clone(pr.rules), false
+	}
 	for int(n) >= len(pr.rules) {
 		pr.rules = append(pr.rules, policy.RuleRef{})
 	}
 	pr.rules[n] = ref
-	return n
 }
 
 // compileService turns a service into port intervals; ICMP matches on
@@ -238,7 +397,9 @@ func compileService(s policy.Service) svc {
 
 // peer returns the id of a rule peer, deduplicated by canonical form;
 // any reports a peer that matches everything.
-func (pr *program) peer(p *policy.Peer, d policy.Direction, a *allocBuilder) (id int32, any bool, err error) {
+// peer returns the id of a rule peer, deduplicated by canonical form;
+// any reports a peer that matches everything.
+func (pr *program) peer(p *policy.Peer, a *allocBuilder) (id int32, any bool, err error) {
 	def := &peerDef{seg: -1}
 	switch {
 	case p.Any:
@@ -252,7 +413,6 @@ func (pr *program) peer(p *policy.Peer, d policy.Direction, a *allocBuilder) (id
 	case len(p.CIDRs) > 0:
 		keys := make([]string, 0, len(p.CIDRs))
 		for _, c := range p.CIDRs {
-			def.atoms = append(def.atoms, pr.cidr.atom(c))
 			keys = append(keys, cidrKey(c))
 		}
 		sort.Strings(keys)
@@ -270,10 +430,12 @@ func (pr *program) peer(p *policy.Peer, d policy.Direction, a *allocBuilder) (id
 		pr.peers = append(pr.peers, nil)
 	}
 	if pr.peers[n] == nil {
+		for _, c := range p.CIDRs {
+			def.atoms = append(def.atoms, pr.cidr.atom(c))
+		}
 		pr.peers[n] = def
 		pr.indexPeer(n, def)
 	}
-	pr.peers[n].dirs[d] = true
 	return n, false, nil
 }
 
@@ -283,6 +445,8 @@ func (pr *program) indexPeer(id int32, def *peerDef) {
 		pr.segPeers[def.seg] = append(pr.segPeers[def.seg], id)
 	case def.wl != nil:
 		pr.wlPeers.add(id, *def.wl)
+	case len(def.atoms) > 0:
+		clear(pr.cidrPeers)
 	}
 }
 
@@ -313,29 +477,31 @@ func intersects(a, sorted []int32) bool {
 	return false
 }
 
-func (pr *program) indexPolicies() {
-	for i, cp := range pr.pols {
-		s := cp.p.Subject
-		if s.Segment != "" {
-			seg := pr.segIndex[s.Segment]
-			pr.segSubject[seg] = append(pr.segSubject[seg], int32(i))
-			continue
-		}
-		pr.subjects.add(int32(i), matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads})
-	}
-}
-
-func (pr *program) buildBuckets(protos map[int]bool) {
+func (pr *program) buildBuckets() {
 	pr.bucketProt = []int{-1}
-	list := make([]int, 0, len(protos))
-	for p := range protos {
-		list = append(list, p)
+	list := make([]int, 0, len(pr.uses.protos))
+	for p, n := range pr.uses.protos {
+		if n > 0 {
+			list = append(list, p)
+		}
 	}
 	sort.Ints(list)
 	for _, p := range list {
 		pr.bucketOf[p] = uint8(len(pr.bucketProt))
 		pr.bucketProt = append(pr.bucketProt, p)
 	}
+}
+
+// polCmp orders policies as the evaluator walks them: by tier, priority
+// and key.
+func polCmp(a, b *cpolicy) int {
+	if a.p.Tier != b.p.Tier {
+		return int(a.p.Tier) - int(b.p.Tier)
+	}
+	if a.p.Priority != b.p.Priority {
+		return cmp.Compare(a.p.Priority, b.p.Priority)
+	}
+	return strings.Compare(a.key, b.key)
 }
 
 func nsMatchKey(m policy.NamespaceMatch) string {

@@ -1,18 +1,34 @@
 package compile
 
-import "hash/maphash"
+import (
+	"hash/maphash"
+	"slices"
+)
 
-// numShards splits every big table so that a snapshot shares the shards an
-// update did not touch: an update clones only the shards it writes, and Diff
-// skips shards that two states share.
-const numShards = 1024
+// numShards is the shard count of most maps. A write clones its shard
+// (once per snapshot) and Diff compares the shards two states do not
+// share, so the cost of a change is the number of keys it writes times
+// the size of a shard. The verdict tables (450,000 keys at full scale)
+// get more shards, in proportion to the policies: see tableShards.
+const numShards = 1 << 10
+
+// tableShards is the shard count of the verdict tables for a compile of n
+// policies: about 60 keys per policy at full scale, so about 30 keys per
+// shard. SetPolicies compiles in full when the policies outgrow it.
+func tableShards(n int) int {
+	s := 64
+	for s < 2*n && s < 1<<14 {
+		s *= 2
+	}
+	return s
+}
 
 // smap is a map split into shards with copy-on-write snapshots. A Compiler
 // writes through its working copy; freeze hands out an immutable copy.
 type smap[K comparable, V any] struct {
 	seed   maphash.Seed
 	gen    uint64 // shards with this generation belong to the working copy
-	shards [numShards]*shard[K, V]
+	shards []*shard[K, V]
 }
 
 type shard[K comparable, V any] struct {
@@ -20,8 +36,10 @@ type shard[K comparable, V any] struct {
 	gen uint64
 }
 
-func newSmap[K comparable, V any]() *smap[K, V] {
-	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1}
+func newSmap[K comparable, V any]() *smap[K, V] { return newSmapSized[K, V](numShards) }
+
+func newSmapSized[K comparable, V any](n int) *smap[K, V] {
+	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1, shards: make([]*shard[K, V], n)}
 	empty := &shard[K, V]{m: map[K]V{}}
 	for i := range s.shards {
 		s.shards[i] = empty
@@ -30,12 +48,17 @@ func newSmap[K comparable, V any]() *smap[K, V] {
 }
 
 func (s *smap[K, V]) index(k K) int {
-	return int(maphash.Comparable(s.seed, k) % numShards)
+	return int(maphash.Comparable(s.seed, k) % uint64(len(s.shards)))
 }
 
 func (s *smap[K, V]) get(k K) (V, bool) {
 	v, ok := s.shards[s.index(k)].m[k]
 	return v, ok
+}
+
+func (s *smap[K, V]) getOr(k K) V {
+	v, _ := s.get(k)
+	return v
 }
 
 // writable returns the shard of k, cloned first if a snapshot shares it.
@@ -66,6 +89,7 @@ func (s *smap[K, V]) del(k K) {
 func (s *smap[K, V]) freeze() *smap[K, V] {
 	c := *s
 	c.gen = 0
+	c.shards = slices.Clone(s.shards)
 	s.gen++
 	return &c
 }
@@ -96,6 +120,9 @@ func (s *smap[K, V]) empty() bool {
 func (s *smap[K, V]) adds() []Change[K, V] {
 	out := make([]Change[K, V], 0, s.len())
 	for _, sh := range s.shards {
+		if len(sh.m) == 0 {
+			continue
+		}
 		for k, v := range sh.m {
 			out = append(out, Change[K, V]{Op: Add, Key: k, New: v})
 		}
@@ -105,6 +132,9 @@ func (s *smap[K, V]) adds() []Change[K, V] {
 
 func (s *smap[K, V]) each(f func(K, V)) {
 	for _, sh := range s.shards {
+		if len(sh.m) == 0 {
+			continue
+		}
 		for k, v := range sh.m {
 			f(k, v)
 		}
@@ -138,7 +168,7 @@ func diffSmap[K comparable, V any](a, b *smap[K, V], eq func(V, V) bool) []Chang
 	if a.empty() {
 		return b.adds()
 	}
-	if a.seed != b.seed {
+	if a.seed != b.seed || len(a.shards) != len(b.shards) {
 		return diffMaps(a.each, a.get, b.each, b.get, eq)
 	}
 	for i := range b.shards {

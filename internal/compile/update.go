@@ -1,0 +1,345 @@
+package compile
+
+import (
+	"slices"
+	"strconv"
+
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// SetPolicies replaces the policy objects (namespaces, segments, policies,
+// walls, conflict classes) of the set and brings the state up to date.
+// Workloads are taken from set too. Numbers of what did not change are
+// kept, so the Delta from the previous State is small when the change is.
+//
+// When only policies changed (added, removed or edited, in place or as
+// new objects) and they name no CIDR, protocol or named port that no
+// other policy names, nor stop naming the last, the cost follows the
+// change: only the changed policies are compiled, and only the identities
+// they select or whose rule peers they change are looked at again. Any
+// other change compiles everything. Workloads are compared by pointer: a
+// changed workload must be a new object (or go through UpsertWorkload).
+func (c *Compiler) SetPolicies(set *policy.Set) error {
+	if plan, ok := c.planPolicies(set); ok {
+		c.applyPolicies(set, plan)
+		return nil
+	}
+	prev := c.State()
+	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), outcomes: prev.Outcomes, fullCompiles: c.fullCompiles + 1}
+	if err := n.reset(set); err != nil {
+		return err
+	}
+	*c = *n
+	return nil
+}
+
+// policyPlan is what SetPolicies found changed.
+type policyPlan struct {
+	order   []*cpolicy // the new Set.Policies; nil where added
+	removed []*cpolicy // old versions of removed and changed policies
+	added   []int      // indexes into Set.Policies of new versions
+}
+
+// maxChanged bounds the policies changed at once that are compiled one by
+// one; beyond it a full compile is about as fast.
+func maxChanged(n int) int { return max(64, n/4) }
+
+// planPolicies finds the policies that changed, or reports that the
+// change cannot be made incrementally.
+func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
+	pr := c.pr
+	if pr == nil || pr.dups || tableShards(len(set.Policies)) > len(c.tables[0].shards) ||
+		!c.inv.same(set) || !c.sameWorkloads(set.Workloads) {
+		return nil, false
+	}
+	c.polEpoch++
+	plan := &policyPlan{order: make([]*cpolicy, len(set.Policies))}
+	var addedKeys map[string]bool
+	seen := 0
+	for i, p := range set.Policies {
+		var old *cpolicy
+		if i < len(pr.order) && sameName(pr.order[i].p, p) {
+			old = pr.order[i]
+		} else {
+			old = pr.pols[p.Key()]
+		}
+		switch {
+		case old != nil && old.seen == c.polEpoch:
+			return nil, false // two policies with one key
+		case old != nil:
+			old.seen = c.polEpoch
+			seen++
+			if old.snap.equal(p) {
+				plan.order[i] = old
+				continue
+			}
+			plan.removed = append(plan.removed, old)
+		default:
+			if addedKeys == nil {
+				addedKeys = map[string]bool{}
+			}
+			if addedKeys[p.Key()] {
+				return nil, false
+			}
+			addedKeys[p.Key()] = true
+		}
+		plan.added = append(plan.added, i)
+	}
+	if seen < len(pr.pols) {
+		for _, cp := range pr.pols {
+			if cp.seen != c.polEpoch {
+				plan.removed = append(plan.removed, cp)
+			}
+		}
+	}
+	if len(plan.removed)+len(plan.added) > maxChanged(len(set.Policies)) || !c.footprintKept(set, plan) {
+		return nil, false
+	}
+	return plan, true
+}
+
+// sameWorkloads reports whether ws holds the workloads the compiler has:
+// the list it was last given, or else the same objects in any order.
+func (c *Compiler) sameWorkloads(ws []*policy.Workload) bool {
+	if !c.wlDirty && slices.Equal(ws, c.wlList) {
+		return true
+	}
+	if len(ws) != len(c.workloads) {
+		return false
+	}
+	c.wlEpoch++
+	for _, w := range ws {
+		wi := c.byPtr[w]
+		if wi == nil || wi.seen == c.wlEpoch {
+			return false
+		}
+		wi.seen = c.wlEpoch
+	}
+	c.wlList, c.wlDirty = slices.Clone(ws), false
+	return true
+}
+
+// footprintKept reports whether the plan keeps every protocol, named port
+// and CIDR named or unnamed, and names only segments that exist.
+func (c *Compiler) footprintKept(set *policy.Set, plan *policyPlan) bool {
+	u := &c.pr.uses
+	d := uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}
+	for _, cp := range plan.removed {
+		d.add(&cp.fp, -1)
+	}
+	for _, i := range plan.added {
+		fp := footprintOf(set.Policies[i])
+		for _, s := range fp.segs {
+			if _, ok := c.pr.segIndex[s]; !ok {
+				return false // a full compile says what is wrong
+			}
+		}
+		d.add(&fp, 1)
+	}
+	return kept(u.protos, d.protos) && kept(u.names, d.names) && kept(u.cidrs, d.cidrs)
+}
+
+func kept[K comparable](have, delta map[K]int) bool {
+	for k, n := range delta {
+		if (have[k] > 0) != (have[k]+n > 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// policyUpdate collects, while the program changes, what must be
+// looked at again.
+type policyUpdate struct {
+	idents  []*identInfo
+	groups  []*groupInfo // containing a removed or changed policy
+	dirty   map[*groupInfo]bool
+	touched map[int32][2]bool // peers whose rule counts changed: used before, by direction
+}
+
+func (c *Compiler) affect(u *policyUpdate) func(*identInfo) {
+	return func(id *identInfo) {
+		if id.seen != c.identEpoch {
+			id.seen = c.identEpoch
+			u.idents = append(u.idents, id)
+		}
+	}
+}
+
+// applyPolicies makes the plan's change. The order matters: peers stay
+// defined until nothing refers to them; groups that hold an old policy
+// are taken out of the indexes so that new classes do not compute entries
+// for them, and are rebuilt, if they survive, once every identity has its
+// classes and groups.
+func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
+	pr := c.pr
+	c.set = set
+	pr.order = plan.order
+	if len(plan.removed)+len(plan.added) == 0 {
+		return
+	}
+	u := &policyUpdate{dirty: map[*groupInfo]bool{}, touched: map[int32][2]bool{}}
+	c.identEpoch++
+	affect := c.affect(u)
+	for _, cp := range plan.removed {
+		c.subjectIdents(cp, func(id *identInfo) {
+			affect(id)
+			for _, g := range id.group {
+				if g != nil && !u.dirty[g] && slices.Contains(g.pols, cp) {
+					u.dirty[g] = true
+					u.groups = append(u.groups, g)
+				}
+			}
+		})
+		pr.removePolicy(cp, u.touched)
+	}
+	for _, i := range plan.added {
+		cp, err := pr.compilePolicy(snapshotOf(set.Policies[i]), c.alloc)
+		if err != nil {
+			panic("compile: a planned policy does not compile: " + err.Error()) // footprintKept checked
+		}
+		pr.addPolicy(cp, u.touched)
+		plan.order[i] = cp
+		c.subjectIdents(cp, affect)
+	}
+	c.releaseRules(plan.removed)
+	var gone []int32
+	for p, before := range u.touched {
+		def := pr.peers[p]
+		if def.used(0) == before[0] && def.used(1) == before[1] {
+			continue
+		}
+		c.peerIdents(def, affect)
+		if !def.used(0) && !def.used(1) {
+			gone = append(gone, p)
+		}
+	}
+	for _, g := range u.groups {
+		c.unlinkGroup(g)
+	}
+	for _, id := range u.idents {
+		old := id.class
+		id.class = c.acquireClasses(id)
+		for d := range old {
+			for _, cl := range old[d] {
+				c.releaseClass(cl)
+			}
+		}
+	}
+	for _, id := range u.idents {
+		if id.local > 0 {
+			old := id.group
+			id.group = [2]*groupInfo{}
+			c.attachGroups(id)
+			for _, g := range old {
+				c.releaseGroup(g)
+			}
+		}
+	}
+	for _, g := range u.groups {
+		if g.refs > 0 {
+			c.rebuildGroup(g)
+		}
+	}
+	for _, id := range u.idents {
+		if a := c.attrsOf(id); a != c.attrs.getOr(id.id) {
+			c.attrs.set(id.id, a)
+		}
+	}
+	for _, p := range gone {
+		c.alloc.release("p:" + pr.peers[p].key)
+		pr.dropPeer(p)
+	}
+	for len(pr.rules) > 1 && pr.rules[len(pr.rules)-1] == (policy.RuleRef{}) {
+		pr.rules = pr.rules[:len(pr.rules)-1]
+	}
+}
+
+// subjectIdents calls f for the local identities cp's subject selects
+// (and perhaps a few more).
+func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
+	s := cp.p.Subject
+	if s.Segment != "" {
+		for id := range c.idx.segs[1][c.pr.segIndex[s.Segment]] {
+			if id.local > 0 {
+				f(id)
+			}
+		}
+		return
+	}
+	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, func(id *identInfo) {
+		if id.local > 0 {
+			f(id)
+		}
+	})
+}
+
+// peerIdents calls f for the identities that match a rule peer (and
+// perhaps a few more).
+func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
+	switch {
+	case def.seg >= 0:
+		for id := range c.idx.segs[0][def.seg] {
+			f(id)
+		}
+	case len(def.atoms) > 0:
+		for cl, ids := range c.idx.cidr {
+			if intersects(def.atoms, c.pr.cidr.classes[cl]) {
+				for id := range ids {
+					f(id)
+				}
+			}
+		}
+	case def.wl != nil:
+		c.idx.matching(*def.wl, f)
+	}
+}
+
+// releaseRules forgets the rule numbers of old policy versions that the
+// new versions do not use.
+func (c *Compiler) releaseRules(removed []*cpolicy) {
+	pr := c.pr
+	for _, cp := range removed {
+		keep := map[RuleNum]bool{}
+		if n := pr.pols[cp.key]; n != nil {
+			for d := range n.rules {
+				keep[n.isoNum[d]] = true
+				for _, r := range n.rules[d] {
+					keep[r.num] = true
+				}
+			}
+		}
+		release := func(n RuleNum, d policy.Direction, i int) {
+			if n != 0 && !keep[n] {
+				c.alloc.release(ruleKey(cp.key, d, i))
+				pr.setRule(n, policy.RuleRef{})
+			}
+		}
+		for d := range cp.rules {
+			release(cp.isoNum[d], policy.Direction(d), -1)
+			for i, r := range cp.rules[d] {
+				release(r.num, policy.Direction(d), i)
+			}
+		}
+	}
+}
+
+func ruleKey(pol string, d policy.Direction, index int) string {
+	return "r:" + pol + "\x00" + d.String() + "\x00" + strconv.Itoa(index)
+}
+
+// rebuildGroup brings a group that held an old policy version up to
+// date: same key, so the same policies by key, but their new versions.
+func (c *Compiler) rebuildGroup(g *groupInfo) {
+	for i, cp := range g.pols {
+		g.pols[i] = c.pr.pols[cp.key]
+	}
+	c.linkGroup(g)
+	c.computeWildcard(g)
+	c.classesOfGroup(g, func(cl *classInfo) { c.computeEntry(g, cl) })
+	for cl := range g.classes {
+		if cl.seen != c.epoch {
+			c.dropEntry(g, cl)
+		}
+	}
+}
