@@ -54,7 +54,7 @@ func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) 
 	if err := rc.Flush(); err != nil {
 		return nil
 	}
-	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{}), cutoff: m.cfg.SlowReaderCutoff}
+	q := newFeedQueue(m.cfg.WatchBuffer, m.cfg.SlowReaderCutoff)
 	go func() {
 		defer close(q.done)
 		q.err = m.produce(ctx, from, q)
@@ -66,31 +66,48 @@ func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) 
 }
 
 type feedQueue struct {
-	ch     chan []byte
+	ch     chan feedChunk
 	done   chan struct{}
 	cutoff time.Duration // how long a full queue may stay full
 	err    error         // why the producer stopped; read after done
 }
 
+// feedChunk is lines to send: a revision's, shared by every watch that
+// sends it, or one line of a snapshot. rev is the revision of the "rev"
+// line that ends it, if it ends with one.
+type feedChunk struct {
+	data []byte
+	rev  int64
+}
+
+func newFeedQueue(size int, cutoff time.Duration) *feedQueue {
+	return &feedQueue{ch: make(chan feedChunk, size), done: make(chan struct{}), cutoff: cutoff}
+}
+
 var errSlowReader = errors.New("slow reader")
 
-// send queues a line, waiting at most q.cutoff for room.
-func (q *feedQueue) send(ctx context.Context, line []byte) error {
+// send queues a chunk, waiting at most q.cutoff for room.
+func (q *feedQueue) send(ctx context.Context, c feedChunk) error {
 	select {
-	case q.ch <- line:
+	case q.ch <- c:
 		return nil
 	default:
 	}
 	t := time.NewTimer(q.cutoff)
 	defer t.Stop()
 	select {
-	case q.ch <- line:
+	case q.ch <- c:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("%w: %d lines unread for %s", errSlowReader, cap(q.ch), q.cutoff)
+		return fmt.Errorf("%w: %d chunks of lines unread for %s", errSlowReader, cap(q.ch), q.cutoff)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// line queues one line that is not a "rev" line.
+func (q *feedQueue) line(ctx context.Context, data []byte) error {
+	return q.send(ctx, feedChunk{data: data})
 }
 
 // writeFeed sends the queued lines, heartbeats when nothing happens, and
@@ -101,30 +118,26 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 	tick := time.NewTicker(m.cfg.Heartbeat)
 	defer tick.Stop()
 	var last int64 // the rev of the last "rev" line sent
-	write := func(line []byte) bool {
+	write := func(c feedChunk) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeDeadline))
-		if _, err := w.Write(line); err != nil {
+		if _, err := w.Write(c.data); err != nil {
 			return false
+		}
+		if c.rev > 0 {
+			last = c.rev
 		}
 		return true
 	}
 	for {
 		select {
-		case line := <-q.ch:
-			if !write(line) {
+		case c := <-q.ch:
+			if !write(c) {
 				return
-			}
-			if rev, ok := revOfRevLine(line); ok {
-				last = rev
 			}
 			// Write what is queued before flushing once.
 			for n := len(q.ch); n > 0; n-- {
-				line = <-q.ch
-				if !write(line) {
+				if !write(<-q.ch) {
 					return
-				}
-				if rev, ok := revOfRevLine(line); ok {
-					last = rev
 				}
 			}
 			if rc.Flush() != nil {
@@ -136,28 +149,24 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 				reason = err.Error()
 			}
 			if reason != "" {
-				write(encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason}))
+				write(feedChunk{data: encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason})})
 				_ = rc.Flush()
 				return
 			}
-			if !write(encodeEvent(api.FeedEvent{Type: api.FeedHeartbeat, Rev: last})) || rc.Flush() != nil {
+			if !write(feedChunk{data: encodeEvent(api.FeedEvent{Type: api.FeedHeartbeat, Rev: last})}) || rc.Flush() != nil {
 				return
 			}
 		case <-q.done:
 			for n := len(q.ch); n > 0; n-- {
-				line := <-q.ch
-				if !write(line) {
+				if !write(<-q.ch) {
 					return
-				}
-				if rev, ok := revOfRevLine(line); ok {
-					last = rev
 				}
 			}
 			reason := "the manager is shutting down"
 			if q.err != nil && ctx.Err() == nil {
 				reason = q.err.Error()
 			}
-			write(encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason + fmt.Sprintf("; resume with from=%d", last+1)}))
+			write(feedChunk{data: encodeEvent(api.FeedEvent{Type: api.FeedCutoff, Rev: last, Reason: reason + fmt.Sprintf("; resume with from=%d", last+1)})})
 			_ = rc.Flush()
 			return
 		case <-ctx.Done():
@@ -186,21 +195,6 @@ func (m *Manager) stillValid(p principal) error {
 		return fmt.Errorf("client certificate %s of host %s was revoked by %s", p.serial, p.name, c.RevokedBy)
 	}
 	return nil
-}
-
-var revLinePrefix = []byte(`{"type":"rev","rev":`)
-
-func revOfRevLine(line []byte) (int64, bool) {
-	if len(line) < len(revLinePrefix) || string(line[:len(revLinePrefix)]) != string(revLinePrefix) {
-		return 0, false
-	}
-	rest := line[len(revLinePrefix):]
-	i := 0
-	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
-		i++
-	}
-	n, err := strconv.ParseInt(string(rest[:i]), 10, 64)
-	return n, err == nil
 }
 
 func encodeEvent(e api.FeedEvent) []byte {
@@ -234,6 +228,14 @@ func (m *Manager) produce(ctx context.Context, from int64, q *feedQueue) error {
 		from = rev + 1
 	}
 	for ctx.Err() == nil {
+		if m.hub.covers(from) {
+			next, err := m.followHub(ctx, from, q)
+			if err != nil {
+				return err
+			}
+			from = next // fell behind the hub's log: catch up from the store
+			continue
+		}
 		next, err := m.follow(ctx, from, q)
 		var compacted *store.CompactedError
 		switch {
@@ -244,6 +246,8 @@ func (m *Manager) produce(ctx context.Context, from int64, q *feedQueue) error {
 				return err
 			}
 			from = rev + 1
+		case err == nil && m.hub.covers(next):
+			from = next // caught up: the hub's log holds the rest
 		case errors.Is(err, errSlowReader) || ctx.Err() != nil:
 			return err
 		case errors.Is(err, store.ErrClosed):
@@ -257,7 +261,33 @@ func (m *Manager) produce(ctx context.Context, from int64, q *feedQueue) error {
 	return ctx.Err()
 }
 
-// follow queues the changes from rev from on; it returns where to resume.
+// followHub queues the revisions from from on out of the hub's log; it
+// returns with no error when the log no longer holds what comes next.
+func (m *Manager) followHub(ctx context.Context, from int64, q *feedQueue) (int64, error) {
+	for {
+		entries, changed, ok := m.hub.since(from)
+		if !ok {
+			return from, nil
+		}
+		for _, e := range entries {
+			if err := q.send(ctx, feedChunk{data: e.data, rev: e.rev}); err != nil {
+				return from, err
+			}
+			from = e.rev + 1
+		}
+		if len(entries) > 0 {
+			continue
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return from, ctx.Err()
+		}
+	}
+}
+
+// follow queues the changes from rev from on, reading the store itself,
+// until the hub's log holds what comes next; it returns where to resume.
 func (m *Manager) follow(ctx context.Context, from int64, q *feedQueue) (int64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -269,45 +299,43 @@ func (m *Manager) follow(ctx context.Context, from int64, q *feedQueue) (int64, 
 			for n < len(batch) && batch[n].KV.ModRev == rev {
 				n++
 			}
-			policyRev, err := m.queueRevision(ctx, q, batch[:n])
+			data, err := m.revisionLines(ctx, batch[:n])
 			if err != nil {
 				return from, err
 			}
-			if err := q.send(ctx, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev})); err != nil {
+			if err := q.send(ctx, feedChunk{data: data, rev: rev}); err != nil {
 				return from, err
 			}
 			from, batch = rev+1, batch[n:]
+		}
+		if m.hub.covers(from) {
+			return from, nil
 		}
 	}
 	return from, w.Err()
 }
 
-// queueRevision queues the lines of one revision's events; it returns the
-// policy revision when the head changed, else 0.
-func (m *Manager) queueRevision(ctx context.Context, q *feedQueue, events []store.Event) (int64, error) {
+// revisionLines encodes one revision's events, then its "rev" line with
+// the policy revision when the head changed.
+func (m *Manager) revisionLines(ctx context.Context, events []store.Event) ([]byte, error) {
+	var out []byte
 	var policyRev int64
 	for _, ev := range events {
-		var line []byte
 		switch key := ev.KV.Key; {
 		case key == keyHead && ev.Type == store.EventPut:
 			data, err := m.headLines(ctx, ev.KV)
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
-			line, policyRev = data, ev.KV.ModRev
+			out, policyRev = append(out, data...), ev.KV.ModRev
 		case strings.HasPrefix(key, prefixWorkloads):
-			line = workloadLine(ev)
+			out = append(out, workloadLine(ev)...)
 		case strings.HasPrefix(key, prefixIdentities):
-			line = identityLine(ev)
-		}
-		if len(line) == 0 {
-			continue
-		}
-		if err := q.send(ctx, line); err != nil {
-			return 0, err
+			out = append(out, identityLine(ev)...)
 		}
 	}
-	return policyRev, nil
+	rev := events[0].KV.ModRev
+	return append(out, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev})...), nil
 }
 
 func workloadLine(ev store.Event) []byte {
@@ -413,7 +441,7 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 	if err != nil {
 		return 0, fmt.Errorf("manager: feed snapshot: %w", err)
 	}
-	if err := q.send(ctx, encodeEvent(api.FeedEvent{Type: marker, Rev: rev, Reason: reason})); err != nil {
+	if err := q.line(ctx, encodeEvent(api.FeedEvent{Type: marker, Rev: rev, Reason: reason})); err != nil {
 		return 0, err
 	}
 	var policyRev int64
@@ -439,10 +467,10 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 			line = identityLine(ev)
 		}
 		if line != nil {
-			if err := q.send(ctx, line); err != nil {
+			if err := q.line(ctx, line); err != nil {
 				return 0, err
 			}
 		}
 	}
-	return rev, q.send(ctx, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev}))
+	return rev, q.send(ctx, feedChunk{data: encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev}), rev: rev})
 }

@@ -45,7 +45,7 @@ func TestSlowReaderIsCutOff(t *testing.T) {
 		return rev
 	}
 	first := put(0)
-	q := &feedQueue{ch: make(chan []byte, m.cfg.WatchBuffer), done: make(chan struct{}), cutoff: m.cfg.SlowReaderCutoff}
+	q := newFeedQueue(m.cfg.WatchBuffer, m.cfg.SlowReaderCutoff)
 	go func() {
 		defer close(q.done)
 		q.err = m.produce(ctx, first, q)

@@ -123,6 +123,7 @@ type Manager struct {
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
 	inv                          inventory
 	hostTab                      *hostTable
+	hub                          *feedHub
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
@@ -145,7 +146,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable()}
+		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub()}
 	m.blobs.st = cfg.Store
 	ca, err := m.loadCA(ctx)
 	if err != nil {
@@ -320,6 +321,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.identityLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.runHub(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }
