@@ -51,6 +51,7 @@ func policyEdits(s *policy.Set) []policyEdit {
 	orig := append([]*policy.Policy(nil), s.Policies...)
 	target := func(i int) int { return apps[(i*7919)%len(apps)] }
 	restore := func(s *policy.Set, i int) { replacePolicy(s, target(i), orig[target(i)]) }
+	infra := slices.IndexFunc(orig, func(p *policy.Policy) bool { return p.Name == "infra" })
 	nsApps := map[string][]string{}
 	for _, w := range s.Workloads {
 		if apps := nsApps[w.Namespace]; len(apps) == 0 || apps[len(apps)-1] != w.Labels["app"] {
@@ -83,6 +84,13 @@ func policyEdits(s *policy.Set) []policyEdit {
 			p.Subject.Workloads = sel("app", apps[(i*104729+13)%len(apps)])
 			replacePolicy(s, target(i), p)
 		}, restore},
+		{"platform-port", func(s *policy.Set, i int) {
+			// The infrastructure policy applies to every workload: every
+			// group holds it, so every group is computed again.
+			p := clonePolicy(orig[infra])
+			p.Egress[0].Services = []policy.Service{{Protocol: policy.UDP, Port: 54}, {Protocol: policy.TCP, Port: 54}}
+			replacePolicy(s, infra, p)
+		}, func(s *policy.Set, i int) { replacePolicy(s, infra, orig[infra]) }},
 		{"add-policy", func(s *policy.Set, i int) {
 			a := s.Workloads[(i*7919)%len(s.Workloads)]
 			b := s.Workloads[(i*104729+13)%len(s.Workloads)]

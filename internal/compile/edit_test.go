@@ -73,6 +73,10 @@ func (g gen) editPolicy(p *policy.Policy) (*policy.Policy, string) {
 		c.Priority = g.r.Intn(3)
 		return c, "priority"
 	case 8:
+		if r := pick(); r != nil && g.r.Intn(2) == 0 {
+			r.Log = !r.Log
+			return c, "rule log"
+		}
 		if c.Mode == policy.Observe {
 			c.Mode = policy.Enforce
 		} else {
@@ -223,5 +227,65 @@ func TestPolicyEditsMatchFresh(t *testing.T) {
 	t.Logf("%d policy edits, %d of them compiled in full", edits, full)
 	if full*2 > edits {
 		t.Errorf("%d of %d policy edits compiled in full; want most incremental", full, edits)
+	}
+}
+
+// TestPolicyEditKinds makes each kind of single-policy edit to a fixed
+// set and requires it to be made incrementally and to equal a fresh
+// compile.
+func TestPolicyEditKinds(t *testing.T) {
+	base := func() *policy.Set {
+		s := smallSet()
+		for _, w := range s.Workloads {
+			w.Ports = []policy.NamedPort{{Name: "http", Protocol: policy.TCP, Port: 8080}}
+		}
+		db := s.Policies[0]
+		db.Ingress = append(db.Ingress, policy.Rule{ID: "http", Action: policy.Allow, Peers: []policy.Peer{{Segment: "frontends"}},
+			Services: []policy.Service{{Protocol: policy.TCP, Name: "http"}}})
+		s.Policies = append(s.Policies, &policy.Policy{Name: "web", Kind: "Policy", Tier: policy.Application, Mode: policy.Enforce,
+			Subject: policy.Subject{Workloads: &policy.Selector{MatchLabels: map[string]string{"app": "web"}}},
+			Isolate: [2]bool{true, true},
+			Ingress: []policy.Rule{{ID: "from-db", Action: policy.Allow, Peers: []policy.Peer{{Segment: "databases"}},
+				Services: []policy.Service{{Protocol: policy.TCP, Name: "http"}}}},
+			Egress: []policy.Rule{{ID: "to-db", Action: policy.Allow, Peers: []policy.Peer{{Segment: "databases"}},
+				Services: []policy.Service{{Protocol: policy.TCP, Port: 5432}}}}})
+		return s
+	}
+	web := func(s *policy.Set) *policy.Policy { return s.Policies[1] }
+	for _, c := range []struct {
+		name string
+		edit func(p *policy.Policy)
+	}{
+		{"named port to number", func(p *policy.Policy) { p.Ingress[0].Services = []policy.Service{{Protocol: policy.TCP, Port: 5432}} }},
+		{"port", func(p *policy.Policy) { p.Egress[0].Services[0].Port = 5433 }},
+		{"log", func(p *policy.Policy) { p.Egress[0].Log = true }},
+		{"action", func(p *policy.Policy) { p.Ingress[0].Action = policy.Deny }},
+		{"tier", func(p *policy.Policy) { p.Tier = policy.Emergency }},
+		{"priority", func(p *policy.Policy) { p.Priority = -1 }},
+		{"isolation", func(p *policy.Policy) { p.Isolate[policy.Egress] = false; p.Egress = nil }},
+		{"observe", func(p *policy.Policy) { p.Mode = policy.Observe }},
+		{"subject", func(p *policy.Policy) { p.Subject.Workloads.MatchLabels["app"] = "db" }},
+		{"peer", func(p *policy.Policy) { p.Egress[0].Peers = []policy.Peer{{Segment: "frontends"}} }},
+		{"new peer", func(p *policy.Policy) {
+			p.Egress[0].Peers = []policy.Peer{{Workloads: &policy.Selector{MatchLabels: map[string]string{"app": "db"}}}}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			set := base()
+			comp, err := New(set, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.edit(web(set)) // in place
+			if err := comp.SetPolicies(set); err != nil {
+				t.Fatal(err)
+			}
+			if comp.fullCompiles != 0 {
+				t.Errorf("compiled in full")
+			}
+			st := comp.State()
+			checkFresh(t, set, "", st)
+			checkAgainstEngine(t, gen{rand.New(rand.NewSource(1))}, set, st, 300)
+		})
 	}
 }

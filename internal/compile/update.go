@@ -3,6 +3,7 @@ package compile
 import (
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -35,9 +36,14 @@ func (c *Compiler) SetPolicies(set *policy.Set) error {
 
 // policyPlan is what SetPolicies found changed.
 type policyPlan struct {
-	order   []*cpolicy // the new Set.Policies; nil where added
-	removed []*cpolicy // old versions of removed and changed policies
-	added   []int      // indexes into Set.Policies of new versions
+	order   []*cpolicy // the new Set.Policies; nil where new or changed
+	changes []policyChange
+}
+
+// policyChange is one policy added, removed or changed.
+type policyChange struct {
+	old *cpolicy // nil: added
+	at  int      // index of the new version in Set.Policies; -1: removed
 }
 
 // maxChanged bounds the policies changed at once that are compiled one by
@@ -73,7 +79,6 @@ func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
 				plan.order[i] = old
 				continue
 			}
-			plan.removed = append(plan.removed, old)
 		default:
 			if addedKeys == nil {
 				addedKeys = map[string]bool{}
@@ -83,16 +88,16 @@ func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
 			}
 			addedKeys[p.Key()] = true
 		}
-		plan.added = append(plan.added, i)
+		plan.changes = append(plan.changes, policyChange{old: old, at: i})
 	}
 	if seen < len(pr.pols) {
 		for _, cp := range pr.pols {
 			if cp.seen != c.polEpoch {
-				plan.removed = append(plan.removed, cp)
+				plan.changes = append(plan.changes, policyChange{old: cp, at: -1})
 			}
 		}
 	}
-	if len(plan.removed)+len(plan.added) > maxChanged(len(set.Policies)) || !c.footprintKept(set, plan) {
+	if len(plan.changes) > maxChanged(len(set.Policies)) || !c.footprintKept(set, plan) {
 		return nil, false
 	}
 	return plan, true
@@ -124,11 +129,14 @@ func (c *Compiler) sameWorkloads(ws []*policy.Workload) bool {
 func (c *Compiler) footprintKept(set *policy.Set, plan *policyPlan) bool {
 	u := &c.pr.uses
 	d := uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}
-	for _, cp := range plan.removed {
-		d.add(&cp.fp, -1)
-	}
-	for _, i := range plan.added {
-		fp := footprintOf(set.Policies[i])
+	for _, ch := range plan.changes {
+		if ch.old != nil {
+			d.add(&ch.old.fp, -1)
+		}
+		if ch.at < 0 {
+			continue
+		}
+		fp := footprintOf(set.Policies[ch.at])
 		for _, s := range fp.segs {
 			if _, ok := c.pr.segIndex[s]; !ok {
 				return false // a full compile says what is wrong
@@ -152,9 +160,9 @@ func kept[K comparable](have, delta map[K]int) bool {
 // looked at again.
 type policyUpdate struct {
 	idents  []*identInfo
-	groups  []*groupInfo // containing a removed or changed policy
-	dirty   map[*groupInfo]bool
-	touched map[int32][2]bool // peers whose rule counts changed: used before, by direction
+	groups  []*groupInfo        // holding an old policy version
+	rebuild map[*groupInfo]bool // of groups: true when its entries may change
+	touched map[int32][2]bool   // peers whose rule counts changed: used before, by direction
 }
 
 func (c *Compiler) affect(u *policyUpdate) func(*identInfo) {
@@ -166,8 +174,16 @@ func (c *Compiler) affect(u *policyUpdate) func(*identInfo) {
 	}
 }
 
+func (u *policyUpdate) group(g *groupInfo, rebuild bool) {
+	was, ok := u.rebuild[g]
+	if !ok {
+		u.groups = append(u.groups, g)
+	}
+	u.rebuild[g] = was || rebuild
+}
+
 // applyPolicies makes the plan's change. The order matters: peers stay
-// defined until nothing refers to them; groups that hold an old policy
+// defined until nothing refers to them; groups whose entries may change
 // are taken out of the indexes so that new classes do not compute entries
 // for them, and are rebuilt, if they survive, once every identity has its
 // classes and groups.
@@ -175,47 +191,80 @@ func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
 	pr := c.pr
 	c.set = set
 	pr.order = plan.order
-	if len(plan.removed)+len(plan.added) == 0 {
+	if len(plan.changes) == 0 {
 		return
 	}
-	u := &policyUpdate{dirty: map[*groupInfo]bool{}, touched: map[int32][2]bool{}}
+	u := &policyUpdate{rebuild: map[*groupInfo]bool{}, touched: map[int32][2]bool{}}
 	c.identEpoch++
-	affect := c.affect(u)
-	for _, cp := range plan.removed {
-		c.subjectIdents(cp, func(id *identInfo) {
-			affect(id)
-			for _, g := range id.group {
-				if g != nil && !u.dirty[g] && slices.Contains(g.pols, cp) {
-					u.dirty[g] = true
-					u.groups = append(u.groups, g)
-				}
-			}
-		})
-		pr.removePolicy(cp, u.touched)
+	for _, ch := range plan.changes {
+		c.swapPolicy(set, plan, ch, u)
 	}
-	for _, i := range plan.added {
-		cp, err := pr.compilePolicy(snapshotOf(set.Policies[i]), c.alloc)
-		if err != nil {
-			panic("compile: a planned policy does not compile: " + err.Error()) // footprintKept checked
-		}
-		pr.addPolicy(cp, u.touched)
-		plan.order[i] = cp
-		c.subjectIdents(cp, affect)
-	}
-	c.releaseRules(plan.removed)
+	c.releaseRules(plan.changes)
 	var gone []int32
 	for p, before := range u.touched {
 		def := pr.peers[p]
 		if def.used(0) == before[0] && def.used(1) == before[1] {
 			continue
 		}
-		c.peerIdents(def, affect)
+		c.peerIdents(def, c.affect(u))
 		if !def.used(0) && !def.used(1) {
 			gone = append(gone, p)
 		}
 	}
+	c.recompute(u)
+	for _, p := range gone {
+		c.alloc.release("p:" + pr.peers[p].key)
+		pr.dropPeer(p)
+	}
+	for len(pr.rules) > 1 && pr.rules[len(pr.rules)-1] == (policy.RuleRef{}) {
+		pr.rules = pr.rules[:len(pr.rules)-1]
+	}
+}
+
+// swapPolicy takes a policy's old version out of the program and puts
+// its new one in, noting the identities whose groups may change (those
+// an old or new subject selects, unless the policy applies to the same
+// identities in the same place) and the groups that hold the old version.
+func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange, u *policyUpdate) {
+	pr := c.pr
+	var cp *cpolicy
+	if ch.at >= 0 {
+		var err error
+		if cp, err = pr.compilePolicy(snapshotOf(set.Policies[ch.at]), c.alloc); err != nil {
+			panic("compile: a planned policy does not compile: " + err.Error()) // footprintKept checked
+		}
+		plan.order[ch.at] = cp
+	}
+	affect := c.affect(u)
+	reshape := ch.old == nil || cp == nil || !sameShape(ch.old, cp)
+	if old := ch.old; old != nil {
+		c.subjectIdents(old, func(id *identInfo) {
+			if reshape {
+				affect(id)
+			}
+			for _, g := range id.group {
+				if g != nil && slices.Contains(g.pols, old) {
+					u.group(g, cp == nil || !sameRules(old, cp, g.dir))
+				}
+			}
+		})
+		pr.removePolicy(old, u.touched)
+	}
+	if cp != nil {
+		pr.addPolicy(cp, u.touched)
+		if reshape {
+			c.subjectIdents(cp, affect)
+		}
+	}
+}
+
+// recompute gives the affected identities their classes and groups, and
+// brings the groups that held an old policy version up to date.
+func (c *Compiler) recompute(u *policyUpdate) {
 	for _, g := range u.groups {
-		c.unlinkGroup(g)
+		if u.rebuild[g] {
+			c.unlinkGroup(g)
+		}
 	}
 	for _, id := range u.idents {
 		old := id.class
@@ -237,8 +286,12 @@ func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
 		}
 	}
 	for _, g := range u.groups {
-		if g.refs > 0 {
+		switch {
+		case g.refs == 0:
+		case u.rebuild[g]:
 			c.rebuildGroup(g)
+		default:
+			c.refreshPolicies(g)
 		}
 	}
 	for _, id := range u.idents {
@@ -246,13 +299,56 @@ func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
 			c.attrs.set(id.id, a)
 		}
 	}
-	for _, p := range gone {
-		c.alloc.release("p:" + pr.peers[p].key)
-		pr.dropPeer(p)
+}
+
+// sameShape reports whether two versions of a policy apply to the same
+// identities at the same place of their groups, so that no identity
+// changes group: same subject, tier and priority, rules or isolation in
+// the same directions, and the same named ports in ingress rules (a
+// group knows its subjects' values of those).
+func sameShape(a, b *cpolicy) bool {
+	pa, pb := a.p, b.p
+	if pa.Tier != pb.Tier || pa.Priority != pb.Priority || pa.Subject.Segment != pb.Subject.Segment ||
+		!nsMatchEqual(pa.Subject.Namespaces, pb.Subject.Namespaces, nil) ||
+		!selectorEqual(pa.Subject.Workloads, pb.Subject.Workloads, nil) {
+		return false
 	}
-	for len(pr.rules) > 1 && pr.rules[len(pr.rules)-1] == (policy.RuleRef{}) {
-		pr.rules = pr.rules[:len(pr.rules)-1]
+	for d := range a.rules {
+		if (len(a.rules[d]) > 0 || pa.Isolate[d]) != (len(b.rules[d]) > 0 || pb.Isolate[d]) {
+			return false
+		}
 	}
+	return slices.Equal(ingressNames(a), ingressNames(b))
+}
+
+func ingressNames(cp *cpolicy) []portName {
+	var out []portName
+	for _, r := range cp.rules[policy.Ingress] {
+		for _, s := range r.svcs {
+			if s.name != "" {
+				out = append(out, portName{s.name, policy.Protocol(s.proto)})
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y portName) int {
+		if x.name != y.name {
+			return strings.Compare(x.name, y.name)
+		}
+		return int(x.proto) - int(y.proto)
+	})
+	return slices.Compact(out)
+}
+
+// sameRules reports whether two versions of a policy give a group of
+// direction d the same entries.
+func sameRules(a, b *cpolicy, d policy.Direction) bool {
+	return a.observe == b.observe && a.p.Tier == b.p.Tier && a.p.Isolate[d] == b.p.Isolate[d] &&
+		a.isoNum[d] == b.isoNum[d] && slices.EqualFunc(a.rules[d], b.rules[d], func(x, y crule) bool {
+		return x.num == y.num && x.action == y.action && x.any == y.any && slices.Equal(x.peers, y.peers) &&
+			slices.EqualFunc(x.svcs, y.svcs, func(s, t svc) bool {
+				return s.proto == t.proto && s.name == t.name && slices.Equal(s.ivs, t.ivs)
+			})
+	})
 }
 
 // subjectIdents calls f for the local identities cp's subject selects
@@ -297,9 +393,13 @@ func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
 
 // releaseRules forgets the rule numbers of old policy versions that the
 // new versions do not use.
-func (c *Compiler) releaseRules(removed []*cpolicy) {
+func (c *Compiler) releaseRules(changes []policyChange) {
 	pr := c.pr
-	for _, cp := range removed {
+	for _, ch := range changes {
+		cp := ch.old
+		if cp == nil {
+			continue
+		}
 		keep := map[RuleNum]bool{}
 		if n := pr.pols[cp.key]; n != nil {
 			for d := range n.rules {
@@ -328,12 +428,17 @@ func ruleKey(pol string, d policy.Direction, index int) string {
 	return "r:" + pol + "\x00" + d.String() + "\x00" + strconv.Itoa(index)
 }
 
-// rebuildGroup brings a group that held an old policy version up to
-// date: same key, so the same policies by key, but their new versions.
-func (c *Compiler) rebuildGroup(g *groupInfo) {
+// refreshPolicies points a group that held an old policy version at the
+// new versions: same key, so the same policies by key.
+func (c *Compiler) refreshPolicies(g *groupInfo) {
 	for i, cp := range g.pols {
 		g.pols[i] = c.pr.pols[cp.key]
 	}
+}
+
+// rebuildGroup refreshes a group's policies and computes its entries again.
+func (c *Compiler) rebuildGroup(g *groupInfo) {
+	c.refreshPolicies(g)
 	c.linkGroup(g)
 	c.computeWildcard(g)
 	c.classesOfGroup(g, func(cl *classInfo) { c.computeEntry(g, cl) })
