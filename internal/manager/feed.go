@@ -21,13 +21,18 @@ import (
 // workloads of every host, the identities — and turns a head change into
 // the object puts and deletes between the revision and its parent.
 //
-// Per watch, one producer reads the store and a writer sends lines; the
-// bounded queue between them holds WatchBuffer lines. A reader that
-// leaves the queue full for Config.SlowReaderCutoff is cut off with a "cutoff" line
-// naming the revision to resume after; the store's writers never wait for
-// any of this. A from that the store has compacted gets a "resync" line,
-// then a whole snapshot, as does from=0 (with "snapshot").
-const writeDeadline = 30 * time.Second
+// Per watch, one producer queues chunks of lines — each revision's from
+// the hub's log (feedhub.go), or read from the store while the watch is
+// behind that log — and a writer sends them; the bounded queue between
+// them holds WatchBuffer chunks. A reader that leaves the queue full for
+// Config.SlowReaderCutoff is cut off with a "cutoff" line naming the
+// revision to resume after; the store's writers never wait for any of
+// this. A from that the store has compacted gets a "resync" line, then a
+// whole snapshot, as does from=0 (with "snapshot").
+const (
+	writeDeadline = 30 * time.Second
+	snapshotChunk = 64 << 10 // bytes of snapshot lines per queued chunk
+)
 
 // feedCache keeps the encoded object lines of recent head changes, which
 // every watcher sends alike.
@@ -445,6 +450,7 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 		return 0, err
 	}
 	var policyRev int64
+	var buf []byte
 	sort.Slice(kvs, func(i, j int) bool { return kvs[i].Key < kvs[j].Key })
 	for _, kv := range kvs {
 		var line []byte
@@ -466,11 +472,14 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 		case strings.HasPrefix(kv.Key, prefixIdentities):
 			line = identityLine(ev)
 		}
-		if line != nil {
-			if err := q.line(ctx, line); err != nil {
+		// Lines go out in chunks: one queue slot and one write each.
+		if buf = append(buf, line...); len(buf) >= snapshotChunk {
+			if err := q.line(ctx, buf); err != nil {
 				return 0, err
 			}
+			buf = nil
 		}
 	}
-	return rev, q.send(ctx, feedChunk{data: encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev}), rev: rev})
+	buf = append(buf, encodeEvent(api.FeedEvent{Type: api.FeedRev, Rev: rev, Policy: policyRev})...)
+	return rev, q.send(ctx, feedChunk{data: buf, rev: rev})
 }

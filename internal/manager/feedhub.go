@@ -38,7 +38,7 @@ type hubEntry struct {
 }
 
 // hubBytes bounds the lines the log keeps.
-const hubBytes = 32 << 20
+const hubBytes = 16 << 20
 
 func newFeedHub() *feedHub {
 	// Until it follows the store, the hub holds nothing: every watch reads

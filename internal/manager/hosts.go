@@ -148,6 +148,8 @@ func (m *Manager) statusWriter(ctx context.Context) {
 		select {
 		case <-m.hostTab.kick:
 		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
 			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			m.writeStatuses(fctx)
 			cancel()
@@ -191,7 +193,9 @@ func (m *Manager) writeStatuses(ctx context.Context) bool {
 			batch[h] = due[h]
 		}
 		if _, _, err := m.st.Txn(ctx, nil, ops); err != nil {
-			m.log.Warn("write host statuses; trying again", "hosts", len(hosts), "err", err)
+			if ctx.Err() == nil {
+				m.log.Warn("write host statuses; trying again", "hosts", len(hosts), "err", err)
+			}
 			rest := make(map[string]hostRecord, len(hosts))
 			for _, h := range hosts {
 				rest[h] = due[h]

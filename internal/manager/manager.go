@@ -60,9 +60,10 @@ type Config struct {
 	// Heartbeat is the interval of heartbeat lines on a quiet watch
 	// (default 5 s).
 	Heartbeat time.Duration
-	// WatchBuffer bounds the lines a watch holds for a slow reader
-	// (default 4096); SlowReaderCutoff is how long they may stay full
-	// before the reader is cut off (default 10 s).
+	// WatchBuffer bounds the chunks of lines (a revision's, or up to
+	// 64 KiB of a snapshot) a watch holds for a slow reader (default
+	// 256); SlowReaderCutoff is how long they may stay full before the
+	// reader is cut off (default 10 s).
 	WatchBuffer      int
 	SlowReaderCutoff time.Duration
 	// ClientValidity is how long an agent certificate is valid (default
@@ -89,7 +90,7 @@ func (c *Config) defaults() error {
 		c.Heartbeat = 5 * time.Second
 	}
 	if c.WatchBuffer <= 0 {
-		c.WatchBuffer = 4096
+		c.WatchBuffer = 256
 	}
 	if c.SlowReaderCutoff <= 0 {
 		c.SlowReaderCutoff = 10 * time.Second
