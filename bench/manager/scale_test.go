@@ -198,13 +198,17 @@ func TestScale(t *testing.T) {
 
 	// The 10,000-rule set.
 	set := policySet(policies, 10)
+	if os.Getenv("BULKHEAD_WALL") != "" {
+		// A wall to prove on every apply, over every reported workload.
+		set = wallSet + set
+	}
 	t0 = time.Now()
 	res, err := admin.Apply(ctx, api.ManagerApplyRequest{Documents: []api.Document{{Name: "set.yaml", Data: set}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("apply of %d policies × 10 rules (%d KiB) with %d workloads reported: %s", policies, len(set)>>10,
-		agents*per, time.Since(t0).Round(time.Millisecond))
+	t.Logf("apply of %d policies × 10 rules (%d KiB) with %d workloads reported, wall %v: %s", policies, len(set)>>10,
+		agents*per, os.Getenv("BULKHEAD_WALL") != "", time.Since(t0).Round(time.Millisecond))
 	usage("the apply")
 
 	// Follow from the head, as agents that hold the state resume.
@@ -394,6 +398,25 @@ func procUsage(pid int) (rss uint64, cpu time.Duration) {
 	}
 	return rss, cpu
 }
+
+// wallSet is a wall between two namespaces of the simulated workloads,
+// which the policies hold: their peers are in their own namespace.
+const wallSet = `apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: left}
+spec: {namespaces: [app1], selector: {}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Segment
+metadata: {name: right}
+spec: {namespaces: [app2], selector: {}}
+---
+apiVersion: bulkhead.dev/v1
+kind: Wall
+metadata: {name: left-right}
+spec: {segments: [left, right]}
+---
+`
 
 // policySet writes n policies of rules rules each over the simulated
 // workloads' labels, with a default-deny baseline.
