@@ -78,7 +78,7 @@ type feedQueue struct {
 }
 
 // feedChunk is lines to send: a revision's, shared by every watch that
-// sends it, or one line of a snapshot. rev is the revision of the "rev"
+// sends it, or a part of a snapshot. rev is the revision of the "rev"
 // line that ends it, if it ends with one.
 type feedChunk struct {
 	data []byte

@@ -119,8 +119,29 @@ type resolved struct {
 // those that have none, with compare-and-set on the counter.
 func (m *Manager) resolveIdentities(ctx context.Context, want map[string]api.Identity) (map[string]resolved, error) {
 	out := make(map[string]resolved, len(want))
-	var missing []string
+	lks := make([]string, 0, len(want))
 	for lk := range want {
+		lks = append(lks, lk)
+	}
+	missing, err := m.readIndex(ctx, lks, out)
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(missing)
+	for len(missing) > 0 {
+		n := min(len(missing), allocBatch)
+		if err := m.allocate(ctx, missing[:n], want, out); err != nil {
+			return nil, err
+		}
+		missing = missing[n:]
+	}
+	return out, nil
+}
+
+// readIndex resolves the label keys that have an identity into out and
+// returns those that have none.
+func (m *Manager) readIndex(ctx context.Context, lks []string, out map[string]resolved) (missing []string, err error) {
+	for _, lk := range lks {
 		kv, err := m.st.Get(ctx, indexKey(lk))
 		switch {
 		case err == nil:
@@ -132,18 +153,10 @@ func (m *Manager) resolveIdentities(ctx context.Context, want map[string]api.Ide
 		case errors.Is(err, store.ErrNotFound):
 			missing = append(missing, lk)
 		default:
-			return nil, fmt.Errorf("manager: read identity index: %w", err)
+			return nil, fmt.Errorf("manager: read identity index %s: %w", indexKey(lk), err)
 		}
 	}
-	sort.Strings(missing)
-	for len(missing) > 0 {
-		n := min(len(missing), allocBatch)
-		if err := m.allocate(ctx, missing[:n], want, out); err != nil {
-			return nil, err
-		}
-		missing = missing[n:]
-	}
-	return out, nil
+	return missing, nil
 }
 
 // allocate gives numbers to label keys, in one Txn. This manager's
@@ -157,21 +170,9 @@ func (m *Manager) allocate(ctx context.Context, lks []string, want map[string]ap
 	deadline := time.Now().Add(casDeadline)
 	for attempt := 0; ; attempt++ {
 		// Another report may have allocated some meanwhile.
-		var still []string
-		for _, lk := range lks {
-			kv, err := m.st.Get(ctx, indexKey(lk))
-			switch {
-			case err == nil:
-				id, perr := strconv.ParseUint(string(kv.Value), 10, 32)
-				if perr != nil {
-					return fmt.Errorf("manager: identity index %s: %w", kv.Key, perr)
-				}
-				out[lk] = resolved{id: uint32(id), index: kv}
-			case errors.Is(err, store.ErrNotFound):
-				still = append(still, lk)
-			default:
-				return fmt.Errorf("manager: read identity index: %w", err)
-			}
+		still, err := m.readIndex(ctx, lks, out)
+		if err != nil {
+			return err
 		}
 		if lks = still; len(lks) == 0 {
 			return nil
@@ -217,8 +218,11 @@ func (m *Manager) allocateOnce(ctx context.Context, lks []string, want map[strin
 	}
 	ops = append(ops, store.Put(keyIDCounter, []byte(strconv.FormatUint(next-1, 10))))
 	rev, ok, err := m.st.Txn(ctx, conds, ops)
-	if err != nil || !ok {
-		return false, err
+	if err != nil {
+		return false, fmt.Errorf("manager: allocate identities: %w", err)
+	}
+	if !ok {
+		return false, nil
 	}
 	for lk, id := range ids {
 		out[lk] = resolved{id: id, index: store.KV{Key: indexKey(lk), ModRev: rev}}
