@@ -124,7 +124,7 @@ func (c *Compiler) reset(set *policy.Set) error {
 		c.groups[d] = map[string]*groupInfo{}
 		c.classesByPeer[d] = map[int32]map[*classInfo]struct{}{}
 		c.groupsByPeer[d] = map[int32]map[*groupInfo]struct{}{}
-		c.tables[d] = newSmapSized[TableKey, PortMap](tableShards(len(set.Policies)))
+		c.tables[d] = newSmapBy[TableKey, PortMap](tableShard)
 	}
 	c.classesByName = map[portName]map[*classInfo]struct{}{}
 	c.groupsByName = map[portName]map[*groupInfo]struct{}{}
@@ -146,6 +146,10 @@ func (c *Compiler) reset(set *policy.Set) error {
 	c.wlList, c.wlDirty = slices.Clone(set.Workloads), false
 	return nil
 }
+
+// tableShard puts a group's entries in one shard: a change to a group
+// clones and compares one shard of a table.
+func tableShard(k TableKey) uint64 { return uint64(k.Group) }
 
 // buildOutside gives every CIDR class an identity for the addresses
 // outside the inventory.

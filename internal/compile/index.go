@@ -1,7 +1,8 @@
 package compile
 
 import (
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -21,17 +22,24 @@ func (m *matcher) matches(id *identInfo) bool {
 	return m.nsm.Matches(id.nsObj) && (m.sel == nil || m.sel.Matches(id.labels))
 }
 
-// selIndex is an inverted index from one label term of each matcher to the
+// term is one condition an identity has: its namespace ('n', k), a label
+// ('l', k, v) or a label of its namespace ('m', k, v); ('*') is had by all.
+type term struct {
+	kind byte
+	k, v string
+}
+
+// selIndex is an inverted index from one term of each matcher to the
 // matcher, so that finding the matchers of an identity costs its labels
 // plus the candidates, not the number of matchers.
 type selIndex struct {
-	byKey   map[string][]int32
+	byKey   map[term][]int32
 	entries map[int32]matcher
 }
 
 func (x *selIndex) add(id int32, m matcher) {
 	if x.byKey == nil {
-		x.byKey, x.entries = map[string][]int32{}, map[int32]matcher{}
+		x.byKey, x.entries = map[term][]int32{}, map[int32]matcher{}
 	}
 	x.entries[id] = m
 	for _, k := range indexKeys(m) {
@@ -55,45 +63,27 @@ func (x *selIndex) remove(id int32) {
 }
 
 // indexKeys picks the most selective term every match must satisfy.
-func indexKeys(m matcher) []string {
+func indexKeys(m matcher) []term {
 	if m.sel != nil && len(m.sel.MatchLabels) > 0 {
-		keys := make([]string, 0, len(m.sel.MatchLabels))
-		for k := range m.sel.MatchLabels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return []string{"l\x00" + keys[0] + "\x00" + m.sel.MatchLabels[keys[0]]}
+		k := slices.Min(slices.Collect(maps.Keys(m.sel.MatchLabels)))
+		return []term{{'l', k, m.sel.MatchLabels[k]}}
 	}
 	if m.nsOnly != "" {
-		return []string{"n\x00" + m.nsOnly}
+		return []term{{kind: 'n', k: m.nsOnly}}
 	}
 	if m.nsm.Selector == nil && len(m.nsm.Names) > 0 {
-		out := make([]string, 0, len(m.nsm.Names))
-		for _, n := range m.nsm.Names {
-			out = append(out, "n\x00"+n)
+		names := slices.Compact(slices.Sorted(slices.Values(m.nsm.Names)))
+		out := make([]term, 0, len(names))
+		for _, n := range names {
+			out = append(out, term{kind: 'n', k: n})
 		}
-		return dedupe(out)
+		return out
 	}
 	if s := m.nsm.Selector; s != nil && len(m.nsm.Names) == 0 && len(s.MatchLabels) > 0 {
-		keys := make([]string, 0, len(s.MatchLabels))
-		for k := range s.MatchLabels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return []string{"m\x00" + keys[0] + "\x00" + s.MatchLabels[keys[0]]}
+		k := slices.Min(slices.Collect(maps.Keys(s.MatchLabels)))
+		return []term{{'m', k, s.MatchLabels[k]}}
 	}
-	return []string{"*"}
-}
-
-func dedupe(s []string) []string {
-	sort.Strings(s)
-	out := s[:0]
-	for i, x := range s {
-		if i == 0 || x != s[i-1] {
-			out = append(out, x)
-		}
-	}
-	return out
+	return []term{{kind: '*'}}
 }
 
 // query calls f for every matcher that matches id.
@@ -101,8 +91,8 @@ func (x *selIndex) query(id *identInfo, f func(int32)) {
 	if x.byKey == nil || !id.workload {
 		return
 	}
-	identTerms(id, func(key string) {
-		for _, e := range x.byKey[key] {
+	identTerms(id, func(t term) {
+		for _, e := range x.byKey[t] {
 			m := x.entries[e]
 			if m.matches(id) {
 				f(e)
@@ -111,16 +101,16 @@ func (x *selIndex) query(id *identInfo, f func(int32)) {
 	})
 }
 
-// identTerms lists the index terms a workload identity has: every
-// matcher that matches it is indexed under one of them.
-func identTerms(id *identInfo, f func(string)) {
-	f("*")
-	f("n\x00" + id.ns)
+// identTerms lists the terms a workload identity has: every matcher that
+// matches it is indexed under one of them.
+func identTerms(id *identInfo, f func(term)) {
+	f(term{kind: '*'})
+	f(term{kind: 'n', k: id.ns})
 	for k, v := range id.labels {
-		f("l\x00" + k + "\x00" + v)
+		f(term{'l', k, v})
 	}
 	for k, v := range id.nsObj.Labels {
-		f("m\x00" + k + "\x00" + v)
+		f(term{'m', k, v})
 	}
 }
 
@@ -128,20 +118,24 @@ func identTerms(id *identInfo, f func(string)) {
 // to the identities that have it, so that a policy change finds the
 // identities a subject or a peer may match without looking at all.
 type identIndex struct {
-	terms map[string]map[*identInfo]struct{}
+	terms map[term]map[*identInfo]struct{}   // all but '*': see matching
 	segs  [2]map[int]map[*identInfo]struct{} // by address (peers), by first address (subjects)
 	cidr  map[int32]map[*identInfo]struct{}
 }
 
 func newIdentIndex() identIndex {
-	return identIndex{terms: map[string]map[*identInfo]struct{}{},
+	return identIndex{terms: map[term]map[*identInfo]struct{}{},
 		segs: [2]map[int]map[*identInfo]struct{}{{}, {}}, cidr: map[int32]map[*identInfo]struct{}{}}
 }
 
 // update adds id to (or removes it from) the index.
 func (x *identIndex) update(id *identInfo, add bool) {
 	if id.workload {
-		identTerms(id, func(t string) { setMember(x.terms, t, id, add) })
+		identTerms(id, func(t term) {
+			if t.kind != '*' {
+				setMember(x.terms, t, id, add)
+			}
+		})
 	}
 	for i, segs := range [2][]bool{id.segs, id.subjSegs} {
 		for s, in := range segs {
@@ -154,8 +148,17 @@ func (x *identIndex) update(id *identInfo, add bool) {
 }
 
 // matching calls f for the identities m may match (a superset: f checks).
-func (x *identIndex) matching(m matcher, f func(*identInfo)) {
+// all lists every identity, for matchers without a selective term.
+func (x *identIndex) matching(m matcher, all map[string]*identInfo, f func(*identInfo)) {
 	for _, k := range indexKeys(m) {
+		if k.kind == '*' {
+			for _, id := range all {
+				if id.workload {
+					f(id)
+				}
+			}
+			continue
+		}
 		for id := range x.terms[k] {
 			f(id)
 		}

@@ -2,32 +2,22 @@ package compile
 
 import (
 	"hash/maphash"
+	"maps"
 	"slices"
 )
 
-// numShards is the shard count of most maps. A write clones its shard
+// numShards is the shard count of every map. A write clones its shard
 // (once per snapshot) and Diff compares the shards two states do not
-// share, so the cost of a change is the number of keys it writes times
-// the size of a shard. The verdict tables (450,000 keys at full scale)
-// get more shards, in proportion to the policies: see tableShards.
+// share, so the cost of a change is the number of shards it writes times
+// the size of a shard.
 const numShards = 1 << 10
-
-// tableShards is the shard count of the verdict tables for a compile of n
-// policies: about 60 keys per policy at full scale, so about 30 keys per
-// shard. SetPolicies compiles in full when the policies outgrow it.
-func tableShards(n int) int {
-	s := 64
-	for s < 2*n && s < 1<<14 {
-		s *= 2
-	}
-	return s
-}
 
 // smap is a map split into shards with copy-on-write snapshots. A Compiler
 // writes through its working copy; freeze hands out an immutable copy.
 type smap[K comparable, V any] struct {
 	seed   maphash.Seed
-	gen    uint64 // shards with this generation belong to the working copy
+	gen    uint64         // shards with this generation belong to the working copy
+	part   func(K) uint64 // the part of a key that picks its shard; nil: all of it
 	shards []*shard[K, V]
 }
 
@@ -36,10 +26,11 @@ type shard[K comparable, V any] struct {
 	gen uint64
 }
 
-func newSmap[K comparable, V any]() *smap[K, V] { return newSmapSized[K, V](numShards) }
+func newSmap[K comparable, V any]() *smap[K, V] { return newSmapBy[K, V](nil) }
 
-func newSmapSized[K comparable, V any](n int) *smap[K, V] {
-	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1, shards: make([]*shard[K, V], n)}
+// newSmapBy makes a map whose keys with equal part share a shard.
+func newSmapBy[K comparable, V any](part func(K) uint64) *smap[K, V] {
+	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1, part: part, shards: make([]*shard[K, V], numShards)}
 	empty := &shard[K, V]{m: map[K]V{}}
 	for i := range s.shards {
 		s.shards[i] = empty
@@ -48,7 +39,10 @@ func newSmapSized[K comparable, V any](n int) *smap[K, V] {
 }
 
 func (s *smap[K, V]) index(k K) int {
-	return int(maphash.Comparable(s.seed, k) % uint64(len(s.shards)))
+	if s.part != nil {
+		return int(maphash.Comparable(s.seed, s.part(k)) % numShards)
+	}
+	return int(maphash.Comparable(s.seed, k) % numShards)
 }
 
 func (s *smap[K, V]) get(k K) (V, bool) {
@@ -66,10 +60,7 @@ func (s *smap[K, V]) writable(k K) *shard[K, V] {
 	i := s.index(k)
 	sh := s.shards[i]
 	if sh.gen != s.gen {
-		m := make(map[K]V, len(sh.m)+1)
-		for k, v := range sh.m {
-			m[k] = v
-		}
+		m := maps.Clone(sh.m) // copies the table, no rehashing
 		sh = &shard[K, V]{m: m, gen: s.gen}
 		s.shards[i] = sh
 	}
@@ -168,7 +159,7 @@ func diffSmap[K comparable, V any](a, b *smap[K, V], eq func(V, V) bool) []Chang
 	if a.empty() {
 		return b.adds()
 	}
-	if a.seed != b.seed || len(a.shards) != len(b.shards) {
+	if a.seed != b.seed {
 		return diffMaps(a.each, a.get, b.each, b.get, eq)
 	}
 	for i := range b.shards {

@@ -54,8 +54,7 @@ func maxChanged(n int) int { return max(64, n/4) }
 // change cannot be made incrementally.
 func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
 	pr := c.pr
-	if pr == nil || pr.dups || tableShards(len(set.Policies)) > len(c.tables[0].shards) ||
-		!c.inv.same(set) || !c.sameWorkloads(set.Workloads) {
+	if pr == nil || pr.dups || !c.inv.same(set) || !c.sameWorkloads(set.Workloads) {
 		return nil, false
 	}
 	c.polEpoch++
@@ -363,7 +362,7 @@ func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
 		}
 		return
 	}
-	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, func(id *identInfo) {
+	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, c.idents, func(id *identInfo) {
 		if id.local > 0 {
 			f(id)
 		}
@@ -387,7 +386,7 @@ func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
 			}
 		}
 	case def.wl != nil:
-		c.idx.matching(*def.wl, f)
+		c.idx.matching(*def.wl, c.idents, f)
 	}
 }
 
