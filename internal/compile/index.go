@@ -147,7 +147,8 @@ func (x *identIndex) update(id *identInfo, add bool) {
 	setMember(x.cidr, id.cidr, id, add)
 }
 
-// matching calls f for the identities m may match (a superset: f checks).
+// matching calls f for the identities m may match: a superset, which
+// costs only time (an identity looked at again keeps what it has).
 // all lists every identity, for matchers without a selective term.
 func (x *identIndex) matching(m matcher, all map[string]*identInfo, f func(*identInfo)) {
 	for _, k := range indexKeys(m) {

@@ -397,8 +397,6 @@ func compileService(s policy.Service) svc {
 
 // peer returns the id of a rule peer, deduplicated by canonical form;
 // any reports a peer that matches everything.
-// peer returns the id of a rule peer, deduplicated by canonical form;
-// any reports a peer that matches everything.
 func (pr *program) peer(p *policy.Peer, a *allocBuilder) (id int32, any bool, err error) {
 	def := &peerDef{seg: -1}
 	switch {

@@ -3,14 +3,13 @@ package compile
 import (
 	"hash/maphash"
 	"maps"
-	"slices"
 )
 
 // numShards is the shard count of every map. A write clones its shard
 // (once per snapshot) and Diff compares the shards two states do not
 // share, so the cost of a change is the number of shards it writes times
 // the size of a shard.
-const numShards = 1 << 10
+const numShards = 1024
 
 // smap is a map split into shards with copy-on-write snapshots. A Compiler
 // writes through its working copy; freeze hands out an immutable copy.
@@ -18,7 +17,7 @@ type smap[K comparable, V any] struct {
 	seed   maphash.Seed
 	gen    uint64         // shards with this generation belong to the working copy
 	part   func(K) uint64 // the part of a key that picks its shard; nil: all of it
-	shards []*shard[K, V]
+	shards [numShards]*shard[K, V]
 }
 
 type shard[K comparable, V any] struct {
@@ -30,7 +29,7 @@ func newSmap[K comparable, V any]() *smap[K, V] { return newSmapBy[K, V](nil) }
 
 // newSmapBy makes a map whose keys with equal part share a shard.
 func newSmapBy[K comparable, V any](part func(K) uint64) *smap[K, V] {
-	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1, part: part, shards: make([]*shard[K, V], numShards)}
+	s := &smap[K, V]{seed: maphash.MakeSeed(), gen: 1, part: part}
 	empty := &shard[K, V]{m: map[K]V{}}
 	for i := range s.shards {
 		s.shards[i] = empty
@@ -80,7 +79,6 @@ func (s *smap[K, V]) del(k K) {
 func (s *smap[K, V]) freeze() *smap[K, V] {
 	c := *s
 	c.gen = 0
-	c.shards = slices.Clone(s.shards)
 	s.gen++
 	return &c
 }
