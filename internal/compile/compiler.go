@@ -398,6 +398,7 @@ func (c *Compiler) State() *State {
 	}
 	c.outcomes = c.outcomes[:len(c.outcomes):len(c.outcomes)] // appends never write into a shared array
 	c.pr.rulesShared = true
+	s.rulesLog = c.pr.logRules()
 	return s
 }
 

@@ -1,7 +1,9 @@
 package compile
 
 import (
+	"cmp"
 	"net/netip"
+	"slices"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -23,6 +25,10 @@ type Delta struct {
 	FirstOutcome OutcomeID
 	// Rules is the new rule table when it changed.
 	Rules []policy.RuleRef
+	// RuleChanges are the rule numbers whose rule changed, by number: an
+	// empty RuleRef counts as no rule. Between States of one Compiler it
+	// costs the rules the updates wrote, not the table.
+	RuleChanges []Change[RuleNum, policy.RuleRef]
 }
 
 // Empty reports whether d changes nothing.
@@ -60,7 +66,8 @@ func Diff(old, new *State) Delta {
 		n = 1 // not of one lineage: send them all
 	}
 	d.FirstOutcome, d.Outcomes = OutcomeID(n), new.Outcomes[n:]
-	if !rulesEqual(old.Rules, new.Rules) {
+	d.RuleChanges = diffRules(old, new)
+	if len(d.RuleChanges) > 0 || len(old.Rules) != len(new.Rules) {
 		d.Rules = new.Rules
 	}
 	return d
@@ -93,17 +100,101 @@ func outcomesPrefix(a, b []Outcome) bool {
 	return true
 }
 
-func rulesEqual(a, b []policy.RuleRef) bool {
-	if len(a) != len(b) {
-		return false
+// ruleEdits is one step of a Compiler's rule table: the slots it wrote
+// since the State before. A State keeps its step, which links back a
+// bounded number of steps, so that Diff finds the slots two States of one
+// lineage may differ in without comparing the table.
+type ruleEdits struct {
+	prev  *ruleEdits
+	depth int
+	slots []RuleNum
+}
+
+// maxRuleSteps bounds the steps a State keeps (and Diff walks): States
+// further apart compare their tables in full.
+const maxRuleSteps = 64
+
+// logRules closes the step of the rule slots written since the last
+// State; a State without writes shares its step with the one before.
+func (pr *program) logRules() *ruleEdits {
+	if pr.ruleLog != nil && len(pr.ruleEdits) == 0 {
+		return pr.ruleLog
 	}
-	if len(a) > 0 && &a[0] == &b[0] {
-		return true
+	e := &ruleEdits{prev: pr.ruleLog, slots: pr.ruleEdits}
+	if e.prev != nil {
+		e.depth = e.prev.depth + 1
 	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+	if e.depth >= maxRuleSteps {
+		e.prev, e.depth = nil, 0
+	}
+	pr.ruleLog, pr.ruleEdits = e, nil
+	return e
+}
+
+// editedSlots returns the slots written between steps a and b of one
+// lineage (either may be the later one), or ok false when neither leads
+// back to the other.
+func editedSlots(a, b *ruleEdits) (slots []RuleNum, ok bool) {
+	if a == nil || b == nil {
+		return nil, false
+	}
+	walk := func(from, to *ruleEdits) ([]RuleNum, bool) {
+		var out []RuleNum
+		for e := from; e != nil; e = e.prev {
+			if e == to {
+				return out, true
+			}
+			out = append(out, e.slots...)
+		}
+		return nil, false
+	}
+	if s, ok := walk(b, a); ok {
+		return s, true
+	}
+	return walk(a, b)
+}
+
+// diffRules lists the rule numbers whose rule differs from old to new:
+// the slots written in between when the two are of one lineage (plus the
+// tail of the longer table), every slot otherwise.
+func diffRules(old, new *State) []Change[RuleNum, policy.RuleRef] {
+	a, b := old.Rules, new.Rules
+	at := func(r []policy.RuleRef, n int) policy.RuleRef {
+		if n < len(r) {
+			return r[n]
+		}
+		return policy.RuleRef{}
+	}
+	var out []Change[RuleNum, policy.RuleRef]
+	check := func(n int) {
+		x, y := at(a, n), at(b, n)
+		switch {
+		case x == y:
+		case x == (policy.RuleRef{}):
+			out = append(out, Change[RuleNum, policy.RuleRef]{Op: Add, Key: RuleNum(n), New: y})
+		case y == (policy.RuleRef{}):
+			out = append(out, Change[RuleNum, policy.RuleRef]{Op: Delete, Key: RuleNum(n), Old: x})
+		default:
+			out = append(out, Change[RuleNum, policy.RuleRef]{Op: Update, Key: RuleNum(n), Old: x, New: y})
 		}
 	}
-	return true
+	short, long := min(len(a), len(b)), max(len(a), len(b))
+	if slots, ok := editedSlots(old.rulesLog, new.rulesLog); ok {
+		seen := map[RuleNum]bool{}
+		for _, n := range slots {
+			if int(n) > 0 && int(n) < short && !seen[n] {
+				seen[n] = true
+				check(int(n))
+			}
+		}
+		slices.SortFunc(out, func(x, y Change[RuleNum, policy.RuleRef]) int { return cmp.Compare(x.Key, y.Key) })
+	} else if !(short > 0 && &a[0] == &b[0]) {
+		for n := 1; n < short; n++ {
+			check(n)
+		}
+	}
+	for n := max(short, 1); n < long; n++ {
+		check(n)
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"slices"
 	"sort"
 	"testing"
 
@@ -181,6 +182,7 @@ func TestPolicyEditsMatchFresh(t *testing.T) {
 		firstStats := first.Stats()
 		replay := newReplay(first)
 		prev := first
+		hist := []*State{first}
 		for step := 0; step < steps; step++ {
 			var what string
 			switch k := g.r.Intn(10); {
@@ -209,6 +211,10 @@ func TestPolicyEditsMatchFresh(t *testing.T) {
 			st := c.State()
 			replay.apply(Diff(prev, st))
 			prev = st
+			old := hist[g.r.Intn(len(hist))]
+			hist = append(hist, st)
+			checkRuleChanges(t, old, st)
+			checkRuleChanges(t, st, old)
 			t.Run(fmt.Sprintf("%d/%d", seed, step), func(t *testing.T) {
 				t.Logf("host %q, %s", host, what)
 				checkFresh(t, set, host, st)
@@ -287,5 +293,33 @@ func TestPolicyEditKinds(t *testing.T) {
 			checkFresh(t, set, "", st)
 			checkAgainstEngine(t, gen{rand.New(rand.NewSource(1))}, set, st, 300)
 		})
+	}
+}
+
+// checkRuleChanges requires Diff's rule changes from a to b to be those a
+// comparison of every slot finds.
+func checkRuleChanges(t *testing.T, a, b *State) {
+	t.Helper()
+	var want []Change[RuleNum, policy.RuleRef]
+	for n := 1; n < max(len(a.Rules), len(b.Rules)); n++ {
+		var x, y policy.RuleRef
+		if n < len(a.Rules) {
+			x = a.Rules[n]
+		}
+		if n < len(b.Rules) {
+			y = b.Rules[n]
+		}
+		switch {
+		case x == y:
+		case x == (policy.RuleRef{}):
+			want = append(want, Change[RuleNum, policy.RuleRef]{Op: Add, Key: RuleNum(n), New: y})
+		case y == (policy.RuleRef{}):
+			want = append(want, Change[RuleNum, policy.RuleRef]{Op: Delete, Key: RuleNum(n), Old: x})
+		default:
+			want = append(want, Change[RuleNum, policy.RuleRef]{Op: Update, Key: RuleNum(n), Old: x, New: y})
+		}
+	}
+	if got := Diff(a, b).RuleChanges; !slices.Equal(got, want) {
+		t.Fatalf("rule changes: got %v, want %v", got, want)
 	}
 }

@@ -36,7 +36,9 @@ type program struct {
 	bucketOf    [256]uint8
 	bucketProt  []int // bucket → protocol; -1 for "other"
 	rules       []policy.RuleRef
-	rulesShared bool // a State holds rules: copy before changing a slot
+	rulesShared bool       // a State holds rules: copy before changing a slot
+	ruleEdits   []RuleNum  // slots written since the last State
+	ruleLog     *ruleEdits // what the last State holds
 }
 
 // uses counts, over all policies, what the rest of a compile is built on:
@@ -167,7 +169,7 @@ func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 	if err := pr.markGuards(set); err != nil {
 		return nil, err
 	}
-	pr.rules = []policy.RuleRef{{}}
+	pr.rules, pr.ruleEdits, pr.ruleLog = []policy.RuleRef{{}}, nil, nil
 	for _, p := range set.Policies {
 		cp, err := pr.compilePolicy(snapshotOf(p), a)
 		if err != nil {
@@ -362,6 +364,7 @@ func (pr *program) setRule(n RuleNum, ref policy.RuleRef) {
 		pr.rules = append(pr.rules, policy.RuleRef{})
 	}
 	pr.rules[n] = ref
+	pr.ruleEdits = append(pr.ruleEdits, n)
 }
 
 // compileService turns a service into port intervals; ICMP matches on

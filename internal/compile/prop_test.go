@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
@@ -154,7 +155,7 @@ type replay struct {
 
 func newReplay(s *State) *replay {
 	cp := &State{Addrs: newSmap[netip.Addr, IdentityID](), Identities: newSmap[IdentityID, IdentityAttrs](),
-		Guards: newSmap[[2]GuardID, Guard](), Ranges: s.Ranges, Outcomes: s.Outcomes, Rules: s.Rules}
+		Guards: newSmap[[2]GuardID, Guard](), Ranges: s.Ranges, Outcomes: s.Outcomes, Rules: []policy.RuleRef{{}}}
 	cp.Tables[0], cp.Tables[1] = newSmap[TableKey, PortMap](), newSmap[TableKey, PortMap]()
 	r := &replay{s: cp}
 	r.apply(Diff(nil, s))
@@ -181,9 +182,18 @@ func (r *replay) apply(d Delta) {
 		r.s.Ranges = d.Ranges
 	}
 	r.s.Outcomes = append(r.s.Outcomes[:d.FirstOutcome:d.FirstOutcome], d.Outcomes...)
-	if d.Rules != nil {
-		r.s.Rules = d.Rules
+	// The rule table from its changes alone, as the kernel keeps it.
+	rules := slices.Clone(r.s.Rules)
+	for _, c := range d.RuleChanges {
+		for int(c.Key) >= len(rules) {
+			rules = append(rules, policy.RuleRef{})
+		}
+		rules[c.Key] = c.New // zero for a Delete
 	}
+	for len(rules) > 1 && rules[len(rules)-1] == (policy.RuleRef{}) {
+		rules = rules[:len(rules)-1]
+	}
+	r.s.Rules = rules
 }
 
 func (r *replay) state() *State { return r.s }

@@ -131,7 +131,8 @@ type State struct {
 	Walls    []*policy.Wall
 	Conflict []*policy.ConflictClass
 
-	alloc *allocState // for stable numbering across compiles
+	alloc    *allocState // for stable numbering across compiles
+	rulesLog *ruleEdits  // how Rules came about, for a cheap Diff
 }
 
 // Identity returns the identity of an address, as the dataplane finds it:
