@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"runtime"
 	"sync"
@@ -105,6 +106,7 @@ func (a *Agent) loop() {
 		}
 		if r.op.objects() {
 			r.done <- a.objectsChange(r)
+			a.compactIfDue()
 			continue
 		}
 		batch := []*request{r}
@@ -160,7 +162,8 @@ func (a *Agent) objectsChange(r *request) reply {
 		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
 	}
 	t2 := time.Now()
-	if err := a.state.write(objectsFile, encodeObjects(l.rev+1, nextList)); err != nil {
+	rec := changeRecord(l.rev+1, next, res)
+	if err := a.state.appendRecord(rec, func() objectsState { return encodeObjects(l.rev+1, nextList) }); err != nil {
 		a.revert()
 		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
 	}
@@ -172,6 +175,21 @@ func (a *Agent) objectsChange(r *request) reply {
 	a.log.Info("objects changed", "op", r.op.String(), "revision", l.rev, "created", len(res.Created), "updated", len(res.Updated),
 		"deleted", len(res.Deleted), "read", tv.Sub(r.start), "validate", t0.Sub(tv), "compile", t1.Sub(t0), "dataplane", t2.Sub(t1), "enforced", t2.Sub(r.start))
 	return reply{result: res}
+}
+
+// compactIfDue folds the journal into objects.json once it has outgrown
+// it, after the change was answered; a failure leaves the journal, which
+// still holds every change, and is tried again after the next change.
+func (a *Agent) compactIfDue() {
+	if !a.state.compactDue() {
+		return
+	}
+	t0 := time.Now()
+	if err := a.state.compact(encodeObjects(a.l.rev, a.l.objList)); err != nil {
+		a.log.Error("compact the state dir", "err", err)
+		return
+	}
+	a.log.Info("state compacted", "revision", a.l.rev, "bytes", a.state.snapshotSize, "took", time.Since(t0))
 }
 
 // plan computes the object set a request makes, and what it changes.
@@ -422,11 +440,20 @@ func (a *Agent) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	recs, journalSize, err := a.state.readJournal()
+	if err != nil {
+		return err
+	}
+	seq := int64(math.MinInt64 / 2) // before every document applied from now on
 	l.objects = map[api.ObjectRef]*object{}
 	if found {
-		if l.objects, err = decodeObjects(a.state.path(objectsFile), objs); err != nil {
+		if l.objects, err = decodeObjects(a.state.path(objectsFile), objs, &seq); err != nil {
 			return err
 		}
+	}
+	objRev, err := replay(a.state.path(journalFile), l.objects, recs, objs.Revision, &seq)
+	if err != nil {
+		return err
 	}
 	var ws workloadsState
 	wfound, err := a.state.read(workloadsFile, &ws)
@@ -439,7 +466,7 @@ func (a *Agent) restore(ctx context.Context) error {
 			return err
 		}
 	}
-	l.rev = max(objs.Revision, ws.Revision)
+	l.rev = max(objRev, ws.Revision)
 	l.objList, l.regList = sortedObjects(l.objects), sortedRegistrations(l.regs)
 	l.objSet = objectSet(l.objList)
 	full := withWorkloads(l.objSet, l.regList)
@@ -453,6 +480,12 @@ func (a *Agent) restore(ctx context.Context) error {
 	t0 := time.Now()
 	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.regList)); err != nil {
 		return fmt.Errorf("agent: enforce the state in %s: %w", a.state.dir, err)
+	}
+	if journalSize > 0 {
+		// Start with an empty journal: fold it in, and drop a cut-short tail.
+		if err := a.state.compact(encodeObjects(l.rev, l.objList)); err != nil {
+			return err
+		}
 	}
 	a.log.Info("state restored", "revision", l.rev, "objects", len(l.objects), "workloads", len(l.regs), "dataplane", time.Since(t0))
 	a.publish(full)

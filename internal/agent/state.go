@@ -13,15 +13,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The state dir holds two files, each replaced whole and atomically (write
-// a temporary file, fsync, rename, fsync the directory), and a lock:
+// The state dir holds these files and a lock:
 //
-//	objects.json    the applied documents, each with the objects it still defines
-//	workloads.json  the registered local workloads
-//	lock            flock(2)ed while an agent uses the dir
+//	objects.json     the applied documents, each with the objects it still
+//	                 defines, as of its revision (the snapshot)
+//	objects.journal  the changes to the objects since, one record each
+//	                 (see journal.go), folded into objects.json now and then
+//	workloads.json   the registered local workloads
+//	lock             flock(2)ed while an agent uses the dir
 //
-// Objects and workloads are separate so that a workload registration
-// rewrites only the (small) list of workloads.
+// objects.json and workloads.json are replaced whole and atomically
+// (write a temporary file, fsync, rename, fsync the directory); the
+// journal is appended to and fsynced. Objects and workloads are separate
+// so that a workload registration rewrites only the list of workloads.
 const (
 	objectsFile   = "objects.json"
 	workloadsFile = "workloads.json"
@@ -53,6 +57,11 @@ type workloadsState struct {
 type stateDir struct {
 	dir  string
 	lock *os.File
+
+	journal       *os.File // objects.journal, opened at the first append
+	journalSize   int64    // its length: records end there
+	journalBroken bool     // a failed append could not be undone: compact
+	snapshotSize  int64    // the length of objects.json when last written
 }
 
 func openStateDir(dir string) (*stateDir, error) {
@@ -77,7 +86,11 @@ func openStateDir(dir string) (*stateDir, error) {
 }
 
 func (s *stateDir) close() error {
-	return s.lock.Close() // releases the flock
+	var err error
+	if s.journal != nil {
+		err = s.journal.Close()
+	}
+	return errors.Join(err, s.lock.Close()) // releases the flock
 }
 
 func (s *stateDir) path(name string) string { return filepath.Join(s.dir, name) }
@@ -132,6 +145,9 @@ func (s *stateDir) write(name string, v any) error {
 	if err != nil {
 		return fmt.Errorf("agent: write state file %s: %w", p, err)
 	}
+	if name == objectsFile {
+		s.snapshotSize = int64(len(data))
+	}
 	return nil
 }
 
@@ -164,32 +180,43 @@ func encodeObjects(rev int64, objs []*object) objectsState {
 }
 
 // decodeObjects reads the documents back with the same reader apply uses
-// and keeps the objects each still defines.
-func decodeObjects(path string, st objectsState) (map[api.ObjectRef]*object, error) {
+// and keeps the objects each still defines; the documents are numbered
+// from seq on.
+func decodeObjects(path string, st objectsState, seq *int64) (map[api.ObjectRef]*object, error) {
 	if st.Format != stateFormat {
 		return nil, corrupt(path, fmt.Errorf("format %d, this agent reads format %d", st.Format, stateFormat))
 	}
 	objs := map[api.ObjectRef]*object{}
 	for i, sd := range st.Documents {
-		d := &document{name: sd.Name, data: sd.Data, seq: int64(i - len(st.Documents))}
-		parsed, errs := parseDocument(d)
-		if len(errs) > 0 {
-			return nil, corrupt(path, fmt.Errorf("document %d (%s) no longer reads: %w", i, sd.Name, errs.Err()))
-		}
-		byRef := map[api.ObjectRef]*object{}
-		for _, o := range parsed {
-			byRef[o.ref] = o
-		}
-		for _, ref := range sd.Objects {
-			o, ok := byRef[ref]
-			if !ok {
-				return nil, corrupt(path, fmt.Errorf("document %d (%s) does not define %s", i, sd.Name, refString(ref)))
-			}
-			if _, dup := objs[ref]; dup {
-				return nil, corrupt(path, fmt.Errorf("%s is listed twice", refString(ref)))
-			}
-			objs[ref] = o
+		*seq++
+		d := &document{name: sd.Name, data: sd.Data, seq: *seq}
+		if err := keepObjects(objs, d, sd.Objects, false); err != nil {
+			return nil, corrupt(path, fmt.Errorf("document %d: %w", i, err))
 		}
 	}
 	return objs, nil
+}
+
+// keepObjects reads document d and puts the objects refs names into objs;
+// unless replace, an object already there is an error.
+func keepObjects(objs map[api.ObjectRef]*object, d *document, refs []api.ObjectRef, replace bool) error {
+	parsed, errs := parseDocument(d)
+	if len(errs) > 0 {
+		return fmt.Errorf("%s no longer reads: %w", d.name, errs.Err())
+	}
+	byRef := map[api.ObjectRef]*object{}
+	for _, o := range parsed {
+		byRef[o.ref] = o
+	}
+	for _, ref := range refs {
+		o, ok := byRef[ref]
+		if !ok {
+			return fmt.Errorf("%s does not define %s", d.name, refString(ref))
+		}
+		if _, dup := objs[ref]; dup && !replace {
+			return fmt.Errorf("%s is listed twice", refString(ref))
+		}
+		objs[ref] = o
+	}
+	return nil
 }
