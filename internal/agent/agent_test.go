@@ -427,3 +427,24 @@ func TestAFailedWriteRollsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A change of policies alone, without walls, is checked without the whole
+// set: what it names must still exist, with the error validate words.
+func TestPolicyChangeNamingAMissingSegmentIsRefused(t *testing.T) {
+	a := startAgent(t, shortDir(t))
+	seg := doc("seg.yaml", "apiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: dbs}\nspec: {selector: {matchLabels: {role: database}}}\n")
+	pol := func(segment string) api.Document {
+		return doc("pol.yaml", "apiVersion: bulkhead.dev/v1\nkind: Policy\nmetadata: {name: p, namespace: n}\nspec:\n  appliesTo: {segment: dbs}\n  ingress: [{action: allow, from: [{segment: "+segment+"}]}]\n")
+	}
+	if _, err := a.c.Apply(ctx, api.ApplyRequest{Documents: []api.Document{seg, pol("dbs")}}); err != nil {
+		t.Fatal(err)
+	}
+	rev := a.Revision()
+	_, err := a.c.Apply(ctx, api.ApplyRequest{Documents: []api.Document{pol("nowhere")}})
+	if e := apiError(t, err); !strings.Contains(e.Error(), `pol.yaml:6:13: spec.ingress[0].from[0].segment`) || !strings.Contains(e.Error(), `segment "nowhere" does not exist`) {
+		t.Fatalf("%v", e)
+	}
+	if a.Revision() != rev {
+		t.Fatalf("a refused apply changed the revision: %d → %d", rev, a.Revision())
+	}
+}

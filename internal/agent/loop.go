@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -143,8 +144,10 @@ func (a *Agent) objectsChange(r *request) reply {
 	nextList := sortedObjects(next)
 	objSet := objectSet(nextList)
 	full := withWorkloads(objSet, l.regList)
-	if err := validate(r.op, full); err != nil {
-		return reply{err: err}
+	if !policiesStillValid(next, res, objSet) {
+		if err := validate(r.op, full); err != nil {
+			return reply{err: err}
+		}
 	}
 	if r.dryRun {
 		return reply{result: res}
@@ -259,6 +262,48 @@ func validate(op opKind, full *policy.Set) error {
 		return newError(http.StatusConflict, d, "agent: %s refused: %d wall breaches; nothing was changed", op, len(breaches))
 	}
 	return nil
+}
+
+// policiesStillValid says whether a change that creates, updates or
+// deletes policies only leaves the set in force valid without checking it
+// whole: names are unique by construction (objects are stored by kind,
+// namespace and name), nothing refers to a policy, and without walls
+// there is nothing to prove, so only the segments the changed policies
+// name must exist. Any other change, or a missing segment, is checked
+// whole by validate, which also words the errors.
+func policiesStillValid(next map[api.ObjectRef]*object, res api.ApplyResult, objSet *policy.Set) bool {
+	if len(objSet.Walls) > 0 {
+		return false
+	}
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Deleted} {
+		for _, ref := range refs {
+			if !slices.Contains(policyKinds, ref.Kind) {
+				return false
+			}
+		}
+	}
+	segment := func(name string) bool {
+		_, ok := next[api.ObjectRef{Kind: "Segment", Name: name}]
+		return ok
+	}
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
+		for _, ref := range refs {
+			p := next[ref].set.Policies[0]
+			if p.Subject.Segment != "" && !segment(p.Subject.Segment) {
+				return false
+			}
+			for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+				for _, rule := range p.Rules(d) {
+					for _, peer := range rule.Peers {
+						if peer.Segment != "" && !segment(peer.Segment) {
+							return false
+						}
+					}
+				}
+			}
+		}
+	}
+	return true
 }
 
 func details(err error) []string {
