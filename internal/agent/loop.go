@@ -141,7 +141,7 @@ func (a *Agent) objectsChange(r *request) reply {
 		return reply{result: res}
 	}
 	tv := time.Now()
-	nextList := sortedObjects(next)
+	nextList := changedList(l.objList, next, res)
 	objSet := objectSet(nextList)
 	full := withWorkloads(objSet, l.regList)
 	if !policiesStillValid(next, res, objSet) {

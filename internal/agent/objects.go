@@ -191,6 +191,39 @@ func sortedObjects(objs map[api.ObjectRef]*object) []*object {
 	return out
 }
 
+// changedList is the sorted list of next, the object set a change made
+// of the one whose sorted list is prev: prev with the change merged in,
+// without sorting everything again.
+func changedList(prev []*object, next map[api.ObjectRef]*object, res api.ApplyResult) []*object {
+	if len(res.Created)+len(res.Updated)+len(res.Deleted) > len(next)/8 {
+		return sortedObjects(next)
+	}
+	changed := make(map[api.ObjectRef]bool, len(res.Updated)+len(res.Deleted))
+	for _, refs := range [][]api.ObjectRef{res.Updated, res.Deleted} {
+		for _, ref := range refs {
+			changed[ref] = true
+		}
+	}
+	created := make([]*object, len(res.Created)) // res.Created is sorted
+	for i, ref := range res.Created {
+		created[i] = next[ref]
+	}
+	out := make([]*object, 0, len(next))
+	for _, o := range prev {
+		for len(created) > 0 && created[0].key < o.key {
+			out = append(out, created[0])
+			created = created[1:]
+		}
+		if changed[o.ref] {
+			if o = next[o.ref]; o == nil {
+				continue // deleted
+			}
+		}
+		out = append(out, o)
+	}
+	return append(out, created...)
+}
+
 func sortRefs(refs []api.ObjectRef) {
 	sort.Slice(refs, func(i, j int) bool { return refKey(refs[i]) < refKey(refs[j]) })
 }
