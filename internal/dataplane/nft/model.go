@@ -29,9 +29,11 @@ type model struct {
 	walls    []string                   // signature by wall index
 	nconf    int                        // conflict chains made
 	buckets  [256]uint8
-	counters map[string]string // counter object → wall name ("" for the fixed ones)
-	ruleOf   map[string]string // rule key → rule id: the elements of the rule counter set
-	wallOf   map[string]string // wall counter name → wall name
+	counters map[string]string     // counter object → wall name ("" for the fixed ones)
+	ruleOf   map[string]string     // rule key → rule id: the elements of the rule counter set
+	ruleRefs map[string]int        // rule key → outcomes that count into it
+	byRule   [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
+	wallOf   map[string]string     // wall counter name → wall name
 }
 
 type ownElem struct {
@@ -42,7 +44,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -77,10 +79,10 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 		return
 	}
 	delta := compile.Diff(m.state, d.State)
-	rulesChanged := m.state == nil || delta.Rules != nil
+	// Outcomes only grow within a lineage: otherwise look at every one.
+	full := m.state == nil || int(delta.FirstOutcome) < len(m.outcomes)
 	wallsChanged := m.state == nil || !sameWalls(m.state.Walls, d.State.Walls) || len(m.state.Conflict) != len(d.State.Conflict)
-	m.ruleCounterElems(t, d.State, rulesChanged)
-	m.outcomeElems(t, d.State, rulesChanged)
+	m.outcomeElems(t, d.State, delta.RuleChanges, full)
 	if wallsChanged {
 		m.wallChains(t, d.State)
 		m.counterObjects(t, d.State)
@@ -141,87 +143,6 @@ func (m *model) attachments(t *tx, atts []dataplane.Attachment) {
 		}
 	}
 	m.own, m.ifaces = own, ifs
-}
-
-// outcomeElems writes the outcomes new in s and, when the rules changed,
-// rewrites those whose rendering changed (a rule's id or log flag): the
-// verdict, the chain of an outcome that logs, the rule it counts into.
-func (m *model) outcomeElems(t *tx, s *compile.State, all bool) {
-	from := len(m.outcomes)
-	if all {
-		from = 1
-	}
-	for i := from; i < len(s.Outcomes); i++ {
-		id := compile.OutcomeID(i)
-		o := s.Outcomes[i]
-		v, chain, sig := m.b.outcome(id, o, s.Rules)
-		key, rk := u32(uint32(id)), string(ruleKey(ruleID(s.Rules, o.Rule)))
-		name := m.b.n(outcomeChain(id))
-		if chain != nil && !m.outChain[id] {
-			t.pre.chains = append(t.pre.chains, name)
-			t.pre.addRules(name, false, chain)
-			m.outChain[id] = true
-		} else if chain != nil && (i >= len(m.outcomes) || m.outcomes[i] != sig) {
-			t.addRules(name, true, chain)
-		}
-		if i >= len(m.outcomes) {
-			t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
-			t.pre.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
-			m.outcomes, m.outRule = append(m.outcomes, sig), append(m.outRule, rk)
-			continue
-		}
-		if m.outcomes[i] != sig {
-			t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
-			t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
-			m.outcomes[i] = sig
-		}
-		if m.outRule[i] != rk {
-			t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
-			t.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
-			m.outRule[i] = rk
-		}
-	}
-}
-
-func ruleID(rules []policy.RuleRef, n compile.RuleNum) string {
-	if n == 0 || int(n) >= len(rules) {
-		return ""
-	}
-	return rules[n].ID
-}
-
-// ruleCounterElems keeps one counter element per rule that some outcome
-// names (and the zero key): new ones before the switch, gone ones after.
-// Rules that decide nothing on this host cost nothing. Outcomes only grow
-// within a lineage, so unless the rules changed only new outcomes count.
-func (m *model) ruleCounterElems(t *tx, s *compile.State, all bool) {
-	old, want, from := m.ruleOf, m.ruleOf, len(m.outcomes)
-	if all {
-		want, from = map[string]string{}, 1
-	}
-	mark := func(id string) {
-		k := string(ruleKey(id))
-		_, had := old[k]
-		_, dup := want[k]
-		if !had && !dup {
-			t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
-		}
-		want[k] = id
-	}
-	mark("")
-	for i := from; i < len(s.Outcomes); i++ {
-		if id := ruleID(s.Rules, s.Outcomes[i].Rule); id != "" {
-			mark(id)
-		}
-	}
-	if all {
-		for k := range old {
-			if _, ok := want[k]; !ok {
-				t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
-			}
-		}
-	}
-	m.ruleOf = want
 }
 
 func sameWalls(a, b []*policy.Wall) bool {
