@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -142,7 +141,7 @@ func (a *Agent) objectsChange(r *request) reply {
 	}
 	tv := time.Now()
 	nextList := changedList(l.objList, next, res)
-	objSet := objectSet(nextList)
+	objSet := changedSet(l.objSet, next, nextList, res)
 	full := withWorkloads(objSet, l.regList)
 	if !policiesStillValid(next, res, objSet) {
 		if err := validate(r.op, full); err != nil {
@@ -272,15 +271,8 @@ func validate(op opKind, full *policy.Set) error {
 // name must exist. Any other change, or a missing segment, is checked
 // whole by validate, which also words the errors.
 func policiesStillValid(next map[api.ObjectRef]*object, res api.ApplyResult, objSet *policy.Set) bool {
-	if len(objSet.Walls) > 0 {
+	if len(objSet.Walls) > 0 || !policiesOnly(res) {
 		return false
-	}
-	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Deleted} {
-		for _, ref := range refs {
-			if !slices.Contains(policyKinds, ref.Kind) {
-				return false
-			}
-		}
 	}
 	segment := func(name string) bool {
 		_, ok := next[api.ObjectRef{Kind: "Segment", Name: name}]

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -191,37 +193,89 @@ func sortedObjects(objs map[api.ObjectRef]*object) []*object {
 	return out
 }
 
+// maxPatch is the largest change merged into the sorted lists in force;
+// a larger one sorts the whole set again.
+const maxPatch = 64
+
 // changedList is the sorted list of next, the object set a change made
-// of the one whose sorted list is prev: prev with the change merged in,
-// without sorting everything again.
+// of the one whose sorted list is prev: a copy of prev with the change
+// merged in, without going through every object.
 func changedList(prev []*object, next map[api.ObjectRef]*object, res api.ApplyResult) []*object {
-	if len(res.Created)+len(res.Updated)+len(res.Deleted) > len(next)/8 {
+	if len(res.Created)+len(res.Updated)+len(res.Deleted) > maxPatch {
 		return sortedObjects(next)
 	}
-	changed := make(map[api.ObjectRef]bool, len(res.Updated)+len(res.Deleted))
-	for _, refs := range [][]api.ObjectRef{res.Updated, res.Deleted} {
+	var upserted []*object
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
-			changed[ref] = true
+			upserted = append(upserted, next[ref])
 		}
 	}
-	created := make([]*object, len(res.Created)) // res.Created is sorted
-	for i, ref := range res.Created {
-		created[i] = next[ref]
+	return patchSorted(prev, func(o *object) api.ObjectRef { return o.ref }, res.Deleted, upserted)
+}
+
+// changedSet is the policy set of the objects in nextList, for a change
+// of policies alone to the objects whose set is prev: it shares all but
+// the list of policies with prev, and that list is patched, not rebuilt.
+func changedSet(prev *policy.Set, next map[api.ObjectRef]*object, nextList []*object, res api.ApplyResult) *policy.Set {
+	n := len(res.Created) + len(res.Updated) + len(res.Deleted)
+	if n > maxPatch || !policiesOnly(res) {
+		return objectSet(nextList)
 	}
-	out := make([]*object, 0, len(next))
-	for _, o := range prev {
-		for len(created) > 0 && created[0].key < o.key {
-			out = append(out, created[0])
-			created = created[1:]
+	var upserted []*policy.Policy
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
+		for _, ref := range refs {
+			upserted = append(upserted, next[ref].set.Policies[0])
 		}
-		if changed[o.ref] {
-			if o = next[o.ref]; o == nil {
-				continue // deleted
+	}
+	set := *prev
+	set.Policies = patchSorted(prev.Policies, policyRef, res.Deleted, upserted)
+	return &set
+}
+
+func policyRef(p *policy.Policy) api.ObjectRef {
+	return api.ObjectRef{Kind: p.Kind, Namespace: p.Namespace, Name: p.Name}
+}
+
+// policiesOnly says whether a change creates, updates or deletes policies
+// and nothing else.
+func policiesOnly(res api.ApplyResult) bool {
+	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Deleted} {
+		for _, ref := range refs {
+			if !slices.Contains(policyKinds, ref.Kind) {
+				return false
 			}
 		}
-		out = append(out, o)
 	}
-	return append(out, created...)
+	return true
+}
+
+// patchSorted returns a copy of list, sorted by the refs of its elements
+// in refKey order, without the deleted refs and with each upserted
+// element in the place of the one with its ref, or inserted in order.
+func patchSorted[T any](list []T, ref func(T) api.ObjectRef, deleted []api.ObjectRef, upserted []T) []T {
+	out := make([]T, len(list), len(list)+len(upserted))
+	copy(out, list)
+	find := func(r api.ObjectRef) (int, bool) {
+		return slices.BinarySearchFunc(out, r, func(e T, r api.ObjectRef) int { return compareRefs(ref(e), r) })
+	}
+	for _, r := range deleted {
+		if i, ok := find(r); ok {
+			out = slices.Delete(out, i, i+1)
+		}
+	}
+	for _, e := range upserted {
+		if i, ok := find(ref(e)); ok {
+			out[i] = e
+		} else {
+			out = slices.Insert(out, i, e)
+		}
+	}
+	return out
+}
+
+// compareRefs orders refs as their refKeys sort, without building them.
+func compareRefs(a, b api.ObjectRef) int {
+	return cmp.Or(strings.Compare(a.Kind, b.Kind), strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
 func sortRefs(refs []api.ObjectRef) {

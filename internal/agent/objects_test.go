@@ -8,20 +8,26 @@ import (
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// changedList merges a change into the list in force as sorting the whole
-// set would order it.
+// changedList and changedSet merge a change into the list and set in
+// force as building them from the whole set would.
 func TestChangedListIsTheSortedSet(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	obj := func(kind string, i int) *object {
 		ref := api.ObjectRef{Kind: kind, Namespace: fmt.Sprint("ns", i%7), Name: fmt.Sprint("o", i)}
-		return &object{ref: ref, key: refKey(ref)}
+		set := &policy.Set{Policies: []*policy.Policy{{Kind: kind, Namespace: ref.Namespace, Name: ref.Name}}}
+		if kind == "Segment" {
+			ref.Namespace = ""
+			set = &policy.Set{Segments: []*policy.Segment{{Name: ref.Name}}}
+		}
+		return &object{ref: ref, key: refKey(ref), set: set}
 	}
-	kinds := []string{"Policy", "Segment", "NetworkPolicy"}
+	kinds := []string{"Policy", "Segment", "NetworkPolicy", "Policy", "NetworkPolicy"}
 	prevSet := map[api.ObjectRef]*object{}
 	for i := range 200 {
-		o := obj(kinds[i%3], i)
+		o := obj(kinds[i%len(kinds)], i)
 		prevSet[o.ref] = o
 	}
 	for round := range 200 {
@@ -29,7 +35,7 @@ func TestChangedListIsTheSortedSet(t *testing.T) {
 		next := maps.Clone(prevSet)
 		var res api.ApplyResult
 		for range rng.IntN(6) {
-			switch o := obj(kinds[rng.IntN(3)], rng.IntN(300)); {
+			switch o := obj(kinds[rng.IntN(len(kinds))], rng.IntN(300)); {
 			case next[o.ref] == nil && slices.Contains(res.Deleted, o.ref):
 			case next[o.ref] == nil:
 				next[o.ref] = o
@@ -48,6 +54,10 @@ func TestChangedListIsTheSortedSet(t *testing.T) {
 		got, want := changedList(prev, next, res), sortedObjects(next)
 		if !slices.Equal(got, want) {
 			t.Fatalf("round %d: %d objects, want %d (change %+v)", round, len(got), len(want), res)
+		}
+		gotSet, wantSet := changedSet(objectSet(prev), next, got, res), objectSet(want)
+		if !slices.Equal(gotSet.Policies, wantSet.Policies) || !slices.Equal(gotSet.Segments, wantSet.Segments) {
+			t.Fatalf("round %d: %d policies, want %d (change %+v)", round, len(gotSet.Policies), len(wantSet.Policies), res)
 		}
 		prevSet = next
 	}
