@@ -127,6 +127,9 @@ func (pr *program) logRules() *ruleEdits {
 	if e.depth >= maxRuleSteps {
 		e.prev, e.depth = nil, 0
 	}
+	if e.prev == nil {
+		e.slots = nil // nothing leads back past a first step: its slots are never asked for
+	}
 	pr.ruleLog, pr.ruleEdits = e, nil
 	return e
 }
@@ -139,14 +142,18 @@ func editedSlots(a, b *ruleEdits) (slots []RuleNum, ok bool) {
 		return nil, false
 	}
 	walk := func(from, to *ruleEdits) ([]RuleNum, bool) {
+		e := from
+		for e != nil && e != to {
+			e = e.prev
+		}
+		if e == nil {
+			return nil, false
+		}
 		var out []RuleNum
-		for e := from; e != nil; e = e.prev {
-			if e == to {
-				return out, true
-			}
+		for e := from; e != to; e = e.prev {
 			out = append(out, e.slots...)
 		}
-		return nil, false
+		return out, true
 	}
 	if s, ok := walk(b, a); ok {
 		return s, true
