@@ -60,7 +60,8 @@ type loopState struct {
 	objList []*object   // objects, sorted by name
 	objSet  *policy.Set // the objects' set, without registrations
 	regs    map[string]*registration
-	regList []*registration // regs, sorted by key
+	regList []*registration        // regs, sorted by key
+	attach  []dataplane.Attachment // regList's attachments; never changed in place
 	comp    *compile.Compiler
 	state   *compile.State // in force
 }
@@ -159,7 +160,7 @@ func (a *Agent) objectsChange(r *request) reply {
 	t1 := time.Now()
 	// A change the loop has started is finished even if its caller gives
 	// up: the outcome must not depend on when a client disconnects.
-	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.regList)); err != nil {
+	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.attach)); err != nil {
 		a.recompile()
 		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
 	}
@@ -350,7 +351,8 @@ func (a *Agent) workloadsChange(batch []*request) {
 	list := sortedRegistrations(regs)
 	full := withWorkloads(l.objSet, list)
 	t0 := time.Now()
-	if err := a.dp.Apply(context.Background(), a.desired(st, full, list)); err != nil {
+	attach := attachments(list)
+	if err := a.dp.Apply(context.Background(), a.desired(st, full, attach)); err != nil {
 		rollback()
 		answer(newError(http.StatusServiceUnavailable, nil, "agent: the dataplane refused the workload change, which is not in force: %v", err))
 		return
@@ -363,7 +365,7 @@ func (a *Agent) workloadsChange(batch []*request) {
 		return
 	}
 	l.rev++
-	l.regs, l.regList, l.state = regs, list, st
+	l.regs, l.regList, l.attach, l.state = regs, list, attach, st
 	a.publish(full)
 	answer(nil)
 	a.log.Debug("workloads changed", "revision", l.rev, "requests", len(done), "workloads", len(regs), "dataplane", t1.Sub(t0))
@@ -405,12 +407,17 @@ func (a *Agent) stage(r *request, regs map[string]*registration) (func(), error)
 }
 
 // desired is what the dataplane must enforce.
-func (a *Agent) desired(st *compile.State, full *policy.Set, regs []*registration) dataplane.Desired {
-	d := dataplane.Desired{State: st, Set: full, Attachments: make([]dataplane.Attachment, 0, len(regs))}
+func (a *Agent) desired(st *compile.State, full *policy.Set, attach []dataplane.Attachment) dataplane.Desired {
+	return dataplane.Desired{State: st, Set: full, Attachments: attach}
+}
+
+// attachments are the interfaces of the registrations, for the dataplane.
+func attachments(regs []*registration) []dataplane.Attachment {
+	out := make([]dataplane.Attachment, 0, len(regs))
 	for _, r := range regs {
-		d.Attachments = append(d.Attachments, r.attachment())
+		out = append(out, r.attachment())
 	}
-	return d
+	return out
 }
 
 // withWorkloads is the objects' set with the registered workloads added;
@@ -449,7 +456,7 @@ func (a *Agent) revert() {
 func (a *Agent) reapply() {
 	l := &a.l
 	l.state = l.comp.State()
-	if err := a.dp.Apply(context.Background(), a.desired(l.state, withWorkloads(l.objSet, l.regList), l.regList)); err != nil {
+	if err := a.dp.Apply(context.Background(), a.desired(l.state, withWorkloads(l.objSet, l.regList), l.attach)); err != nil {
 		a.log.Error("restore the state in force after a failed write", "err", err)
 	}
 }
@@ -505,6 +512,7 @@ func (a *Agent) restore(ctx context.Context) error {
 	}
 	l.rev = max(objRev, ws.Revision)
 	l.objList, l.regList = sortedObjects(l.objects), sortedRegistrations(l.regs)
+	l.attach = attachments(l.regList)
 	l.objSet = objectSet(l.objList)
 	full := withWorkloads(l.objSet, l.regList)
 	if err := policy.Validate(full); err != nil {
@@ -515,7 +523,7 @@ func (a *Agent) restore(ctx context.Context) error {
 	}
 	l.state = l.comp.State()
 	t0 := time.Now()
-	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.regList)); err != nil {
+	if err := a.dp.Apply(ctx, a.desired(l.state, full, l.attach)); err != nil {
 		return fmt.Errorf("agent: enforce the state in %s: %w", a.state.dir, err)
 	}
 	if journalSize > 0 {
