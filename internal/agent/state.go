@@ -105,6 +105,9 @@ func (s *stateDir) read(name string, v any) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("agent: read state file %s: %w", p, err)
 	}
+	if name == objectsFile {
+		s.snapshotSize = int64(len(data))
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
