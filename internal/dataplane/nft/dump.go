@@ -45,21 +45,33 @@ func (d *Dataplane) Dump(w io.Writer) error {
 // DumpNS is Dump for the namespace at netnsPath ("" for the calling
 // process's), without a Dataplane: for `bulkhead agent dump`.
 func DumpNS(netnsPath string, w io.Writer) error {
+	d, c, err := dialNS("dump", netnsPath)
+	if err != nil {
+		return err
+	}
+	defer d.closeNS()
+	defer c.CloseLasting()
+	return dump(c, d.nsFd, w, nil)
+}
+
+// dialNS opens a connection to the namespace at netnsPath ("" for the
+// calling process's) for a one-off operation without a Dataplane. The
+// caller closes both.
+func dialNS(op, netnsPath string) (*Dataplane, *nftables.Conn, error) {
 	d := &Dataplane{nsFd: -1, log: slog.New(slog.DiscardHandler)}
 	if netnsPath != "" {
 		fd, err := unix.Open(netnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return errorf("dump: open network namespace %s: %w", netnsPath, err)
+			return nil, nil, errorf("%s: open network namespace %s: %w", op, netnsPath, err)
 		}
 		d.nsFd = fd
 	}
-	defer d.closeNS()
 	c, err := d.dial()
 	if err != nil {
-		return err
+		d.closeNS()
+		return nil, nil, err
 	}
-	defer c.CloseLasting()
-	return dump(c, d.nsFd, w, nil)
+	return d, c, nil
 }
 
 // dump writes the table; names annotates counters (name → what it counts).

@@ -283,19 +283,11 @@ func table() *nftables.Table {
 // made. A missing table is not an error; a table of that name that
 // Bulkhead did not make is left alone and reported.
 func Cleanup(netnsPath string) error {
-	d := &Dataplane{nsFd: -1, log: slog.New(slog.DiscardHandler)}
-	if netnsPath != "" {
-		fd, err := unix.Open(netnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return errorf("cleanup: open network namespace %s: %w", netnsPath, err)
-		}
-		d.nsFd = fd
-	}
-	defer d.closeNS()
-	c, err := d.dial()
+	d, c, err := dialNS("cleanup", netnsPath)
 	if err != nil {
 		return err
 	}
+	defer d.closeNS()
 	defer c.CloseLasting()
 	found, err := readTable(c)
 	if err != nil {
