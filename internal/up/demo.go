@@ -120,13 +120,6 @@ func startDemo(ctx context.Context, u *Up) (d *demoFloor, err error) {
 		}
 	}()
 	d.removeLeftovers()
-	// With the host's loopback down, the kernel gives neighbours on the
-	// veths the broadcast address instead of asking ARP, and every
-	// forwarded packet is dropped by its workload (a fresh `ip netns add`
-	// namespace has it down).
-	if err := u.inHost(linkUp("lo")); err != nil {
-		return nil, fmt.Errorf("up: demo: host loopback: %w", err)
-	}
 	for _, dw := range floor {
 		w, err := d.attach(ctx, dw)
 		if err != nil {
