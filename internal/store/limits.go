@@ -1,6 +1,9 @@
 package store
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 // Limits bound what one request may carry. The zero value means the
 // defaults, which fit an etcd with its own defaults (--max-txn-ops 128,
@@ -100,10 +103,23 @@ func (l Limits) CheckTxn(conds []Cond, ops []Op) error {
 	return nil
 }
 
-// CheckFromRev checks a Watch's starting revision.
-func CheckFromRev(prefix string, fromRev int64) error {
-	if fromRev < 0 {
-		return fmt.Errorf("store: watch %q: from revision %d, want 0 (now) or a revision: %w", prefix, fromRev, ErrInvalid)
+// WatchStart checks a Watch's prefix and starting revision against l and
+// resolves fromRev 0 ("from now on") to the revision after rev's answer.
+// Both implementations start their Watch with it.
+func (l Limits) WatchStart(ctx context.Context, prefix string, fromRev int64,
+	rev func(context.Context) (int64, error)) (int64, error) {
+	if err := l.CheckPrefix("watch", prefix); err != nil {
+		return 0, err
 	}
-	return nil
+	if fromRev < 0 {
+		return 0, fmt.Errorf("store: watch %q: from revision %d, want 0 (now) or a revision: %w", prefix, fromRev, ErrInvalid)
+	}
+	if fromRev != 0 {
+		return fromRev, nil
+	}
+	now, err := rev(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return now + 1, nil
 }

@@ -21,18 +21,9 @@ const (
 
 // Watch implements store.Store.
 func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) *store.Watcher {
-	if err := s.limits.CheckPrefix("watch", prefix); err != nil {
+	fromRev, err := s.limits.WatchStart(ctx, prefix, fromRev, s.Rev)
+	if err != nil {
 		return store.Failed(err)
-	}
-	if err := store.CheckFromRev(prefix, fromRev); err != nil {
-		return store.Failed(err)
-	}
-	if fromRev == 0 {
-		rev, err := s.Rev(ctx)
-		if err != nil {
-			return store.Failed(err)
-		}
-		fromRev = rev + 1
 	}
 	if err := s.use("watch"); err != nil {
 		return store.Failed(err)

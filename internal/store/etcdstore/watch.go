@@ -23,18 +23,9 @@ import (
 // The etcd client buffers without bound, so the watcher reads it at once
 // into the store.Feed, and cuts itself off when the reader lets that fill.
 func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) *store.Watcher {
-	if err := s.limits.CheckPrefix("watch", prefix); err != nil {
+	fromRev, err := s.limits.WatchStart(ctx, prefix, fromRev, s.Rev)
+	if err != nil {
 		return store.Failed(err)
-	}
-	if err := store.CheckFromRev(prefix, fromRev); err != nil {
-		return store.Failed(err)
-	}
-	if fromRev == 0 {
-		rev, err := s.Rev(ctx)
-		if err != nil {
-			return store.Failed(err)
-		}
-		fromRev = rev + 1
 	}
 	if err := s.checkOpen("watch"); err != nil {
 		return store.Failed(err)
