@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -14,11 +13,6 @@ import (
 
 // DefaultPriority is the priority of a native policy that names none.
 const DefaultPriority = 1000
-
-var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
-	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-)
 
 // DecodeNative reads one native document (apiVersion bulkhead.dev/v1) into a
 // Set holding the one object it defines. file names the document in errors.
@@ -75,7 +69,7 @@ func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
 		}
 		set.Workloads = append(set.Workloads, c.workload(api.InventoryWorkload{
 			Namespace: ns, Name: m.Name, Labels: m.Labels, IPs: s.IPs, Ports: s.Ports, Host: s.Host, Pos: obj.Pos,
-		}, "spec."))
+		}, "spec.", false))
 	default:
 		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(api.Kinds, ", "))
 	}
@@ -103,7 +97,7 @@ func DecodeInventory(file string, doc *yaml.Node) (*Set, source.Errors) {
 	for i, w := range inv.Workloads {
 		p := fmt.Sprintf("workloads[%d].", i)
 		c.name(p+"namespace", w.Pos, w.Namespace)
-		set.Workloads = append(set.Workloads, c.workload(w, p))
+		set.Workloads = append(set.Workloads, c.workload(w, p, true))
 	}
 	if len(c.errs) > 0 {
 		return nil, c.errs
@@ -123,11 +117,8 @@ func (c *converter) decode(n *yaml.Node, out any) {
 }
 
 func (c *converter) name(path string, pos Pos, name string) {
-	switch {
-	case name == "":
-		c.errs.Add(pos, path, "a name is required")
-	case len(name) > 253 || !nameRE.MatchString(name):
-		c.errs.Add(pos, path, "invalid name %q: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters", name)
+	if p := SubdomainProblem(name); p != "" {
+		c.errs.Add(pos, path, "%s", p)
 	}
 }
 
@@ -138,30 +129,13 @@ func (c *converter) noNamespace(m api.Metadata) {
 }
 
 func (c *converter) labels(path string, pos Pos, labels map[string]string) {
-	for k, v := range labels {
-		if msg := labelKeyProblem(k); msg != "" {
-			c.errs.Add(pos, path+"."+k, "%s", msg)
+	for _, p := range LabelProblems(labels) {
+		lp := path
+		if p.Key != "" {
+			lp += "." + p.Key
 		}
-		if len(v) > 63 {
-			c.errs.Add(pos, path+"."+k, "label value is longer than 63 characters")
-		}
+		c.errs.Add(pos, lp, "%s", p.Msg)
 	}
-}
-
-func labelKeyProblem(k string) string {
-	if k == "" {
-		return "a label key must not be empty"
-	}
-	prefix, name, hasPrefix := strings.Cut(k, "/")
-	if !hasPrefix {
-		name = k
-	} else if prefix == "" || len(prefix) > 253 {
-		return fmt.Sprintf("label key %q: the prefix before '/' must be a DNS subdomain", k)
-	}
-	if name == "" || len(name) > 63 || strings.ContainsAny(name, " /:\t") {
-		return fmt.Sprintf("label key %q: the name must be 1-63 characters of letters, digits, '-', '_' and '.'", k)
-	}
-	return ""
 }
 
 func (c *converter) selector(path string, s *api.Selector) *Selector {
@@ -172,8 +146,13 @@ func (c *converter) selector(path string, s *api.Selector) *Selector {
 	out := &Selector{MatchLabels: s.MatchLabels}
 	for i, r := range s.MatchExpressions {
 		p := fmt.Sprintf("%s.matchExpressions[%d]", path, i)
-		if msg := labelKeyProblem(r.Key); msg != "" {
+		if msg := LabelKeyProblem(r.Key); msg != "" {
 			c.errs.Add(r.Pos, p+".key", "%s", msg)
+		}
+		for j, v := range r.Values {
+			if msg := LabelValueProblem(v); msg != "" {
+				c.errs.Add(r.Pos, fmt.Sprintf("%s.values[%d]", p, j), "%s", msg)
+			}
 		}
 		switch r.Operator {
 		case "In", "NotIn":
@@ -300,9 +279,13 @@ func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos P
 	return cc
 }
 
-func (c *converter) workload(w api.InventoryWorkload, path string) *Workload {
-	c.name(path+"name", w.Pos, w.Name)
-	c.labels(path+"labels", w.Pos, w.Labels)
+// workload converts a workload; checkMeta says whether its name and labels
+// are still to be checked (a native document's metadata already is).
+func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta bool) *Workload {
+	if checkMeta {
+		c.name(path+"name", w.Pos, w.Name)
+		c.labels(path+"labels", w.Pos, w.Labels)
+	}
 	out := &Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
 	for i, s := range w.IPs {
 		a, err := netip.ParseAddr(s)
@@ -314,11 +297,13 @@ func (c *converter) workload(w api.InventoryWorkload, path string) *Workload {
 	}
 	for i, p := range w.Ports {
 		pp := fmt.Sprintf("%sports[%d]", path, i)
-		if !portNameRE.MatchString(p.Name) || len(p.Name) > 15 {
-			c.errs.Add(p.Pos, pp+".name", "invalid port name %q: 1-15 lowercase letters, digits and '-'", p.Name)
+		if p.Name != "" { // an unnamed port never matches a named one
+			if msg := PortNameProblem(p.Name); msg != "" {
+				c.errs.Add(p.Pos, pp+".name", "%s", msg)
+			}
 		}
-		if p.Port < 1 || p.Port > 65535 {
-			c.errs.Add(p.Pos, pp+".port", "port %d is out of range 1-65535", p.Port)
+		if msg := PortProblem(p.Port); msg != "" {
+			c.errs.Add(p.Pos, pp+".port", "%s", msg)
 		}
 		proto := TCP
 		if p.Protocol != "" {

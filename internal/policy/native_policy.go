@@ -155,8 +155,8 @@ func (c *converter) service(path string, in api.Service) Service {
 	}
 	switch {
 	case in.Port.IsStr:
-		if !portNameRE.MatchString(in.Port.Str) || len(in.Port.Str) > 15 {
-			c.errs.Add(in.Pos, path+".port", "invalid port %q: a number 1-65535 or a port name (1-15 lowercase letters, digits and '-')", in.Port.Str)
+		if msg := PortNameProblem(in.Port.Str); msg != "" {
+			c.errs.Add(in.Pos, path+".port", "%s; a port is a number 1-65535 or a port name", msg)
 		}
 		if in.EndPort != 0 {
 			c.errs.Add(in.Pos, path+".endPort", "endPort needs a numeric port")
