@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 )
@@ -380,5 +381,5 @@ func kindFilter(kinds string) func(api.ObjectRef) bool {
 	for _, k := range strings.Split(kinds, ",") {
 		want[strings.ToLower(k)] = true
 	}
-	return func(r api.ObjectRef) bool { return want[strings.ToLower(r.Kind)] || want[kindResources[r.Kind]] }
+	return func(r api.ObjectRef) bool { return want[strings.ToLower(r.Kind)] || want[objects.Resource(r.Kind)] }
 }

@@ -14,6 +14,7 @@ import (
 type checker struct {
 	prefix string
 	errs   source.Errors
+	wire   any // the last object decoded, as its wire type
 }
 
 func (c *checker) add(pos source.Pos, path, format string, args ...any) {

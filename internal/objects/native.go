@@ -1,4 +1,4 @@
-package policy
+package objects
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 	"github.com/bulkhead-dev/bulkhead/internal/strict"
 	"go.yaml.in/yaml/v3"
@@ -14,22 +15,33 @@ import (
 // DefaultPriority is the priority of a native policy that names none.
 const DefaultPriority = 1000
 
-// DecodeNative reads one native document (apiVersion bulkhead.dev/v1) into a
-// Set holding the one object it defines. file names the document in errors.
-func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
+// nativeObject is a native object as its canonical form writes it: the
+// envelope with the spec its kind decoded.
+type nativeObject struct {
+	APIVersion string       `json:"apiVersion"`
+	Kind       string       `json:"kind"`
+	Metadata   api.Metadata `json:"metadata"`
+	Spec       any          `json:"spec"`
+}
+
+// decodeNative reads one native document (apiVersion bulkhead.dev/v1)
+// into a Set holding the one object it defines, and returns the object as
+// its wire types read it. file names the document in errors.
+func decodeNative(file string, doc *yaml.Node) (*policy.Set, *nativeObject, source.Errors) {
 	var obj api.Object
 	errs := strict.Decode(file, doc, "", &obj)
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, nil, errs
 	}
 	c := &converter{file: file}
+	wire := &nativeObject{APIVersion: obj.APIVersion, Kind: obj.Kind, Metadata: obj.Metadata}
 	m := obj.Metadata
 	if m.Pos.Line == 0 {
 		m.Pos = obj.Pos // metadata is missing: point at the object
 	}
 	c.name("metadata.name", m.Pos, m.Name)
 	c.labels("metadata.labels", m.Pos, m.Labels)
-	set := &Set{}
+	set := &policy.Set{}
 	spec := obj.Spec
 	if spec == nil {
 		spec = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: obj.Pos.Line, Column: obj.Pos.Column}
@@ -40,29 +52,34 @@ func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
 		if obj.Spec != nil && len(obj.Spec.Content) > 0 {
 			c.errs.Add(c.pos(obj.Spec), "spec", "a Namespace has no spec; put its labels in metadata.labels")
 		}
-		set.Namespaces = append(set.Namespaces, &Namespace{Name: m.Name, Labels: m.Labels, Pos: obj.Pos})
+		set.Namespaces = append(set.Namespaces, &policy.Namespace{Name: m.Name, Labels: m.Labels, Pos: obj.Pos})
 	case "Segment":
 		c.noNamespace(m)
 		var s api.SegmentSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.Segments = append(set.Segments, c.segment(m, s, obj.Pos))
 	case "Policy":
 		var s api.PolicySpec
 		c.decode(spec, &s)
-		set.Policies = append(set.Policies, c.policy(m, s, obj.Pos))
+		wire.Spec = &s
+		set.Policies = append(set.Policies, c.policyObject(m, s, obj.Pos))
 	case "Wall":
 		c.noNamespace(m)
 		var s api.WallSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.Walls = append(set.Walls, c.wall(m, s, obj.Pos))
 	case "ConflictClass":
 		c.noNamespace(m)
 		var s api.ConflictClassSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.ConflictClasses = append(set.ConflictClasses, c.conflictClass(m, s, obj.Pos))
 	case "Workload":
 		var s api.WorkloadSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		ns := m.Namespace
 		if ns == "" {
 			ns = "default"
@@ -71,28 +88,47 @@ func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
 			Namespace: ns, Name: m.Name, Labels: m.Labels, IPs: s.IPs, Ports: s.Ports, Host: s.Host, Pos: obj.Pos,
 		}, "spec.", false))
 	default:
-		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(api.Kinds, ", "))
+		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(kindsOf(Version), ", "))
 	}
 	if len(c.errs) > 0 {
-		return nil, c.errs
+		return nil, nil, c.errs
+	}
+	return set, wire, nil
+}
+
+// ReadInventory reads an inventory file: one or more documents, each
+// `namespaces: [{name, labels}]` and `workloads: [{namespace, name,
+// labels, ips, ports}]`.
+func ReadInventory(file string, data []byte) (*policy.Set, source.Errors) {
+	docs, errs := documents(file, data)
+	set := &policy.Set{}
+	for _, doc := range docs {
+		s, derrs := DecodeInventory(file, doc)
+		errs = append(errs, derrs...)
+		if s != nil {
+			set.Merge(s)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return set, nil
 }
 
 // DecodeInventory reads an inventory document: `namespaces: [{name,
 // labels}]` and `workloads: [{namespace, name, labels, ips, ports}]`.
-func DecodeInventory(file string, doc *yaml.Node) (*Set, source.Errors) {
+func DecodeInventory(file string, doc *yaml.Node) (*policy.Set, source.Errors) {
 	var inv api.Inventory
 	if errs := strict.Decode(file, doc, "", &inv); len(errs) > 0 {
 		return nil, errs
 	}
 	c := &converter{file: file}
-	set := &Set{}
+	set := &policy.Set{}
 	for i, n := range inv.Namespaces {
 		p := fmt.Sprintf("namespaces[%d].", i)
 		c.name(p+"name", n.Pos, n.Name)
 		c.labels(p+"labels", n.Pos, n.Labels)
-		set.Namespaces = append(set.Namespaces, &Namespace{Name: n.Name, Labels: n.Labels, Pos: n.Pos})
+		set.Namespaces = append(set.Namespaces, &policy.Namespace{Name: n.Name, Labels: n.Labels, Pos: n.Pos})
 	}
 	for i, w := range inv.Workloads {
 		p := fmt.Sprintf("workloads[%d].", i)
@@ -110,14 +146,16 @@ type converter struct {
 	errs source.Errors
 }
 
-func (c *converter) pos(n *yaml.Node) Pos { return Pos{File: c.file, Line: n.Line, Column: n.Column} }
+func (c *converter) pos(n *yaml.Node) policy.Pos {
+	return policy.Pos{File: c.file, Line: n.Line, Column: n.Column}
+}
 
 func (c *converter) decode(n *yaml.Node, out any) {
 	c.errs = append(c.errs, strict.Decode(c.file, n, "spec", out)...)
 }
 
-func (c *converter) name(path string, pos Pos, name string) {
-	if p := SubdomainProblem(name); p != "" {
+func (c *converter) name(path string, pos policy.Pos, name string) {
+	if p := policy.SubdomainProblem(name); p != "" {
 		c.errs.Add(pos, path, "%s", p)
 	}
 }
@@ -128,8 +166,8 @@ func (c *converter) noNamespace(m api.Metadata) {
 	}
 }
 
-func (c *converter) labels(path string, pos Pos, labels map[string]string) {
-	for _, p := range LabelProblems(labels) {
+func (c *converter) labels(path string, pos policy.Pos, labels map[string]string) {
+	for _, p := range policy.LabelProblems(labels) {
 		lp := path
 		if p.Key != "" {
 			lp += "." + p.Key
@@ -138,19 +176,19 @@ func (c *converter) labels(path string, pos Pos, labels map[string]string) {
 	}
 }
 
-func (c *converter) selector(path string, s *api.Selector) *Selector {
+func (c *converter) selector(path string, s *api.Selector) *policy.Selector {
 	if s == nil {
 		return nil
 	}
 	c.labels(path+".matchLabels", s.Pos, s.MatchLabels)
-	out := &Selector{MatchLabels: s.MatchLabels}
+	out := &policy.Selector{MatchLabels: s.MatchLabels}
 	for i, r := range s.MatchExpressions {
 		p := fmt.Sprintf("%s.matchExpressions[%d]", path, i)
-		if msg := LabelKeyProblem(r.Key); msg != "" {
+		if msg := policy.LabelKeyProblem(r.Key); msg != "" {
 			c.errs.Add(r.Pos, p+".key", "%s", msg)
 		}
 		for j, v := range r.Values {
-			if msg := LabelValueProblem(v); msg != "" {
+			if msg := policy.LabelValueProblem(v); msg != "" {
 				c.errs.Add(r.Pos, fmt.Sprintf("%s.values[%d]", p, j), "%s", msg)
 			}
 		}
@@ -166,16 +204,16 @@ func (c *converter) selector(path string, s *api.Selector) *Selector {
 		default:
 			c.errs.Add(r.Pos, p+".operator", "unknown operator %q; valid: In, NotIn, Exists, DoesNotExist", r.Operator)
 		}
-		out.MatchExpressions = append(out.MatchExpressions, Requirement{Key: r.Key, Operator: r.Operator, Values: r.Values})
+		out.MatchExpressions = append(out.MatchExpressions, policy.Requirement{Key: r.Key, Operator: r.Operator, Values: r.Values})
 	}
 	return out
 }
 
-func (c *converter) namespaces(path string, pos Pos, names []string, sel *api.Selector) NamespaceMatch {
+func (c *converter) namespaces(path string, pos policy.Pos, names []string, sel *api.Selector) policy.NamespaceMatch {
 	for i, n := range names {
 		c.name(fmt.Sprintf("%s.namespaces[%d]", path, i), pos, n)
 	}
-	return NamespaceMatch{Names: names, Selector: c.selector(path+".namespaceSelector", sel)}
+	return policy.NamespaceMatch{Names: names, Selector: c.selector(path+".namespaceSelector", sel)}
 }
 
 // ParsePrefix accepts a CIDR ("10.0.0.0/8") or a bare address (a /32 or /128).
@@ -197,13 +235,13 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-func (c *converter) cidr(path string, pos Pos, cidr string, except []string) (CIDR, bool) {
+func (c *converter) cidr(path string, pos policy.Pos, cidr string, except []string) (policy.CIDR, bool) {
 	p, err := ParsePrefix(cidr)
 	if err != nil {
 		c.errs.Add(pos, path+".cidr", "invalid CIDR %q: write an address block such as 10.0.0.0/8 or 2001:db8::/32", cidr)
-		return CIDR{}, false
+		return policy.CIDR{}, false
 	}
-	out := CIDR{Prefix: p}
+	out := policy.CIDR{Prefix: p}
 	for i, e := range except {
 		ep, err := ParsePrefix(e)
 		ip := fmt.Sprintf("%s.except[%d]", path, i)
@@ -219,8 +257,8 @@ func (c *converter) cidr(path string, pos Pos, cidr string, except []string) (CI
 	return out, true
 }
 
-func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos Pos) *Segment {
-	seg := &Segment{Name: m.Name, Pos: pos}
+func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos policy.Pos) *policy.Segment {
+	seg := &policy.Segment{Name: m.Name, Pos: pos}
 	if s.Selector == nil && len(s.CIDRs) == 0 {
 		c.errs.Add(pos, "spec", "a segment needs a selector (workloads), cidrs (addresses), or both")
 	}
@@ -237,7 +275,7 @@ func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos Pos) *Segment
 	return seg
 }
 
-func (c *converter) wall(m api.Metadata, s api.WallSpec, pos Pos) *Wall {
+func (c *converter) wall(m api.Metadata, s api.WallSpec, pos policy.Pos) *policy.Wall {
 	seen := map[string]bool{}
 	for i, n := range s.Segments {
 		if seen[n] {
@@ -248,11 +286,11 @@ func (c *converter) wall(m api.Metadata, s api.WallSpec, pos Pos) *Wall {
 	if len(seen) < 2 {
 		c.errs.Add(pos, "spec.segments", "a wall needs at least two different segments")
 	}
-	return &Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
+	return &policy.Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
 }
 
-func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos Pos) *ConflictClass {
-	cc := &ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
+func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos policy.Pos) *policy.ConflictClass {
+	cc := &policy.ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
 	switch s.Scope {
 	case "":
 		cc.Scope = "lifecycle"
@@ -274,19 +312,19 @@ func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos P
 		if d.Segment == "" {
 			c.errs.Add(d.Pos, p+".segment", "a dataset needs the segment that holds it")
 		}
-		cc.Datasets = append(cc.Datasets, Dataset{Name: d.Name, Segment: d.Segment})
+		cc.Datasets = append(cc.Datasets, policy.Dataset{Name: d.Name, Segment: d.Segment})
 	}
 	return cc
 }
 
 // workload converts a workload; checkMeta says whether its name and labels
 // are still to be checked (a native document's metadata already is).
-func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta bool) *Workload {
+func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta bool) *policy.Workload {
 	if checkMeta {
 		c.name(path+"name", w.Pos, w.Name)
 		c.labels(path+"labels", w.Pos, w.Labels)
 	}
-	out := &Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
+	out := &policy.Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
 	for i, s := range w.IPs {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
@@ -298,21 +336,21 @@ func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta boo
 	for i, p := range w.Ports {
 		pp := fmt.Sprintf("%sports[%d]", path, i)
 		if p.Name != "" { // an unnamed port never matches a named one
-			if msg := PortNameProblem(p.Name); msg != "" {
+			if msg := policy.PortNameProblem(p.Name); msg != "" {
 				c.errs.Add(p.Pos, pp+".name", "%s", msg)
 			}
 		}
-		if msg := PortProblem(p.Port); msg != "" {
+		if msg := policy.PortProblem(p.Port); msg != "" {
 			c.errs.Add(p.Pos, pp+".port", "%s", msg)
 		}
-		proto := TCP
+		proto := policy.TCP
 		if p.Protocol != "" {
 			var ok bool
-			if proto, ok = ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
+			if proto, ok = policy.ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
 				c.errs.Add(p.Pos, pp+".protocol", "invalid protocol %q; valid: TCP, UDP, SCTP", p.Protocol)
 			}
 		}
-		out.Ports = append(out.Ports, NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
+		out.Ports = append(out.Ports, policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
 	}
 	return out
 }
