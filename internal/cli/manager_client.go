@@ -431,6 +431,11 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 		return err
 	}
 	out := cmd.OutOrStdout()
+	if l, ok := v.(api.ObjectList); ok && output != "table" && output != "wide" && output != "" {
+		// Objects print as a List, as `kubectl get -o yaml` and an agent
+		// print them, so that a backup applies back.
+		return printObjects(out, output, l, nil)
+	}
 	switch output {
 	case "json":
 		enc := json.NewEncoder(out)

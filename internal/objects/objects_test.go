@@ -165,3 +165,15 @@ func unquote(s string, out *string) (int, error) {
 	*out = v
 	return 1, nil
 }
+
+// A List whose items is a mapping gets one right error, from every reader.
+func TestListItemsMustBeAList(t *testing.T) {
+	_, errs := objects.Read("in.yaml", []byte("apiVersion: v1\nkind: List\nitems: {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n"))
+	if len(errs) != 1 || errs[0].Path != "items" || !strings.Contains(errs[0].Msg, "a list of objects") {
+		t.Fatalf("errors: %v", errs)
+	}
+	_, errs = objects.Read("in.yaml", []byte("apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: List, items: []}]\n"))
+	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "may not contain a List") {
+		t.Fatalf("nested: %v", errs)
+	}
+}
