@@ -245,10 +245,15 @@ func (a *Agent) plan(r *request) (map[api.ObjectRef]*object, api.ApplyResult) {
 }
 
 // validate checks the whole set as `bulkhead check` does: every reference
-// and name, then every wall.
+// and name, then every wall. A manager's revision (opSync) is not proven
+// again: the manager proved its walls, over every workload it knows, once
+// for all its hosts; the agent still refuses a set it cannot enforce.
 func validate(op opKind, full *policy.Set) error {
 	if err := policy.Validate(full); err != nil {
 		return newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+	}
+	if op == opSync {
+		return nil
 	}
 	breaches, err := policy.ProveWalls(full)
 	if err != nil {

@@ -127,18 +127,17 @@ func refOf(s *policy.Set) (api.ObjectRef, bool) {
 }
 
 // Stored decodes an object from its canonical form, as the store keeps it
-// and the feed sends it, and checks that it is the object ref names.
-// Errors name the object, since stored objects have no file.
+// and the feed sends it — JSON, read without a YAML parser by the same
+// strict decoder and validator as a document — and checks that it is the
+// object ref names. Errors name the object, since stored objects have no
+// file.
 func Stored(ref api.ObjectRef, canon []byte) (*Object, error) {
 	file := "stored " + String(ref)
-	nodes, errs := Split(file, canon)
-	if len(errs) == 0 && len(nodes) != 1 {
-		errs.Add(source.Pos{File: file}, "", "holds %d objects, not one", len(nodes))
+	n, err := jsonNodes(canon)
+	if err != nil {
+		return nil, fmt.Errorf("objects: %s: %w", file, err)
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("objects: %w", errs.Err())
-	}
-	o, errs := Decode(file, nodes[0])
+	o, errs := Decode(file, n)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("objects: %w", errs.Err())
 	}
