@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"golang.org/x/sys/unix"
 )
@@ -134,7 +135,7 @@ func (a *Agent) authorize(next http.Handler) http.Handler {
 		p, _ := r.Context().Value(peerKey{}).(peer)
 		if !p.known || (p.uid != 0 && p.uid != a.uid) {
 			a.log.Warn("refused a caller", "uid", p.uid, "pid", p.pid, "path", r.URL.Path)
-			writeError(w, newError(http.StatusForbidden, nil, "agent: uid %d may not use this agent: only root and uid %d may (GET /v1/health is open)", p.uid, a.uid))
+			writeError(w, newError(fault.Forbidden, nil, "agent: uid %d may not use this agent: only root and uid %d may (GET /v1/health is open)", p.uid, a.uid))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -157,7 +158,7 @@ func (a *Agent) handleObjects(w http.ResponseWriter, r *http.Request) {
 	if k := r.URL.Query().Get("kind"); k != "" {
 		var err error
 		if kinds, err = ResolveKind(k); err != nil {
-			writeError(w, newError(http.StatusBadRequest, nil, "%v", err))
+			writeError(w, newError(fault.BadRequest, nil, "%v", err))
 			return
 		}
 	}
@@ -167,13 +168,13 @@ func (a *Agent) handleObjects(w http.ResponseWriter, r *http.Request) {
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
-		writeError(w, newError(http.StatusRequestEntityTooLarge, nil, "agent: read request: %v", err))
+		writeError(w, newError(fault.TooLarge, nil, "agent: read request: %v", err))
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, newError(http.StatusBadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
+		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
 		return false
 	}
 	return true
@@ -196,11 +197,11 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &e):
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		e = newError(http.StatusServiceUnavailable, nil, "agent: %v", err)
+		e = newError(fault.Unavailable, nil, "agent: %w", err)
 	default:
-		e = newError(http.StatusInternalServerError, nil, "%v", err)
+		e = newError(fault.Internal, nil, "%w", err)
 	}
-	writeJSON(w, e.Status, e.APIError)
+	writeJSON(w, fault.HTTPStatus(e), api.APIError{Error: e.Msg, Details: e.Details})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -220,11 +221,11 @@ type ExplainResult struct {
 // with the reference evaluator.
 func (a *Agent) Explain(req api.ExplainRequest) (ExplainResult, error) {
 	bad := func(format string, args ...any) (ExplainResult, error) {
-		return ExplainResult{}, newError(http.StatusBadRequest, nil, "agent: explain: "+format, args...)
+		return ExplainResult{}, newError(fault.BadRequest, nil, "agent: explain: "+format, args...)
 	}
 	e, err := a.snap.Load().policyEngine()
 	if err != nil {
-		return ExplainResult{}, newError(http.StatusInternalServerError, details(err), "agent: explain: the set in force does not validate")
+		return ExplainResult{}, newError(fault.Internal, details(err), "agent: explain: the set in force does not validate")
 	}
 	name := req.Protocol
 	if name == "" {

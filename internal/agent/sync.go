@@ -3,11 +3,11 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
@@ -65,7 +65,7 @@ func (a *Agent) Sync(ctx context.Context, req SyncRequest) (api.ApplyResult, err
 		}
 	}
 	if len(details) > 0 {
-		return api.ApplyResult{}, newError(http.StatusUnprocessableEntity, details, "agent: sync refused: the documents do not read")
+		return api.ApplyResult{}, newError(fault.Invalid, details, "agent: sync refused: the documents do not read")
 	}
 	r, err := a.send(ctx, &request{op: opSync, start: start, objs: objs, deleted: req.Deleted, replace: req.Replace})
 	return r.result, err

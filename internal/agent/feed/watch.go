@@ -162,7 +162,7 @@ func (f *Follower) apply(ctx context.Context, ch *change, rev int64) error {
 			if err != nil {
 				f.setStatus(func(s *Status) { s.Error = fmt.Sprintf("revision %d not enforced: %v", rev, err) })
 				f.log.Error("the agent refused a revision; the last good state stays in force", "revision", rev, "err", err)
-				return fmt.Errorf("%w: revision %d: %v", errSync, rev, err)
+				return fmt.Errorf("%w: revision %d: %w", errSync, rev, err)
 			}
 			f.log.Info("revision enforced", "revision", rev, "replace", req.Replace, "created", len(res.Created), "updated", len(res.Updated),
 				"deleted", len(res.Deleted), "took", time.Since(t0))
@@ -185,7 +185,7 @@ func (f *Follower) syncRequest(ch *change) (agent.SyncRequest, map[string]*api.H
 		if raw, ok := ch.objects[ref]; ok {
 			o, err := objects.Stored(ref, raw)
 			if err != nil {
-				return req, nil, nil, fmt.Errorf("%w: %v", errSync, err)
+				return req, nil, nil, fmt.Errorf("%w: %w", errSync, err)
 			}
 			req.Objects = append(req.Objects, o)
 		} else {
