@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 )
@@ -394,9 +395,11 @@ func printManagerResult(out io.Writer, res api.ManagerApplyResult, dryRun bool) 
 	return nil
 }
 
-// serverResources are what serverGet lists.
-var serverResources = []string{"workloads", "hosts", "identities", "revisions", "tokens", "certificates",
-	"namespaces", "segments", "policies", "walls", "conflictclasses", "objects"}
+// serverResources are what serverGet lists: the manager's own records,
+// then every kind of object.
+func serverResources() []string {
+	return append([]string{"workloads", "hosts", "identities", "revisions", "tokens", "certificates", "objects"}, objects.Resources()...)
+}
 
 // serverGet prints a resource of the manager: output "table", "json" or
 // "yaml".
@@ -422,10 +425,12 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 		v, err = c.Certificates(cmd.Context())
 	case "objects", "all":
 		v, err = c.Objects(cmd.Context(), "")
-	case "namespaces", "segments", "policies", "walls", "conflictclasses":
-		v, err = c.Objects(cmd.Context(), resource)
 	default:
-		return fmt.Errorf("unknown resource %q; valid: %s", resource, strings.Join(serverResources, ", "))
+		kinds, kerr := objects.Resolve(resource)
+		if kerr != nil {
+			return fmt.Errorf("unknown resource %q; valid: %s", resource, strings.Join(serverResources(), ", "))
+		}
+		v, err = c.Objects(cmd.Context(), strings.Join(kinds, ","))
 	}
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 // route is one endpoint: what it serves, who may call it, and its
@@ -68,7 +69,7 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/audit", audit, m.getAudit},
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
 	}
-	for _, res := range []string{"namespaces", "segments", "policies", "walls", "conflictclasses"} {
+	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})
 	}
 	return rs

@@ -90,6 +90,17 @@ func Resource(kind string) string {
 	return k.Resource
 }
 
+// Resources lists the list routes of the applied kinds, each once.
+func Resources() []string {
+	var out []string
+	for _, k := range kinds {
+		if r := Resource(k.Name); !k.Reported && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // Resolve maps what a user types after `bulkhead get` — a kind in any
 // case, its plural, or a short name; "policies" is every kind of policy —
 // to the kinds it means.
