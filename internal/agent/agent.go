@@ -307,7 +307,7 @@ func (a *Agent) Objects(kinds ...string) api.ObjectList {
 	l := api.ObjectList{Revision: s.rev, Items: []map[string]any{}}
 	for _, o := range s.objects {
 		if len(want) == 0 || want[o.ref.Kind] {
-			l.Items = append(l.Items, o.value)
+			l.Items = append(l.Items, jsonValue(o.canon))
 		}
 	}
 	return l

@@ -27,7 +27,6 @@ type object struct {
 	ref   api.ObjectRef
 	doc   *document
 	set   *policy.Set
-	value map[string]any // canon as JSON values
 	canon []byte
 }
 
@@ -48,7 +47,7 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 }
 
 func newObject(d *document, o *objects.Object) *object {
-	return &object{ref: o.Ref, doc: d, set: o.Set, value: jsonValue(o.Canon), canon: o.Canon}
+	return &object{ref: o.Ref, doc: d, set: o.Set, canon: o.Canon}
 }
 
 // jsonValue reads canonical JSON as JSON values, for `get`.
