@@ -2,76 +2,31 @@ package agent
 
 import (
 	"fmt"
-	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-var (
-	dnsNameRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
-	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-)
-
 // workload checks a registration and converts it to the model: a workload
-// on this host.
+// on this host. It is checked by objects.CheckWorkload, the validator a
+// manager checks its hosts' reports with, so that what an agent takes its
+// manager takes too.
 func workload(r api.WorkloadRegistration, host string) (*policy.Workload, []string) {
 	var errs []string
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
-	}
-	for field, v := range map[string]string{"namespace": r.Namespace, "name": r.Name} {
-		if v == "" || len(v) > 253 || !dnsNameRE.MatchString(v) {
-			bad(field, "invalid %s %q: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", field, v)
-		}
-	}
 	if r.Interface == "" || len(r.Interface) > 15 || strings.ContainsAny(r.Interface, "/ \t") {
-		bad("interface", "invalid interface name %q: the host-side interface, 1-15 characters", r.Interface)
+		errs = append(errs, fmt.Sprintf("interface: invalid interface name %q: the host-side interface, 1-15 characters", r.Interface))
 	}
-	for k, v := range r.Labels {
-		if k == "" || len(k) > 316 || len(v) > 63 {
-			bad("labels."+k, "a label key is 1-316 characters (prefix/name) and a value at most 63")
-		}
-	}
-	w := &policy.Workload{Namespace: r.Namespace, Name: r.Name, Labels: r.Labels, Host: host}
 	if len(r.IPs) == 0 {
-		bad("ips", "a workload needs at least one address")
+		errs = append(errs, "ips: a workload needs at least one address")
 	}
-	seen := map[netip.Addr]bool{}
-	for i, s := range r.IPs {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			bad(fmt.Sprintf("ips[%d]", i), "invalid IP address %q", s)
-			continue
-		}
-		a = a.Unmap()
-		if seen[a] {
-			bad(fmt.Sprintf("ips[%d]", i), "address %s is given twice", a)
-			continue
-		}
-		seen[a] = true
-		w.IPs = append(w.IPs, a)
-	}
-	for i, p := range r.Ports {
-		f := fmt.Sprintf("ports[%d]", i)
-		if len(p.Name) > 15 || !portNameRE.MatchString(p.Name) {
-			bad(f+".name", "invalid port name %q: 1-15 lowercase letters, digits and '-'", p.Name)
-		}
-		if p.Port < 1 || p.Port > 65535 {
-			bad(f+".port", "port %d is out of range 1-65535", p.Port)
-		}
-		proto := policy.TCP
-		if p.Protocol != "" {
-			var ok bool
-			if proto, ok = policy.ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
-				bad(f+".protocol", "invalid protocol %q; valid: TCP, UDP, SCTP", p.Protocol)
-			}
-		}
-		w.Ports = append(w.Ports, policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
+	w, werrs := objects.CheckWorkload(api.InventoryWorkload{Namespace: r.Namespace, Name: r.Name, Labels: r.Labels,
+		IPs: r.IPs, Ports: r.Ports, Host: host}, "")
+	for _, e := range werrs {
+		errs = append(errs, e.Error())
 	}
 	sort.Strings(errs)
 	return w, errs

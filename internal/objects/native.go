@@ -115,6 +115,23 @@ func ReadInventory(file string, data []byte) (*policy.Set, source.Errors) {
 	return set, nil
 }
 
+// CheckWorkload checks a workload and converts it to the model, whichever
+// way it is reported — an inventory, an agent's registration, a host's
+// report to its manager — with the rules native documents are read by:
+// the one validator for workloads. path prefixes the field names in
+// errors ("" or "workloads[3]." and the like).
+func CheckWorkload(w api.InventoryWorkload, path string) (*policy.Workload, source.Errors) {
+	c := &converter{file: w.Pos.File}
+	if p := policy.DNSLabelProblem(w.Namespace); p != "" {
+		c.errs.Add(w.Pos, path+"namespace", "%s", p)
+	}
+	out := c.workload(w, path, true)
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return out, nil
+}
+
 // DecodeInventory reads an inventory document: `namespaces: [{name,
 // labels}]` and `workloads: [{namespace, name, labels, ips, ports}]`.
 func DecodeInventory(file string, doc *yaml.Node) (*policy.Set, source.Errors) {
@@ -325,13 +342,19 @@ func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta boo
 		c.labels(path+"labels", w.Pos, w.Labels)
 	}
 	out := &policy.Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
+	seen := map[netip.Addr]bool{}
 	for i, s := range w.IPs {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "invalid IP address %q", s)
+			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "invalid IP address %q: write an address without a zone, such as 10.0.0.1 or fd00::1", s)
 			continue
 		}
-		out.IPs = append(out.IPs, a.Unmap())
+		if a = a.Unmap(); seen[a] {
+			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "address %s is given twice", a)
+			continue
+		}
+		seen[a] = true
+		out.IPs = append(out.IPs, a)
 	}
 	for i, p := range w.Ports {
 		pp := fmt.Sprintf("%sports[%d]", path, i)

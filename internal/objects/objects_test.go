@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -175,5 +176,38 @@ func TestListItemsMustBeAList(t *testing.T) {
 	_, errs = objects.Read("in.yaml", []byte("apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: List, items: []}]\n"))
 	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "may not contain a List") {
 		t.Fatalf("nested: %v", errs)
+	}
+}
+
+// The records the manager once took and every agent then refused are
+// refused by the one workload validator, wherever a workload comes from.
+func TestCheckWorkloadRefusesWhatAgentsCannotEnforce(t *testing.T) {
+	good := api.InventoryWorkload{Namespace: "trading", Name: "buy-db", Labels: map[string]string{"role": "db"},
+		IPs: []string{"10.0.0.1", "fd00::1"}, Ports: []api.NamedPort{{Name: "postgres", Port: 5432}, {Port: 9187}}}
+	if _, errs := objects.CheckWorkload(good, ""); len(errs) > 0 {
+		t.Fatalf("a good workload: %v", errs)
+	}
+	for name, mutate := range map[string]func(w *api.InventoryWorkload){
+		"one address twice":   func(w *api.InventoryWorkload) { w.IPs = []string{"10.0.0.1", "10.0.0.1"} },
+		"label key with space": func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a b": "x"} },
+		"label key with colon": func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a:b": "x"} },
+		"long label value":     func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a": strings.Repeat("x", 64)} },
+		"upper-case port name": func(w *api.InventoryWorkload) { w.Ports = []api.NamedPort{{Name: "HTTP", Port: 80}} },
+		"long port name":       func(w *api.InventoryWorkload) { w.Ports = []api.NamedPort{{Name: "abcdefghijklmnop", Port: 80}} },
+		"zoned address":        func(w *api.InventoryWorkload) { w.IPs = []string{"fe80::1%eth0"} },
+		"port out of range":    func(w *api.InventoryWorkload) { w.Ports = []api.NamedPort{{Name: "x", Port: 65536}} },
+		"bad namespace":        func(w *api.InventoryWorkload) { w.Namespace = "Trading" },
+		"too many labels": func(w *api.InventoryWorkload) {
+			w.Labels = map[string]string{}
+			for i := range 200 {
+				w.Labels["k"+strconv.Itoa(i)] = "v"
+			}
+		},
+	} {
+		w := good
+		mutate(&w)
+		if _, errs := objects.CheckWorkload(w, ""); len(errs) == 0 {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
