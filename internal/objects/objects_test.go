@@ -188,7 +188,7 @@ func TestCheckWorkloadRefusesWhatAgentsCannotEnforce(t *testing.T) {
 		t.Fatalf("a good workload: %v", errs)
 	}
 	for name, mutate := range map[string]func(w *api.InventoryWorkload){
-		"one address twice":   func(w *api.InventoryWorkload) { w.IPs = []string{"10.0.0.1", "10.0.0.1"} },
+		"one address twice":    func(w *api.InventoryWorkload) { w.IPs = []string{"10.0.0.1", "10.0.0.1"} },
 		"label key with space": func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a b": "x"} },
 		"label key with colon": func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a:b": "x"} },
 		"long label value":     func(w *api.InventoryWorkload) { w.Labels = map[string]string{"a": strings.Repeat("x", 64)} },
