@@ -61,9 +61,6 @@ func TestAStallIsNotContention(t *testing.T) {
 	e2 := startOn(t, st, filepath.Join(dir, "m2"))
 	e2.admin = e2.client(e1.m.AdminToken())
 
-	seg := func(i int) []api.Document {
-		return doc(fmt.Sprintf("s%d.yaml", i), fmt.Sprintf("apiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: s%d}\nspec: {cidrs: [{cidr: 10.%d.0.0/16}]}\n", i, i))
-	}
 	done := make(chan error, 1)
 	go func() {
 		_, err := e1.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(1)})
@@ -112,20 +109,7 @@ func readyz(t *testing.T, e *env) (int, string) {
 func TestQuorumLossAnswers503(t *testing.T) {
 	c := etcdtest.StartCluster(t, etcdtest.Options{Members: 3})
 	const timeout = 2 * time.Second
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st, err := etcdstore.New(cli, etcdstore.Options{Prefix: "/bulkhead/quorum/", Timeout: timeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	e := startOn(t, st, t.TempDir())
-	seg := func(i int) []api.Document {
-		return doc(fmt.Sprintf("s%d.yaml", i), fmt.Sprintf("apiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: s%d}\nspec: {cidrs: [{cidr: 10.%d.0.0/16}]}\n", i, i))
-	}
+	e := startOn(t, boundedEtcdStore(t, c, timeout), t.TempDir())
 	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(1)}); err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +134,7 @@ func TestQuorumLossAnswers503(t *testing.T) {
 
 	const answerWithin = timeout + 3*time.Second // the bound, and a leader election
 	start := time.Now()
-	_, err = e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(2)})
+	_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(2)})
 	took := time.Since(start)
 	wantStatus(t, err, http.StatusServiceUnavailable, "store unavailable")
 	if took > answerWithin {
@@ -191,4 +175,85 @@ func TestQuorumLossAnswers503(t *testing.T) {
 	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(2)}); err != nil {
 		t.Fatalf("apply with the quorum back: %v", err)
 	}
+}
+
+// seg is a document of one segment, s<i>.
+func seg(i int) []api.Document {
+	return doc(fmt.Sprintf("s%d.yaml", i), fmt.Sprintf("apiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: s%d}\nspec: {cidrs: [{cidr: 10.%d.%d.0/24}]}\n", i, i/256, i%256))
+}
+
+// boundedEtcdStore is a store over every member of c, with a client of
+// its own, each call bounded by timeout.
+func boundedEtcdStore(t *testing.T, c *etcdtest.Cluster, timeout time.Duration) store.Store {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	st, err := etcdstore.New(cli, etcdstore.Options{Prefix: "/bulkhead/faults/", Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// Back-to-back applies through two managers while etcd's leader, and
+// later a follower, are killed and restarted: every apply lands, once,
+// in contiguous revisions. An apply that finds the store unavailable
+// meanwhile answers 503 at once, and is sent again, as a client would.
+func TestKillingMembersUnderApplies(t *testing.T) {
+	c := etcdtest.StartCluster(t, etcdtest.Options{Members: 3})
+	dir := t.TempDir()
+	e1 := startOn(t, boundedEtcdStore(t, c, 2*time.Second), filepath.Join(dir, "m1"))
+	e2 := startOn(t, boundedEtcdStore(t, c, 2*time.Second), filepath.Join(dir, "m2"))
+	e2.admin = e2.client(e1.m.AdminToken())
+	const n = 30
+	unavailable := 0
+	victim := -1
+	for i := range n {
+		switch i {
+		case 10, 20: // the leader, then a follower
+			leader, err := c.Leader(10 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			victim = leader
+			if i == 20 {
+				victim = (leader + 1) % 3
+			}
+			c.Kill(victim)
+		case 15, 25:
+			c.Restart(victim)
+			if err := c.WaitHealthy(30 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		admin := []*env{e1, e2}[i%2].admin
+		for attempt := 0; ; attempt++ {
+			start := time.Now()
+			_, err := admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: seg(i)})
+			if err == nil {
+				break
+			}
+			if status(err) != http.StatusServiceUnavailable || attempt == 20 {
+				t.Fatalf("apply %d (attempt %d): %v", i, attempt+1, err)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("apply %d answered 503 after %s", i, took)
+			}
+			unavailable++
+			time.Sleep(100 * time.Millisecond) // a client's backoff
+		}
+	}
+	segs, err := e2.admin.Objects(ctx(t), "segments")
+	if err != nil || len(segs.Items) != n {
+		t.Fatalf("%d segments after %d applies: %v", len(segs.Items), n, err)
+	}
+	revs, err := e1.admin.Revisions(ctx(t))
+	if err != nil || len(revs.Items) != n {
+		t.Fatalf("%d applies made %d revisions: %v", n, len(revs.Items), err)
+	}
+	t.Logf("%d applies over two managers, the leader and a follower killed: %d answered 503 first", n, unavailable)
 }

@@ -11,6 +11,7 @@ package etcdtest
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -22,6 +23,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
@@ -228,6 +232,35 @@ func (c *Cluster) tlsConfig() *tls.Config {
 		c.t.Fatalf("etcdtest: %v", err)
 	}
 	return cfg
+}
+
+// Leader returns the index of the member that leads, waiting for one at
+// most d.
+func (c *Cluster) Leader(d time.Duration) (int, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: d, TLS: c.tlsConfig(), Logger: zap.NewNop()})
+	if err != nil {
+		return 0, fmt.Errorf("etcdtest: client: %w", err)
+	}
+	defer cli.Close()
+	var lastErr error
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for i, m := range c.members {
+			if m.cmd == nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := cli.Status(ctx, m.client)
+			cancel()
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			if st.Leader != 0 && st.Leader == st.Header.MemberId {
+				return i, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("etcdtest: no leader after %s: %v", d, lastErr)
 }
 
 // Log returns what member i has printed.
