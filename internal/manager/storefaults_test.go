@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -256,4 +257,47 @@ func TestKillingMembersUnderApplies(t *testing.T) {
 		t.Fatalf("%d applies made %d revisions: %v", n, len(revs.Items), err)
 	}
 	t.Logf("%d applies over two managers, the leader and a follower killed: %d answered 503 first", n, unavailable)
+}
+
+// downStore is a store that cannot answer Rev while down is set.
+type downStore struct {
+	store.Store
+	down atomic.Bool
+}
+
+func (s *downStore) Rev(ctx context.Context) (int64, error) {
+	if s.down.Load() {
+		return 0, fmt.Errorf("store: rev: %w: injected", store.ErrUnavailable)
+	}
+	return s.Store.Rev(ctx)
+}
+
+// /readyz follows the store's probe: not ready within a probe or two of
+// the store becoming unavailable, ready again once it answers.
+func TestReadyzFollowsTheStore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ds := &downStore{Store: st}
+	e := startOn(t, ds, dir)
+	waitReadyz := func(want int, says string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			code, body := readyz(t, e)
+			if code == want && strings.Contains(body, says) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("readyz after 5 s: %d %s, want %d %q", code, body, want, says)
+			}
+		}
+	}
+	waitReadyz(http.StatusOK, "ok")
+	ds.down.Store(true)
+	waitReadyz(http.StatusServiceUnavailable, "not ready: store: rev: store unavailable: injected")
+	ds.down.Store(false)
+	waitReadyz(http.StatusOK, "ok")
 }

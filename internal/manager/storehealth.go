@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -62,6 +63,9 @@ func (m *Manager) probeStore(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if err != nil && !errors.Is(err, store.ErrUnavailable) && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: no answer within %s (%w)", store.ErrUnavailable, storeProbeTimeout, err)
+		}
 		m.storeAnswered(err)
 	}
 }
@@ -69,7 +73,7 @@ func (m *Manager) probeStore(ctx context.Context) {
 // storeAnswered records how a call to the store ended: only whether the
 // store could answer counts, not whether it refused the request.
 func (m *Manager) storeAnswered(err error) {
-	if err != nil && !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+	if err != nil && !errors.Is(err, store.ErrUnavailable) {
 		return
 	}
 	if m.storeOK.set(err) {
