@@ -127,6 +127,7 @@ type Manager struct {
 	hub                          *feedHub
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
+	storeOK    storeHealth // the last probe of the store, for /readyz
 	adminToken string
 	mux        *http.ServeMux
 	routes     []route
@@ -324,6 +325,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runHub(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.probeStore(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

@@ -107,6 +107,9 @@ func (m *Manager) readyz(w http.ResponseWriter, _ *http.Request, _ principal) er
 	if !m.ready() {
 		return errorf(http.StatusServiceUnavailable, "not ready: the store has not been read yet")
 	}
+	if err := m.storeOK.get(); err != nil {
+		return errorf(http.StatusServiceUnavailable, "not ready: %v", err)
+	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 	return nil
 }
