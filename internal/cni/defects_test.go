@@ -317,3 +317,56 @@ func TestDelIgnoresWhatOnlyAddChecks(t *testing.T) {
 		t.Errorf("DEL with name ../../etc = %d %s, want 7", ce.Code, ce.Details)
 	}
 }
+
+// An address the host routes already (a route an operator made, or
+// another network's ADD that ran at the same moment) is never taken
+// over: ADD allocates another one, a request for it fails with 100, and
+// the route stays.
+func TestAddSkipsAnAddressTheHostRoutes(t *testing.T) {
+	e := newDefectEnv(t)
+	e.agent = startFakeAgent(t, e.socket)
+	nstest.Run(t, e.host, "ip", "link", "add", "bhcddum0", "type", "veth", "peer", "name", "bhcddum1")
+	nstest.Run(t, e.host, "ip", "link", "set", "bhcddum0", "up")
+	nstest.Run(t, e.host, "ip", "route", "add", "10.77.0.1/32", "dev", "bhcddum0")
+	w1, w2 := nstest.NS(t, defPrefix), nstest.NS(t, defPrefix)
+	out := e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w1.Path(), IfName: "eth0", Stdin: e.conf(nil)}).ok(t)
+	if got := resultAddrs(parseResult(t, "1.1.0", out))[0]; got != mustAddr("10.77.0.2") {
+		t.Errorf("ADD got %v, want 10.77.0.2: 10.77.0.1 is routed to bhcddum0", got)
+	}
+	req := e.conf(map[string]any{"runtimeConfig": map[string]any{"ips": []string{"10.77.0.1"}}})
+	ce := e.run(call{Command: "ADD", ContainerID: "c2", NetNS: w2.Path(), IfName: "eth0", Stdin: req}).cniErr(t)
+	if ce.Code != CodeAddressUnavailable || !strings.Contains(ce.Details, "routed to bhcddum0") {
+		t.Errorf("ADD requesting 10.77.0.1 = %d %s, want 100 naming bhcddum0", ce.Code, ce.Details)
+	}
+	e.nothingLeft(t, w2, "c2")
+	if got := nstest.Run(t, e.host, "ip", "route", "get", "10.77.0.1"); !strings.Contains(got, "dev bhcddum0") {
+		t.Errorf("the route to 10.77.0.1 is now %s", got)
+	}
+}
+
+// A second Bulkhead interface in one container (a second network) is
+// refused with a clear error, and the first stays intact: its routes in
+// the container, its registration, its CHECK.
+func TestSecondInterfaceInOneContainerRefused(t *testing.T) {
+	e := newDefectEnv(t)
+	e.agent = startFakeAgent(t, e.socket)
+	w := nstest.NS(t, defPrefix)
+	conf := e.conf(nil)
+	out := e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w.Path(), IfName: "eth0", Stdin: conf}).ok(t)
+	routes := nstest.Run(t, w, "ip", "route", "show")
+	second := e.conf(map[string]any{"name": "bhnet2", "subnet": "10.78.0.0/16"})
+	ce := e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w.Path(), IfName: "eth1", Stdin: second}).cniErr(t)
+	if ce.Code != CodeInterface || !strings.Contains(ce.Details, "one Bulkhead interface per container") {
+		t.Errorf("second interface = %d %s, want 103 saying one interface per container", ce.Code, ce.Details)
+	}
+	if got := nstest.Run(t, w, "ip", "route", "show"); got != routes {
+		t.Errorf("the container's routes changed:\nbefore %s\nafter  %s", routes, got)
+	}
+	if strings.Contains(nstest.Run(t, w, "ip", "-o", "link", "show"), "eth1") || strings.Contains(e.hostLinks(), attach.HostIfName("c1/eth1")) {
+		t.Error("the refused second interface left its veth")
+	}
+	e.run(call{Command: "CHECK", ContainerID: "c1", NetNS: w.Path(), IfName: "eth0", Stdin: withPrev(conf, out)}).ok(t)
+	if _, ok := e.agent.get("default/c1"); !ok {
+		t.Error("the first interface's registration is gone")
+	}
+}
