@@ -88,6 +88,7 @@ type Agent struct {
 
 	manager string         // Options.Manager
 	changed changeNotifier // for Changed
+	wlocks  keyLocks       // serialise (un)registrations of one workload name
 
 	l loopState // owned by the loop goroutine
 }
@@ -257,27 +258,6 @@ func (a *Agent) changeObjects(ctx context.Context, op opKind, req api.ApplyReque
 	return r.result, err
 }
 
-// RegisterWorkload adds or updates a workload on this host and returns
-// once its policy is enforced.
-func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration) (api.WorkloadRegistration, error) {
-	m, errs := workload(w, a.host)
-	if len(errs) > 0 {
-		return api.WorkloadRegistration{}, newError(fault.Invalid, errs, "agent: register workload %s/%s: invalid", w.Namespace, w.Name)
-	}
-	_, err := a.send(ctx, &request{op: opRegister, start: time.Now(), reg: &registration{api: w, w: m, key: m.Key()}})
-	if err != nil {
-		return api.WorkloadRegistration{}, err
-	}
-	return w, nil
-}
-
-// UnregisterWorkload removes a workload of this host; removing one that
-// is not registered is not an error.
-func (a *Agent) UnregisterWorkload(ctx context.Context, namespace, name string) error {
-	_, err := a.send(ctx, &request{op: opUnregister, start: time.Now(), key: namespace + "/" + name})
-	return err
-}
-
 func (a *Agent) send(ctx context.Context, r *request) (reply, error) {
 	r.ctx = ctx
 	r.done = make(chan reply, 1)
@@ -331,7 +311,7 @@ func (a *Agent) Revision() int64 { return a.snap.Load().rev }
 func (a *Agent) Status() api.AgentStatus {
 	s := a.snap.Load()
 	st := api.AgentStatus{Host: a.host, Revision: s.rev, Workloads: len(s.set.Workloads), Policies: len(s.set.Policies),
-		MemoryBytes: heapInUse()}
+		MemoryBytes: heapInUse(), NetNS: a.statusNetNS()}
 	if f, ok := a.dp.(interface{ Features() map[string]string }); ok {
 		st.Features = f.Features()
 	}

@@ -23,6 +23,11 @@ import (
 // maxBody bounds a request body: the documents of one apply.
 const maxBody = 128 << 20
 
+// maxRegistrationBody bounds one workload registration: with the most
+// labels, addresses and ports a registration may carry it stays below
+// 40 KiB.
+const maxRegistrationBody = 64 << 10
+
 // listen binds the socket race-free with mode 0600: under a temporary
 // name, chmod, then rename into place. A stale socket (no agent answers)
 // is replaced; a live one is an error.
@@ -107,14 +112,20 @@ func (a *Agent) server() *http.Server {
 	})
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
 		var req api.WorkloadRegistration
-		if !readJSON(w, r, &req) {
+		if !readJSONLimit(w, r, &req, maxRegistrationBody) {
+			return
+		}
+		p, _ := r.Context().Value(peerKey{}).(peer)
+		if err := a.checkCallerNetNS(p); err != nil {
+			a.log.Warn("refused a workload registration", "workload", req.Namespace+"/"+req.Name, "pid", p.pid, "err", err)
+			writeError(w, err)
 			return
 		}
 		res, err := a.RegisterWorkload(r.Context(), req)
 		respond(w, http.StatusOK, res, err)
 	})
 	mux.HandleFunc("DELETE /v1/workloads/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		err := a.UnregisterWorkload(r.Context(), r.PathValue("namespace"), r.PathValue("name"))
+		err := a.UnregisterWorkloadOn(r.Context(), r.PathValue("namespace"), r.PathValue("name"), r.URL.Query().Get("interface"))
 		respond(w, http.StatusNoContent, nil, err)
 	})
 	mux.HandleFunc("GET /v1/counters", func(w http.ResponseWriter, r *http.Request) {
@@ -166,15 +177,32 @@ func (a *Agent) handleObjects(w http.ResponseWriter, r *http.Request) {
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	return readJSONLimit(w, r, v, maxBody)
+}
+
+// readJSONLimit decodes a body of at most limit bytes that holds exactly
+// one JSON value: unknown fields and anything after the value are
+// refused, so that what the agent acts on is all the caller sent.
+func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
-		writeError(w, newError(fault.TooLarge, nil, "agent: read request: %v", err))
+		kind := fault.BadRequest
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			kind, err = fault.TooLarge, fmt.Errorf("the body is larger than %d bytes, the most %s %s takes", limit, r.Method, r.URL.Path)
+		}
+		writeError(w, newError(kind, nil, "agent: read request: %w", err))
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: data after the JSON value at byte %d; send one value",
+			r.Method, r.URL.Path, dec.InputOffset()))
 		return false
 	}
 	return true
