@@ -78,9 +78,8 @@ func LabelValueProblem(v string) string {
 // in key order. Each problem names the key it is about ("" for the size).
 func LabelProblems(labels map[string]string) []LabelProblem {
 	var out []LabelProblem
-	if len(labels) > MaxLabels {
-		out = append(out, LabelProblem{Msg: "too many labels: " + itoa(len(labels)) + "; at most " + itoa(MaxLabels) + " are allowed"})
-		return out
+	if p := LabelCountProblem(len(labels)); p != "" {
+		return append(out, LabelProblem{Msg: p})
 	}
 	for _, k := range sortedKeys(labels) {
 		if p := LabelKeyProblem(k); p != "" {
@@ -139,4 +138,12 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// LabelCountProblem checks how many labels an object carries.
+func LabelCountProblem(n int) string {
+	if n > MaxLabels {
+		return "too many labels: " + itoa(n) + "; at most " + itoa(MaxLabels) + " are allowed"
+	}
+	return ""
 }
