@@ -398,3 +398,24 @@ func TestFloodKeepsALegitimateClientFast(t *testing.T) {
 		t.Errorf("p99 under the flood is %s", floodP99)
 	}
 }
+
+// A YAML value JSON cannot carry is refused with what and where, not as a
+// problem with mapping keys.
+func TestApplyRefusesNonJSONNumbers(t *testing.T) {
+	e := start(t)
+	for _, c := range []struct{ value, want string }{
+		{".inf", `request:6:11: metadata.labels.desk: .inf is not a number JSON can carry`},
+		{"-.Inf", `-.Inf is not a number JSON can carry`},
+		{".nan", `.nan is not a number JSON can carry`},
+	} {
+		data := "apiVersion: bulkhead.dev/v1\nkind: Namespace\nmetadata:\n  name: trading\n  labels:\n    desk: " + c.value + "\n"
+		_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("request", data), DryRun: true})
+		wantStatus(t, err, http.StatusUnprocessableEntity, c.want)
+		if strings.Contains(err.Error(), "mapping key") {
+			t.Errorf("%s: %v", c.value, err)
+		}
+	}
+	data := "apiVersion: bulkhead.dev/v1\nkind: Namespace\nmetadata:\n  name: trading\n  labels:\n    1: a\n"
+	_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("request", data), DryRun: true})
+	wantStatus(t, err, http.StatusUnprocessableEntity, `mapping key "1" (int) is not a string; quote it`)
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -182,11 +183,54 @@ func nodeObject(file string, n *yaml.Node, forDelete bool) (object, *source.Erro
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
-		return object{}, &source.Error{Pos: pos, Msg: "cannot be written as JSON (every mapping key must be a string): " + err.Error()}
+		return object{}, notJSON(file, n, "", err)
 	}
 	o := newObject(ref, data)
 	o.pos = pos
 	return o, nil
+}
+
+// notJSON finds what in n JSON cannot carry — an infinite or NaN number,
+// or a mapping key that is not a string — and says where and why.
+func notJSON(file string, n *yaml.Node, path string, err error) *source.Error {
+	pos := source.Pos{File: file, Line: n.Line, Column: n.Column}
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
+			}
+			if e := notJSON(file, c, p, nil); e != nil {
+				return e
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+				return &source.Error{Pos: source.Pos{File: file, Line: k.Line, Column: k.Column}, Path: path,
+					Msg: fmt.Sprintf("mapping key %q (%s) is not a string; quote it", k.Value, strings.TrimPrefix(k.ShortTag(), "!!"))}
+			}
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if e := notJSON(file, v, p, nil); e != nil {
+				return e
+			}
+		}
+	case yaml.ScalarNode:
+		var f float64
+		if n.ShortTag() == "!!float" && n.Decode(&f) == nil && (math.IsInf(f, 0) || math.IsNaN(f)) {
+			return &source.Error{Pos: pos, Path: path,
+				Msg: fmt.Sprintf("%s is not a number JSON can carry; give a finite number, or quote it if it is text", n.Value)}
+		}
+	}
+	if err != nil {
+		return &source.Error{Pos: pos, Path: path, Msg: "cannot be written as JSON: " + err.Error()}
+	}
+	return nil
 }
 
 func newObject(ref api.ObjectRef, data []byte) object {
