@@ -419,3 +419,38 @@ func TestApplyRefusesNonJSONNumbers(t *testing.T) {
 	_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("request", data), DryRun: true})
 	wantStatus(t, err, http.StatusUnprocessableEntity, `mapping key "1" (int) is not a string; quote it`)
 }
+
+// A dry run that answers 200 means that the apply succeeds: an object
+// too large for the store, or a message too large for a revision, is
+// refused by both alike, and the refused apply leaves no blob behind.
+func TestDryRunAppliesTheSizeLimits(t *testing.T) {
+	e := start(t)
+	blobs := func() int {
+		kvs, _, err := e.st.List(ctx(t), "blobs/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(kvs)
+	}
+	big := "apiVersion: bulkhead.dev/v1\nkind: Namespace\nmetadata:\n  name: big\n  annotations:\n    note: " + strings.Repeat("x", 1700<<10) + "\n"
+	small := "apiVersion: bulkhead.dev/v1\nkind: Namespace\nmetadata:\n  name: small\n"
+	for _, dry := range []bool{true, false} {
+		_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("big.yaml", big), DryRun: dry})
+		wantStatus(t, err, http.StatusRequestEntityTooLarge, "Namespace big")
+	}
+	before := blobs()
+	for _, dry := range []bool{true, false} {
+		_, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("small.yaml", small), DryRun: dry, Message: strings.Repeat("m", 2<<20)})
+		wantStatus(t, err, http.StatusRequestEntityTooLarge, "message")
+	}
+	if after := blobs(); after != before {
+		t.Fatalf("a refused apply left %d blobs behind", after-before)
+	}
+	res, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("small.yaml", small), DryRun: true, Message: strings.Repeat("m", 4096)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err = e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("small.yaml", small), Message: strings.Repeat("m", 4096)}); err != nil || res.Revision == 0 {
+		t.Fatalf("the apply its dry run accepted: %+v %v", res, err)
+	}
+}

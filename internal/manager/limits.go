@@ -1,11 +1,18 @@
 package manager
 
 import (
+	"encoding/json"
+	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/audit"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
 // Limits bound what one client may send the manager and hold open, so
@@ -286,3 +293,61 @@ func (s *streamWriter) FlushError() error {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (s *streamWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// MaxMessageBytes bounds the message of a change.
+const MaxMessageBytes = 4 << 10
+
+// fits checks what committing objects after prev as c would write (the
+// blobs stage writes, and commit's Txn) against the store's limits, so
+// that a dry run that passes means that the change can commit, and a
+// change that cannot is refused before anything is staged.
+func (m *Manager) fits(prev *policyState, objects map[string]object, c change) error {
+	if len(c.message) > MaxMessageBytes {
+		return errorf(http.StatusRequestEntityTooLarge, "message: %d bytes; the limit is %d", len(c.message), MaxMessageBytes)
+	}
+	lim := storeLimits(m.st)
+	for k, o := range objects {
+		if old, ok := prev.objects[k]; ok && old.Hash == o.Hash {
+			continue // in the store already
+		}
+		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+o.Hash, o.JSON)}); err != nil {
+			return errorf(http.StatusRequestEntityTooLarge, "%s %s is %d bytes as JSON, too large for the store: %v", o.Ref.Kind, nsName(o.Ref), len(o.JSON), err)
+		}
+	}
+	chunks, order := manifest(objects)
+	for h, v := range chunks {
+		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+h, v)}); err != nil {
+			return errorf(http.StatusRequestEntityTooLarge, "the revision's list of objects is too large for the store: %v", err)
+		}
+	}
+	value, err := json.Marshal(m.newRecord(prev, objects, order, c))
+	if err != nil {
+		return err
+	}
+	detail, err := json.Marshal(c.detail)
+	if err != nil {
+		return fmt.Errorf("manager: audit detail: %w", err)
+	}
+	// The audit entry as commitAudited will write it, after a head with
+	// the longest seq and hash there can be.
+	_, aconds, aops, err := audit.Append(audit.Head{Seq: math.MaxUint64 - 1, Hash: strings.Repeat("f", 64)},
+		audit.Entry{Time: m.now(), Actor: c.actor.actor(), Action: c.action, Object: "revision", Detail: detail})
+	if err != nil {
+		return err
+	}
+	conds := append([]store.Cond{{Key: keyHead, ModRev: math.MaxInt64}}, aconds...)
+	ops := append([]store.Op{store.Put(keyHead, value), store.Put(revisionKey(math.MaxInt64), value)}, aops...)
+	if err := lim.CheckTxn(conds, ops); err != nil {
+		return errorf(http.StatusRequestEntityTooLarge, "the change is too large for one store transaction (%d objects changed): %v", len(objects), err)
+	}
+	return nil
+}
+
+// storeLimits are the limits of st, when it says them, else the
+// defaults both stores start with.
+func storeLimits(st store.Store) store.Limits {
+	if l, ok := st.(interface{ Limits() store.Limits }); ok {
+		return l.Limits().WithDefaults()
+	}
+	return store.Limits{}.WithDefaults()
+}
