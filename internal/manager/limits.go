@@ -208,6 +208,32 @@ func (l *limiter) refuse(key string, h *holding, what string, n, limit, retry in
 	return e
 }
 
+// admit holds r to its limits: it takes a slot for the principal (or
+// the address without one), bounds the body's size and the request's
+// deadlines, or answers the refusal and returns ok false. The caller
+// serves r with the writer returned, and calls release when done.
+func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p principal) (_ http.ResponseWriter, release func(), ok bool) {
+	key, anonymous := limitKey(p, r)
+	release, err := m.limiter.acquire(key, anonymous, rt.class == stream)
+	if err != nil {
+		m.answerTooMany(w, r, err.(*tooMany), anonymous)
+		return w, nil, false
+	}
+	w = m.setDeadlines(w, r, rt)
+	if limit := m.bodyLimit(rt); r.ContentLength > limit {
+		if anonymous && r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		m.writeError(w, r, errorf(http.StatusRequestEntityTooLarge, "request body: %d bytes, larger than the limit of %d bytes for %s %s",
+			r.ContentLength, limit, rt.method, rt.path))
+		release()
+		return w, nil, false
+	} else if r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+	}
+	return w, release, true
+}
+
 // answerTooMany writes a 429 with Retry-After. A client without
 // credentials also loses its connection, so that the server does not read
 // a body nobody will use.

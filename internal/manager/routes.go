@@ -92,23 +92,11 @@ func (m *Manager) wrap(rt route) http.Handler {
 				return
 			}
 		}
-		key, anonymous := limitKey(p, r)
-		release, err := m.limiter.acquire(key, anonymous, rt.class == stream)
-		if err != nil {
-			m.answerTooMany(w, r, err.(*tooMany), anonymous)
+		w, release, ok := m.admit(w, r, rt, p)
+		if !ok {
 			return
 		}
 		defer release()
-		w = m.setDeadlines(w, r, rt)
-		if limit := m.bodyLimit(rt); r.ContentLength > limit {
-			if anonymous && r.ProtoMajor == 1 {
-				w.Header().Set("Connection", "close")
-			}
-			m.writeError(w, r, errorf(http.StatusRequestEntityTooLarge, "request body: %d bytes, larger than the limit of %d bytes for %s %s", r.ContentLength, limit, rt.method, rt.path))
-			return
-		} else if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
-		}
 		r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
 		if err := rt.handle(w, r, p); err != nil {
 			m.writeError(w, r, err)
