@@ -75,7 +75,7 @@ func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, opti
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errorf(http.StatusUnsupportedMediaType, "request body: Content-Type %q; send application/json", ct)
 	}
-	// wrap bounds the body (http.MaxBytesReader) and the time to read it.
+	// admit bounds the body (http.MaxBytesReader) and the time to read it.
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
