@@ -120,10 +120,13 @@ type Revision struct {
 	RollbackOf int64 `json:"rollbackOf,omitempty"`
 }
 
-// RevisionList answers GET /v1/revisions, newest first.
+// RevisionList answers GET /v1/revisions: a page of the revisions,
+// newest first. Next, when set, is the cursor of the page after
+// (?cursor=NEXT); it is absent on the last page.
 type RevisionList struct {
 	Head  int64      `json:"head"`
 	Items []Revision `json:"items"`
+	Next  string     `json:"next,omitempty"`
 }
 
 // ObjectChange is one object that differs between two revisions: Before

@@ -53,7 +53,7 @@ that every command talking to a manager reads.`,
 			if err != nil {
 				return err
 			}
-			if _, err := cl.Revisions(cmd.Context()); err != nil {
+			if _, err := cl.RevisionsPage(cmd.Context(), 1, ""); err != nil {
 				return fmt.Errorf("the manager refused: %w", err)
 			}
 			path, _ := cmd.Flags().GetString("config")
@@ -203,11 +203,31 @@ func certificateCommand() *cobra.Command {
 }
 
 func revisionsCommand() *cobra.Command {
+	var limit int
 	cmd := &cobra.Command{
-		Use: "revisions", Aliases: []string{"revision", "rev"}, Short: "List, diff and roll back the manager's policy revisions",
+		Use: "revisions [--limit N]", Aliases: []string{"revision", "rev"}, Short: "List, diff and roll back the manager's policy revisions",
+		Long: `revisions lists the newest --limit policy revisions (0: all of them), newest
+first, reading the manager's history page by page.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return serverGet(cmd, "revisions", "table") },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := serverClient(cmd)
+			if err != nil {
+				return err
+			}
+			revs, err := c.Revisions(cmd.Context(), limit)
+			if err != nil {
+				return err
+			}
+			if err := printServerTable(cmd.OutOrStdout(), revs); err != nil {
+				return err
+			}
+			if revs.Next != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(the newest %d; --limit 0 lists all)\n", len(revs.Items))
+			}
+			return nil
+		},
 	}
+	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many revisions, newest first (0: all)")
 	diff := &cobra.Command{
 		Use: "diff [FROM [TO]]", Short: "Show the objects that changed between two revisions (default: the head and its parent)",
 		Args: cobra.MaximumNArgs(2),
@@ -298,7 +318,13 @@ func auditCommand() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Revision, actor, e.Action, e.Object)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if list.Next != 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(more entries: --from %d)\n", list.Next)
+			}
+			return nil
 		},
 	}
 	logCmd.Flags().Uint64Var(&from, "from", 1, "first entry")
@@ -418,7 +444,7 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 	case "identities", "identity":
 		v, err = c.Identities(cmd.Context())
 	case "revisions", "revision":
-		v, err = c.Revisions(cmd.Context())
+		v, err = c.Revisions(cmd.Context(), 0)
 	case "tokens":
 		v, err = c.Tokens(cmd.Context())
 	case "certificates":

@@ -156,11 +156,14 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		if err := m.validate(prop); err != nil {
 			return api.ManagerApplyResult{}, err
 		}
+		c := change{actor: p, action: action, message: message, rollbackOf: rollbackOf, detail: changeDetail(res, rollbackOf)}
+		if err := m.fits(cur, objects, c); err != nil {
+			return api.ManagerApplyResult{}, err
+		}
 		if dryRun {
 			return res, nil
 		}
-		rev, ok, err := m.commit(ctx, base, cur, objects, change{actor: p, action: action, message: message,
-			rollbackOf: rollbackOf, detail: changeDetail(res, rollbackOf)})
+		rev, ok, err := m.commit(ctx, base, cur, objects, c)
 		if err != nil {
 			return api.ManagerApplyResult{}, err
 		}

@@ -55,8 +55,10 @@ type Config struct {
 	// the listen address, localhost, 127.0.0.1 and ::1 are always in it.
 	Names  []string
 	Logger *slog.Logger
-	// MaxBodyBytes bounds a request body (default 32 MiB).
+	// MaxBodyBytes bounds a request body (default 32 MiB); Limits bound
+	// public bodies, timeouts and what one client may hold open.
 	MaxBodyBytes int64
+	Limits       Limits
 	// Heartbeat is the interval of heartbeat lines on a quiet watch
 	// (default 5 s).
 	Heartbeat time.Duration
@@ -89,6 +91,7 @@ func (c *Config) defaults() error {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 5 * time.Second
 	}
+	c.Limits = c.Limits.withDefaults()
 	if c.WatchBuffer <= 0 {
 		c.WatchBuffer = 256
 	}
@@ -125,6 +128,7 @@ type Manager struct {
 	inv                          inventory
 	hostTab                      *hostTable
 	hub                          *feedHub
+	limiter                      *limiter
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
@@ -148,7 +152,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub()}
+		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now)}
 	m.blobs.st = cfg.Store
 	ca, err := m.loadCA(ctx)
 	if err != nil {
@@ -307,8 +311,12 @@ func (m *Manager) listen() error {
 		ln.Close()
 		return err
 	}
-	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
+	// The server's timeouts are the defaults of every request; wrap sets
+	// each request's own (setDeadlines), so that a watch outlives them.
+	lim := m.cfg.Limits
+	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout: lim.ReadHeaderTimeout + lim.BodyTimeout, WriteTimeout: lim.ReadHeaderTimeout + lim.WriteTimeout,
+		IdleTimeout: lim.IdleTimeout, ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
 	return nil
 }
 

@@ -37,15 +37,19 @@ type Config struct {
 	Certificate *tls.Certificate
 	// Timeout bounds each request but Watch (default 60 s).
 	Timeout time.Duration
+	// PageSize is how many items a call that follows pages asks for at
+	// once (default 1000, the most the manager answers).
+	PageSize int
 }
 
 // Client calls one manager. It is safe for concurrent use.
 type Client struct {
-	base    string
-	token   string
-	hc      *http.Client // requests
-	stream  *http.Client // watches: no overall timeout
-	timeout time.Duration
+	base     string
+	token    string
+	hc       *http.Client // requests
+	stream   *http.Client // watches: no overall timeout
+	timeout  time.Duration
+	pageSize int
 }
 
 // New returns a client for cfg.
@@ -72,9 +76,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 60 * time.Second
 	}
+	if cfg.PageSize <= 0 || cfg.PageSize > 1000 {
+		cfg.PageSize = 1000
+	}
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
 		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second}
-	return &Client{base: strings.TrimRight(cfg.URL, "/"), token: cfg.Token, timeout: cfg.Timeout,
+	return &Client{base: strings.TrimRight(cfg.URL, "/"), token: cfg.Token, timeout: cfg.Timeout, pageSize: cfg.PageSize,
 		hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: tr}}, nil
 }
 
@@ -186,11 +193,56 @@ func (c *Client) Objects(ctx context.Context, kinds string) (api.ObjectList, err
 	return res, c.Do(ctx, "GET", "/v1/objects?kind="+url.QueryEscape(kinds), nil, &res)
 }
 
-// Revisions lists the policy revisions, newest first.
-func (c *Client) Revisions(ctx context.Context) (api.RevisionList, error) {
+// RevisionsPage answers one page of the policy revisions, newest first:
+// at most limit (0: the manager's default), from cursor ("": the newest;
+// else the Next of the page before).
+func (c *Client) RevisionsPage(ctx context.Context, limit int, cursor string) (api.RevisionList, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	path := "/v1/revisions"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var res api.RevisionList
-	return res, c.Do(ctx, "GET", "/v1/revisions", nil, &res)
+	return res, c.Do(ctx, "GET", path, nil, &res)
 }
+
+// Revisions lists the policy revisions, newest first, at most max (0:
+// all), following the pages.
+func (c *Client) Revisions(ctx context.Context, max int) (api.RevisionList, error) {
+	var all api.RevisionList
+	cursor := ""
+	for range maxPages {
+		limit := c.pageSize
+		if max > 0 {
+			limit = min(limit, max-len(all.Items))
+		}
+		page, err := c.RevisionsPage(ctx, limit, cursor)
+		if err != nil {
+			return all, err
+		}
+		if all.Head == 0 {
+			all.Head = page.Head
+		}
+		all.Items = append(all.Items, page.Items...)
+		all.Next = page.Next
+		// A cursor names a revision older than the last page's, so the
+		// pages end.
+		if page.Next == "" || page.Next == cursor || (max > 0 && len(all.Items) >= max) {
+			return all, nil
+		}
+		cursor = page.Next
+	}
+	return all, fmt.Errorf("manager client: revisions: more than %d pages", maxPages)
+}
+
+// maxPages bounds the pages a call follows.
+const maxPages = 1 << 20
 
 // Diff lists what changed from revision from to revision to (0: defaults).
 func (c *Client) Diff(ctx context.Context, from, to int64) (api.RevisionDiff, error) {
