@@ -125,6 +125,7 @@ type Manager struct {
 	inv                          inventory
 	hostTab                      *hostTable
 	hub                          *feedHub
+	alerts                       *alerts
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
@@ -147,8 +148,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub()}
+		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), alerts: newAlerts()}
 	m.blobs.st = cfg.Store
+	m.blobs.onMismatch = func(key, got string) {
+		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
+	}
 	ca, err := m.loadCA(ctx)
 	if err != nil {
 		return nil, err
@@ -324,6 +328,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runHub(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

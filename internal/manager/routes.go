@@ -67,6 +67,7 @@ func (m *Manager) routeTable() []route {
 
 		{"GET", "/v1/audit", audit, m.getAudit},
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
+		{"GET", "/v1/alerts", read, m.getAlerts},
 	}
 	for _, res := range []string{"namespaces", "segments", "policies", "walls", "conflictclasses"} {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})

@@ -1,0 +1,22 @@
+package api
+
+import "time"
+
+// Alert is something the manager found wrong that a person must look at
+// (GET /v1/alerts): a stored blob that no longer matches its name, an
+// access record without a valid seal. Each is also an audit entry
+// ("alert.KIND") and a line at error level in the manager's log.
+type Alert struct {
+	Kind    string    `json:"kind"`   // e.g. "blob-mismatch", "record-seal"
+	Object  string    `json:"object"` // the store key or object it concerns
+	Message string    `json:"message"`
+	First   time.Time `json:"first"`
+	Last    time.Time `json:"last"`
+	Count   int       `json:"count"` // times seen since the manager started
+}
+
+// AlertList answers GET /v1/alerts: this manager's alerts since it
+// started, the latest first.
+type AlertList struct {
+	Items []Alert `json:"items"`
+}
