@@ -227,7 +227,7 @@ type IdentityList struct {
 // AuditActor is who did something: a token (with its role), an agent
 // (its host) or the manager itself ("system").
 type AuditActor struct {
-	Kind string `json:"kind"` // "token", "agent" or "system"
+	Kind string `json:"kind"` // "token", "agent", "system" or "anonymous"
 	Name string `json:"name"`
 	Role string `json:"role,omitempty"`
 }

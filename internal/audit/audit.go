@@ -37,8 +37,8 @@ const (
 
 // Actor is who did something.
 type Actor struct {
-	Kind string `json:"kind"`           // "token", "agent" or "system"
-	Name string `json:"name"`           // the token's name, or the agent's host
+	Kind string `json:"kind"`           // "token", "agent", "system" or "anonymous"
+	Name string `json:"name"`           // the token's name, the agent's host, or an anonymous caller's address
 	Role string `json:"role,omitempty"` // a token's role: admin, operator, auditor
 }
 

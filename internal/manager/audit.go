@@ -29,6 +29,8 @@ func (p principal) actor() audit.Actor {
 		return audit.Actor{Kind: "token", Name: p.name, Role: p.role}
 	case "host":
 		return audit.Actor{Kind: "agent", Name: p.name}
+	case "anonymous":
+		return audit.Actor{Kind: "anonymous", Name: p.name}
 	}
 	return audit.Actor{Kind: "system", Name: p.String()}
 }

@@ -29,6 +29,19 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 	if req.CSR == "" {
 		return errorf(http.StatusBadRequest, "csr: required: a PEM certificate request")
 	}
+	if err := m.join(w, r, req); err != nil {
+		var he *httpError
+		if errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden) {
+			m.refused(r, principal{}, err, "join token sha256:"+hashSecret(strings.TrimSpace(req.Token))[:16])
+		}
+		return err
+	}
+	return nil
+}
+
+// join is postJoin once the request is read; its refusals of the token
+// are audited by postJoin.
+func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinRequest) error {
 	ctx := r.Context()
 	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
 	kv, err := m.st.Get(ctx, key)

@@ -126,6 +126,7 @@ type Manager struct {
 	hostTab                      *hostTable
 	hub                          *feedHub
 	alerts                       *alerts
+	refusals                     refusalLimiter
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
@@ -330,6 +331,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.runHub(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.refusalLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

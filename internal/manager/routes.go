@@ -83,11 +83,14 @@ func (m *Manager) wrap(rt route) http.Handler {
 		if !rt.access.public {
 			var err error
 			if p, err = m.authenticate(r); err != nil {
+				m.refused(r, p, err, "")
 				m.writeError(w, r, err)
 				return
 			}
 			if !rt.access.allows(p) {
-				m.writeError(w, r, errorf(http.StatusForbidden, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p))
+				err := errorf(http.StatusForbidden, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p)
+				m.refused(r, p, err, "")
+				m.writeError(w, r, err)
 				return
 			}
 		}

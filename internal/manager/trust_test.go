@@ -1,12 +1,19 @@
 package manager_test
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -115,5 +122,127 @@ func init() {
 	// The schemas this file's routes added to api/openapi.yaml.
 	for name, typ := range map[string]any{"Alert": api.Alert{}, "AlertList": api.AlertList{}} {
 		schemaTypes[name] = typ
+	}
+}
+
+// auditFrom returns the entries after seq from.
+func auditFrom(t *testing.T, e *env, from uint64) []api.AuditEntry {
+	t.Helper()
+	list, err := e.admin.Audit(ctx(t), from+1, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+func auditHead(t *testing.T, e *env) uint64 {
+	t.Helper()
+	v, err := e.admin.VerifyAudit(ctx(t))
+	if err != nil || !v.OK {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
+	return v.Entries
+}
+
+// Every refusal of authentication or authorization is audited: who (as
+// far as known), from where, what they asked for, and why it was refused.
+func TestRefusalsAreAudited(t *testing.T) {
+	e := start(t)
+	operator := e.token("bob", api.RoleOperator)
+	agent, creds := e.join("node-1")
+	if _, err := e.admin.RevokeCertificate(ctx(t), creds.Serial); err != nil {
+		t.Fatal(err)
+	}
+	agent2, _ := e.join("node-2")
+	before := auditHead(t, e)
+
+	refusals := []func() error{
+		func() error { _, err := e.client("").Objects(ctx(t), ""); return err },
+		func() error { _, err := e.client("bh_guessed").Objects(ctx(t), ""); return err },
+		func() error { _, err := operator.CreateToken(ctx(t), "mallory", api.RoleAdmin); return err },
+		func() error { _, err := operator.Audit(ctx(t), 1, 1); return err },
+		func() error { _, err := agent.Hosts(ctx(t)); return err },
+		func() error { _, err := agent2.Apply(ctx(t), api.ManagerApplyRequest{}); return err },
+		func() error {
+			return e.client("").Do(ctx(t), "POST", "/v1/join", api.JoinRequest{Token: "bhj_guessed", CSR: "x"}, nil)
+		},
+	}
+	for i, f := range refusals {
+		if s := status(f()); s != http.StatusUnauthorized && s != http.StatusForbidden {
+			t.Fatalf("refusal %d: status %d", i, s)
+		}
+	}
+	var got []api.AuditEntry
+	for _, it := range auditFrom(t, e, before) {
+		if strings.HasSuffix(it.Action, ".refused") {
+			got = append(got, it)
+		}
+	}
+	if len(got) != len(refusals) {
+		t.Fatalf("%d refusals, %d audited: %+v", len(refusals), len(got), got)
+	}
+	want := []struct{ action, actor, object, detail string }{
+		{"auth.refused", "anonymous:127.0.0.1", "GET /v1/objects", `"reason":"authentication required`},
+		{"auth.refused", "anonymous:127.0.0.1", "GET /v1/objects", `"credential":"Bearer sha256:` + hashPrefix("bh_guessed")},
+		{"access.refused", "token:bob", "POST /v1/tokens", `"status":403`},
+		{"access.refused", "token:bob", "GET /v1/audit", `may not`},
+		{"access.refused", "anonymous:127.0.0.1", "GET /v1/hosts", `"credential":"certificate ` + creds.Serial + ` host:node-1"`},
+		{"access.refused", "agent:node-2", "POST /v1/apply", `host:node-2 may not`},
+		{"auth.refused", "anonymous:127.0.0.1", "POST /v1/join", `"credential":"join token sha256:` + hashPrefix("bhj_guessed")},
+	}
+	for i, w := range want {
+		g := got[i]
+		var detail bytes.Buffer
+		_ = json.Compact(&detail, g.Detail)
+		if g.Action != w.action || g.Actor.Kind+":"+g.Actor.Name != w.actor || g.Object != w.object ||
+			!strings.Contains(detail.String(), w.detail) || !strings.Contains(detail.String(), `"remote":"127.0.0.1"`) {
+			t.Errorf("refusal %d: got %s %s:%s %s %s; want %+v", i, g.Action, g.Actor.Kind, g.Actor.Name, g.Object, detail.String(), w)
+		}
+	}
+}
+
+func hashPrefix(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])[:16]
+}
+
+// A flood of refused requests cannot fill the store: past a burst they are
+// counted, and the count is recorded with the next refusal audited.
+func TestRefusalFloodIsBounded(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	e := start(t, func(c *manager.Config) { c.Now = func() time.Time { return time.Unix(0, clock.Load()) } })
+	before := auditHead(t, e)
+	const flood = 300
+	anon := e.client("bh_flood")
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range flood / 6 {
+				if _, err := anon.Hosts(ctx(t)); status(err) != http.StatusUnauthorized {
+					t.Errorf("worker %d: %v", w, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	written := len(auditFrom(t, e, before))
+	if written < 10 || written > 25 {
+		t.Fatalf("a flood of %d refusals wrote %d audit entries; want about 20", flood, written)
+	}
+	clock.Add(int64(time.Minute))
+	if _, err := anon.Hosts(ctx(t)); status(err) != http.StatusUnauthorized {
+		t.Fatal(err)
+	}
+	entries := auditFrom(t, e, before)
+	var d struct{ SuppressedBefore int }
+	if err := json.Unmarshal(entries[len(entries)-1].Detail, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.SuppressedBefore+len(entries) != flood+1 {
+		t.Fatalf("%d entries and %d suppressed, for %d refusals", len(entries), d.SuppressedBefore, flood+1)
 	}
 }
