@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -44,14 +43,11 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinRequest) error {
 	ctx := r.Context()
 	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
-	kv, err := m.st.Get(ctx, key)
+	var jt joinRecord
+	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusUnauthorized, "token: unknown join token")
 	} else if err != nil {
-		return err
-	}
-	var jt joinRecord
-	if err := json.Unmarshal(kv.Value, &jt); err != nil {
 		return err
 	}
 	now := m.now().UTC()
@@ -66,7 +62,7 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 		return errorf(http.StatusBadRequest, "csr: %v", err)
 	}
 	jt.Used = &now
-	used, _ := json.Marshal(jt)
+	used := m.key.seal(key, &jt)
 	by := principal{kind: "host", name: jt.Host}
 	res, rev, ok, err := m.issue(ctx, by, "host.join", cert, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(key, used)})
 	if err != nil {
@@ -113,7 +109,7 @@ func (m *Manager) issue(ctx context.Context, by principal, action string, cert *
 	host, _ := pki.HostOf(cert)
 	serial := pki.Serial(cert)
 	rec := certRecord{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
-	value, _ := json.Marshal(rec)
+	value := m.key.seal(prefixCerts+serial, &rec)
 	conds = append(conds, store.Absent(prefixCerts+serial))
 	ops = append(ops, store.Put(prefixCerts+serial, value))
 	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: action, object: "host/" + host,

@@ -71,6 +71,14 @@ type Config struct {
 	ClientValidity time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// KeyFile is the manager key, the secret outside the store that seals
+	// the access records and signs the audit head (default
+	// DataDir/manager.key; created with the store). Managers that share a
+	// store share it.
+	KeyFile string
+	// AdoptRecords seals the access records of a store from before the
+	// manager key when the key is created (they are trusted as they are).
+	AdoptRecords bool
 }
 
 func (c *Config) defaults() error {
@@ -101,6 +109,9 @@ func (c *Config) defaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.KeyFile == "" {
+		c.KeyFile = filepath.Join(c.DataDir, KeyFile)
+	}
 	return nil
 }
 
@@ -110,6 +121,7 @@ type Manager struct {
 	st    store.Store
 	log   *slog.Logger
 	ca    *pki.CA
+	key   *managerKey
 	blobs blobs
 
 	stateMu sync.Mutex
@@ -159,13 +171,16 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.ca = ca
+	if err := m.loadKey(ctx); err != nil {
+		return nil, err
+	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {
 		return nil, err
 	}
 	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
-	m.auth = newMirror(m.st, prefixAuth, m.log, decodeAuth)
+	m.auth = newMirror(m.st, prefixAuth, m.log, m.decodeSealed)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)

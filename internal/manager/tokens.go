@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"sort"
@@ -118,8 +117,8 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 	}
 	now := m.now().UTC()
 	rec := joinRecord{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
-	value, _ := json.Marshal(rec)
 	key := prefixJoin + hashSecret(secret)
+	value := m.key.seal(key, &rec)
 	rev, _, err := m.commitAudited(ctx, []store.Cond{store.Absent(key)}, []store.Op{store.Put(key, value)},
 		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"expires": rec.Expires.Format(time.RFC3339)}})
 	if err != nil {
@@ -147,20 +146,17 @@ func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ prin
 func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p principal) error {
 	serial := r.PathValue("serial")
 	ctx := r.Context()
-	kv, err := m.st.Get(ctx, prefixCerts+serial)
+	var c certRecord
+	kv, err := m.readSealed(ctx, prefixCerts+serial, &c)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
 	} else if err != nil {
 		return err
 	}
-	var c certRecord
-	if err := json.Unmarshal(kv.Value, &c); err != nil {
-		return err
-	}
 	if c.Revoked == nil {
 		now := m.now().UTC()
 		c.Revoked, c.RevokedBy = &now, p.String()
-		value, _ := json.Marshal(c)
+		value := m.key.seal(kv.Key, &c)
 		rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(kv.Key, value)},
 			auditEntry{actor: p, action: "certificate.revoke", object: "host/" + c.Host, detail: map[string]string{"serial": serial}})
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -244,5 +247,157 @@ func TestRefusalFloodIsBounded(t *testing.T) {
 	}
 	if d.SuppressedBefore+len(entries) != flood+1 {
 		t.Fatalf("%d entries and %d suppressed, for %d refusals", len(entries), d.SuppressedBefore, flood+1)
+	}
+}
+
+var testKeys sync.Map // *testing.T → the manager key of its first manager
+
+// shareKey gives a manager started in dir the manager key of the first
+// manager its test started, as an operator gives every manager that shares
+// a store the same key file.
+func shareKey(t *testing.T, dir string) {
+	t.Helper()
+	path := filepath.Join(dir, manager.KeyFile)
+	first, loaded := testKeys.LoadOrStore(t, path)
+	if !loaded {
+		t.Cleanup(func() { testKeys.Delete(t) })
+		return
+	}
+	if _, err := os.Stat(path); err == nil || first.(string) == path {
+		return
+	}
+	data, err := os.ReadFile(first.(string))
+	if err != nil {
+		return // the first manager made none: this one makes its own
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// put writes key=value into the store behind the manager's back.
+func put(t *testing.T, st store.Store, key string, value []byte) {
+	t.Helper()
+	if _, _, err := st.Txn(ctx(t), nil, []store.Op{store.Put(key, value)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A token written into the store by hand is refused, and raises an alert;
+// so is a join token, and a certificate record edited to undo a revocation.
+func TestHandWrittenAccessRecordsAreRefused(t *testing.T) {
+	e := start(t)
+	agent, creds := e.join("node-1")
+	if _, err := e.admin.RevokeCertificate(ctx(t), creds.Serial); err != nil {
+		t.Fatal(err)
+	}
+
+	const secret = "bh_handwritten"
+	sum := sha256.Sum256([]byte(secret))
+	hash := hex.EncodeToString(sum[:])
+	put(t, e.st, "auth/tokens/"+hash, []byte(`{"name":"mallory","role":"admin","created":"2026-01-01T00:00:00Z","createdBy":"token:admin (admin)"}`))
+	put(t, e.st, "auth/tokennames/mallory", []byte(hash))
+	kv, err := e.st.Get(ctx(t), "auth/certs/"+creds.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert map[string]any
+	_ = json.Unmarshal(kv.Value, &cert)
+	delete(cert, "revoked")
+	delete(cert, "revokedBy")
+	unrevoked, _ := json.Marshal(cert)
+	put(t, e.st, kv.Key, unrevoked)
+	const joinSecret = "bhj_handwritten"
+	sum = sha256.Sum256([]byte(joinSecret))
+	put(t, e.st, "auth/join/"+hex.EncodeToString(sum[:]), []byte(`{"host":"node-9","expires":"2099-01-01T00:00:00Z","created":"2026-01-01T00:00:00Z","createdBy":"token:admin (admin)"}`))
+	// A change through the manager, after the hand-written ones: once it
+	// is in the manager's copy, so are they.
+	e.token("carol", api.RoleAuditor)
+
+	_, err = e.client(secret).Objects(ctx(t), "")
+	wantStatus(t, err, http.StatusUnauthorized, "unknown or revoked")
+	_, err = agent.Hosts(ctx(t))
+	wantStatus(t, err, http.StatusForbidden, "not in this manager's records")
+	_, err = client.Join(ctx(t), e.m.URL(), e.m.CAPEM(), "", joinSecret, "node-9")
+	wantStatus(t, err, http.StatusUnauthorized, "unknown join token")
+
+	kinds := map[string]bool{}
+	for _, a := range alerts(t, e) {
+		if a.Kind == "record-seal" {
+			kinds[strings.Split(a.Object, "/")[1]] = true
+		}
+	}
+	if !kinds["tokens"] || !kinds["certs"] || !kinds["join"] {
+		t.Fatalf("alerts for the hand-written records: %v", kinds)
+	}
+	waitFor(t, func() bool { return has(auditActions(t, e), "alert.record-seal") })
+}
+
+// The manager key stays outside the store: a manager without it, or with
+// another, refuses to start on a sealed store, saying what to do; a store
+// from before the key is sealed only when the operator says its records
+// are trusted, and that is audited.
+func TestManagerKey(t *testing.T) {
+	e := start(t)
+	e.m.Close()
+	st, dir := e.st, e.dir
+	startWith := func(opts ...func(*manager.Config)) (*manager.Manager, error) {
+		cfg := manager.Config{Store: st, DataDir: dir, Listen: "127.0.0.1:0", Logger: quiet()}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		m, err := manager.Start(ctx(t), cfg)
+		if err == nil {
+			t.Cleanup(func() { m.Close() })
+		}
+		return m, err
+	}
+	other := filepath.Join(t.TempDir(), manager.KeyFile)
+	if err := os.WriteFile(other, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := startWith(func(c *manager.Config) { c.KeyFile = other }); err == nil || !strings.Contains(err.Error(), "is not the key this store was sealed with") {
+		t.Fatalf("another key: %v", err)
+	}
+	keyPath := filepath.Join(dir, manager.KeyFile)
+	key, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(keyPath); st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", st.Mode())
+	}
+	os.Remove(keyPath)
+	if _, err := startWith(); err == nil || !strings.Contains(err.Error(), "copy manager.key from the data directory of a manager") {
+		t.Fatalf("no key: %v", err)
+	}
+
+	// A store from before the manager key: its record and file are gone.
+	if _, _, err := st.Txn(ctx(t), nil, []store.Op{store.Delete("pki/managerkey")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := startWith(); err == nil || !strings.Contains(err.Error(), "--adopt-unsealed-records") {
+		t.Fatalf("unsealed records: %v", err)
+	}
+	m, err := startWith(func(c *manager.Config) { c.AdoptRecords = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if newKey, _ := os.ReadFile(keyPath); len(newKey) == 0 || string(newKey) == string(key) {
+		t.Fatal("no new key written")
+	}
+	e2 := &env{t: t, m: m, st: st, dir: dir}
+	e2.admin = e2.client(e.m.AdminToken())
+	if _, err := e2.admin.Tokens(ctx(t)); err != nil {
+		t.Fatalf("the adopted admin token: %v", err)
+	}
+	if !has(auditActions(t, e2), "records.adopt") {
+		t.Fatal("the adoption is not audited")
 	}
 }
