@@ -40,7 +40,8 @@ type Token struct {
 }
 
 // JoinTokenRequest creates a one-time join token for a host
-// (POST /v1/jointokens). TTL is a Go duration ("15m"); default one hour.
+// (POST /v1/jointokens). TTL is a Go duration ("15m"); default one hour,
+// at most 24 hours.
 type JoinTokenRequest struct {
 	Host string `json:"host"`
 	TTL  string `json:"ttl,omitempty"`
@@ -51,6 +52,7 @@ type JoinTokenRequest struct {
 // manager before it has the CA: it accepts a server whose chain ends in a
 // CA with this hash.
 type JoinToken struct {
+	ID      string    `json:"id"` // names it in GET /v1/jointokens and DELETE /v1/jointokens/{id}
 	Host    string    `json:"host"`
 	Expires time.Time `json:"expires"`
 	Secret  string    `json:"secret"`

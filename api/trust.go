@@ -20,3 +20,15 @@ type Alert struct {
 type AlertList struct {
 	Items []Alert `json:"items"`
 }
+
+// JoinTokenInfo is a join token as GET /v1/jointokens lists it: never its
+// secret. State is "unused", "used" or "expired".
+type JoinTokenInfo struct {
+	ID        string     `json:"id"`
+	Host      string     `json:"host"`
+	Created   time.Time  `json:"created"`
+	CreatedBy string     `json:"createdBy"`
+	Expires   time.Time  `json:"expires"`
+	Used      *time.Time `json:"used,omitempty"`
+	State     string     `json:"state"`
+}

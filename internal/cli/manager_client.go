@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 )
@@ -102,7 +103,7 @@ it makes a one-time join token for one host's agent instead, valid for
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "join token for host %s (one use, expires %s):\n%s\nCA hash: %s\n", jt.Host, jt.Expires.Format(time.RFC3339), jt.Secret, jt.CAHash)
+				fmt.Fprintf(out, "join token %s for host %s (one use, expires %s):\n%s\nCA hash: %s\n", jt.ID, jt.Host, jt.Expires.Format(time.RFC3339), jt.Secret, jt.CAHash)
 				return nil
 			}
 			if len(args) != 1 {
@@ -119,13 +120,17 @@ it makes a one-time join token for one host's agent instead, valid for
 	create.Flags().StringVar(&role, "role", api.RoleOperator, "admin, operator or auditor")
 	create.Flags().BoolVar(&join, "join", false, "make a one-time join token for a host's agent")
 	create.Flags().StringVar(&host, "host", "", "the host a join token is for")
-	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long a join token is valid")
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long a join token is valid (at most 24h)")
+	var joinList, joinRevoke bool
 	list := &cobra.Command{
-		Use: "list", Short: "List the API tokens (never their secrets)", Args: cobra.NoArgs,
+		Use: "list [--join]", Short: "List the API tokens, or with --join the join tokens (never their secrets)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			if joinList {
+				return printJoinTokens(cmd, c)
 			}
 			toks, err := c.Tokens(cmd.Context())
 			if err != nil {
@@ -139,12 +144,20 @@ it makes a one-time join token for one host's agent instead, valid for
 			return tw.Flush()
 		},
 	}
+	list.Flags().BoolVar(&joinList, "join", false, "list the join tokens: id, host, state (unused, used, expired), expiry")
 	revoke := &cobra.Command{
-		Use: "revoke NAME", Short: "Revoke an API token: it stops working at once", Args: cobra.ExactArgs(1),
+		Use: "revoke NAME | revoke --join ID", Short: "Revoke an API token, or with --join a join token: it stops working at once", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			if joinRevoke {
+				if err := c.RevokeJoinToken(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "join token %s revoked\n", args[0])
+				return nil
 			}
 			if err := c.RevokeToken(cmd.Context(), args[0]); err != nil {
 				return err
@@ -153,8 +166,22 @@ it makes a one-time join token for one host's agent instead, valid for
 			return nil
 		},
 	}
+	revoke.Flags().BoolVar(&joinRevoke, "join", false, "revoke the join token with this id (from token list --join)")
 	cmd.AddCommand(create, list, revoke)
 	return cmd
+}
+
+func printJoinTokens(cmd *cobra.Command, c *client.Client) error {
+	jts, err := c.JoinTokens(cmd.Context())
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHOST\tSTATE\tCREATED\tBY\tEXPIRES")
+	for _, j := range jts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Host, j.State, j.Created.Format(time.RFC3339), j.CreatedBy, j.Expires.Format(time.RFC3339))
+	}
+	return tw.Flush()
 }
 
 func certificateCommand() *cobra.Command {

@@ -43,6 +43,8 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/tokens", admin, m.getTokens},
 		{"DELETE", "/v1/tokens/{name}", admin, m.deleteToken},
 		{"POST", "/v1/jointokens", admin, m.postJoinToken},
+		{"GET", "/v1/jointokens", admin, m.getJoinTokens},
+		{"DELETE", "/v1/jointokens/{id}", admin, m.deleteJoinToken},
 		{"POST", "/v1/join", access{public: true, join: true}, m.postJoin},
 		{"POST", "/v1/renew", agents, m.postRenew},
 		{"GET", "/v1/certificates", read, m.getCertificates},

@@ -123,7 +123,8 @@ func waitFor(t *testing.T, cond func() bool) {
 
 func init() {
 	// The schemas this file's routes added to api/openapi.yaml.
-	for name, typ := range map[string]any{"Alert": api.Alert{}, "AlertList": api.AlertList{}} {
+	for name, typ := range map[string]any{"Alert": api.Alert{}, "AlertList": api.AlertList{},
+		"JoinTokenInfo": api.JoinTokenInfo{}, "JoinTokenList": []api.JoinTokenInfo{}} {
 		schemaTypes[name] = typ
 	}
 }
@@ -399,5 +400,50 @@ func TestManagerKey(t *testing.T) {
 	}
 	if !has(auditActions(t, e2), "records.adopt") {
 		t.Fatal("the adoption is not audited")
+	}
+}
+
+// Join tokens can be listed (never their secrets) and revoked, and live
+// an hour unless asked otherwise, at most a day.
+func TestJoinTokensListAndRevoke(t *testing.T) {
+	e := start(t)
+	jt, err := e.admin.CreateJoinToken(ctx(t), "node-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(jt.Expires); d > time.Hour || d < 59*time.Minute || jt.ID == "" {
+		t.Fatalf("join token: %+v", jt)
+	}
+	_, err = e.admin.CreateJoinToken(ctx(t), "node-1", 720*time.Hour)
+	wantStatus(t, err, http.StatusBadRequest, "between 1s and 24h0m0s")
+	used, err := e.admin.CreateJoinToken(ctx(t), "node-2", 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Join(ctx(t), e.m.URL(), nil, used.CAHash, used.Secret, "node-2"); err != nil {
+		t.Fatal(err)
+	}
+	list, err := e.admin.JoinTokens(ctx(t))
+	if err != nil || len(list) != 2 {
+		t.Fatalf("join tokens: %+v %v", list, err)
+	}
+	if list[0].ID != jt.ID || list[0].Host != "node-1" || list[0].State != "unused" || list[1].State != "used" || list[1].Used == nil {
+		t.Fatalf("join tokens: %+v", list)
+	}
+	raw, _ := json.Marshal(list)
+	if strings.Contains(string(raw), jt.Secret) || strings.Contains(string(raw), "bhj_") {
+		t.Fatalf("the list shows a secret: %s", raw)
+	}
+	_, err = e.client(jt.Secret).JoinTokens(ctx(t))
+	wantStatus(t, err, http.StatusUnauthorized, "")
+
+	if err := e.admin.RevokeJoinToken(ctx(t), jt.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Join(ctx(t), e.m.URL(), nil, jt.CAHash, jt.Secret, "node-1")
+	wantStatus(t, err, http.StatusUnauthorized, "unknown join token")
+	wantStatus(t, e.admin.RevokeJoinToken(ctx(t), jt.ID), http.StatusNotFound, "GET /v1/jointokens lists them")
+	if !has(auditActions(t, e), "jointoken.revoke") {
+		t.Fatal("the revocation is not audited")
 	}
 }
