@@ -79,11 +79,15 @@ type JoinResult struct {
 
 // Certificate is an issued client certificate (GET /v1/certificates).
 type Certificate struct {
-	Serial   string     `json:"serial"`
-	Host     string     `json:"host"`
-	Issued   time.Time  `json:"issued"`
-	NotAfter time.Time  `json:"notAfter"`
-	Revoked  *time.Time `json:"revoked,omitempty"`
+	Serial    string     `json:"serial"`
+	Host      string     `json:"host"`
+	Issued    time.Time  `json:"issued"`
+	NotAfter  time.Time  `json:"notAfter"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+	RevokedBy string     `json:"revokedBy,omitempty"`
+	// RenewedFrom is the serial of the certificate this one was renewed
+	// with (revoking that one revokes this one too); "" for a join.
+	RenewedFrom string `json:"renewedFrom,omitempty"`
 }
 
 // ManagerApplyRequest is the body of POST /v1/apply and POST /v1/delete:

@@ -32,3 +32,12 @@ type JoinTokenInfo struct {
 	Used      *time.Time `json:"used,omitempty"`
 	State     string     `json:"state"`
 }
+
+// HostRevocation answers POST /v1/hosts/{host}/revoke: the host's
+// certificates revoked by it, and the ids of its unused join tokens it
+// deleted.
+type HostRevocation struct {
+	Host         string        `json:"host"`
+	Certificates []Certificate `json:"certificates"`
+	JoinTokens   []string      `json:"joinTokens"`
+}

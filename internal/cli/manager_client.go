@@ -187,7 +187,7 @@ func printJoinTokens(cmd *cobra.Command, c *client.Client) error {
 func certificateCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "certificate", Aliases: []string{"cert"}, Short: "List and revoke the agents' certificates"}
 	list := &cobra.Command{
-		Use: "list", Short: "List the agents' certificates", Args: cobra.NoArgs,
+		Use: "list", Short: "List the agents' certificates, each under the one it was renewed from", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
@@ -197,35 +197,83 @@ func certificateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "HOST\tSERIAL\tISSUED\tEXPIRES\tREVOKED")
-			for _, ce := range certs {
-				revoked := "-"
-				if ce.Revoked != nil {
-					revoked = ce.Revoked.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ce.Host, ce.Serial, ce.Issued.Format(time.RFC3339), ce.NotAfter.Format(time.RFC3339), revoked)
-			}
-			return tw.Flush()
+			return printCertificates(cmd.OutOrStdout(), certs)
 		},
 	}
+	var host string
 	revoke := &cobra.Command{
-		Use: "revoke SERIAL", Short: "Revoke an agent's certificate: the manager refuses it from the next request on", Args: cobra.ExactArgs(1),
+		Use:   "revoke SERIAL | revoke --host NAME",
+		Short: "Revoke an agent's certificate and those renewed from it, or all of a host's: refused from the next request on",
+		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (host == "") == (len(args) == 0) {
+				return fmt.Errorf("name one certificate (SERIAL, from bulkhead certificate list) or one host (--host NAME)")
+			}
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			out := cmd.OutOrStdout()
+			if host != "" {
+				res, err := c.RevokeHost(cmd.Context(), host)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "host %s: %d certificates and %d unused join tokens revoked\n", res.Host, len(res.Certificates), len(res.JoinTokens))
+				return nil
 			}
 			ce, err := c.RevokeCertificate(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "certificate %s of host %s revoked\n", ce.Serial, ce.Host)
+			fmt.Fprintf(out, "certificate %s of host %s revoked, with every certificate renewed from it\n", ce.Serial, ce.Host)
 			return nil
 		},
 	}
+	revoke.Flags().StringVar(&host, "host", "", "revoke every certificate of this host, and its unused join tokens")
 	cmd.AddCommand(list, revoke)
 	return cmd
+}
+
+// printCertificates prints the certificates host by host, each renewal
+// chain as a tree: a renewed certificate indented under its parent.
+func printCertificates(w io.Writer, certs []api.Certificate) error {
+	children := map[string][]api.Certificate{}
+	known := map[string]bool{}
+	for _, ce := range certs {
+		known[ce.Serial] = true
+	}
+	var roots []api.Certificate
+	for _, ce := range certs {
+		if ce.RenewedFrom != "" && known[ce.RenewedFrom] {
+			children[ce.RenewedFrom] = append(children[ce.RenewedFrom], ce)
+		} else {
+			roots = append(roots, ce)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSERIAL\tFROM\tISSUED\tEXPIRES\tREVOKED")
+	var row func(ce api.Certificate, depth int)
+	row = func(ce api.Certificate, depth int) {
+		revoked, from := "-", "join"
+		if ce.Revoked != nil {
+			revoked = ce.Revoked.Format(time.RFC3339) + " by " + ce.RevokedBy
+		}
+		if ce.RenewedFrom != "" {
+			from = "renewed " + ce.RenewedFrom
+		}
+		fmt.Fprintf(tw, "%s\t%s%s\t%s\t%s\t%s\t%s\n", ce.Host, strings.Repeat("  ", depth), ce.Serial, from,
+			ce.Issued.Format(time.RFC3339), ce.NotAfter.Format(time.RFC3339), revoked)
+		if depth < 64 { // a chain is acyclic by construction; bound it anyway
+			for _, child := range children[ce.Serial] {
+				row(child, depth+1)
+			}
+		}
+	}
+	for _, ce := range roots {
+		row(ce, 0)
+	}
+	return tw.Flush()
 }
 
 func revisionsCommand() *cobra.Command {

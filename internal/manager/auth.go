@@ -25,6 +25,7 @@ const (
 	prefixTokenNames = "auth/tokennames/" // name → hash
 	prefixJoin       = "auth/join/"       // hash → joinRecord
 	prefixCerts      = "auth/certs/"      // serial → certRecord
+	prefixRenewals   = "auth/renewals/"   // host → its recent renewals' times
 	tokenPrefix      = "bh_"
 	joinPrefix       = "bhj_"
 )
@@ -55,7 +56,10 @@ type certRecord struct {
 	NotAfter  time.Time  `json:"notAfter"`
 	Revoked   *time.Time `json:"revoked,omitempty"`
 	RevokedBy string     `json:"revokedBy,omitempty"`
-	Seal      string     `json:"seal,omitempty"`
+	// RenewedFrom is the serial of the certificate this one was renewed
+	// with; "" for one issued at a join.
+	RenewedFrom string `json:"renewedFrom,omitempty"`
+	Seal        string `json:"seal,omitempty"`
 }
 
 func decodeAuth(kv store.KV) (any, error) {

@@ -49,6 +49,7 @@ func (m *Manager) routeTable() []route {
 		{"POST", "/v1/renew", agents, m.postRenew},
 		{"GET", "/v1/certificates", read, m.getCertificates},
 		{"POST", "/v1/certificates/{serial}/revoke", admin, m.revokeCertificate},
+		{"POST", "/v1/hosts/{host}/revoke", admin, m.revokeHost},
 
 		{"POST", "/v1/apply", admin, m.postApply},
 		{"POST", "/v1/delete", admin, m.postDelete},

@@ -3,6 +3,8 @@ package manager_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
@@ -17,6 +19,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -124,7 +127,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func init() {
 	// The schemas this file's routes added to api/openapi.yaml.
 	for name, typ := range map[string]any{"Alert": api.Alert{}, "AlertList": api.AlertList{},
-		"JoinTokenInfo": api.JoinTokenInfo{}, "JoinTokenList": []api.JoinTokenInfo{}} {
+		"JoinTokenInfo": api.JoinTokenInfo{}, "JoinTokenList": []api.JoinTokenInfo{}, "HostRevocation": api.HostRevocation{}} {
 		schemaTypes[name] = typ
 	}
 }
@@ -446,4 +449,143 @@ func TestJoinTokensListAndRevoke(t *testing.T) {
 	if !has(auditActions(t, e), "jointoken.revoke") {
 		t.Fatal("the revocation is not audited")
 	}
+}
+
+func certBySerial(t *testing.T, e *env) map[string]api.Certificate {
+	t.Helper()
+	certs, err := e.admin.Certificates(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]api.Certificate{}
+	for _, c := range certs {
+		out[c.Serial] = c
+	}
+	return out
+}
+
+// Revoking a certificate revokes the ones renewed from it; revoking a host
+// revokes all its certificates and unused join tokens; the certificate
+// list shows the chains.
+func TestRevocationReachesRenewedCertificates(t *testing.T) {
+	e := start(t)
+	a, credsA := e.join("node-1")
+	credsB, err := a.Renew(ctx(t), "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := credsB.Client(e.m.URL())
+	credsC, err := b.Renew(ctx(t), "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := credsC.Client(e.m.URL())
+	certs := certBySerial(t, e)
+	if certs[credsA.Serial].RenewedFrom != "" || certs[credsB.Serial].RenewedFrom != credsA.Serial || certs[credsC.Serial].RenewedFrom != credsB.Serial {
+		t.Fatalf("renewal chain: %+v", certs)
+	}
+	if _, err := e.admin.RevokeCertificate(ctx(t), credsA.Serial); err != nil {
+		t.Fatal(err)
+	}
+	for _, renewed := range []*client.Client{b, c} {
+		_, err := renewed.Identities(ctx(t))
+		wantStatus(t, err, http.StatusForbidden, "revoked")
+	}
+	if c := certBySerial(t, e)[credsC.Serial]; c.Revoked == nil || c.RevokedBy != "token:admin (admin)" {
+		t.Fatalf("the grandchild: %+v", c)
+	}
+
+	// Revoke by host: every certificate, and the join token not yet used.
+	d, credsD := e.join("node-1")
+	spare, err := e.admin.CreateJoinToken(ctx(t), "node-1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := e.join("node-2")
+	var res api.HostRevocation
+	if err := e.admin.Do(ctx(t), "POST", "/v1/hosts/node-1/revoke", nil, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Certificates) != 1 || res.Certificates[0].Serial != credsD.Serial || len(res.JoinTokens) != 1 || res.JoinTokens[0] != spare.ID {
+		t.Fatalf("host revocation: %+v", res)
+	}
+	_, err = d.Identities(ctx(t))
+	wantStatus(t, err, http.StatusForbidden, "revoked")
+	_, err = client.Join(ctx(t), e.m.URL(), nil, spare.CAHash, spare.Secret, "node-1")
+	wantStatus(t, err, http.StatusUnauthorized, "unknown join token")
+	if _, err := other.Identities(ctx(t)); err != nil {
+		t.Fatalf("another host's certificate: %v", err)
+	}
+	err = e.admin.Do(ctx(t), "POST", "/v1/hosts/node-9/revoke", nil, nil)
+	wantStatus(t, err, http.StatusNotFound, "no certificates")
+	if !has(auditActions(t, e), "host.revoke") {
+		t.Fatal("the host revocation is not audited")
+	}
+}
+
+// Renewal is bounded per host: a burst, then 429 with Retry-After, also
+// for renewals at the same moment; the bound lifts with time.
+func TestRenewalIsRateLimited(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	e := start(t, func(c *manager.Config) { c.Now = func() time.Time { return time.Unix(0, clock.Load()) } })
+	a, creds := e.join("node-1")
+	var wg sync.WaitGroup
+	var ok, limited, conflict atomic.Int32
+	for range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := a.Renew(ctx(t), "node-1")
+			switch status(err) {
+			case 0:
+				ok.Add(1)
+			case http.StatusTooManyRequests:
+				limited.Add(1)
+			case http.StatusConflict:
+				conflict.Add(1)
+			default:
+				t.Errorf("renew: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() < 1 || ok.Load() > 3 || ok.Load()+limited.Load()+conflict.Load() != 40 {
+		t.Fatalf("40 renewals at once: %d issued, %d limited, %d conflicts", ok.Load(), limited.Load(), conflict.Load())
+	}
+	for ok.Load() < 3 {
+		if _, err := a.Renew(ctx(t), "node-1"); err != nil {
+			t.Fatal(err)
+		}
+		ok.Add(1)
+	}
+	resp := rawRenew(t, e, creds)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("renewal past the bound: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	clock.Add(int64(11 * time.Minute))
+	if _, err := a.Renew(ctx(t), "node-1"); err != nil {
+		t.Fatalf("renewal after the window: %v", err)
+	}
+}
+
+// rawRenew posts a renewal with creds over plain net/http, to see headers.
+func rawRenew(t *testing.T, e *env, creds *client.Credentials) *http.Response {
+	t.Helper()
+	cert, err := tls.X509KeyPair(creds.Cert, creds.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(e.m.CAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	_, csr, _ := pki.NewCSR("node-1")
+	body, _ := json.Marshal(api.JoinRequest{CSR: string(csr)})
+	req, _ := http.NewRequestWithContext(ctx(t), "POST", e.m.URL()+"/v1/renew", bytes.NewReader(body))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
 }

@@ -290,3 +290,9 @@ func (c *Client) JoinTokens(ctx context.Context) ([]api.JoinTokenInfo, error) {
 func (c *Client) RevokeJoinToken(ctx context.Context, id string) error {
 	return c.Do(ctx, "DELETE", "/v1/jointokens/"+url.PathEscape(id), nil, nil)
 }
+
+// RevokeHost revokes every certificate of host and its unused join tokens.
+func (c *Client) RevokeHost(ctx context.Context, host string) (api.HostRevocation, error) {
+	var res api.HostRevocation
+	return res, c.Do(ctx, "POST", "/v1/hosts/"+url.PathEscape(host)+"/revoke", nil, &res)
+}
