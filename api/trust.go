@@ -41,3 +41,17 @@ type HostRevocation struct {
 	Certificates []Certificate `json:"certificates"`
 	JoinTokens   []string      `json:"joinTokens"`
 }
+
+// AuditHead answers GET /v1/audit/head: the head of the audit log signed
+// by the manager's audit key (Ed25519; internal/audit's SignedHead).
+// Keep it outside the manager: `bulkhead audit verify --head FILE` later
+// proves the log still passes through it. KeyID identifies the key; the
+// manager's is the same in every head it signs.
+type AuditHead struct {
+	Seq       uint64    `json:"seq"`
+	Hash      string    `json:"hash"`
+	Time      time.Time `json:"time"`
+	Key       string    `json:"key"`
+	KeyID     string    `json:"keyId"`
+	Signature string    `json:"signature"`
+}

@@ -56,6 +56,8 @@ func deriveKey(seed []byte) *managerKey {
 		audit: ed25519.NewKeyFromSeed(derive("bulkhead audit head v1"))}
 }
 
+func (k *managerKey) auditPublic() ed25519.PublicKey { return k.audit.Public().(ed25519.PublicKey) }
+
 func (k *managerKey) record() keyRecord {
 	return keyRecord{ID: k.id, AuditKey: base64.StdEncoding.EncodeToString(k.audit.Public().(ed25519.PublicKey))}
 }

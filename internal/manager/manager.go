@@ -139,6 +139,7 @@ type Manager struct {
 	hub                          *feedHub
 	alerts                       *alerts
 	refusals                     refusalLimiter
+	heads                        heads
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
@@ -174,12 +175,16 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadKey(ctx); err != nil {
 		return nil, err
 	}
+	if err := m.loadHead(); err != nil {
+		return nil, err
+	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {
 		return nil, err
 	}
 	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
+	m.checkAuditAtStart(ctx)
 	m.auth = newMirror(m.st, prefixAuth, m.log, m.decodeSealed)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
@@ -348,6 +353,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.refusalLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

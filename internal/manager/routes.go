@@ -70,6 +70,7 @@ func (m *Manager) routeTable() []route {
 
 		{"GET", "/v1/audit", audit, m.getAudit},
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
+		{"GET", "/v1/audit/head", audit, m.getAuditHead},
 		{"GET", "/v1/alerts", read, m.getAlerts},
 	}
 	for _, res := range []string{"namespaces", "segments", "policies", "walls", "conflictclasses"} {

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/audit"
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -127,7 +129,8 @@ func waitFor(t *testing.T, cond func() bool) {
 func init() {
 	// The schemas this file's routes added to api/openapi.yaml.
 	for name, typ := range map[string]any{"Alert": api.Alert{}, "AlertList": api.AlertList{},
-		"JoinTokenInfo": api.JoinTokenInfo{}, "JoinTokenList": []api.JoinTokenInfo{}, "HostRevocation": api.HostRevocation{}} {
+		"JoinTokenInfo": api.JoinTokenInfo{}, "JoinTokenList": []api.JoinTokenInfo{}, "HostRevocation": api.HostRevocation{},
+		"AuditHead": api.AuditHead{}} {
 		schemaTypes[name] = typ
 	}
 }
@@ -588,4 +591,126 @@ func rawRenew(t *testing.T, e *env, creds *client.Credentials) *http.Response {
 	}
 	resp.Body.Close()
 	return resp
+}
+
+func signedHead(t *testing.T, e *env) audit.SignedHead {
+	t.Helper()
+	var h api.AuditHead
+	if err := e.admin.Do(ctx(t), "GET", "/v1/audit/head", nil, &h); err != nil {
+		t.Fatal(err)
+	}
+	return audit.SignedHead(h)
+}
+
+// rewrite replaces the log in the store from entry from on: entries
+// changed by change and re-sealed, the last drop dropped, the head key
+// moved to the new end, as someone with the store (and this package)
+// could; one Txn per entry, in order, so that their revisions increase.
+func rewrite(t *testing.T, st store.Store, from uint64, drop int, change func(*audit.Entry)) {
+	t.Helper()
+	entries, err := audit.Read(ctx(t), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []store.Op
+	for _, e := range entries[len(entries)-drop:] {
+		ops = append(ops, store.Delete(fmt.Sprintf("audit/log/%020d", e.Seq)))
+	}
+	entries = entries[:len(entries)-drop]
+	prev := audit.Head{}
+	for i := range entries {
+		if entries[i].Seq >= from {
+			change(&entries[i])
+			sealed, err := audit.Seal(prev, entries[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries[i] = sealed
+			value, _ := json.Marshal(sealed)
+			ops = append(ops, store.Put(fmt.Sprintf("audit/log/%020d", sealed.Seq), value))
+		}
+		prev = audit.Head{Seq: entries[i].Seq, Hash: entries[i].Hash}
+	}
+	head, _ := json.Marshal(prev)
+	ops = append(ops, store.Put("audit/head", head))
+	for _, op := range ops {
+		if _, _, err := st.Txn(ctx(t), nil, []store.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// clientVerify verifies the log as the manager serves it against a head,
+// on the client's side.
+func clientVerify(t *testing.T, e *env, anchor audit.SignedHead) error {
+	t.Helper()
+	if err := anchor.Check(); err != nil {
+		t.Fatal(err)
+	}
+	var entries []audit.Entry
+	for _, it := range auditFrom(t, e, 0) {
+		var detail bytes.Buffer
+		if len(it.Detail) > 0 {
+			_ = json.Compact(&detail, it.Detail)
+		}
+		entries = append(entries, audit.Entry{Seq: it.Seq, Time: it.Time, Actor: audit.Actor(it.Actor), Action: it.Action,
+			Object: it.Object, Detail: detail.Bytes(), Revision: it.Revision, PrevHash: it.PrevHash, Hash: it.Hash})
+	}
+	h := anchor.Head()
+	return audit.Verify(entries, &h)
+}
+
+// A re-sealed log and a truncated log are whole chains, but neither passes
+// through a head signed before: not the one an auditor kept, nor the one
+// the manager kept outside the store; and the manager signs no head of
+// them.
+func TestAuditAnchorsFindResealAndTruncation(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		from   uint64
+		drop   int
+		change func(*audit.Entry)
+		want   string
+	}{
+		{"resealed", 2, 0, func(e *audit.Entry) {
+			if e.Seq == 2 {
+				e.Object = "token/someone-else"
+			}
+		}, "rewritten up to here"},
+		{"truncated", 1 << 62, 2, func(*audit.Entry) {}, "cut short"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t)
+			for _, name := range []string{"alice", "bob", "carol"} {
+				e.token(name, api.RoleAuditor)
+			}
+			kept := signedHead(t, e)
+			if kept.Seq != 4 || kept.KeyID == "" {
+				t.Fatalf("signed head: %+v", kept)
+			}
+			if err := clientVerify(t, e, kept); err != nil {
+				t.Fatalf("untouched: %v", err)
+			}
+			e = e.restart() // the manager's own head is written out
+			rewrite(t, e.st, tc.from, tc.drop, tc.change)
+
+			if err := clientVerify(t, e, kept); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("against the head kept: %v", err)
+			}
+			v, err := e.admin.VerifyAudit(ctx(t))
+			if err != nil || v.OK || !strings.Contains(v.Problem, tc.want) {
+				t.Fatalf("the manager's verify: %+v %v", v, err)
+			}
+			err = e.admin.Do(ctx(t), "GET", "/v1/audit/head", nil, nil)
+			wantStatus(t, err, http.StatusConflict, "signs no head")
+			if al := alerts(t, e); len(al) == 0 || al[0].Kind != "audit-broken" {
+				t.Fatalf("alerts: %+v", al)
+			}
+			// Restarted on the rewritten store, the manager finds it at once.
+			e = e.restart()
+			if al := alerts(t, e); len(al) == 0 || al[0].Kind != "audit-broken" {
+				t.Fatalf("alerts at start: %+v", al)
+			}
+		})
+	}
 }
