@@ -363,4 +363,3 @@ func writeJSONOut(cmd *cobra.Command, path string, v any) error {
 	}
 	return nil
 }
-
