@@ -9,9 +9,11 @@
 // to that Txn), so that a change is never without its entry nor an entry
 // without its change.
 //
-// What the chain cannot show alone is a log cut short: the last entries
-// removed leave a shorter chain that is still whole. Verify takes an anchor
-// for that, the head (seq and hash) recorded elsewhere earlier.
+// What the chain cannot show alone is a log cut short, or rewritten and
+// re-sealed from some entry on: both leave a chain that is still whole.
+// Verify takes an anchor for that, a head (seq and hash) recorded outside
+// the store earlier; SignedHead is a head signed by the manager's audit
+// key, to publish and keep (docs/security.md says what this proves).
 package audit
 
 import (
