@@ -96,17 +96,27 @@ func (m *Manager) saveHead() {
 	h.mu.Unlock()
 }
 
-// headLoop keeps the data directory's head at most a second behind.
+// saveOutside writes what the manager keeps outside the store: its audit
+// head and the final states of access records.
+func (m *Manager) saveOutside() {
+	m.saveHead()
+	if err := m.final.save(m.finalPath()); err != nil {
+		m.log.Error("revocations and used join tokens not kept", "err", err)
+	}
+}
+
+// headLoop keeps the data directory's head, and the final states, at most
+// a second behind.
 func (m *Manager) headLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			m.saveHead()
+			m.saveOutside()
 			return
 		case <-t.C:
-			m.saveHead()
+			m.saveOutside()
 		}
 	}
 }

@@ -207,6 +207,7 @@ func (m *Manager) decodeSealed(kv store.KV) (any, error) {
 			m.raise("record-seal", kv.Key, err.Error())
 			return nil, err
 		}
+		m.holdFinal(kv.Key, rec)
 	}
 	return v, nil
 }
@@ -226,5 +227,6 @@ func (m *Manager) readSealed(ctx context.Context, key string, rec sealed) (store
 		m.raise("record-seal", key, err.Error())
 		return kv, fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	}
+	m.holdFinal(key, rec)
 	return kv, nil
 }

@@ -140,6 +140,7 @@ type Manager struct {
 	alerts                       *alerts
 	refusals                     refusalLimiter
 	heads                        heads
+	final                        finalStates
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	adminToken string
@@ -176,6 +177,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if err := m.loadHead(); err != nil {
+		return nil, err
+	}
+	if err := m.final.load(m.finalPath()); err != nil {
 		return nil, err
 	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {

@@ -714,3 +714,61 @@ func TestAuditAnchorsFindResealAndTruncation(t *testing.T) {
 		})
 	}
 }
+
+// A sealed record put back as it was before its revocation or its use is
+// held to what the manager saw: the certificate stays revoked, the join
+// token used, also across a restart, and an alert is raised.
+func TestRolledBackRecordsAreHeld(t *testing.T) {
+	e := start(t)
+	agent, creds := e.join("node-1")
+	before, err := e.st.Get(ctx(t), "auth/certs/"+creds.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jt, err := e.admin.CreateJoinToken(ctx(t), "node-2", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(jt.Secret))
+	joinKey := "auth/join/" + hex.EncodeToString(sum[:])
+	unused, err := e.st.Get(ctx(t), joinKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Join(ctx(t), e.m.URL(), nil, jt.CAHash, jt.Secret, "node-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.RevokeCertificate(ctx(t), creds.Serial); err != nil {
+		t.Fatal(err)
+	}
+	check := func(e *env) {
+		t.Helper()
+		_, err := agent.Identities(ctx(t))
+		wantStatus(t, err, http.StatusForbidden, "revoked")
+		_, err = client.Join(ctx(t), e.m.URL(), nil, jt.CAHash, jt.Secret, "node-2")
+		wantStatus(t, err, http.StatusForbidden, "already used")
+		found := false
+		for _, a := range alerts(t, e) {
+			found = found || a.Kind == "record-rollback"
+		}
+		if !found {
+			t.Fatalf("no rollback alert: %+v", alerts(t, e))
+		}
+	}
+	put(t, e.st, before.Key, before.Value)
+	put(t, e.st, joinKey, unused.Value)
+	e.token("carol", api.RoleAuditor) // the rollbacks are in the manager's copy
+	check(e)
+	e = e.restart()
+	agent, _ = client.New(client.Config{URL: e.m.URL(), CA: e.m.CAPEM(), Certificate: mustPair(t, creds)})
+	check(e)
+}
+
+func mustPair(t *testing.T, creds *client.Credentials) *tls.Certificate {
+	t.Helper()
+	c, err := tls.X509KeyPair(creds.Cert, creds.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
