@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -123,74 +122,100 @@ func (m *Manager) loadKey(ctx context.Context) error {
 	switch {
 	case key != nil && rec.ID != "" && rec.ID != key.id:
 		return fmt.Errorf("manager: the key in %s (id %s) is not the key this store was sealed with (id %s): give this manager the %s of the managers that share the store", path, key.id, rec.ID, KeyFile)
-	case key != nil:
+	case key != nil && rec.ID != "":
 		m.key = key
-		if rec.ID == "" {
-			value, _ := json.Marshal(key.record())
-			if _, _, err := m.st.Txn(ctx, []store.Cond{store.Absent(keyManagerKey)}, []store.Op{store.Put(keyManagerKey, value)}); err != nil {
-				return fmt.Errorf("manager: record the manager key: %w", err)
-			}
-		}
 		return nil
 	case rec.ID != "":
 		return fmt.Errorf("manager: this store was sealed with manager key %s, but %s does not exist: copy %s from the data directory of a manager that shares the store (0600); without it no token, join token or certificate record can be trusted", rec.ID, path, KeyFile)
 	}
-	return m.createKey(ctx, path)
+	created := key == nil
+	if created {
+		seed := make([]byte, 32)
+		if _, err := rand.Read(seed); err != nil {
+			return fmt.Errorf("manager: random: %w", err)
+		}
+		if err := writeFile(path, []byte(hex.EncodeToString(seed)+"\n"), 0o600); err != nil {
+			return err
+		}
+		key = deriveKey(seed)
+	}
+	if err := m.sealStore(ctx, key); err != nil {
+		if created {
+			os.Remove(path)
+		}
+		return err
+	}
+	m.key = key
+	m.log.Info("sealed the store with the manager key", "file", path, "id", key.id, "created", created)
+	return nil
 }
 
-// createKey makes the manager key of a store that has none, writes it to
-// path and records it in the store. Access records already in the store
-// (from a manager before the key) are sealed only if Config.AdoptRecords
-// says they are trusted; the adoption is audited.
-func (m *Manager) createKey(ctx context.Context, path string) error {
+// sealStore records key as the store's manager key. Access records
+// already in the store that its seal does not cover (from a manager
+// before the key, or a sealing interrupted) are sealed first, in Txns of
+// bounded size, only if Config.AdoptRecords says they are trusted; the
+// adoption is audited with the key's record.
+func (m *Manager) sealStore(ctx context.Context, key *managerKey) error {
 	kvs, _, err := m.st.List(ctx, prefixAuth)
 	if err != nil {
 		return fmt.Errorf("manager: list access records: %w", err)
 	}
-	seed := make([]byte, 32)
-	if _, err := rand.Read(seed); err != nil {
-		return fmt.Errorf("manager: random: %w", err)
+	var conds []store.Cond
+	var ops []store.Op
+	adopted := 0
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		_, ok, err := m.st.Txn(ctx, conds, ops)
+		if err != nil {
+			return fmt.Errorf("manager: seal access records: %w", err)
+		}
+		if !ok {
+			return errors.New("manager: seal access records: the store changed meanwhile; start again")
+		}
+		conds, ops = conds[:0], ops[:0]
+		return nil
 	}
-	key := deriveKey(seed)
-	conds := []store.Cond{store.Absent(keyManagerKey)}
-	value, _ := json.Marshal(key.record())
-	ops := []store.Op{store.Put(keyManagerKey, value)}
-	var adopted []string
 	for _, kv := range kvs {
 		v, err := decodeAuth(kv)
 		if err != nil {
 			return fmt.Errorf("manager: access record %s: %w", kv.Key, err)
 		}
 		rec, ok := v.(sealed)
-		if !ok {
+		if !ok || key.check(kv.Key, rec) == nil {
 			continue
 		}
 		if !m.cfg.AdoptRecords {
-			return fmt.Errorf("manager: the store holds access records (%s, …) from before the manager key, which nothing vouches for: start once with --adopt-unsealed-records (Config.AdoptRecords) if you trust them, or start on a new store", kv.Key)
+			return fmt.Errorf("manager: the store holds access records (%s, …) that the manager key does not seal, from before it: start once with --adopt-unsealed-records (Config.AdoptRecords) if you trust them, or start on a new store", kv.Key)
 		}
 		conds = append(conds, store.Unchanged(kv))
 		ops = append(ops, store.Put(kv.Key, key.seal(kv.Key, rec)))
-		adopted = append(adopted, kv.Key)
+		adopted++
+		if len(ops) == stageOps {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 	}
-	if err := writeFile(path, []byte(hex.EncodeToString(seed)+"\n"), 0o600); err != nil {
+	if err := flush(); err != nil {
 		return err
 	}
+	value, _ := json.Marshal(key.record())
+	conds, ops = []store.Cond{store.Absent(keyManagerKey)}, []store.Op{store.Put(keyManagerKey, value)}
 	var ok bool
-	if len(adopted) > 0 {
+	if adopted > 0 {
 		_, ok, err = m.commitAudited(ctx, conds, ops, auditEntry{actor: system, action: "records.adopt", object: keyManagerKey,
 			detail: map[string]any{"key": key.id, "records": adopted}})
 	} else {
 		_, ok, err = m.st.Txn(ctx, conds, ops)
 	}
-	if err != nil || !ok {
-		os.Remove(path)
-		if err == nil {
-			err = fmt.Errorf("manager: another manager sealed this store at the same moment; copy its %s to %s", KeyFile, filepath.Dir(path))
-		}
-		return err
+	if err != nil {
+		return fmt.Errorf("manager: record the manager key: %w", err)
 	}
-	m.key = key
-	m.log.Info("created the manager key", "file", path, "id", key.id, "adopted", len(adopted))
+	if !ok {
+		return fmt.Errorf("manager: another manager sealed this store at the same moment; give this one its %s", KeyFile)
+	}
 	return nil
 }
 
