@@ -13,7 +13,7 @@ package api
 //	POST   /v1/explain      ExplainRequest  → policy report (as `bulkhead explain -o json`) and "text", the same in words
 //	GET    /v1/workloads                    → []WorkloadRegistration
 //	POST   /v1/workloads    WorkloadRegistration → WorkloadRegistration, once its policy is enforced
-//	DELETE /v1/workloads/{namespace}/{name} → 204; idempotent
+//	DELETE /v1/workloads/{namespace}/{name}[?interface=IF] → 204; idempotent; with interface, only if registered on IF
 //	GET    /v1/counters                     → Counters
 //
 // Errors are an HTTP 4xx or 5xx status with an APIError body.
@@ -111,6 +111,19 @@ type AgentStatus struct {
 	Elements map[string]int `json:"elements,omitempty"`
 	// MemoryBytes is the agent's heap in use.
 	MemoryBytes uint64 `json:"memoryBytes"`
+	// NetNS is the network namespace the dataplane enforces in; absent
+	// when it enforces in none (the userspace dataplane). Workloads must
+	// be attached in this namespace: the agent refuses registrations from
+	// callers in another, and the CNI plugin checks it in ADD, CHECK and
+	// STATUS.
+	NetNS *NetNS `json:"netns,omitempty"`
+}
+
+// NetNS identifies a network namespace: the device and inode numbers of
+// its nsfs file, as `stat -L /proc/PID/ns/net` shows them.
+type NetNS struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
 }
 
 // Counter is packets and bytes.

@@ -12,8 +12,6 @@ import (
 // Version is the apiVersion of every native object.
 const Version = "bulkhead.dev/v1"
 
-// Kinds lists the native kinds.
-var Kinds = []string{"Namespace", "Segment", "Policy", "Wall", "ConflictClass", "Workload"}
 
 // Metadata names an object, as in Kubernetes.
 type Metadata struct {

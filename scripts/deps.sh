@@ -2,7 +2,9 @@
 # Installs the Debian packages Bulkhead's tests call, when missing and when
 # running as root: ip (iproute2), ping (iputils-ping), sysctl (procps),
 # nft (nftables: only to cross-check the test harness against a ruleset
-# written by hand; Bulkhead itself programs the kernel through netlink).
+# written by hand; Bulkhead itself programs the kernel through netlink),
+# etcd (etcd-server: the store's tests run against a separately started
+# etcd server as well as the embedded one).
 # Without root it only reports what is missing; the tests that need it
 # skip with a clear reason (in CI, where CI=true, they fail instead).
 set -euo pipefail
@@ -11,6 +13,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 command -v nft >/dev/null || need+=(nftables)
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi

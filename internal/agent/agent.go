@@ -31,7 +31,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +38,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/compile"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -88,6 +88,7 @@ type Agent struct {
 
 	manager string         // Options.Manager
 	changed changeNotifier // for Changed
+	wlocks  keyLocks       // serialise (un)registrations of one workload name
 
 	l loopState // owned by the loop goroutine
 }
@@ -195,25 +196,15 @@ func (a *Agent) Host() string { return a.host }
 // Socket is the socket path the agent serves ("" when none).
 func (a *Agent) Socket() string { return a.socket }
 
-// Error is a refusal or failure, with the HTTP status the API answers it
-// with and every problem found.
-type Error struct {
-	Status int
-	api.APIError
+// Error is how the agent fails: a fault.Error, whose kind the socket
+// turns into a status and whose cause stays reachable with errors.Is.
+type Error = fault.Error
+
+func newError(kind error, details []string, format string, args ...any) *Error {
+	return fault.New(kind, details, format, args...)
 }
 
-func (e *Error) Error() string {
-	if len(e.Details) == 0 {
-		return e.APIError.Error
-	}
-	return e.APIError.Error + ":\n  " + strings.Join(e.Details, "\n  ")
-}
-
-func newError(status int, details []string, format string, args ...any) *Error {
-	return &Error{Status: status, APIError: api.APIError{Error: fmt.Sprintf(format, args...), Details: details}}
-}
-
-var errClosed = newError(http.StatusServiceUnavailable, nil, "agent: shutting down")
+var errClosed = newError(fault.Unavailable, nil, "agent: shutting down")
 
 // Apply adds or updates the objects of req's documents and returns once
 // the dataplane enforces the result. Nothing changes when anything is
@@ -230,11 +221,11 @@ func (a *Agent) Delete(ctx context.Context, req api.ApplyRequest) (api.ApplyResu
 
 func (a *Agent) changeObjects(ctx context.Context, op opKind, req api.ApplyRequest) (api.ApplyResult, error) {
 	if a.manager != "" {
-		return api.ApplyResult{}, newError(http.StatusConflict, nil, "agent: this agent follows the manager at %s and takes its objects from there; %s them on the manager (bulkhead --server %s %s -f ...)", a.manager, op, a.manager, op)
+		return api.ApplyResult{}, newError(fault.Conflict, nil, "agent: this agent follows the manager at %s and takes its objects from there; %s them on the manager (bulkhead --server %s %s -f ...)", a.manager, op, a.manager, op)
 	}
 	start := time.Now()
 	if len(req.Documents) == 0 {
-		return api.ApplyResult{}, newError(http.StatusBadRequest, nil, "agent: no documents given")
+		return api.ApplyResult{}, newError(fault.BadRequest, nil, "agent: no documents given")
 	}
 	var (
 		objs    []*object
@@ -258,34 +249,13 @@ func (a *Agent) changeObjects(ctx context.Context, op opKind, req api.ApplyReque
 		}
 	}
 	if len(details) > 0 {
-		return api.ApplyResult{}, newError(http.StatusUnprocessableEntity, details, "agent: %s refused: the documents do not read", op)
+		return api.ApplyResult{}, newError(fault.Invalid, details, "agent: %s refused: the documents do not read", op)
 	}
 	if len(objs) == 0 {
-		return api.ApplyResult{}, newError(http.StatusBadRequest, nil, "agent: %s: the documents hold no object", op)
+		return api.ApplyResult{}, newError(fault.BadRequest, nil, "agent: %s: the documents hold no object", op)
 	}
 	r, err := a.send(ctx, &request{op: op, start: start, objs: objs, dryRun: req.DryRun})
 	return r.result, err
-}
-
-// RegisterWorkload adds or updates a workload on this host and returns
-// once its policy is enforced.
-func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration) (api.WorkloadRegistration, error) {
-	m, errs := workload(w, a.host)
-	if len(errs) > 0 {
-		return api.WorkloadRegistration{}, newError(http.StatusUnprocessableEntity, errs, "agent: register workload %s/%s: invalid", w.Namespace, w.Name)
-	}
-	_, err := a.send(ctx, &request{op: opRegister, start: time.Now(), reg: &registration{api: w, w: m, key: m.Key()}})
-	if err != nil {
-		return api.WorkloadRegistration{}, err
-	}
-	return w, nil
-}
-
-// UnregisterWorkload removes a workload of this host; removing one that
-// is not registered is not an error.
-func (a *Agent) UnregisterWorkload(ctx context.Context, namespace, name string) error {
-	_, err := a.send(ctx, &request{op: opUnregister, start: time.Now(), key: namespace + "/" + name})
-	return err
 }
 
 func (a *Agent) send(ctx context.Context, r *request) (reply, error) {
@@ -317,7 +287,7 @@ func (a *Agent) Objects(kinds ...string) api.ObjectList {
 	l := api.ObjectList{Revision: s.rev, Items: []map[string]any{}}
 	for _, o := range s.objects {
 		if len(want) == 0 || want[o.ref.Kind] {
-			l.Items = append(l.Items, o.value)
+			l.Items = append(l.Items, jsonValue(o.canon))
 		}
 	}
 	return l
@@ -341,7 +311,7 @@ func (a *Agent) Revision() int64 { return a.snap.Load().rev }
 func (a *Agent) Status() api.AgentStatus {
 	s := a.snap.Load()
 	st := api.AgentStatus{Host: a.host, Revision: s.rev, Workloads: len(s.set.Workloads), Policies: len(s.set.Policies),
-		MemoryBytes: heapInUse()}
+		MemoryBytes: heapInUse(), NetNS: a.statusNetNS()}
 	if f, ok := a.dp.(interface{ Features() map[string]string }); ok {
 		st.Features = f.Features()
 	}
@@ -355,7 +325,7 @@ func (a *Agent) Status() api.AgentStatus {
 func (a *Agent) Counters(ctx context.Context) (api.Counters, error) {
 	c, err := a.dp.Counters(ctx)
 	if err != nil {
-		return api.Counters{}, newError(http.StatusServiceUnavailable, nil, "agent: read counters: %v", err)
+		return api.Counters{}, newError(fault.Unavailable, nil, "agent: read counters: %w", err)
 	}
 	out := api.Counters{Rules: map[string]api.Counter{}, Spoofed: api.Counter(c.Spoofed)}
 	for k, v := range c.Rules {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -293,28 +292,46 @@ func TestRegisterWorkloads(t *testing.T) {
 	}
 }
 
+// Registrations that queue while an Apply runs share the next one: with
+// the dataplane held inside the first registration's Apply until the
+// other n-1 are queued, the n registrations take exactly two applies.
 func TestConcurrentRegistrationsShareApplies(t *testing.T) {
 	a := startAgent(t, shortDir(t))
 	if _, err := a.c.Apply(ctx, api.ApplyRequest{Documents: docs(t, examples)}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := a.dp.snapshot()
+	gate, entered := make(chan struct{}), make(chan struct{}, 1)
+	a.dp.mu.Lock()
+	a.dp.gate, a.dp.entered = gate, entered
+	a.dp.mu.Unlock()
 	const n = 40
-	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := a.c.RegisterWorkload(ctx, api.WorkloadRegistration{Namespace: "trading", Name: fmt.Sprintf("w%d", i),
-				Labels: map[string]string{"side": "buy"}, IPs: []string{fmt.Sprintf("10.20.0.%d", i+1)}, Interface: fmt.Sprintf("bhw%d", i)})
-			errs <- err
-		}()
+	register := func(i int) {
+		_, err := a.c.RegisterWorkload(ctx, api.WorkloadRegistration{Namespace: "trading", Name: fmt.Sprintf("w%d", i),
+			Labels: map[string]string{"side": "buy"}, IPs: []string{fmt.Sprintf("10.20.0.%d", i+1)}, Interface: fmt.Sprintf("bhw%d", i)})
+		errs <- err
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
+	go register(0)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first registration did not reach the dataplane within 10 s")
+	}
+	for i := 1; i < n; i++ {
+		go register(i)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(a.reqs) < n-1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d registrations queued after 10 s", len(a.reqs), n-1)
+		}
+	}
+	a.dp.mu.Lock()
+	a.dp.gate, a.dp.entered = nil, nil
+	a.dp.mu.Unlock()
+	close(gate)
+	for range n {
+		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -322,7 +339,9 @@ func TestConcurrentRegistrationsShareApplies(t *testing.T) {
 	if len(d.Attachments) != n || a.Revision() < 2 {
 		t.Fatalf("%d attachments, revision %d", len(d.Attachments), a.Revision())
 	}
-	t.Logf("%d registrations took %d dataplane applies", n, after-before)
+	if got := after - before; got != 2 {
+		t.Fatalf("%d registrations took %d dataplane applies, want 2 (the first alone, the %d queued behind it together)", n, got, n-1)
+	}
 }
 
 func TestExplainAgainstTheLiveState(t *testing.T) {

@@ -26,6 +26,7 @@ type testDP struct {
 	closed  bool
 	port    int           // source ports of probe packets, fresh for each
 	gate    chan struct{} // when set, Apply waits for it
+	entered chan struct{} // when set, Apply signals it (without blocking) on entry
 }
 
 func newTestDP() *testDP { return &testDP{Userspace: dataplane.NewUserspace()} }
@@ -33,6 +34,12 @@ func newTestDP() *testDP { return &testDP{Userspace: dataplane.NewUserspace()} }
 func (f *testDP) Apply(ctx context.Context, d dataplane.Desired) error {
 	f.mu.Lock()
 	gate := f.gate
+	if f.entered != nil {
+		select {
+		case f.entered <- struct{}{}:
+		default:
+		}
+	}
 	f.mu.Unlock()
 	if gate != nil {
 		<-gate

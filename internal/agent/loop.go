@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"net/http"
 	"runtime"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/compile"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 )
@@ -154,7 +154,7 @@ func (a *Agent) objectsChange(r *request) reply {
 	}
 	t0 := time.Now()
 	if err := l.comp.SetPolicies(full); err != nil {
-		return reply{err: newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the policy set does not compile", r.op)}
+		return reply{err: newError(fault.Invalid, details(err), "agent: %s refused: the policy set does not compile", r.op)}
 	}
 	st := l.comp.State()
 	t1 := time.Now()
@@ -162,13 +162,13 @@ func (a *Agent) objectsChange(r *request) reply {
 	// up: the outcome must not depend on when a client disconnects.
 	if err := a.dp.Apply(context.WithoutCancel(r.ctx), a.desired(st, full, l.attach)); err != nil {
 		a.recompile()
-		return reply{err: newError(http.StatusServiceUnavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %v", r.op, err)}
+		return reply{err: newError(fault.Unavailable, nil, "agent: %s: the dataplane refused the change, which is not in force: %w", r.op, err)}
 	}
 	t2 := time.Now()
 	rec := changeRecord(l.rev+1, next, res)
 	if err := a.state.appendRecord(rec, func() objectsState { return encodeObjects(l.rev+1, nextList) }); err != nil {
 		a.revert()
-		return reply{err: newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err)}
+		return reply{err: newError(fault.Internal, nil, "%v; the change was rolled back", err)}
 	}
 	l.rev++
 	l.objects, l.objList, l.objSet, l.state = next, nextList, objSet, st
@@ -245,21 +245,26 @@ func (a *Agent) plan(r *request) (map[api.ObjectRef]*object, api.ApplyResult) {
 }
 
 // validate checks the whole set as `bulkhead check` does: every reference
-// and name, then every wall.
+// and name, then every wall. A manager's revision (opSync) is not proven
+// again: the manager proved its walls, over every workload it knows, once
+// for all its hosts; the agent still refuses a set it cannot enforce.
 func validate(op opKind, full *policy.Set) error {
 	if err := policy.Validate(full); err != nil {
-		return newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+		return newError(fault.Invalid, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+	}
+	if op == opSync {
+		return nil
 	}
 	breaches, err := policy.ProveWalls(full)
 	if err != nil {
-		return newError(http.StatusUnprocessableEntity, details(err), "agent: %s refused: the resulting policy set is invalid", op)
+		return newError(fault.Invalid, details(err), "agent: %s refused: the resulting policy set is invalid", op)
 	}
 	if len(breaches) > 0 {
 		var d []string
 		for _, b := range breaches {
 			d = append(d, b.String())
 		}
-		return newError(http.StatusConflict, d, "agent: %s refused: %d wall breaches; nothing was changed", op, len(breaches))
+		return newError(fault.Conflict, d, "agent: %s refused: %d wall breaches; nothing was changed", op, len(breaches))
 	}
 	return nil
 }
@@ -354,14 +359,14 @@ func (a *Agent) workloadsChange(batch []*request) {
 	attach := attachments(list)
 	if err := a.dp.Apply(context.Background(), a.desired(st, full, attach)); err != nil {
 		rollback()
-		answer(newError(http.StatusServiceUnavailable, nil, "agent: the dataplane refused the workload change, which is not in force: %v", err))
+		answer(newError(fault.Unavailable, nil, "agent: the dataplane refused the workload change, which is not in force: %w", err))
 		return
 	}
 	t1 := time.Now()
 	if err := a.state.write(workloadsFile, encodeWorkloads(l.rev+1, list)); err != nil {
 		rollback()
 		a.reapply()
-		answer(newError(http.StatusInternalServerError, nil, "%v; the change was rolled back", err))
+		answer(newError(fault.Internal, nil, "%v; the change was rolled back", err))
 		return
 	}
 	l.rev++
@@ -390,14 +395,14 @@ func (a *Agent) stage(r *request, regs map[string]*registration) (func(), error)
 	key := r.reg.key
 	ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
 	if o, ok := l.objects[ref]; ok {
-		return nil, newError(http.StatusConflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)
+		return nil, newError(fault.Conflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)
 	}
 	old := regs[key]
 	if old != nil && sameRegistration(old.api, r.reg.api) {
 		return nil, nil
 	}
 	if err := l.comp.UpsertWorkload(r.reg.w); err != nil {
-		return nil, newError(http.StatusConflict, nil, "agent: register workload %s: %v", key, err)
+		return nil, newError(fault.Conflict, nil, "agent: register workload %s: %v", key, err)
 	}
 	regs[key] = r.reg
 	if old != nil {

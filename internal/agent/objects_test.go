@@ -22,7 +22,7 @@ func TestChangedListIsTheSortedSet(t *testing.T) {
 			ref.Namespace = ""
 			set = &policy.Set{Segments: []*policy.Segment{{Name: ref.Name}}}
 		}
-		return &object{ref: ref, key: refKey(ref), set: set}
+		return &object{ref: ref, set: set}
 	}
 	kinds := []string{"Policy", "Segment", "NetworkPolicy", "Policy", "NetworkPolicy"}
 	prevSet := map[api.ObjectRef]*object{}

@@ -15,12 +15,18 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"golang.org/x/sys/unix"
 )
 
 // maxBody bounds a request body: the documents of one apply.
 const maxBody = 128 << 20
+
+// maxRegistrationBody bounds one workload registration: with the most
+// labels, addresses and ports a registration may carry it stays below
+// 40 KiB.
+const maxRegistrationBody = 64 << 10
 
 // listen binds the socket race-free with mode 0600: under a temporary
 // name, chmod, then rename into place. A stale socket (no agent answers)
@@ -106,14 +112,20 @@ func (a *Agent) server() *http.Server {
 	})
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
 		var req api.WorkloadRegistration
-		if !readJSON(w, r, &req) {
+		if !readJSONLimit(w, r, &req, maxRegistrationBody) {
+			return
+		}
+		p, _ := r.Context().Value(peerKey{}).(peer)
+		if err := a.checkCallerNetNS(p); err != nil {
+			a.log.Warn("refused a workload registration", "workload", req.Namespace+"/"+req.Name, "pid", p.pid, "err", err)
+			writeError(w, err)
 			return
 		}
 		res, err := a.RegisterWorkload(r.Context(), req)
 		respond(w, http.StatusOK, res, err)
 	})
 	mux.HandleFunc("DELETE /v1/workloads/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		err := a.UnregisterWorkload(r.Context(), r.PathValue("namespace"), r.PathValue("name"))
+		err := a.UnregisterWorkloadOn(r.Context(), r.PathValue("namespace"), r.PathValue("name"), r.URL.Query().Get("interface"))
 		respond(w, http.StatusNoContent, nil, err)
 	})
 	mux.HandleFunc("GET /v1/counters", func(w http.ResponseWriter, r *http.Request) {
@@ -134,7 +146,7 @@ func (a *Agent) authorize(next http.Handler) http.Handler {
 		p, _ := r.Context().Value(peerKey{}).(peer)
 		if !p.known || (p.uid != 0 && p.uid != a.uid) {
 			a.log.Warn("refused a caller", "uid", p.uid, "pid", p.pid, "path", r.URL.Path)
-			writeError(w, newError(http.StatusForbidden, nil, "agent: uid %d may not use this agent: only root and uid %d may (GET /v1/health is open)", p.uid, a.uid))
+			writeError(w, newError(fault.Forbidden, nil, "agent: uid %d may not use this agent: only root and uid %d may (GET /v1/health is open)", p.uid, a.uid))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -157,7 +169,7 @@ func (a *Agent) handleObjects(w http.ResponseWriter, r *http.Request) {
 	if k := r.URL.Query().Get("kind"); k != "" {
 		var err error
 		if kinds, err = ResolveKind(k); err != nil {
-			writeError(w, newError(http.StatusBadRequest, nil, "%v", err))
+			writeError(w, newError(fault.BadRequest, nil, "%v", err))
 			return
 		}
 	}
@@ -165,15 +177,32 @@ func (a *Agent) handleObjects(w http.ResponseWriter, r *http.Request) {
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	return readJSONLimit(w, r, v, maxBody)
+}
+
+// readJSONLimit decodes a body of at most limit bytes that holds exactly
+// one JSON value: unknown fields and anything after the value are
+// refused, so that what the agent acts on is all the caller sent.
+func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
-		writeError(w, newError(http.StatusRequestEntityTooLarge, nil, "agent: read request: %v", err))
+		kind := fault.BadRequest
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			kind, err = fault.TooLarge, fmt.Errorf("the body is larger than %d bytes, the most %s %s takes", limit, r.Method, r.URL.Path)
+		}
+		writeError(w, newError(kind, nil, "agent: read request: %w", err))
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, newError(http.StatusBadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
+		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: data after the JSON value at byte %d; send one value",
+			r.Method, r.URL.Path, dec.InputOffset()))
 		return false
 	}
 	return true
@@ -196,11 +225,11 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &e):
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		e = newError(http.StatusServiceUnavailable, nil, "agent: %v", err)
+		e = newError(fault.Unavailable, nil, "agent: %w", err)
 	default:
-		e = newError(http.StatusInternalServerError, nil, "%v", err)
+		e = newError(fault.Internal, nil, "%w", err)
 	}
-	writeJSON(w, e.Status, e.APIError)
+	writeJSON(w, fault.HTTPStatus(e), api.APIError{Error: e.Msg, Details: e.Details})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -220,11 +249,11 @@ type ExplainResult struct {
 // with the reference evaluator.
 func (a *Agent) Explain(req api.ExplainRequest) (ExplainResult, error) {
 	bad := func(format string, args ...any) (ExplainResult, error) {
-		return ExplainResult{}, newError(http.StatusBadRequest, nil, "agent: explain: "+format, args...)
+		return ExplainResult{}, newError(fault.BadRequest, nil, "agent: explain: "+format, args...)
 	}
 	e, err := a.snap.Load().policyEngine()
 	if err != nil {
-		return ExplainResult{}, newError(http.StatusInternalServerError, details(err), "agent: explain: the set in force does not validate")
+		return ExplainResult{}, newError(fault.Internal, details(err), "agent: explain: the set in force does not validate")
 	}
 	name := req.Protocol
 	if name == "" {

@@ -3,17 +3,21 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 // SyncRequest is one change of the object set as a manager's feed brings
 // it: objects put and deleted, or, with Replace, the whole set.
 type SyncRequest struct {
-	// Documents hold the objects to add or update.
+	// Objects are objects to add or update, decoded from the canonical
+	// form the manager validated and proved (objects.Stored).
+	Objects []*objects.Object
+	// Documents hold more objects to add or update, as text.
 	Documents []api.Document
 	// Deleted names objects to remove; a name not held is not an error.
 	Deleted []api.ObjectRef
@@ -34,6 +38,17 @@ func (a *Agent) Sync(ctx context.Context, req SyncRequest) (api.ApplyResult, err
 		details []string
 		seen    = map[api.ObjectRef]bool{}
 	)
+	for _, o := range req.Objects {
+		if seen[o.Ref] {
+			details = append(details, fmt.Sprintf("%s is given twice; give each object once", refString(o.Ref)))
+			continue
+		}
+		seen[o.Ref] = true
+		// Stored for a restart as its canonical form, the form the
+		// manager validated: the text it reads back from is that.
+		d := &document{name: "manager: " + refString(o.Ref), data: string(o.Canon), seq: a.docSeq.Add(1)}
+		objs = append(objs, newObject(d, o))
+	}
 	for _, d := range req.Documents {
 		parsed, errs := parseDocument(&document{name: d.Name, data: d.Data, seq: a.docSeq.Add(1)})
 		errs.Err() // sorts by position
@@ -50,7 +65,7 @@ func (a *Agent) Sync(ctx context.Context, req SyncRequest) (api.ApplyResult, err
 		}
 	}
 	if len(details) > 0 {
-		return api.ApplyResult{}, newError(http.StatusUnprocessableEntity, details, "agent: sync refused: the documents do not read")
+		return api.ApplyResult{}, newError(fault.Invalid, details, "agent: sync refused: the documents do not read")
 	}
 	r, err := a.send(ctx, &request{op: opSync, start: start, objs: objs, deleted: req.Deleted, replace: req.Replace})
 	return r.result, err

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"errors"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 )
 
 const remoteWorkload = `apiVersion: bulkhead.dev/v1
@@ -33,7 +33,7 @@ func TestSync(t *testing.T) {
 	defer func() { a.Close() }()
 
 	var e *Error
-	if _, err := a.Apply(ctx, api.ApplyRequest{Documents: docs(t, examples)}); !errors.As(err, &e) || e.Status != http.StatusConflict {
+	if _, err := a.Apply(ctx, api.ApplyRequest{Documents: docs(t, examples)}); !errors.As(err, &e) || !errors.Is(err, fault.Conflict) {
 		t.Fatalf("apply on a managed agent: %v, want 409", err)
 	}
 	changed := a.Changed()

@@ -40,6 +40,11 @@ var (
 	Gateway6 = netip.MustParseAddr("fe80::ecee:eeff:feee:eeee")
 )
 
+// ErrRouteExists is returned (errors.Is) by Add when the host already
+// routes one of the addresses: another workload's, or a route someone
+// else made. Add never replaces a route it did not make.
+var ErrRouteExists = errors.New("the host already routes this address")
+
 // Spec describes one attachment.
 type Spec struct {
 	// HostIf is the host-side interface name; HostIfName derives one
@@ -77,9 +82,9 @@ func Add(s Spec) (Result, error) {
 	if mtu == 0 {
 		mtu = 1500
 	}
-	wns, err := vnetns.GetFromPath(s.NetNS)
+	wns, _, err := netns.OpenNet(s.NetNS)
 	if err != nil {
-		return Result{}, fmt.Errorf("attach: open namespace %s: %w", s.NetNS, err)
+		return Result{}, fmt.Errorf("attach: %w", err)
 	}
 	defer wns.Close()
 	if _, err := netlink.LinkByName(s.HostIf); err == nil {
@@ -188,10 +193,15 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 		if err := h.AddrAdd(peer, addr); err != nil {
 			return Result{}, fmt.Errorf("attach: add %v to %s in the workload: %w", a, s.IfName, err)
 		}
-		// The host's route to the workload address.
+		// The host's route to the workload address. Added, never
+		// replaced: a route that exists is another workload's (or an
+		// operator's), and taking it over would cut that one off.
 		r := &netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK,
 			Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := netlink.RouteAdd(r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return Result{}, fmt.Errorf("attach: route %v via %s: %w (%s)", a, name, ErrRouteExists, routeOwner(a))
+			}
 			return Result{}, fmt.Errorf("attach: route %v via %s: %w", a, name, err)
 		}
 	}
@@ -219,12 +229,31 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 			return Result{}, fmt.Errorf("attach: neighbour %v in the workload: %w", gw, err)
 		}
 	}
+	// Added, never replaced, inside the workload too: a default route
+	// there belongs to another interface of the container (a second
+	// network), which must keep it.
 	for _, r := range routes {
-		if err := h.RouteReplace(r); err != nil {
+		if err := h.RouteAdd(r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return Result{}, fmt.Errorf("attach: route %v in the workload: the workload has one already, through another interface; "+
+					"one Bulkhead interface per container: %w", r.Dst, err)
+			}
 			return Result{}, fmt.Errorf("attach: route %v in the workload: %w", r.Dst, err)
 		}
 	}
 	return Result{HostIf: name, IfName: s.IfName, HostMAC: host.Attrs().HardwareAddr, MAC: peer.Attrs().HardwareAddr}, nil
+}
+
+// routeOwner names the interface the host routes a through, for errors.
+func routeOwner(a netip.Addr) string {
+	routes, err := netlink.RouteGet(a.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return "held elsewhere"
+	}
+	if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err == nil {
+		return "routed to " + l.Attrs().Name
+	}
+	return fmt.Sprintf("routed to interface %d", routes[0].LinkIndex)
 }
 
 func allV6(addrs []netip.Addr) bool {
@@ -264,9 +293,9 @@ func Check(s Spec) error {
 	if host.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("attach: check: host interface %s is down", s.HostIf)
 	}
-	wns, err := vnetns.GetFromPath(s.NetNS)
+	wns, _, err := netns.OpenNet(s.NetNS)
 	if err != nil {
-		return fmt.Errorf("attach: check: open namespace %s: %w", s.NetNS, err)
+		return fmt.Errorf("attach: check: %w", err)
 	}
 	defer wns.Close()
 	h, err := netlink.NewHandleAt(wns)

@@ -36,6 +36,7 @@ func TestValidate(t *testing.T) {
 // host's routes, in IPv4 and IPv6, and Del removes everything.
 func TestAttachRouted(t *testing.T) {
 	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "ping")
 	host := nstest.NS(t, "bhat-h")
 	a, b := nstest.NS(t, "bhat-a"), nstest.NS(t, "bhat-b")
 	specs := []Spec{

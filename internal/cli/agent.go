@@ -141,6 +141,10 @@ func agentStatusCommand() *cobra.Command {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "host:      %s\nrevision:  %d\npolicies:  %d\nworkloads: %d\nmemory:    %.1f MiB\n",
 				st.Host, st.Revision, st.Policies, st.Workloads, float64(st.MemoryBytes)/(1<<20))
+			if st.NetNS != nil {
+				// Compare with `stat -L -c '%d %i' /proc/PID/ns/net` of the runtime.
+				fmt.Fprintf(out, "netns:     net:[%d] (dev %d): workloads must be attached in it\n", st.NetNS.Ino, st.NetNS.Dev)
+			}
 			for _, k := range sortedKeys(st.Features) {
 				fmt.Fprintf(out, "feature:   %s: %s\n", k, st.Features[k])
 			}

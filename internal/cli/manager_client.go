@@ -13,6 +13,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 )
@@ -405,9 +406,11 @@ func printManagerResult(out io.Writer, res api.ManagerApplyResult, dryRun bool) 
 	return nil
 }
 
-// serverResources are what serverGet lists.
-var serverResources = []string{"workloads", "hosts", "identities", "revisions", "tokens", "certificates",
-	"namespaces", "segments", "policies", "walls", "conflictclasses", "objects"}
+// serverResources are what serverGet lists: the manager's own records,
+// then every kind of object.
+func serverResources() []string {
+	return append([]string{"workloads", "hosts", "identities", "revisions", "tokens", "certificates", "objects"}, objects.Resources()...)
+}
 
 // serverGet prints a resource of the manager: output "table", "json" or
 // "yaml".
@@ -433,15 +436,22 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 		v, err = c.Certificates(cmd.Context())
 	case "objects", "all":
 		v, err = c.Objects(cmd.Context(), "")
-	case "namespaces", "segments", "policies", "walls", "conflictclasses":
-		v, err = c.Objects(cmd.Context(), resource)
 	default:
-		return fmt.Errorf("unknown resource %q; valid: %s", resource, strings.Join(serverResources, ", "))
+		kinds, kerr := objects.Resolve(resource)
+		if kerr != nil {
+			return fmt.Errorf("unknown resource %q; valid: %s", resource, strings.Join(serverResources(), ", "))
+		}
+		v, err = c.Objects(cmd.Context(), strings.Join(kinds, ","))
 	}
 	if err != nil {
 		return err
 	}
 	out := cmd.OutOrStdout()
+	if l, ok := v.(api.ObjectList); ok && output != "table" && output != "wide" && output != "" {
+		// Objects print as a List, as `kubectl get -o yaml` and an agent
+		// print them, so that a backup applies back.
+		return printObjects(out, output, l, nil)
+	}
 	switch output {
 	case "json":
 		enc := json.NewEncoder(out)

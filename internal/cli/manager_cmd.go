@@ -2,21 +2,17 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 	"github.com/bulkhead-dev/bulkhead/internal/store/etcdstore"
 	"github.com/spf13/cobra"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // managerFlags are the flags of `bulkhead manager`.
@@ -83,7 +79,7 @@ func runManager(cmd *cobra.Command, f managerFlags) error {
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("manager: data directory: %w", err)
 	}
-	st, closeStore, err := openStore(cmd.Context(), f)
+	st, closeStore, err := openStore(cmd.Context(), f, log)
 	if err != nil {
 		return err
 	}
@@ -95,14 +91,22 @@ func runManager(cmd *cobra.Command, f managerFlags) error {
 		return err
 	}
 	out := cmd.OutOrStdout()
+	// The first admin token is in the data directory of the manager that
+	// first started on the store; name it only where it is.
+	token := filepath.Join(f.dataDir, manager.AdminTokenFile)
+	if m.AdminToken() == "" {
+		token = "not in this data directory: the manager that first started on this store wrote it to its own"
+	}
 	fmt.Fprintf(out, "manager serving %s\n  CA:          %s\n  admin token: %s\n",
-		m.URL(), filepath.Join(f.dataDir, manager.CAFile), filepath.Join(f.dataDir, manager.AdminTokenFile))
+		m.URL(), filepath.Join(f.dataDir, manager.CAFile), token)
 	<-ctx.Done()
 	return m.Close()
 }
 
-// openStore opens the embedded store in the data directory, or etcd.
-func openStore(ctx context.Context, f managerFlags) (store.Store, func(), error) {
+// openStore opens the embedded store in the data directory, or etcd:
+// then it fails within the dial timeout, with the cause, when no member
+// answers, and the etcd client logs through log.
+func openStore(ctx context.Context, f managerFlags, log *slog.Logger) (store.Store, func(), error) {
 	if f.etcd == "" {
 		st, err := boltstore.Open(filepath.Join(f.dataDir, "bulkhead.db"), boltstore.Options{})
 		if err != nil {
@@ -110,23 +114,11 @@ func openStore(ctx context.Context, f managerFlags) (store.Store, func(), error)
 		}
 		return st, func() { st.Close() }, nil
 	}
-	cfg := clientv3.Config{Endpoints: strings.Split(f.etcd, ","), DialTimeout: 5 * time.Second, Context: ctx}
-	if f.etcdCA != "" || f.etcdCert != "" {
-		tc, err := (transport.TLSInfo{TrustedCAFile: f.etcdCA, CertFile: f.etcdCert, KeyFile: f.etcdKey}).ClientConfig()
-		if err != nil {
-			return nil, nil, fmt.Errorf("manager: etcd TLS: %w", err)
-		}
-		tc.MinVersion = tls.VersionTLS12
-		cfg.TLS = tc
-	}
-	cli, err := clientv3.New(cfg)
+	st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: strings.Split(f.etcd, ","),
+		CAFile: f.etcdCA, CertFile: f.etcdCert, KeyFile: f.etcdKey, Logger: log,
+		Store: etcdstore.Options{Prefix: f.etcdPrefix}})
 	if err != nil {
-		return nil, nil, fmt.Errorf("manager: connect to etcd %s: %w", f.etcd, err)
+		return nil, nil, fmt.Errorf("manager: %w", err)
 	}
-	st, err := etcdstore.New(cli, etcdstore.Options{Prefix: f.etcdPrefix})
-	if err != nil {
-		cli.Close()
-		return nil, nil, err
-	}
-	return st, func() { st.Close(); cli.Close() }, nil
+	return st, func() { st.Close() }, nil
 }

@@ -49,9 +49,11 @@ func serverTestCommands(root *cobra.Command) {
 	}}
 	apply.Flags().StringArrayVarP(&files, "filename", "f", nil, "")
 	apply.Flags().DurationVar(&wait, "wait", 0, "")
+	var output string
 	get := &cobra.Command{Use: "sget", Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
-		return serverGet(cmd, args[0], "table")
+		return serverGet(cmd, args[0], output)
 	}}
+	get.Flags().StringVarP(&output, "output", "o", "table", "")
 	root.AddCommand(apply, get)
 }
 
@@ -115,6 +117,17 @@ func TestManagerCommands(t *testing.T) {
 	out = run(0, "sget", "walls")
 	if !strings.Contains(out, "Wall") || !strings.Contains(out, "buy-sell") {
 		t.Fatalf("get walls: %s", out)
+	}
+	// What get prints applies back: a backup restores as it was.
+	for _, format := range []string{"yaml", "json"} {
+		backup := filepath.Join(dir, "backup."+format)
+		if err := os.WriteFile(backup, []byte(run(0, "sget", "-o", format, "objects")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out = run(0, "sapply", "-f", backup)
+		if strings.Contains(out, "created") || strings.Contains(out, "updated") || !strings.Contains(out, "unchanged") {
+			t.Fatalf("apply of the %s backup changed something: %s", format, out)
+		}
 	}
 	// The auditor reads and verifies, but cannot write.
 	out = run(0, "--token", secret, "audit", "verify")

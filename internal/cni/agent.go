@@ -15,7 +15,8 @@ import (
 // made through another container (a recreated pod).
 
 // unregisterOwned removes every registration whose interface is one of
-// hostIfs.
+// hostIfs; each removal is conditional on the interface, so a name that
+// another attachment registered since the list stays registered.
 func unregisterOwned(ctx context.Context, c *client.Client, hostIfs map[string]bool) error {
 	list, err := c.Workloads(ctx)
 	if err != nil {
@@ -24,7 +25,7 @@ func unregisterOwned(ctx context.Context, c *client.Client, hostIfs map[string]b
 	var errs []error
 	for _, r := range list {
 		if hostIfs[r.Interface] {
-			errs = append(errs, c.UnregisterWorkload(ctx, r.Namespace, r.Name))
+			errs = append(errs, c.UnregisterWorkloadOn(ctx, r.Namespace, r.Name, r.Interface))
 		}
 	}
 	return errors.Join(errs...)

@@ -24,6 +24,18 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := checkNetNS(args.Netns); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.agentTimeout)
+	defer cancel()
+	status, err := at.agent.Status(ctx)
+	if err != nil {
+		return agentError(at.agent.Socket(), "ask the agent's status", err)
+	}
+	if msg := netnsProblem(at.agent.Socket(), status); msg != "" {
+		return cniError(CodeCheckFailed, "%s", msg)
+	}
 	st, err := at.store.Read()
 	if err != nil {
 		return err
@@ -43,8 +55,6 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	if err := attach.Check(attach.Spec{HostIf: at.hostIf, NetNS: args.Netns, IfName: args.IfName, Addrs: a.IPs}); err != nil {
 		return wrapError(CodeCheckFailed, err)
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, p.agentTimeout)
-	defer cancel()
 	list, err := at.agent.Workloads(ctx)
 	if err != nil {
 		return agentError(at.agent.Socket(), "list workloads", err)
@@ -89,8 +99,9 @@ func checkPrevResult(conf *Config, want []netip.Addr) error {
 	return nil
 }
 
-// status answers whether ADD can succeed now: the agent answers its
-// health check and every subnet has an address left (else code 50).
+// status answers whether ADD can succeed now: the agent answers, enforces
+// in the plugin's network namespace, and every subnet has an address
+// left (else code 50).
 func (p *plugin) status(args *skel.CmdArgs) error {
 	at, err := p.setup(args)
 	if err != nil {
@@ -98,8 +109,12 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.agentTimeout)
 	defer cancel()
-	if _, err := at.agent.Health(ctx); err != nil {
-		return cniError(CodeNotAvailable, "the agent at %s does not answer its health check: %v", at.agent.Socket(), err)
+	status, err := at.agent.Status(ctx)
+	if err != nil {
+		return cniError(CodeNotAvailable, "the agent at %s does not answer its health check (GET /v1/status): %v", at.agent.Socket(), err)
+	}
+	if msg := netnsProblem(at.agent.Socket(), status); msg != "" {
+		return cniError(CodeNotAvailable, "%s", msg)
 	}
 	st, err := at.store.Read()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
 // DefaultDataDir is where IPAM state lives unless dataDir says otherwise:
@@ -90,7 +91,19 @@ func (p *problems) err() error {
 // ParseConfig reads a plugin configuration. Unknown keys are refused
 // (code 2) naming the key and its value; invalid values (code 7) name the
 // field and what would be valid.
-func ParseConfig(data []byte) (*Config, error) {
+func ParseConfig(data []byte) (*Config, error) { return parseConfig(data, false) }
+
+// ParseDelConfig reads a configuration for DEL, checking only what DEL
+// uses (name, dataDir, agentSocket): DEL must succeed for an attachment
+// whose configuration ADD refused or that changed since, or a runtime
+// that retries DEL stays stuck. Everything else is ignored.
+func ParseDelConfig(data []byte) (*Config, error) { return parseConfig(data, true) }
+
+// addOnly are the keys only ADD (and CHECK, GC) read.
+var addOnly = map[string]bool{"runtimeConfig": true, "args": true, "prevResult": true, "dns": true, "ipam": true, "ipMasq": true,
+	"plugins": true, "subnet": true, "subnet6": true, "mtu": true, "cni.dev/valid-attachments": true}
+
+func parseConfig(data []byte, forDel bool) (*Config, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, cniError(types.ErrDecodingFailure, "network configuration on stdin: want one JSON object: %v", err)
@@ -105,10 +118,15 @@ func ParseConfig(data []byte) (*Config, error) {
 	slices.Sort(keys)
 	for _, k := range keys {
 		v := raw[k]
+		if forDel && (addOnly[k] || !knownKey(k)) {
+			continue
+		}
 		switch k {
 		case "cniVersion":
 			decode(&p, k, v, &c.CNIVersion, `a version such as "1.1.0"`)
 		case "name":
+			// skel refuses a name with characters the spec does not allow
+			// (such as '/': the name is a directory under dataDir).
 			decode(&p, k, v, &c.Name, "a network name")
 		case "type", "cniVersions", "capabilities":
 			// type is the binary's name; the others are the runtime's.
@@ -161,11 +179,25 @@ func ParseConfig(data []byte) (*Config, error) {
 	if argIPs == nil {
 		c.Args.IPs = rtIPs
 	}
-	c.validate(&p, raw["subnet"] != nil || raw["subnet6"] != nil)
+	if raw["name"] == nil {
+		p.add(CodeInvalidConfig, `name: required: the network's name, such as "bulkhead"`)
+	}
+	if !forDel {
+		c.validate(&p, raw["subnet"] != nil || raw["subnet6"] != nil)
+	}
 	if err := p.err(); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// knownKey reports whether k is a key the configuration may have.
+func knownKey(k string) bool {
+	switch k {
+	case "cniVersion", "name", "type", "cniVersions", "capabilities", "agentSocket", "dataDir":
+		return true
+	}
+	return addOnly[k] || strings.HasPrefix(k, "cni.dev/")
 }
 
 func (c *Config) validate(p *problems, subnetGiven bool) {
@@ -304,6 +336,10 @@ func parseLabels(p *problems, v json.RawMessage) map[string]string {
 	if !decodeStrict(p, "args.cni.labels", v, &list, `a list of {"key": "app", "value": "web"}`) {
 		return nil
 	}
+	if msg := policy.LabelCountProblem(len(list)); msg != "" {
+		p.add(CodeInvalidConfig, "args.cni.labels: %s", msg)
+		return nil
+	}
 	out := make(map[string]string, len(list))
 	for i, l := range list {
 		at := fmt.Sprintf("args.cni.labels[%d]", i)
@@ -311,10 +347,10 @@ func parseLabels(p *problems, v json.RawMessage) map[string]string {
 		case l.Key == nil || l.Value == nil:
 			p.add(CodeInvalidConfig, `%s: want both "key" and "value"`, at)
 			continue
-		case labelKeyProblem(*l.Key) != "":
-			p.add(CodeInvalidConfig, "%s.key: %s", at, labelKeyProblem(*l.Key))
-		case len(*l.Value) > 63:
-			p.add(CodeInvalidConfig, "%s.value: longer than 63 characters", at)
+		case policy.LabelKeyProblem(*l.Key) != "":
+			p.add(CodeInvalidConfig, "%s.key: %s", at, policy.LabelKeyProblem(*l.Key))
+		case policy.LabelValueProblem(*l.Value) != "":
+			p.add(CodeInvalidConfig, "%s.value: %s", at, policy.LabelValueProblem(*l.Value))
 		}
 		if _, dup := out[*l.Key]; dup {
 			p.add(CodeInvalidConfig, "%s.key: %q given twice", at, *l.Key)
@@ -322,21 +358,6 @@ func parseLabels(p *problems, v json.RawMessage) map[string]string {
 		out[*l.Key] = *l.Value
 	}
 	return out
-}
-
-// labelKeyProblem mirrors the policy engine's rule for label keys: an
-// optional DNS-subdomain prefix and '/', then a 1-63 character name.
-func labelKeyProblem(k string) string {
-	prefix, name, hasPrefix := strings.Cut(k, "/")
-	if !hasPrefix {
-		name = k
-	} else if prefix == "" || len(prefix) > 253 {
-		return fmt.Sprintf("label key %q: the prefix before '/' must be a DNS subdomain", k)
-	}
-	if name == "" || len(name) > 63 || strings.ContainsAny(name, " /:\t") {
-		return fmt.Sprintf("label key %q: the name must be 1-63 characters of letters, digits, '-', '_' and '.'", k)
-	}
-	return ""
 }
 
 func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
@@ -368,7 +389,14 @@ func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
 
 var portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
+// maxPorts is the agent's bound on the named ports of one workload.
+const maxPorts = 64
+
 func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
+	if len(ports) > maxPorts {
+		p.add(CodeInvalidConfig, "args.bulkhead.ports: %d named ports; a workload has at most %d", len(ports), maxPorts)
+		return nil
+	}
 	seen := map[string]bool{}
 	out := make([]api.NamedPort, 0, len(ports))
 	for i, np := range ports {

@@ -44,6 +44,10 @@ const (
 	CodeCheckFailed uint = 105
 	// CodeState: the IPAM state file cannot be read or written.
 	CodeState uint = 106
+	// CodeWrongNamespace: the agent enforces in another network namespace
+	// than the one the plugin attaches in (where the runtime runs it), so
+	// the workload would not be enforced.
+	CodeWrongNamespace uint = 107
 )
 
 // cniError returns a CNI error with a code, a message (what went wrong)
@@ -88,6 +92,8 @@ func codeMessage(code uint) string {
 		return "check failed"
 	case CodeState:
 		return "IPAM state unusable"
+	case CodeWrongNamespace:
+		return "the agent does not enforce in this network namespace"
 	}
 	return "bulkhead-cni error"
 }

@@ -87,6 +87,9 @@ func (f *fakeAgent) serve(t *testing.T) {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, api.Health{Status: "ok"})
 	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, api.AgentStatus{Host: "fake"}) // no netns: enforces in no kernel namespace
+	})
 	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		list := []api.WorkloadRegistration{}

@@ -189,6 +189,13 @@ func (s *Store) Read() (*State, error) {
 // Reserve records a for its key with the requested addresses, and one
 // allocated from each subnet whose family was not requested.
 func (s *Store) Reserve(a *Allocation, requested []netip.Addr, subnets []netip.Prefix) error {
+	return s.ReserveAvoiding(a, requested, subnets, nil)
+}
+
+// ReserveAvoiding is Reserve that also treats the addresses of elsewhere
+// as taken: those the agent holds for workloads of other networks (which
+// may share this network's subnet), each with who holds it.
+func (s *Store) ReserveAvoiding(a *Allocation, requested []netip.Addr, subnets []netip.Prefix, elsewhere map[netip.Addr]string) error {
 	return s.Update(func(st *State) (bool, error) {
 		if prev, ok := st.Allocations[a.Key()]; ok {
 			return false, cniError(CodeAlreadyAttached, "container %s interface %s is attached already (addresses %v, host interface %s); DEL it first",
@@ -199,6 +206,11 @@ func (s *Store) Reserve(a *Allocation, requested []netip.Addr, subnets []netip.P
 				"its unregistration is still pending", a.ContainerID, a.IfName)
 		}
 		used := st.used()
+		for ip, who := range elsewhere {
+			if _, ours := used[ip]; !ours {
+				used[ip] = holder{elsewhere: who}
+			}
+		}
 		for _, sub := range subnets {
 			i := slices.IndexFunc(requested, func(r netip.Addr) bool { return r.Is4() == sub.Addr().Is4() })
 			if i >= 0 {
@@ -232,13 +244,20 @@ func famKey(a netip.Addr) string {
 	return "6"
 }
 
-// holder is who holds an address: an allocation, or a pending removal.
+// holder is who holds an address: an allocation, a pending removal, or
+// a workload of another network that the agent holds.
 type holder struct {
-	a       *Allocation
-	pending bool
+	a         *Allocation
+	pending   bool
+	elsewhere string
 }
 
+func (h holder) taken() bool { return h.a != nil || h.elsewhere != "" }
+
 func (h holder) String() string {
+	if h.elsewhere != "" {
+		return h.elsewhere
+	}
 	if h.pending {
 		return fmt.Sprintf("removed container %s, whose unregistration at the agent is pending", h.a.ContainerID)
 	}
@@ -271,7 +290,7 @@ func checkRequested(ip netip.Addr, sub netip.Prefix, used map[netip.Addr]holder)
 		return cniError(CodeAddressUnavailable, "requested address %v is the subnet-router anycast address of subnet %v; request another", ip, sub)
 	case ip == broadcast(sub):
 		return cniError(CodeAddressUnavailable, "requested address %v is the broadcast address of subnet %v; request another", ip, sub)
-	case used[ip].a != nil:
+	case used[ip].taken():
 		return cniError(CodeAddressUnavailable, "requested address %v is allocated to %v; request another, or DEL that container first", ip, used[ip])
 	}
 	return nil
@@ -339,7 +358,7 @@ func (st *State) next(sub netip.Prefix, used map[netip.Addr]holder) (netip.Addr,
 		if !ip.IsValid() || !sub.Contains(ip) {
 			ip = sub.Addr()
 		}
-		if !reserved(ip, sub) && used[ip].a == nil {
+		if !reserved(ip, sub) && !used[ip].taken() {
 			return ip, nil
 		}
 	}

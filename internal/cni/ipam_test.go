@@ -143,3 +143,40 @@ func TestStateErrors(t *testing.T) {
 		t.Errorf("held lock: %v, want code 11", err)
 	}
 }
+
+// Addresses held elsewhere (the agent's workloads of other networks) are
+// skipped, count as used, and a request for one names its holder.
+func TestReserveAvoidsAddressesHeldElsewhere(t *testing.T) {
+	s := &Store{Dir: t.TempDir()}
+	held := map[netip.Addr]string{
+		netip.MustParseAddr("10.9.0.1"): "workload shop/db-0",
+		netip.MustParseAddr("10.9.0.2"): "workload shop/db-1",
+	}
+	a := &Allocation{ContainerID: "c1", IfName: "eth0", HostIf: "bh-c1", Created: time.Now()}
+	if err := s.ReserveAvoiding(a, nil, []netip.Prefix{sub4}, held); err != nil || a.IPs[0] != netip.MustParseAddr("10.9.0.3") {
+		t.Fatalf("reserved %v, %v; want 10.9.0.3", a.IPs, err)
+	}
+	b := &Allocation{ContainerID: "c2", IfName: "eth0", HostIf: "bh-c2", Created: time.Now()}
+	err := s.ReserveAvoiding(b, []netip.Addr{netip.MustParseAddr("10.9.0.2")}, []netip.Prefix{sub4}, held)
+	if errorCode(err) != CodeAddressUnavailable || !strings.Contains(err.Error(), "shop/db-1") {
+		t.Errorf("requesting a held address: %v, want 100 naming shop/db-1", err)
+	}
+	st, _ := s.Read()
+	if st.Allocations["c2/eth0"] != nil {
+		t.Error("the refused request was recorded")
+	}
+	// 6 usable, 2 held elsewhere, 1 ours: 3 left, then none.
+	for i := range 3 {
+		c := &Allocation{ContainerID: fmt.Sprint("d", i), IfName: "eth0", Created: time.Now()}
+		if err := s.ReserveAvoiding(c, nil, []netip.Prefix{sub4}, held); err != nil {
+			t.Fatal(err)
+		}
+		if held[c.IPs[0]] != "" {
+			t.Errorf("allocated %v, which is held elsewhere", c.IPs[0])
+		}
+	}
+	c := &Allocation{ContainerID: "full", IfName: "eth0", Created: time.Now()}
+	if err := s.ReserveAvoiding(c, nil, []netip.Prefix{sub4}, held); errorCode(err) != CodePoolExhausted {
+		t.Errorf("a full subnet: %v, want 101", err)
+	}
+}

@@ -11,11 +11,12 @@ package cni
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime"
 	"slices"
 	"syscall"
 	"time"
@@ -23,11 +24,11 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
-	vnetns "github.com/vishvananda/netns"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
 	"github.com/bulkhead-dev/bulkhead/internal/attach"
+	"github.com/bulkhead-dev/bulkhead/internal/netns"
 )
 
 // VersionInfo is the CNI versions the plugin speaks; STATUS and GC need
@@ -79,7 +80,11 @@ type attachment struct {
 }
 
 func (p *plugin) setup(args *skel.CmdArgs) (*attachment, error) {
-	conf, err := ParseConfig(args.StdinData)
+	return p.setupWith(args, ParseConfig)
+}
+
+func (p *plugin) setupWith(args *skel.CmdArgs, parse func([]byte) (*Config, error)) (*attachment, error) {
+	conf, err := parse(args.StdinData)
 	if err != nil {
 		return nil, err
 	}
@@ -113,16 +118,18 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err := checkNetNS(args.Netns); err != nil {
 		return err
 	}
+	// Checked above, with the plugin's own namespace: skel's own check
+	// after ADD would open CNI_NETNS again, blocking should it have been
+	// replaced by a FIFO since.
+	args.NetnsOverride = "1"
 	p.flushPending(at.store, at.agent)
-	a := &Allocation{ContainerID: args.ContainerID, IfName: args.IfName, HostIf: at.hostIf,
-		Namespace: w.Namespace, Name: w.Name, Created: time.Now().UTC()}
-	if err := at.store.Reserve(a, at.conf.Args.IPs, at.conf.Subnets()); err != nil {
+	elsewhere, err := p.preflight(at)
+	if err != nil {
 		return err
 	}
-	res, err := attach.Add(attach.Spec{HostIf: at.hostIf, NetNS: args.Netns, IfName: args.IfName, Addrs: a.IPs, MTU: at.conf.MTU})
+	a, res, err := p.attach(at, args, w, elsewhere)
 	if err != nil {
-		p.release(at, false)
-		return wrapError(CodeInterface, err)
+		return err
 	}
 	reg := api.WorkloadRegistration{Namespace: w.Namespace, Name: w.Name, Labels: at.conf.Args.Labels,
 		IPs: addrStrings(a.IPs), Ports: at.conf.Args.Ports, Interface: at.hostIf, ContainerID: args.ContainerID}
@@ -139,6 +146,93 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	}
 	p.log.Info("attached", "workload", w.Namespace+"/"+w.Name, "ips", a.IPs, "interface", at.hostIf)
 	return types.PrintResult(buildResult(a, args, res, at.conf.DNS), at.conf.CNIVersion)
+}
+
+// maxAttachTries bounds how often ADD takes another address because the
+// host routes the one it got already (a workload of another network with
+// an overlapping subnet, attached while this ADD ran).
+const maxAttachTries = 8
+
+// attach reserves the addresses and makes the veth pair. An address the
+// agent holds for another network's workload (given in elsewhere), or
+// that the host routes already, is never taken over: another one is
+// allocated, and a requested one fails with CodeAddressUnavailable.
+func (p *plugin) attach(at *attachment, args *skel.CmdArgs, w Workload, elsewhere map[netip.Addr]string) (*Allocation, attach.Result, error) {
+	for try := 1; ; try++ {
+		a := &Allocation{ContainerID: args.ContainerID, IfName: args.IfName, HostIf: at.hostIf,
+			Namespace: w.Namespace, Name: w.Name, Created: time.Now().UTC()}
+		if err := at.store.ReserveAvoiding(a, at.conf.Args.IPs, at.conf.Subnets(), elsewhere); err != nil {
+			return nil, attach.Result{}, err
+		}
+		res, err := attach.Add(attach.Spec{HostIf: at.hostIf, NetNS: args.Netns, IfName: args.IfName, Addrs: a.IPs, MTU: at.conf.MTU})
+		if err == nil {
+			return a, res, nil
+		}
+		p.release(at, false)
+		switch {
+		case !errors.Is(err, attach.ErrRouteExists):
+			return nil, attach.Result{}, wrapError(CodeInterface, err)
+		case len(at.conf.Args.IPs) > 0 || try == maxAttachTries:
+			return nil, attach.Result{}, cniError(CodeAddressUnavailable, "%v; the address belongs to another workload on this host: request another, or none", err)
+		}
+		p.log.Info("the host routes an allocated address already; allocating another", "ips", a.IPs, "err", err)
+		for _, ip := range a.IPs {
+			elsewhere[ip] = "a route of the host"
+		}
+	}
+}
+
+// preflight asks the agent, before anything is created, whether the
+// workload can be enforced from here — the agent enforces in the network
+// namespace this plugin attaches in — and which addresses it holds for
+// workloads of other attachments (networks whose subnets overlap this
+// one share one agent, which knows every registered address).
+func (p *plugin) preflight(at *attachment) (map[netip.Addr]string, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.agentTimeout)
+	defer cancel()
+	st, err := at.agent.Status(ctx)
+	if err != nil {
+		return nil, agentError(at.agent.Socket(), "ask the agent's status", err)
+	}
+	if msg := netnsProblem(at.agent.Socket(), st); msg != "" {
+		return nil, cniError(CodeWrongNamespace, "%s", msg)
+	}
+	list, err := at.agent.Workloads(ctx)
+	if err != nil {
+		return nil, agentError(at.agent.Socket(), "list workloads", err)
+	}
+	elsewhere := map[netip.Addr]string{}
+	for _, r := range list {
+		if r.Interface == at.hostIf {
+			continue
+		}
+		for _, s := range r.IPs {
+			if ip, err := netip.ParseAddr(s); err == nil {
+				elsewhere[ip.Unmap()] = fmt.Sprintf("workload %s/%s (interface %s, container %q), which the agent holds", r.Namespace, r.Name, r.Interface, r.ContainerID)
+			}
+		}
+	}
+	return elsewhere, nil
+}
+
+// netnsProblem says why the agent cannot enforce what this plugin
+// attaches ("" when it can): it enforces in another network namespace
+// than the plugin's own, where the plugin makes veths and routes.
+func netnsProblem(socket string, st api.AgentStatus) string {
+	if st.NetNS == nil {
+		return "" // the agent enforces in no kernel namespace (userspace dataplane)
+	}
+	self, err := netns.Self()
+	if err != nil {
+		return fmt.Sprintf("cannot read the plugin's own network namespace: %v", err)
+	}
+	agentNS := netns.ID{Dev: st.NetNS.Dev, Ino: st.NetNS.Ino}
+	if self == agentNS {
+		return ""
+	}
+	return fmt.Sprintf("the agent at %s enforces in network namespace %v, but this plugin attaches workloads in network namespace %v "+
+		"(the one the runtime runs it in): their traffic would never meet the policy. Run the agent in the runtime's namespace "+
+		"(or with --netns naming it), or the runtime in the agent's", socket, agentNS, self)
 }
 
 // undoRegistered removes what a failed ADD made after the veth: the veth,
@@ -174,9 +268,17 @@ func (p *plugin) release(at *attachment, pending bool) {
 }
 
 func (p *plugin) del(args *skel.CmdArgs) error {
-	at, err := p.setup(args)
+	at, err := p.setupWith(args, ParseDelConfig)
 	if err != nil {
 		return err
+	}
+	if args.Netns != "" {
+		if _, err := netns.IDOf(args.Netns); err != nil {
+			// Gone, or never a namespace: DEL has nothing to do there, and
+			// skel must not open it after DEL (a FIFO would block).
+			p.log.Info("DEL: CNI_NETNS is not a network namespace; nothing to remove there", "netns", args.Netns, "err", err)
+			args.Netns = ""
+		}
 	}
 	var errs []error
 	// The veth first: once it is gone the workload can send nothing, and
@@ -208,23 +310,20 @@ func firstError(errs []error) error {
 	return nil
 }
 
-// checkNetNS refuses a CNI_NETNS that does not exist or is the plugin's
-// own namespace, before anything is created (skel checks the latter only
-// after ADD has run).
+// checkNetNS refuses a CNI_NETNS that is not a network namespace (without
+// blocking: a FIFO is refused by its type, never opened for reading) or
+// is the plugin's own namespace, before anything is created (skel checks
+// the latter only after ADD has run).
 func checkNetNS(path string) error {
-	target, err := vnetns.GetFromPath(path)
+	target, err := netns.IDOf(path)
 	if err != nil {
 		return cniError(CodeInvalidEnv, "CNI_NETNS %q: %v; want the workload's network namespace, such as /run/netns/NAME or /proc/PID/ns/net", path, err)
 	}
-	defer target.Close()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	self, err := vnetns.Get()
+	self, err := netns.Self()
 	if err != nil {
 		return cniError(CodeInvalidEnv, "CNI_NETNS %q: read the plugin's own namespace: %v", path, err)
 	}
-	defer self.Close()
-	if self.Equal(target) {
+	if self == target {
 		return cniError(CodeInvalidEnv, "CNI_NETNS %q is the plugin's own (host) namespace; give the workload's", path)
 	}
 	return nil

@@ -6,17 +6,20 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
 func TestJoin(t *testing.T) {
-	e := start(t)
+	clock := newTestClock()
+	e := start(t, func(c *manager.Config) { c.Now = clock.Now })
 	jt, err := e.admin.CreateJoinToken(ctx(t), "node-1", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +46,7 @@ func TestJoin(t *testing.T) {
 	wantStatus(t, err, http.StatusBadRequest, "host:node-2")
 	// An expired token is refused.
 	jt3, _ := e.admin.CreateJoinToken(ctx(t), "node-4", time.Second)
-	time.Sleep(1100 * time.Millisecond)
+	clock.Advance(1100 * time.Millisecond)
 	_, err = client.Join(ctx(t), e.m.URL(), e.m.CAPEM(), "", jt3.Secret, "node-4")
 	wantStatus(t, err, http.StatusForbidden, "expired")
 
@@ -376,4 +379,26 @@ func TestAuditChain(t *testing.T) {
 	if err != nil || v.OK || v.Seq != 2 || !strings.Contains(v.Problem, "does not match its hash") {
 		t.Fatalf("verify after tampering: %+v %v", v, err)
 	}
+}
+
+// testClock is a manager's clock that moves only when the test says:
+// it starts at the real time, so that the certificates it dates are
+// valid for the real clients.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock() *testClock { return &testClock{now: time.Now()} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }

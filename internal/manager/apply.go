@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 )
@@ -119,6 +120,8 @@ func nsName(r api.ObjectRef) string {
 
 // changeDeadline bounds how long a change that keeps losing the head's
 // compare-and-set to other managers tries again before it answers 409.
+// It counts from the first loss: time spent waiting on the store before
+// it is contention (a stalled store fails each call on its own bound).
 const changeDeadline = 30 * time.Second
 
 // change is one policy change: compute the next objects from the head,
@@ -132,7 +135,7 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 	next func(*policyState) (proposal, error), rollbackOf int64) (api.ManagerApplyResult, error) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
-	deadline := time.Now().Add(changeDeadline)
+	var firstLoss time.Time
 	for attempt := 0; ; attempt++ {
 		base, cur, err := m.head(ctx)
 		if err != nil {
@@ -171,8 +174,11 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			}
 			return res, m.revisions.waitRev(ctx, rev)
 		}
-		if time.Now().After(deadline) {
-			return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other managers' changes kept winning for %s (%d attempts); nothing was applied; try again", changeDeadline, attempt+1)
+		if firstLoss.IsZero() {
+			firstLoss = m.now()
+		} else if lost := m.now().Sub(firstLoss); lost > changeDeadline {
+			return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other managers' changes kept winning for %s (%d attempts lost); nothing was applied; try again",
+				lost.Round(time.Second), attempt+1)
 		}
 		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
 		sleep(ctx, jitter(attempt))
@@ -380,5 +386,5 @@ func kindFilter(kinds string) func(api.ObjectRef) bool {
 	for _, k := range strings.Split(kinds, ",") {
 		want[strings.ToLower(k)] = true
 	}
-	return func(r api.ObjectRef) bool { return want[strings.ToLower(r.Kind)] || want[kindResources[r.Kind]] }
+	return func(r api.ObjectRef) bool { return want[strings.ToLower(r.Kind)] || want[objects.Resource(r.Kind)] }
 }

@@ -2,6 +2,7 @@ package manager_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,13 +62,33 @@ func TestStatusReportsAreSoftState(t *testing.T) {
 	if after-before > 4 {
 		t.Fatalf("%d status reports took %d store revisions; want them written together", hosts, after-before)
 	}
-	// A report that says nothing new writes nothing.
+	// A report that says nothing new writes nothing: once a later report
+	// of another host is in the store (written in the same flush as the
+	// repeat, or a later one), the repeated host's record is as it was.
+	first, err := e.st.Get(ctx(t), "hosts/node-00")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := agents[0].ReportStatus(ctx(t), "node-00", api.HostStatus{Realized: 77, Health: "ok"}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
-	if now, _ := e.st.Rev(ctx(t)); now != after {
-		t.Fatalf("a repeated status moved the store from %d to %d", after, now)
+	if err := agents[1].ReportStatus(ctx(t), "node-01", api.HostStatus{Realized: 78, Health: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		kv, err := e.st.Get(ctx(t), "hosts/node-01")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(kv.Value), `"realized":78`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node-01's new status not written after 5 s: %s", kv.Value)
+		}
+	}
+	if now, err := e.st.Get(ctx(t), "hosts/node-00"); err != nil || now.ModRev != first.ModRev {
+		t.Fatalf("a repeated status rewrote the host's record (revision %d -> %d): %v", first.ModRev, now.ModRev, err)
 	}
 
 	// A manager started later over the same store sees them.

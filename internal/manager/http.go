@@ -50,6 +50,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if m.storeUnavailable(w, err) {
+		return
+	}
 	var he *httpError
 	if !errors.As(err, &he) {
 		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -143,6 +143,7 @@ type Manager struct {
 	final                        finalStates
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
+	storeOK    storeHealth // the last probe of the store, for /readyz
 	adminToken string
 	mux        *http.ServeMux
 	routes     []route
@@ -353,6 +354,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runHub(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.probeStore(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
 	m.wg.Add(1)

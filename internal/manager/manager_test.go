@@ -18,6 +18,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
+	"github.com/bulkhead-dev/bulkhead/internal/store/etcdstore/etcdtest"
 )
 
 // env is one manager on 127.0.0.1 with a bolt store in a temporary
@@ -38,12 +39,16 @@ func quiet() *slog.Logger {
 }
 
 // start starts a manager over a new bolt store, or over a new etcd with
-// BULKHEAD_TEST_STORE=etcd (the whole suite then runs on etcd).
+// BULKHEAD_TEST_STORE=etcd (embedded) or etcd-server (a separate etcd
+// process): the whole suite then runs on etcd.
 func start(t *testing.T, opts ...func(*manager.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
-	if os.Getenv("BULKHEAD_TEST_STORE") == "etcd" {
+	switch os.Getenv("BULKHEAD_TEST_STORE") {
+	case "etcd":
 		return startOn(t, etcdStore(t, startEtcd(t)), dir, opts...)
+	case "etcd-server":
+		return startOn(t, etcdStore(t, etcdtest.StartCluster(t, etcdtest.Options{}).Endpoints()...), dir, opts...)
 	}
 	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
 	if err != nil {

@@ -1,26 +1,20 @@
 package manager
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
-	"github.com/bulkhead-dev/bulkhead/internal/k8s"
-	"github.com/bulkhead-dev/bulkhead/internal/load"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
-	"go.yaml.in/yaml/v3"
 )
 
-// object is one stored policy object: its name and its native form as
-// canonical JSON (sorted keys, no positions), which is what the store
-// keeps, the feed sends and GET returns. Hash is the SHA-256 of JSON.
+// object is one stored policy object: its name and its canonical form
+// (internal/objects), which is what the store keeps, the feed sends and
+// GET returns. Hash is the SHA-256 of JSON.
 type object struct {
 	Ref  api.ObjectRef
 	JSON []byte
@@ -28,182 +22,70 @@ type object struct {
 	pos  source.Pos // where a request wrote it; not stored
 }
 
-// refKey names an object uniquely: Kind/namespace/name.
-func refKey(r api.ObjectRef) string { return r.Kind + "/" + r.Namespace + "/" + r.Name }
+func refKey(r api.ObjectRef) string { return objects.Key(r) }
 
-func parseRefKey(k string) (api.ObjectRef, bool) {
-	parts := strings.SplitN(k, "/", 3)
-	if len(parts) != 3 {
-		return api.ObjectRef{}, false
-	}
-	return api.ObjectRef{Kind: parts[0], Namespace: parts[1], Name: parts[2]}, true
-}
+func parseRefKey(k string) (api.ObjectRef, bool) { return objects.ParseKey(k) }
 
-// kindResources maps the kinds the manager keeps to the resource names of
-// their list routes.
-var kindResources = map[string]string{
-	"Namespace":                  "namespaces",
-	"Segment":                    "segments",
-	"Policy":                     "policies",
-	"NetworkPolicy":              "policies",
-	"AdminNetworkPolicy":         "policies",
-	"BaselineAdminNetworkPolicy": "policies",
-	"ClusterNetworkPolicy":       "policies",
-	"Wall":                       "walls",
-	"ConflictClass":              "conflictclasses",
-}
-
-// defaultNamespace is where a NetworkPolicy without a namespace lives, as
-// internal/k8s reads it.
-const defaultNamespace = "default"
-
-// parsedDoc is one request document: its set as load reads it (with the
-// positions of the user's file) and its objects.
+// parsedDoc is one request document: its set as internal/objects reads it
+// (with the positions of the user's file) and its objects.
 type parsedDoc struct {
 	set     *policy.Set
 	objects []object
 }
 
-// parseDocument reads one request document: the YAML is parsed once,
-// and each object decoded as internal/load decodes it (native objects by
-// policy.DecodeNative, Kubernetes ones by k8s.Decode), with the positions
-// of the user's file. Every problem is reported with file:line:col and
-// field path, as `bulkhead check` does.
+// parseDocument reads one request document with internal/objects, the
+// reader `bulkhead check` and the agents use, so that every problem is
+// reported with file:line:col and field path, and what is stored is the
+// canonical form of what was validated. For a delete only each object's
+// kind and name are read.
 func parseDocument(doc api.Document, forDelete bool) (parsedDoc, source.Errors) {
 	if doc.Name == "" {
 		doc.Name = "request"
 	}
 	out := parsedDoc{set: &policy.Set{}}
-	nodes, errs := splitNodes(doc.Name, []byte(doc.Data))
-	if len(errs) > 0 {
+	if forDelete {
+		refs, errs := objects.Names(doc.Name, []byte(doc.Data))
+		for _, r := range refs {
+			if err := kept(r.Ref, r.Pos); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out.objects = append(out.objects, object{Ref: r.Ref, pos: r.Pos})
+		}
 		return out, errs
 	}
-	for _, n := range nodes {
-		o, err := nodeObject(doc.Name, n, forDelete)
-		if err != nil {
+	objs, errs := objects.Read(doc.Name, []byte(doc.Data))
+	for _, o := range objs {
+		if err := kept(o.Ref, o.Pos); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		out.objects = append(out.objects, o)
-		if forDelete {
-			continue
-		}
-		set, derrs := decodeNode(doc.Name, n)
-		errs = append(errs, derrs...)
-		if set != nil {
-			out.set.Merge(set)
-		}
+		out.objects = append(out.objects, object{Ref: o.Ref, JSON: o.Canon, Hash: o.Hash, pos: o.Pos})
+		out.set.Merge(o.Set)
 	}
 	return out, errs
 }
 
-// decodeNode decodes one object node as internal/load does.
-func decodeNode(file string, n *yaml.Node) (*policy.Set, source.Errors) {
-	apiVersion, kind := scalar(n, "apiVersion"), scalar(n, "kind")
-	switch {
-	case apiVersion == api.Version:
-		return policy.DecodeNative(file, n)
-	case k8s.Handles(apiVersion, kind):
-		return k8s.Decode(file, n, apiVersion, kind)
-	}
-	return nil, source.Errors{{Pos: source.Pos{File: file, Line: n.Line, Column: n.Column}, Path: "apiVersion",
-		Msg: fmt.Sprintf("unsupported object %s %s; native objects use apiVersion %s", apiVersion, kind, api.Version)}}
-}
-
-// splitNodes splits a YAML stream into its objects, reading a List as its
-// items.
-func splitNodes(file string, data []byte) ([]*yaml.Node, source.Errors) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var out []*yaml.Node
-	for range len(data) + 1 {
-		var n yaml.Node
-		err := dec.Decode(&n)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, source.Errors{{Pos: source.Pos{File: file}, Msg: "syntax error: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
-		}
-		if len(n.Content) == 0 || n.Content[0].Tag == "!!null" {
-			continue
-		}
-		doc := n.Content[0]
-		if items := field(doc, "items"); items != nil && strings.HasSuffix(scalar(doc, "kind"), "List") {
-			out = append(out, items.Content...)
-			continue
-		}
-		out = append(out, doc)
-	}
-	return nil, source.Errors{{Pos: source.Pos{File: file}, Msg: "syntax error: the YAML stream does not end"}}
-}
-
-func field(n *yaml.Node, name string) *yaml.Node {
-	if n == nil || n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == name {
-			return n.Content[i+1]
-		}
+// kept refuses the kinds a manager does not take by apply.
+func kept(r api.ObjectRef, pos source.Pos) *source.Error {
+	if k, ok := objects.Lookup(r.Kind); ok && k.Reported {
+		return &source.Error{Pos: pos, Path: "kind", Msg: fmt.Sprintf("%s objects are reported by the agents of their hosts, not applied; apply %s",
+			r.Kind, strings.Join(objects.Applied(), ", "))}
 	}
 	return nil
 }
 
-func scalar(n *yaml.Node, name string) string {
-	if f := field(n, name); f != nil && f.Kind == yaml.ScalarNode {
-		return f.Value
-	}
-	return ""
-}
-
-// nodeObject names one object and encodes it as canonical JSON. For a
-// delete only apiVersion, kind and metadata are needed.
-func nodeObject(file string, n *yaml.Node, forDelete bool) (object, *source.Error) {
-	pos := source.Pos{File: file, Line: n.Line, Column: n.Column}
-	kind, meta := scalar(n, "kind"), field(n, "metadata")
-	ref := api.ObjectRef{Kind: kind, Name: scalar(meta, "name"), Namespace: scalar(meta, "namespace")}
-	switch {
-	case kind == "Workload":
-		return object{}, &source.Error{Pos: pos, Path: "kind", Msg: "workloads are reported by the agents of their hosts, not applied; apply namespaces, segments, policies, walls and conflict classes"}
-	case kindResources[kind] == "":
-		return object{}, &source.Error{Pos: pos, Path: "kind", Msg: fmt.Sprintf("kind %q is not kept by the manager; valid: %s", kind, strings.Join(keptKinds(), ", "))}
-	case ref.Name == "":
-		return object{}, &source.Error{Pos: pos, Path: "metadata.name", Msg: "every object needs a name"}
-	}
-	if kind == "NetworkPolicy" && ref.Namespace == "" {
-		ref.Namespace = defaultNamespace
-	}
-	if forDelete {
-		return object{Ref: ref, pos: pos}, nil
-	}
-	var v any
-	if err := n.Decode(&v); err != nil {
-		return object{}, &source.Error{Pos: pos, Msg: err.Error()}
-	}
-	data, err := json.Marshal(v)
-	if err != nil {
-		return object{}, &source.Error{Pos: pos, Msg: "cannot be written as JSON (every mapping key must be a string): " + err.Error()}
-	}
-	o := newObject(ref, data)
-	o.pos = pos
-	return o, nil
-}
-
-func newObject(ref api.ObjectRef, data []byte) object {
+// blobObject names a blob by its SHA-256.
+func blobObject(data []byte) object {
 	sum := sha256.Sum256(data)
-	return object{Ref: ref, JSON: data, Hash: hex.EncodeToString(sum[:])}
+	return object{JSON: data, Hash: hex.EncodeToString(sum[:])}
 }
 
-func keptKinds() []string {
-	return []string{"Namespace", "Segment", "Policy", "Wall", "ConflictClass", "NetworkPolicy",
-		"AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"}
-}
-
-// decodeStored reads a stored object into a set, naming it in errors.
+// decodeStored reads a stored object into its set.
 func decodeStored(o object) (*policy.Set, error) {
-	set, errs := load.Bytes("stored "+refKey(o.Ref), o.JSON)
-	if len(errs) > 0 {
-		return nil, errs.Err()
+	s, err := objects.Stored(o.Ref, o.JSON)
+	if err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
 	}
-	return set, nil
+	return s.Set, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 func jsonUnmarshal(data []byte, v any) error {
@@ -31,7 +32,7 @@ func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Reque
 		if err != nil {
 			return err
 		}
-		items := objectsOf(ps, func(ref api.ObjectRef) bool { return kindResources[ref.Kind] == res })
+		items := objectsOf(ps, func(ref api.ObjectRef) bool { return objects.Resource(ref.Kind) == res })
 		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: items})
 		return nil
 	}

@@ -189,7 +189,7 @@ func manifest(objects map[string]object) (map[string][]byte, []string) {
 			return
 		}
 		data, _ := json.Marshal(cur)
-		o := newObject(api.ObjectRef{}, data)
+		o := blobObject(data)
 		chunks[o.Hash] = data
 		order = append(order, o.Hash)
 		cur, size = nil, 0

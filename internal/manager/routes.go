@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 // route is one endpoint: what it serves, who may call it, and its
@@ -73,7 +74,7 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/audit/head", audit, m.getAuditHead},
 		{"GET", "/v1/alerts", read, m.getAlerts},
 	}
-	for _, res := range []string{"namespaces", "segments", "policies", "walls", "conflictclasses"} {
+	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})
 	}
 	return rs
@@ -113,6 +114,9 @@ func (m *Manager) healthz(w http.ResponseWriter, _ *http.Request, _ principal) e
 func (m *Manager) readyz(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	if !m.ready() {
 		return errorf(http.StatusServiceUnavailable, "not ready: the store has not been read yet")
+	}
+	if err := m.storeOK.get(); err != nil {
+		return errorf(http.StatusServiceUnavailable, "not ready: %v", err)
 	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 	return nil

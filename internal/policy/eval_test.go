@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/internal/load"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -18,13 +19,13 @@ workloads:
   - {namespace: b, name: api, labels: {app: api}, ips: [10.0.1.1, "fd00::2"]}
 `
 
-func engine(t *testing.T, objects string) *policy.Engine {
+func engine(t *testing.T, docs string) *policy.Engine {
 	t.Helper()
-	inv, errs := policy.DecodeInventory("inventory.yaml", mustDoc(t, inventory))
+	inv, errs := objects.DecodeInventory("inventory.yaml", mustDoc(t, inventory))
 	if errs != nil {
 		t.Fatal(errs.Err())
 	}
-	set, errs := load.Bytes("policy.yaml", []byte(objects))
+	set, errs := load.Bytes("policy.yaml", []byte(docs))
 	if errs != nil {
 		t.Fatal(errs.Err())
 	}

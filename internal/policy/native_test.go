@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/internal/load"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"go.yaml.in/yaml/v3"
 )
@@ -181,7 +182,7 @@ func TestNamespaceMayRepeatWithTheSameLabels(t *testing.T) {
 		if errs != nil {
 			t.Fatal(errs.Err())
 		}
-		inv, errs := policy.DecodeInventory("inv.yaml", mustDoc(t, inventory))
+		inv, errs := objects.DecodeInventory("inv.yaml", mustDoc(t, inventory))
 		if errs != nil {
 			t.Fatal(errs.Err())
 		}

@@ -49,7 +49,7 @@ func Validate(s *Set) error {
 			for i, r := range p.Rules(d) {
 				for j, peer := range r.Peers {
 					if peer.Segment != "" {
-						known(r.Pos, fmt.Sprintf("spec.%s[%d].%s[%d].segment", d, i, peerField(d), j), peer.Segment)
+						known(r.Pos, fmt.Sprintf("spec.%s[%d].%s[%d].segment", d, i, PeerField(d), j), peer.Segment)
 					}
 				}
 			}
@@ -91,7 +91,8 @@ func validateWorkloads(ws []*Workload, errs *source.Errors) {
 	}
 }
 
-func peerField(d Direction) string {
+// PeerField is the field a rule of direction d names its peers in.
+func PeerField(d Direction) string {
 	if d == Egress {
 		return "to"
 	}

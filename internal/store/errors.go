@@ -15,6 +15,10 @@ var (
 	ErrFutureRev   = errors.New("future revision")
 	ErrSlowWatcher = errors.New("watcher too slow")
 	ErrClosed      = errors.New("store closed")
+	// ErrUnavailable: the store cannot answer now (etcd has no leader,
+	// no member answers, or the call's time bound ran out). Retrying
+	// later may work; callers answer 503.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // CompactedError is the failure of a Watch from a revision whose history

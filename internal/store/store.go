@@ -33,6 +33,14 @@
 // limit fails with ErrTooLarge before anything is written, and the message
 // names the limit and the size that would be valid.
 //
+// # When the store cannot answer
+//
+// A store that cannot answer now (etcd without a leader or a quorum, no
+// member reachable) fails each call within a bound with an error wrapping
+// ErrUnavailable and the cause, rather than waiting for it to come back;
+// Watch is not bounded. A Txn that failed so may still have committed
+// when the error says so: read before trying again.
+//
 // # Concurrency
 //
 // Every method of every implementation is safe for concurrent use, from any

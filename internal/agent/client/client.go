@@ -199,6 +199,14 @@ func (c *Client) UnregisterWorkload(ctx context.Context, namespace, name string)
 	return c.do(ctx, http.MethodDelete, "/v1/workloads/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, nil)
 }
 
+// UnregisterWorkloadOn removes a local workload only if it is registered
+// on the host interface hostIf: a CNI DEL removes its own registration,
+// never one that another attachment holds under the same name.
+func (c *Client) UnregisterWorkloadOn(ctx context.Context, namespace, name, hostIf string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/workloads/"+url.PathEscape(namespace)+"/"+url.PathEscape(name)+
+		"?interface="+url.QueryEscape(hostIf), nil, nil)
+}
+
 // Counters reads the dataplane's counters.
 func (c *Client) Counters(ctx context.Context) (api.Counters, error) {
 	var r api.Counters

@@ -283,7 +283,9 @@ func TestManagerGoneAndBack(t *testing.T) {
 	eventually(t, "the followers notice the manager is gone", func() bool {
 		return !h1.f.Status().Connected && !h2.f.Status().Connected
 	})
-	time.Sleep(300 * time.Millisecond) // several failed reconnects
+	eventually(t, "the followers fail to reconnect", func() bool {
+		return strings.Contains(h1.f.Status().Error, "refused") && strings.Contains(h2.f.Status().Error, "refused")
+	})
 	if got := len(h1.a.Objects().Items); got != objects {
 		t.Fatalf("without a manager host 1 holds %d objects, had %d", got, objects)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 // errSync ends a watch whose change the agent refused: the follower
@@ -149,14 +150,19 @@ func (f *Follower) handle(ctx context.Context, chp **change, ev api.FeedEvent) e
 // apply makes the agent enforce one change and records that it did.
 func (f *Follower) apply(ctx context.Context, ch *change, rev int64) error {
 	if !ch.empty() {
-		req, all, remote := f.syncRequest(ch)
-		if len(req.Documents)+len(req.Deleted) > 0 || req.Replace {
+		req, all, remote, err := f.syncRequest(ch)
+		if err != nil {
+			f.setStatus(func(s *Status) { s.Error = fmt.Sprintf("revision %d not enforced: %v", rev, err) })
+			f.log.Error("a revision's objects do not decode; the last good state stays in force", "revision", rev, "err", err)
+			return fmt.Errorf("revision %d: %w", rev, err)
+		}
+		if len(req.Objects)+len(req.Documents)+len(req.Deleted) > 0 || req.Replace {
 			t0 := time.Now()
 			res, err := f.opts.Agent.Sync(ctx, req)
 			if err != nil {
 				f.setStatus(func(s *Status) { s.Error = fmt.Sprintf("revision %d not enforced: %v", rev, err) })
 				f.log.Error("the agent refused a revision; the last good state stays in force", "revision", rev, "err", err)
-				return fmt.Errorf("%w: revision %d: %v", errSync, rev, err)
+				return fmt.Errorf("%w: revision %d: %w", errSync, rev, err)
 			}
 			f.log.Info("revision enforced", "revision", rev, "replace", req.Replace, "created", len(res.Created), "updated", len(res.Updated),
 				"deleted", len(res.Deleted), "took", time.Since(t0))
@@ -173,11 +179,15 @@ func (f *Follower) apply(ctx context.Context, ch *change, rev int64) error {
 
 // syncRequest turns a change into one agent.Sync; it returns every
 // host's workloads and the remote ones the agent holds after it.
-func (f *Follower) syncRequest(ch *change) (agent.SyncRequest, map[string]*api.HostWorkload, map[string]remoteWorkload) {
+func (f *Follower) syncRequest(ch *change) (agent.SyncRequest, map[string]*api.HostWorkload, map[string]remoteWorkload, error) {
 	req := agent.SyncRequest{Replace: ch.replace}
 	for _, ref := range sortedRefs(ch.objects, ch.deleted) {
 		if raw, ok := ch.objects[ref]; ok {
-			req.Documents = append(req.Documents, api.Document{Name: "manager: " + refName(ref), Data: string(raw)})
+			o, err := objects.Stored(ref, raw)
+			if err != nil {
+				return req, nil, nil, fmt.Errorf("%w: %w", errSync, err)
+			}
+			req.Objects = append(req.Objects, o)
 		} else {
 			req.Deleted = append(req.Deleted, ref)
 		}
@@ -209,5 +219,5 @@ func (f *Follower) syncRequest(ch *change) (agent.SyncRequest, map[string]*api.H
 			}
 		}
 	}
-	return req, all, remote
+	return req, all, remote, nil
 }

@@ -18,10 +18,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -32,6 +35,12 @@ const MaxPrefixBytes = 256
 
 // listPage is how many keys List reads per etcd request.
 const listPage = 1000
+
+// DefaultTimeout bounds one call to etcd (one page of a List): long
+// enough for a leader election (etcd's default election timeout is 1 s)
+// and a slow disk, short enough that a client waiting on a cluster without
+// quorum is told so within seconds.
+const DefaultTimeout = 5 * time.Second
 
 // Options configure New.
 type Options struct {
@@ -45,16 +54,21 @@ type Options struct {
 	// WatchBuffer is how many batches a watcher holds unread before it is
 	// cut off (store.DefaultWatchBuffer if 0).
 	WatchBuffer int
+	// Timeout bounds every call but Watch (DefaultTimeout if 0): past it
+	// the call fails with store.ErrUnavailable.
+	Timeout time.Duration
 }
 
 // Store is a store.Store over an etcd client. It is safe for concurrent
 // use, and any number of Stores, in any number of processes, may share one
 // etcd and prefix.
 type Store struct {
-	cli    *clientv3.Client
-	prefix string
-	limits store.Limits
-	buffer int
+	cli     *clientv3.Client
+	prefix  string
+	limits  store.Limits
+	buffer  int
+	timeout time.Duration
+	owned   *clientv3.Client // closed by Close: the client Open made
 
 	isClosed atomic.Bool
 	ctx      context.Context // canceled by Close, to end the watches
@@ -72,14 +86,18 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: etcd prefix %q: want a non-empty prefix ending in \"/\", at most %d bytes, such as \"/bulkhead/prod/\": %w",
 			p, MaxPrefixBytes, store.ErrInvalid)
 	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		cli:    cli,
-		prefix: p,
-		limits: opts.Limits.WithDefaults(),
-		buffer: opts.WatchBuffer,
-		ctx:    ctx,
-		cancel: cancel,
+		cli:     cli,
+		prefix:  p,
+		limits:  opts.Limits.WithDefaults(),
+		buffer:  opts.WatchBuffer,
+		timeout: opts.Timeout,
+		ctx:     ctx,
+		cancel:  cancel,
 	}, nil
 }
 
@@ -91,6 +109,9 @@ func (s *Store) Close() error {
 	}
 	s.cancel()
 	s.watchers.Wait()
+	if s.owned != nil {
+		return s.owned.Close()
+	}
 	return nil
 }
 
@@ -101,9 +122,33 @@ func (s *Store) checkOpen(op string) error {
 	return nil
 }
 
+// bound returns the context of one call: bounded by the store's timeout,
+// and asking etcd to refuse at once, rather than wait, when the member it
+// reaches has no leader.
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	return clientv3.WithRequireLeader(ctx), cancel
+}
+
+// fail turns the error of a call made under bound(ctx) into the store's.
+// A caller's own cancellation or deadline stays what it is; the store's
+// time bound running out, and etcd saying it cannot serve now, are
+// store.ErrUnavailable.
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("store: %s: %w", op, ctx.Err())
+	}
+	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
+		return fmt.Errorf("store: %s: %w: etcd did not answer within %s", op, store.ErrUnavailable, s.timeout)
+	}
+	return etcdErr(op, err)
+}
+
 // etcdErr turns an etcd error into the store's.
 func etcdErr(op string, err error) error {
 	switch {
+	case unavailable(err):
+		return fmt.Errorf("store: %s: %w: %v", op, store.ErrUnavailable, err)
 	case errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrRequestTooLarge):
 		return fmt.Errorf("store: %s: %v: etcd's limits are below the store's (raise --max-txn-ops or --max-request-bytes, or lower store.Limits): %w",
 			op, err, store.ErrTooLarge)
@@ -111,6 +156,19 @@ func etcdErr(op string, err error) error {
 		return fmt.Errorf("store: %s: %w", op, store.ErrFutureRev)
 	}
 	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// unavailable reports the errors that say etcd cannot serve now, as
+// opposed to refusing this request.
+func unavailable(err error) bool {
+	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail,
+		rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrLeaderChanged, rpctypes.ErrStopped,
+		rpctypes.ErrNotCapable, rpctypes.ErrUnhealthy} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return status.Code(err) == codes.Unavailable
 }
 
 func (s *Store) kv(k *mvccpb.KeyValue) store.KV {
@@ -134,9 +192,11 @@ func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
 	if err := s.checkOpen("get"); err != nil {
 		return store.KV{}, err
 	}
-	resp, err := s.cli.Get(ctx, s.prefix+key)
+	cctx, cancel := s.bound(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(cctx, s.prefix+key)
 	if err != nil {
-		return store.KV{}, etcdErr(fmt.Sprintf("get %q", key), err)
+		return store.KV{}, s.fail(ctx, fmt.Sprintf("get %q", key), err)
 	}
 	if len(resp.Kvs) == 0 {
 		return store.KV{Key: key}, fmt.Errorf("store: get %q: %w", key, store.ErrNotFound)
@@ -160,7 +220,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, err
 			continue
 		}
 		if err != nil {
-			return nil, 0, etcdErr(fmt.Sprintf("list %q", prefix), err)
+			return nil, 0, s.fail(ctx, fmt.Sprintf("list %q", prefix), err)
 		}
 		return kvs, rev, nil
 	}
@@ -175,7 +235,9 @@ func (s *Store) list(ctx context.Context, prefix string) ([]store.KV, int64, err
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.cli.Get(ctx, from, opts...)
+		cctx, cancel := s.bound(ctx)
+		resp, err := s.cli.Get(cctx, from, opts...)
+		cancel()
 		if err != nil {
 			return nil, 0, err
 		}
@@ -193,14 +255,19 @@ func (s *Store) list(ctx context.Context, prefix string) ([]store.KV, int64, err
 }
 
 // Rev implements store.Store. It is the etcd's revision, which counts the
-// changes of every cluster sharing it.
+// changes of every cluster sharing it. It is read with an empty Txn: as
+// linearizable as a range, so it needs a leader with a quorum behind it,
+// and unlike a range the client does not retry it while there is none,
+// so that Rev also says at once whether the store can commit.
 func (s *Store) Rev(ctx context.Context) (int64, error) {
 	if err := s.checkOpen("rev"); err != nil {
 		return 0, err
 	}
-	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithCountOnly())
+	cctx, cancel := s.bound(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).Commit()
 	if err != nil {
-		return 0, etcdErr("rev", err)
+		return 0, s.fail(ctx, "rev", err)
 	}
 	return resp.Header.Revision, nil
 }
@@ -225,9 +292,17 @@ func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (in
 			thens[i] = clientv3.OpPut(s.prefix+op.Key, string(op.Value))
 		}
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	cctx, cancel := s.bound(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).If(cmps...).Then(thens...).Commit()
 	if err != nil {
-		return 0, false, etcdErr("txn", err)
+		refused := errors.Is(err, rpctypes.ErrNoLeader) // refused before it was proposed
+		err = s.fail(ctx, "txn", err)
+		if errors.Is(err, store.ErrUnavailable) && !refused {
+			// etcd may have taken the proposal before the answer was lost.
+			err = fmt.Errorf("%w (the change may or may not have been committed: read before trying again)", err)
+		}
+		return 0, false, err
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
 }
@@ -241,7 +316,9 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 	if rev <= 0 {
 		return nil
 	}
-	_, err := s.cli.Compact(ctx, rev)
+	cctx, cancel := s.bound(ctx)
+	defer cancel()
+	_, err := s.cli.Compact(cctx, rev)
 	switch {
 	case errors.Is(err, rpctypes.ErrCompacted):
 		return nil
@@ -249,7 +326,7 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 		cur, _ := s.Rev(ctx)
 		return fmt.Errorf("store: compact: revision %d, the current revision is %d: %w", rev, cur, store.ErrFutureRev)
 	case err != nil:
-		return etcdErr("compact", err)
+		return s.fail(ctx, "compact", err)
 	}
 	return nil
 }

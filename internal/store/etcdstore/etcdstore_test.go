@@ -3,8 +3,6 @@ package etcdstore
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -12,10 +10,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
+	"github.com/bulkhead-dev/bulkhead/internal/store/etcdstore/etcdtest"
 	"github.com/bulkhead-dev/bulkhead/internal/store/storetest"
 )
 
@@ -28,78 +26,26 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	e, err := startEtcd(dir)
+	e, err := etcdtest.StartEmbedded(dir)
 	if err != nil {
 		os.RemoveAll(dir)
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	endpoint = e.Endpoint
 	code := m.Run()
 	e.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-// startEtcd starts a single-member etcd on loopback ports chosen by the
-// kernel. embed cannot take port 0 for its peer URL, so the ports are
-// found by listening and closing, and another process may take one in
-// between: then it tries again.
-func startEtcd(dir string) (*embed.Etcd, error) {
-	var lastErr error
-	for attempt := range 5 {
-		cfg := embed.NewConfig()
-		cfg.Name = "test"
-		cfg.Dir = fmt.Sprintf("%s/member-%d", dir, attempt)
-		cfg.LogLevel = "error"
-		cfg.UnsafeNoFsync = true // the tests do not test etcd's durability
-		ports, err := freePorts(2)
-		if err != nil {
-			return nil, err
-		}
-		client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-		peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			if lastErr = err; strings.Contains(err.Error(), "address already in use") {
-				continue
-			}
-			return nil, fmt.Errorf("start etcd: %w", err)
-		}
-		select {
-		case <-e.Server.ReadyNotify():
-			endpoint = client.String()
-			return e, nil
-		case err := <-e.Err():
-			e.Close()
-			return nil, fmt.Errorf("start etcd: %w", err)
-		case <-time.After(30 * time.Second):
-			e.Close()
-			return nil, errors.New("start etcd: not ready after 30s")
-		}
-	}
-	return nil, fmt.Errorf("start etcd: no free ports after 5 attempts: %w", lastErr)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func newClient(t *testing.T) *clientv3.Client {
+func newClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
+	if len(endpoints) == 0 {
+		endpoints = []string{endpoint}
+	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{endpoint},
+		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	})
@@ -112,12 +58,15 @@ func newClient(t *testing.T) *clientv3.Client {
 
 var clusters atomic.Int64
 
-// newStores returns an opener of stores on their own prefix of the one
-// etcd, each handle with a client of its own, as separate managers have.
-func opener(t *testing.T) (store.Store, func() store.Store) {
+// opener returns stores on their own prefix of the one etcd TestMain
+// runs, each handle with a client of its own, as separate managers have.
+func opener(t *testing.T) (store.Store, func() store.Store) { return openerOn(t, endpoint) }
+
+// openerOn is opener for the etcd at endpoints.
+func openerOn(t *testing.T, endpoints ...string) (store.Store, func() store.Store) {
 	prefix := fmt.Sprintf("/bulkhead/test-%d/", clusters.Add(1))
 	open := func() store.Store {
-		s, err := New(newClient(t), Options{Prefix: prefix})
+		s, err := New(newClient(t, endpoints...), Options{Prefix: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}

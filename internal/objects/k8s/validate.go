@@ -3,9 +3,7 @@ package k8s
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
-	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -16,6 +14,7 @@ import (
 type checker struct {
 	prefix string
 	errs   source.Errors
+	wire   any // the last object decoded, as its wire type
 }
 
 func (c *checker) add(pos source.Pos, path, format string, args ...any) {
@@ -23,94 +22,40 @@ func (c *checker) add(pos source.Pos, path, format string, args ...any) {
 	c.errs.Add(pos, path, format, args...)
 }
 
-// The upstream validation patterns (k8s.io/apimachinery/pkg/util/validation).
-var (
-	dns1123Label     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-	qualifiedName    = regexp.MustCompile(`^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$`)
-	ianaSvcName      = regexp.MustCompile(`^[-a-z0-9]+$`)
-	ianaHasLetter    = regexp.MustCompile(`[a-z]`)
-)
-
 // checkSubdomain checks an object name (a DNS-1123 subdomain).
 func (c *checker) checkSubdomain(pos source.Pos, path, name string) {
-	switch {
-	case name == "":
-		c.add(pos, path, "name is required")
-	case len(name) > 253 || !dns1123Subdomain.MatchString(name):
-		c.add(pos, path, "invalid name %q: a lowercase RFC 1123 subdomain is required (at most 253 of a-z, 0-9, '-' and '.', starting and ending with a letter or digit, e.g. example.com)", name)
+	if p := policy.SubdomainProblem(name); p != "" {
+		c.add(pos, path, "%s", p)
 	}
 }
 
 // checkLabel checks a namespace name (a DNS-1123 label).
 func (c *checker) checkLabel(pos source.Pos, path, name string) {
-	switch {
-	case name == "":
-		c.add(pos, path, "name is required")
-	case len(name) > 63 || !dns1123Label.MatchString(name):
-		c.add(pos, path, "invalid name %q: a lowercase RFC 1123 label is required (at most 63 of a-z, 0-9 and '-', starting and ending with a letter or digit, e.g. my-name)", name)
+	if p := policy.DNSLabelProblem(name); p != "" {
+		c.add(pos, path, "%s", p)
 	}
 }
-
-func labelKeyProblem(k string) string {
-	name := k
-	if prefix, rest, ok := strings.Cut(k, "/"); ok {
-		if prefix == "" || len(prefix) > 253 || !dns1123Subdomain.MatchString(prefix) {
-			return "its prefix must be a lowercase DNS subdomain (e.g. example.com/name)"
-		}
-		name = rest
-	}
-	if name == "" || len(name) > 63 || !qualifiedName.MatchString(name) {
-		return "a label key is an optional DNS subdomain prefix and '/', then at most 63 of A-Z, a-z, 0-9, '-', '_' and '.', starting and ending with a letter or digit (e.g. app or example.com/app)"
-	}
-	return ""
-}
-
-func labelValueOK(v string) bool {
-	return v == "" || len(v) <= 63 && qualifiedName.MatchString(v)
-}
-
-const labelValueRule = "a label value is empty or at most 63 of A-Z, a-z, 0-9, '-', '_' and '.', starting and ending with a letter or digit"
 
 // checkLabels checks a map of labels (metadata.labels, matchLabels).
 func (c *checker) checkLabels(pos source.Pos, path string, labels map[string]string) {
-	for _, k := range sortedKeys(labels) {
-		if p := labelKeyProblem(k); p != "" {
-			c.add(pos, path+"."+k, "invalid label key %q: %s", k, p)
+	for _, p := range policy.LabelProblems(labels) {
+		lp := path
+		if p.Key != "" {
+			lp += "." + p.Key
 		}
-		if v := labels[k]; !labelValueOK(v) {
-			c.add(pos, path+"."+k, "invalid label value %q: %s", v, labelValueRule)
-		}
+		c.add(pos, lp, "%s", p.Msg)
 	}
-}
-
-// ianaSvcNameProblem says what is wrong with a named port (IANA_SVC_NAME,
-// RFC 6335 section 5.1), or "".
-func ianaSvcNameProblem(s string) string {
-	switch {
-	case len(s) > 15:
-		return "must be no more than 15 characters"
-	case !ianaSvcName.MatchString(s):
-		return "must contain only lowercase letters, digits and '-'"
-	case strings.Contains(s, "--"):
-		return "must not contain consecutive hyphens"
-	case strings.HasPrefix(s, "-") || strings.HasSuffix(s, "-"):
-		return "must not begin or end with a hyphen"
-	case !ianaHasLetter.MatchString(s):
-		return "must contain at least one letter"
-	}
-	return ""
 }
 
 func (c *checker) checkPortName(pos source.Pos, path, name string) {
-	if p := ianaSvcNameProblem(name); p != "" {
-		c.add(pos, path, "invalid named port %q: %s (an IANA service name, e.g. http or serve-80-tcp)", name, p)
+	if p := policy.PortNameProblem(name); p != "" {
+		c.add(pos, path, "%s", p)
 	}
 }
 
 func (c *checker) checkPortNumber(pos source.Pos, path string, n int) bool {
-	if n < 1 || n > 65535 {
-		c.add(pos, path, "port %d is out of range; valid ports are 1 to 65535", n)
+	if p := policy.PortProblem(n); p != "" {
+		c.add(pos, path, "%s", p)
 		return false
 	}
 	return true
@@ -194,8 +139,8 @@ func (c *checker) selector(s *labelSelector, path string) *policy.Selector {
 func (c *checker) requirement(r selectorRequirement, path string) {
 	if r.Key == "" {
 		c.add(r.Pos, path+".key", "key is required")
-	} else if p := labelKeyProblem(r.Key); p != "" {
-		c.add(r.Pos, path+".key", "invalid label key %q: %s", r.Key, p)
+	} else if p := policy.LabelKeyProblem(r.Key); p != "" {
+		c.add(r.Pos, path+".key", "%s", p)
 	}
 	switch r.Operator {
 	case "In", "NotIn":
@@ -212,8 +157,8 @@ func (c *checker) requirement(r selectorRequirement, path string) {
 		c.add(r.Pos, path+".operator", "unsupported operator %q; valid operators: In, NotIn, Exists, DoesNotExist", r.Operator)
 	}
 	for j, v := range r.Values {
-		if !labelValueOK(v) {
-			c.add(r.Pos, fmt.Sprintf("%s.values[%d]", path, j), "invalid label value %q: %s", v, labelValueRule)
+		if p := policy.LabelValueProblem(v); p != "" {
+			c.add(r.Pos, fmt.Sprintf("%s.values[%d]", path, j), "%s", p)
 		}
 	}
 }

@@ -62,6 +62,14 @@ func Handles(apiVersion, kind string) bool { return handled[[2]string{apiVersion
 // server would and converts it. It reports every problem, each with its
 // position in file and its field path; the set is nil when there is any.
 func Decode(file string, doc *yaml.Node, apiVersion, kind string) (*policy.Set, source.Errors) {
+	set, _, errs := DecodeWire(file, doc, apiVersion, kind)
+	return set, errs
+}
+
+// DecodeWire is Decode that also returns the object as its wire type
+// read it (nil for a List): what strict.Encode writes as its canonical
+// form.
+func DecodeWire(file string, doc *yaml.Node, apiVersion, kind string) (*policy.Set, any, source.Errors) {
 	if doc != nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
 	}
@@ -69,9 +77,9 @@ func Decode(file string, doc *yaml.Node, apiVersion, kind string) (*policy.Set, 
 	set := &policy.Set{}
 	c.object(file, doc, apiVersion, kind, set)
 	if len(c.errs) > 0 {
-		return nil, c.errs
+		return nil, nil, c.errs
 	}
-	return set, nil
+	return set, c.wire, nil
 }
 
 func (c *checker) object(file string, doc *yaml.Node, apiVersion, kind string, set *policy.Set) {
@@ -82,6 +90,7 @@ func (c *checker) object(file string, doc *yaml.Node, apiVersion, kind string, s
 	decode := func(out any) bool {
 		errs := strict.Decode(file, doc, c.prefix, out)
 		c.errs = append(c.errs, errs...)
+		c.wire = out
 		return len(errs) == 0
 	}
 	switch [2]string{apiVersion, kind} {
@@ -95,6 +104,7 @@ func (c *checker) object(file string, doc *yaml.Node, apiVersion, kind string, s
 		if decode(&o) {
 			c.list(file, &o, set)
 		}
+		c.wire = nil
 	case [2]string{networkingV1, KindNetworkPolicy}:
 		var o networkPolicy
 		if decode(&o) {

@@ -1,12 +1,12 @@
-package policy
+package objects
 
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 	"github.com/bulkhead-dev/bulkhead/internal/strict"
 	"go.yaml.in/yaml/v3"
@@ -15,27 +15,33 @@ import (
 // DefaultPriority is the priority of a native policy that names none.
 const DefaultPriority = 1000
 
-var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
-	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-)
+// nativeObject is a native object as its canonical form writes it: the
+// envelope with the spec its kind decoded.
+type nativeObject struct {
+	APIVersion string       `json:"apiVersion"`
+	Kind       string       `json:"kind"`
+	Metadata   api.Metadata `json:"metadata"`
+	Spec       any          `json:"spec"`
+}
 
-// DecodeNative reads one native document (apiVersion bulkhead.dev/v1) into a
-// Set holding the one object it defines. file names the document in errors.
-func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
+// decodeNative reads one native document (apiVersion bulkhead.dev/v1)
+// into a Set holding the one object it defines, and returns the object as
+// its wire types read it. file names the document in errors.
+func decodeNative(file string, doc *yaml.Node) (*policy.Set, *nativeObject, source.Errors) {
 	var obj api.Object
 	errs := strict.Decode(file, doc, "", &obj)
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, nil, errs
 	}
 	c := &converter{file: file}
+	wire := &nativeObject{APIVersion: obj.APIVersion, Kind: obj.Kind, Metadata: obj.Metadata}
 	m := obj.Metadata
 	if m.Pos.Line == 0 {
 		m.Pos = obj.Pos // metadata is missing: point at the object
 	}
 	c.name("metadata.name", m.Pos, m.Name)
 	c.labels("metadata.labels", m.Pos, m.Labels)
-	set := &Set{}
+	set := &policy.Set{}
 	spec := obj.Spec
 	if spec == nil {
 		spec = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: obj.Pos.Line, Column: obj.Pos.Column}
@@ -46,64 +52,105 @@ func DecodeNative(file string, doc *yaml.Node) (*Set, source.Errors) {
 		if obj.Spec != nil && len(obj.Spec.Content) > 0 {
 			c.errs.Add(c.pos(obj.Spec), "spec", "a Namespace has no spec; put its labels in metadata.labels")
 		}
-		set.Namespaces = append(set.Namespaces, &Namespace{Name: m.Name, Labels: m.Labels, Pos: obj.Pos})
+		set.Namespaces = append(set.Namespaces, &policy.Namespace{Name: m.Name, Labels: m.Labels, Pos: obj.Pos})
 	case "Segment":
 		c.noNamespace(m)
 		var s api.SegmentSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.Segments = append(set.Segments, c.segment(m, s, obj.Pos))
 	case "Policy":
 		var s api.PolicySpec
 		c.decode(spec, &s)
-		set.Policies = append(set.Policies, c.policy(m, s, obj.Pos))
+		wire.Spec = &s
+		set.Policies = append(set.Policies, c.policyObject(m, s, obj.Pos))
 	case "Wall":
 		c.noNamespace(m)
 		var s api.WallSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.Walls = append(set.Walls, c.wall(m, s, obj.Pos))
 	case "ConflictClass":
 		c.noNamespace(m)
 		var s api.ConflictClassSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		set.ConflictClasses = append(set.ConflictClasses, c.conflictClass(m, s, obj.Pos))
 	case "Workload":
 		var s api.WorkloadSpec
 		c.decode(spec, &s)
+		wire.Spec = &s
 		ns := m.Namespace
 		if ns == "" {
 			ns = "default"
 		}
 		set.Workloads = append(set.Workloads, c.workload(api.InventoryWorkload{
 			Namespace: ns, Name: m.Name, Labels: m.Labels, IPs: s.IPs, Ports: s.Ports, Host: s.Host, Pos: obj.Pos,
-		}, "spec."))
+		}, "spec.", false))
 	default:
-		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(api.Kinds, ", "))
+		c.errs.Add(obj.Pos, "kind", "unknown kind %q for apiVersion %s; valid kinds: %s", obj.Kind, api.Version, strings.Join(kindsOf(Version), ", "))
 	}
 	if len(c.errs) > 0 {
-		return nil, c.errs
+		return nil, nil, c.errs
+	}
+	return set, wire, nil
+}
+
+// ReadInventory reads an inventory file: one or more documents, each
+// `namespaces: [{name, labels}]` and `workloads: [{namespace, name,
+// labels, ips, ports}]`.
+func ReadInventory(file string, data []byte) (*policy.Set, source.Errors) {
+	docs, errs := documents(file, data)
+	set := &policy.Set{}
+	for _, doc := range docs {
+		s, derrs := DecodeInventory(file, doc)
+		errs = append(errs, derrs...)
+		if s != nil {
+			set.Merge(s)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return set, nil
 }
 
+// CheckWorkload checks a workload and converts it to the model, whichever
+// way it is reported — an inventory, an agent's registration, a host's
+// report to its manager — with the rules native documents are read by:
+// the one validator for workloads. path prefixes the field names in
+// errors ("" or "workloads[3]." and the like).
+func CheckWorkload(w api.InventoryWorkload, path string) (*policy.Workload, source.Errors) {
+	c := &converter{file: w.Pos.File}
+	if p := policy.DNSLabelProblem(w.Namespace); p != "" {
+		c.errs.Add(w.Pos, path+"namespace", "%s", p)
+	}
+	out := c.workload(w, path, true)
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return out, nil
+}
+
 // DecodeInventory reads an inventory document: `namespaces: [{name,
 // labels}]` and `workloads: [{namespace, name, labels, ips, ports}]`.
-func DecodeInventory(file string, doc *yaml.Node) (*Set, source.Errors) {
+func DecodeInventory(file string, doc *yaml.Node) (*policy.Set, source.Errors) {
 	var inv api.Inventory
 	if errs := strict.Decode(file, doc, "", &inv); len(errs) > 0 {
 		return nil, errs
 	}
 	c := &converter{file: file}
-	set := &Set{}
+	set := &policy.Set{}
 	for i, n := range inv.Namespaces {
 		p := fmt.Sprintf("namespaces[%d].", i)
 		c.name(p+"name", n.Pos, n.Name)
 		c.labels(p+"labels", n.Pos, n.Labels)
-		set.Namespaces = append(set.Namespaces, &Namespace{Name: n.Name, Labels: n.Labels, Pos: n.Pos})
+		set.Namespaces = append(set.Namespaces, &policy.Namespace{Name: n.Name, Labels: n.Labels, Pos: n.Pos})
 	}
 	for i, w := range inv.Workloads {
 		p := fmt.Sprintf("workloads[%d].", i)
 		c.name(p+"namespace", w.Pos, w.Namespace)
-		set.Workloads = append(set.Workloads, c.workload(w, p))
+		set.Workloads = append(set.Workloads, c.workload(w, p, true))
 	}
 	if len(c.errs) > 0 {
 		return nil, c.errs
@@ -116,18 +163,17 @@ type converter struct {
 	errs source.Errors
 }
 
-func (c *converter) pos(n *yaml.Node) Pos { return Pos{File: c.file, Line: n.Line, Column: n.Column} }
+func (c *converter) pos(n *yaml.Node) policy.Pos {
+	return policy.Pos{File: c.file, Line: n.Line, Column: n.Column}
+}
 
 func (c *converter) decode(n *yaml.Node, out any) {
 	c.errs = append(c.errs, strict.Decode(c.file, n, "spec", out)...)
 }
 
-func (c *converter) name(path string, pos Pos, name string) {
-	switch {
-	case name == "":
-		c.errs.Add(pos, path, "a name is required")
-	case len(name) > 253 || !nameRE.MatchString(name):
-		c.errs.Add(pos, path, "invalid name %q: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters", name)
+func (c *converter) name(path string, pos policy.Pos, name string) {
+	if p := policy.SubdomainProblem(name); p != "" {
+		c.errs.Add(pos, path, "%s", p)
 	}
 }
 
@@ -137,43 +183,31 @@ func (c *converter) noNamespace(m api.Metadata) {
 	}
 }
 
-func (c *converter) labels(path string, pos Pos, labels map[string]string) {
-	for k, v := range labels {
-		if msg := labelKeyProblem(k); msg != "" {
-			c.errs.Add(pos, path+"."+k, "%s", msg)
+func (c *converter) labels(path string, pos policy.Pos, labels map[string]string) {
+	for _, p := range policy.LabelProblems(labels) {
+		lp := path
+		if p.Key != "" {
+			lp += "." + p.Key
 		}
-		if len(v) > 63 {
-			c.errs.Add(pos, path+"."+k, "label value is longer than 63 characters")
-		}
+		c.errs.Add(pos, lp, "%s", p.Msg)
 	}
 }
 
-func labelKeyProblem(k string) string {
-	if k == "" {
-		return "a label key must not be empty"
-	}
-	prefix, name, hasPrefix := strings.Cut(k, "/")
-	if !hasPrefix {
-		name = k
-	} else if prefix == "" || len(prefix) > 253 {
-		return fmt.Sprintf("label key %q: the prefix before '/' must be a DNS subdomain", k)
-	}
-	if name == "" || len(name) > 63 || strings.ContainsAny(name, " /:\t") {
-		return fmt.Sprintf("label key %q: the name must be 1-63 characters of letters, digits, '-', '_' and '.'", k)
-	}
-	return ""
-}
-
-func (c *converter) selector(path string, s *api.Selector) *Selector {
+func (c *converter) selector(path string, s *api.Selector) *policy.Selector {
 	if s == nil {
 		return nil
 	}
 	c.labels(path+".matchLabels", s.Pos, s.MatchLabels)
-	out := &Selector{MatchLabels: s.MatchLabels}
+	out := &policy.Selector{MatchLabels: s.MatchLabels}
 	for i, r := range s.MatchExpressions {
 		p := fmt.Sprintf("%s.matchExpressions[%d]", path, i)
-		if msg := labelKeyProblem(r.Key); msg != "" {
+		if msg := policy.LabelKeyProblem(r.Key); msg != "" {
 			c.errs.Add(r.Pos, p+".key", "%s", msg)
+		}
+		for j, v := range r.Values {
+			if msg := policy.LabelValueProblem(v); msg != "" {
+				c.errs.Add(r.Pos, fmt.Sprintf("%s.values[%d]", p, j), "%s", msg)
+			}
 		}
 		switch r.Operator {
 		case "In", "NotIn":
@@ -187,16 +221,16 @@ func (c *converter) selector(path string, s *api.Selector) *Selector {
 		default:
 			c.errs.Add(r.Pos, p+".operator", "unknown operator %q; valid: In, NotIn, Exists, DoesNotExist", r.Operator)
 		}
-		out.MatchExpressions = append(out.MatchExpressions, Requirement{Key: r.Key, Operator: r.Operator, Values: r.Values})
+		out.MatchExpressions = append(out.MatchExpressions, policy.Requirement{Key: r.Key, Operator: r.Operator, Values: r.Values})
 	}
 	return out
 }
 
-func (c *converter) namespaces(path string, pos Pos, names []string, sel *api.Selector) NamespaceMatch {
+func (c *converter) namespaces(path string, pos policy.Pos, names []string, sel *api.Selector) policy.NamespaceMatch {
 	for i, n := range names {
 		c.name(fmt.Sprintf("%s.namespaces[%d]", path, i), pos, n)
 	}
-	return NamespaceMatch{Names: names, Selector: c.selector(path+".namespaceSelector", sel)}
+	return policy.NamespaceMatch{Names: names, Selector: c.selector(path+".namespaceSelector", sel)}
 }
 
 // ParsePrefix accepts a CIDR ("10.0.0.0/8") or a bare address (a /32 or /128).
@@ -218,13 +252,13 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-func (c *converter) cidr(path string, pos Pos, cidr string, except []string) (CIDR, bool) {
+func (c *converter) cidr(path string, pos policy.Pos, cidr string, except []string) (policy.CIDR, bool) {
 	p, err := ParsePrefix(cidr)
 	if err != nil {
 		c.errs.Add(pos, path+".cidr", "invalid CIDR %q: write an address block such as 10.0.0.0/8 or 2001:db8::/32", cidr)
-		return CIDR{}, false
+		return policy.CIDR{}, false
 	}
-	out := CIDR{Prefix: p}
+	out := policy.CIDR{Prefix: p}
 	for i, e := range except {
 		ep, err := ParsePrefix(e)
 		ip := fmt.Sprintf("%s.except[%d]", path, i)
@@ -240,8 +274,8 @@ func (c *converter) cidr(path string, pos Pos, cidr string, except []string) (CI
 	return out, true
 }
 
-func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos Pos) *Segment {
-	seg := &Segment{Name: m.Name, Pos: pos}
+func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos policy.Pos) *policy.Segment {
+	seg := &policy.Segment{Name: m.Name, Pos: pos}
 	if s.Selector == nil && len(s.CIDRs) == 0 {
 		c.errs.Add(pos, "spec", "a segment needs a selector (workloads), cidrs (addresses), or both")
 	}
@@ -258,7 +292,7 @@ func (c *converter) segment(m api.Metadata, s api.SegmentSpec, pos Pos) *Segment
 	return seg
 }
 
-func (c *converter) wall(m api.Metadata, s api.WallSpec, pos Pos) *Wall {
+func (c *converter) wall(m api.Metadata, s api.WallSpec, pos policy.Pos) *policy.Wall {
 	seen := map[string]bool{}
 	for i, n := range s.Segments {
 		if seen[n] {
@@ -269,11 +303,11 @@ func (c *converter) wall(m api.Metadata, s api.WallSpec, pos Pos) *Wall {
 	if len(seen) < 2 {
 		c.errs.Add(pos, "spec.segments", "a wall needs at least two different segments")
 	}
-	return &Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
+	return &policy.Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
 }
 
-func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos Pos) *ConflictClass {
-	cc := &ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
+func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos policy.Pos) *policy.ConflictClass {
+	cc := &policy.ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
 	switch s.Scope {
 	case "":
 		cc.Scope = "lifecycle"
@@ -295,39 +329,51 @@ func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos P
 		if d.Segment == "" {
 			c.errs.Add(d.Pos, p+".segment", "a dataset needs the segment that holds it")
 		}
-		cc.Datasets = append(cc.Datasets, Dataset{Name: d.Name, Segment: d.Segment})
+		cc.Datasets = append(cc.Datasets, policy.Dataset{Name: d.Name, Segment: d.Segment})
 	}
 	return cc
 }
 
-func (c *converter) workload(w api.InventoryWorkload, path string) *Workload {
-	c.name(path+"name", w.Pos, w.Name)
-	c.labels(path+"labels", w.Pos, w.Labels)
-	out := &Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
+// workload converts a workload; checkMeta says whether its name and labels
+// are still to be checked (a native document's metadata already is).
+func (c *converter) workload(w api.InventoryWorkload, path string, checkMeta bool) *policy.Workload {
+	if checkMeta {
+		c.name(path+"name", w.Pos, w.Name)
+		c.labels(path+"labels", w.Pos, w.Labels)
+	}
+	out := &policy.Workload{Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Host: w.Host, Pos: w.Pos}
+	seen := map[netip.Addr]bool{}
 	for i, s := range w.IPs {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "invalid IP address %q", s)
+			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "invalid IP address %q: write an address without a zone, such as 10.0.0.1 or fd00::1", s)
 			continue
 		}
-		out.IPs = append(out.IPs, a.Unmap())
+		if a = a.Unmap(); seen[a] {
+			c.errs.Add(w.Pos, fmt.Sprintf("%sips[%d]", path, i), "address %s is given twice", a)
+			continue
+		}
+		seen[a] = true
+		out.IPs = append(out.IPs, a)
 	}
 	for i, p := range w.Ports {
 		pp := fmt.Sprintf("%sports[%d]", path, i)
-		if !portNameRE.MatchString(p.Name) || len(p.Name) > 15 {
-			c.errs.Add(p.Pos, pp+".name", "invalid port name %q: 1-15 lowercase letters, digits and '-'", p.Name)
+		if p.Name != "" { // an unnamed port never matches a named one
+			if msg := policy.PortNameProblem(p.Name); msg != "" {
+				c.errs.Add(p.Pos, pp+".name", "%s", msg)
+			}
 		}
-		if p.Port < 1 || p.Port > 65535 {
-			c.errs.Add(p.Pos, pp+".port", "port %d is out of range 1-65535", p.Port)
+		if msg := policy.PortProblem(p.Port); msg != "" {
+			c.errs.Add(p.Pos, pp+".port", "%s", msg)
 		}
-		proto := TCP
+		proto := policy.TCP
 		if p.Protocol != "" {
 			var ok bool
-			if proto, ok = ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
+			if proto, ok = policy.ParseProtocol(p.Protocol); !ok || !proto.HasPorts() {
 				c.errs.Add(p.Pos, pp+".protocol", "invalid protocol %q; valid: TCP, UDP, SCTP", p.Protocol)
 			}
 		}
-		out.Ports = append(out.Ports, NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
+		out.Ports = append(out.Ports, policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: proto})
 	}
 	return out
 }

@@ -1,22 +1,23 @@
-package policy
+package objects
 
 import (
 	"fmt"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-func (c *converter) policy(m api.Metadata, s api.PolicySpec, pos Pos) *Policy {
-	p := &Policy{Name: m.Name, Namespace: m.Namespace, Kind: "Policy", Tier: Application,
-		Priority: DefaultPriority, Mode: Enforce, Pos: pos}
+func (c *converter) policyObject(m api.Metadata, s api.PolicySpec, pos policy.Pos) *policy.Policy {
+	p := &policy.Policy{Name: m.Name, Namespace: m.Namespace, Kind: "Policy", Tier: policy.Application,
+		Priority: DefaultPriority, Mode: policy.Enforce, Pos: pos}
 	if m.Namespace != "" {
 		c.name("metadata.namespace", m.Pos, m.Namespace)
 	}
 	if s.Tier != "" {
-		t, ok := ParseTier(s.Tier)
+		t, ok := policy.ParseTier(s.Tier)
 		if !ok {
-			c.errs.Add(pos, "spec.tier", "unknown tier %q; valid, in evaluation order: %s", s.Tier, strings.Join(TierNames(), ", "))
+			c.errs.Add(pos, "spec.tier", "unknown tier %q; valid, in evaluation order: %s", s.Tier, strings.Join(policy.TierNames(), ", "))
 		}
 		p.Tier = t
 	}
@@ -26,10 +27,10 @@ func (c *converter) policy(m api.Metadata, s api.PolicySpec, pos Pos) *Policy {
 		}
 		p.Priority = *s.Priority
 	}
-	switch Mode(s.Mode) {
+	switch policy.Mode(s.Mode) {
 	case "":
-	case Enforce, Observe:
-		p.Mode = Mode(s.Mode)
+	case policy.Enforce, policy.Observe:
+		p.Mode = policy.Mode(s.Mode)
 	default:
 		c.errs.Add(pos, "spec.mode", "unknown mode %q; valid: enforce, observe", s.Mode)
 	}
@@ -41,37 +42,37 @@ func (c *converter) policy(m api.Metadata, s api.PolicySpec, pos Pos) *Policy {
 	for i, d := range s.Isolate {
 		switch d {
 		case "ingress":
-			p.Isolate[Ingress] = true
+			p.Isolate[policy.Ingress] = true
 		case "egress":
-			p.Isolate[Egress] = true
+			p.Isolate[policy.Egress] = true
 		default:
 			c.errs.Add(pos, fmt.Sprintf("spec.isolate[%d]", i), "unknown direction %q; valid: ingress, egress", d)
 		}
 	}
-	p.Ingress = c.rules(p, Ingress, s.Ingress)
-	p.Egress = c.rules(p, Egress, s.Egress)
+	p.Ingress = c.rules(p, policy.Ingress, s.Ingress)
+	p.Egress = c.rules(p, policy.Egress, s.Egress)
 	return p
 }
 
-func (c *converter) subject(s api.Subject) Subject {
+func (c *converter) subject(s api.Subject) policy.Subject {
 	if s.Segment != "" {
 		if s.Selector != nil || len(s.Namespaces) > 0 || s.NamespaceSelector != nil {
 			c.errs.Add(s.Pos, "spec.appliesTo", "give either a segment or a selector with namespaces, not both")
 		}
-		return Subject{Segment: s.Segment}
+		return policy.Subject{Segment: s.Segment}
 	}
 	sel := c.selector("spec.appliesTo.selector", s.Selector)
 	if sel == nil {
-		sel = &Selector{}
+		sel = &policy.Selector{}
 	}
-	return Subject{Namespaces: c.namespaces("spec.appliesTo", s.Pos, s.Namespaces, s.NamespaceSelector), Workloads: sel}
+	return policy.Subject{Namespaces: c.namespaces("spec.appliesTo", s.Pos, s.Namespaces, s.NamespaceSelector), Workloads: sel}
 }
 
-func (c *converter) rules(p *Policy, d Direction, in []api.Rule) []Rule {
-	var out []Rule
+func (c *converter) rules(p *policy.Policy, d policy.Direction, in []api.Rule) []policy.Rule {
+	var out []policy.Rule
 	for i, r := range in {
 		path := fmt.Sprintf("spec.%s[%d]", d, i)
-		rule := Rule{Name: r.Name, Action: Action(r.Action), Log: r.Log, Pos: r.Pos}
+		rule := policy.Rule{Name: r.Name, Action: policy.Action(r.Action), Log: r.Log, Pos: r.Pos}
 		id := r.Name
 		if id == "" {
 			id = fmt.Sprint(i)
@@ -81,14 +82,14 @@ func (c *converter) rules(p *Policy, d Direction, in []api.Rule) []Rule {
 			c.errs.Add(r.Pos, path+".action", "unknown action %q; valid: allow, deny, reject, pass, escalate", r.Action)
 		}
 		peers, wrong := r.From, r.To
-		if d == Egress {
+		if d == policy.Egress {
 			peers, wrong = r.To, r.From
 		}
 		if len(wrong) > 0 {
-			c.errs.Add(r.Pos, path, "an %s rule names its peers in %q, not %q", d, peerField(d), peerField(1-d))
+			c.errs.Add(r.Pos, path, "an %s rule names its peers in %q, not %q", d, policy.PeerField(d), policy.PeerField(1-d))
 		}
 		for j, peer := range peers {
-			rule.Peers = append(rule.Peers, c.peer(p, fmt.Sprintf("%s.%s[%d]", path, peerField(d), j), peer))
+			rule.Peers = append(rule.Peers, c.peer(p, fmt.Sprintf("%s.%s[%d]", path, policy.PeerField(d), j), peer))
 		}
 		for j, svc := range r.Services {
 			rule.Services = append(rule.Services, c.service(fmt.Sprintf("%s.services[%d]", path, j), svc))
@@ -98,7 +99,7 @@ func (c *converter) rules(p *Policy, d Direction, in []api.Rule) []Rule {
 	return out
 }
 
-func (c *converter) peer(p *Policy, path string, in api.Peer) Peer {
+func (c *converter) peer(p *policy.Policy, path string, in api.Peer) policy.Peer {
 	forms := 0
 	for _, set := range []bool{in.Any, in.Segment != "", in.CIDR != "",
 		in.Selector != nil || len(in.Namespaces) > 0 || in.NamespaceSelector != nil} {
@@ -114,12 +115,12 @@ func (c *converter) peer(p *Policy, path string, in api.Peer) Peer {
 	}
 	switch {
 	case in.Any:
-		return Peer{Any: true}
+		return policy.Peer{Any: true}
 	case in.Segment != "":
-		return Peer{Segment: in.Segment}
+		return policy.Peer{Segment: in.Segment}
 	case in.CIDR != "":
 		cidr, _ := c.cidr(path, in.Pos, in.CIDR, in.Except)
-		return Peer{CIDRs: []CIDR{cidr}}
+		return policy.Peer{CIDRs: []policy.CIDR{cidr}}
 	}
 	ns := c.namespaces(path, in.Pos, in.Namespaces, in.NamespaceSelector)
 	if ns.All() && p.Namespace != "" {
@@ -127,16 +128,16 @@ func (c *converter) peer(p *Policy, path string, in api.Peer) Peer {
 		// policy means workloads of the policy's own namespace.
 		ns.Names = []string{p.Namespace}
 	}
-	return Peer{Namespaces: ns, Workloads: c.selector(path+".selector", in.Selector)}
+	return policy.Peer{Namespaces: ns, Workloads: c.selector(path+".selector", in.Selector)}
 }
 
-func (c *converter) service(path string, in api.Service) Service {
-	proto, ok := ParseProtocol(in.Protocol)
+func (c *converter) service(path string, in api.Service) policy.Service {
+	proto, ok := policy.ParseProtocol(in.Protocol)
 	if !ok {
 		c.errs.Add(in.Pos, path+".protocol", "unknown protocol %q; valid: tcp, udp, sctp, icmp, icmpv6", in.Protocol)
-		return Service{}
+		return policy.Service{}
 	}
-	out := Service{Protocol: proto}
+	out := policy.Service{Protocol: proto}
 	if !proto.HasPorts() {
 		if in.Port.Exists || in.EndPort != 0 {
 			c.errs.Add(in.Pos, path+".port", "%s has no ports; use icmpType and icmpCode", proto)
@@ -155,8 +156,8 @@ func (c *converter) service(path string, in api.Service) Service {
 	}
 	switch {
 	case in.Port.IsStr:
-		if !portNameRE.MatchString(in.Port.Str) || len(in.Port.Str) > 15 {
-			c.errs.Add(in.Pos, path+".port", "invalid port %q: a number 1-65535 or a port name (1-15 lowercase letters, digits and '-')", in.Port.Str)
+		if msg := policy.PortNameProblem(in.Port.Str); msg != "" {
+			c.errs.Add(in.Pos, path+".port", "%s; a port is a number 1-65535 or a port name", msg)
 		}
 		if in.EndPort != 0 {
 			c.errs.Add(in.Pos, path+".endPort", "endPort needs a numeric port")
