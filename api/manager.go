@@ -40,7 +40,8 @@ type Token struct {
 }
 
 // JoinTokenRequest creates a one-time join token for a host
-// (POST /v1/jointokens). TTL is a Go duration ("15m"); default one hour.
+// (POST /v1/jointokens). TTL is a Go duration ("15m"); default one hour,
+// at most 24 hours.
 type JoinTokenRequest struct {
 	Host string `json:"host"`
 	TTL  string `json:"ttl,omitempty"`
@@ -51,6 +52,7 @@ type JoinTokenRequest struct {
 // manager before it has the CA: it accepts a server whose chain ends in a
 // CA with this hash.
 type JoinToken struct {
+	ID      string    `json:"id"` // names it in GET /v1/jointokens and DELETE /v1/jointokens/{id}
 	Host    string    `json:"host"`
 	Expires time.Time `json:"expires"`
 	Secret  string    `json:"secret"`
@@ -77,11 +79,15 @@ type JoinResult struct {
 
 // Certificate is an issued client certificate (GET /v1/certificates).
 type Certificate struct {
-	Serial   string     `json:"serial"`
-	Host     string     `json:"host"`
-	Issued   time.Time  `json:"issued"`
-	NotAfter time.Time  `json:"notAfter"`
-	Revoked  *time.Time `json:"revoked,omitempty"`
+	Serial    string     `json:"serial"`
+	Host      string     `json:"host"`
+	Issued    time.Time  `json:"issued"`
+	NotAfter  time.Time  `json:"notAfter"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+	RevokedBy string     `json:"revokedBy,omitempty"`
+	// RenewedFrom is the serial of the certificate this one was renewed
+	// with (revoking that one revokes this one too); "" for a join.
+	RenewedFrom string `json:"renewedFrom,omitempty"`
 }
 
 // ManagerApplyRequest is the body of POST /v1/apply and POST /v1/delete:
@@ -230,7 +236,7 @@ type IdentityList struct {
 // AuditActor is who did something: a token (with its role), an agent
 // (its host) or the manager itself ("system").
 type AuditActor struct {
-	Kind string `json:"kind"` // "token", "agent" or "system"
+	Kind string `json:"kind"` // "token", "agent", "system" or "anonymous"
 	Name string `json:"name"`
 	Role string `json:"role,omitempty"`
 }

@@ -9,9 +9,11 @@
 // to that Txn), so that a change is never without its entry nor an entry
 // without its change.
 //
-// What the chain cannot show alone is a log cut short: the last entries
-// removed leave a shorter chain that is still whole. Verify takes an anchor
-// for that, the head (seq and hash) recorded elsewhere earlier.
+// What the chain cannot show alone is a log cut short, or rewritten and
+// re-sealed from some entry on: both leave a chain that is still whole.
+// Verify takes an anchor for that, a head (seq and hash) recorded outside
+// the store earlier; SignedHead is a head signed by the manager's audit
+// key, to publish and keep (docs/security.md says what this proves).
 package audit
 
 import (
@@ -37,8 +39,8 @@ const (
 
 // Actor is who did something.
 type Actor struct {
-	Kind string `json:"kind"`           // "token", "agent" or "system"
-	Name string `json:"name"`           // the token's name, or the agent's host
+	Kind string `json:"kind"`           // "token", "agent", "system" or "anonymous"
+	Name string `json:"name"`           // the token's name, the agent's host, or an anonymous caller's address
 	Role string `json:"role,omitempty"` // a token's role: admin, operator, auditor
 }
 

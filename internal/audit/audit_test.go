@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -262,5 +263,60 @@ func TestSealRefusesBadEntries(t *testing.T) {
 		if _, err := Seal(Head{}, e); err == nil {
 			t.Errorf("sealed %+v", e)
 		}
+	}
+}
+
+// A signed head verifies only unchanged and under its own key, and
+// anchors the log: a log re-sealed from some entry up to the head, or cut
+// short before it, does not pass through it.
+func TestSignedHeadAnchorsTheLog(t *testing.T) {
+	s, _ := openStore(t)
+	entries := writeLog(t, s, 5)
+	head, err := ReadHead(t.Context(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(nil)
+	sh := SignHead(head, time.Now(), key)
+	if err := sh.Check(); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*SignedHead){
+		"seq":  func(h *SignedHead) { h.Seq-- },
+		"hash": func(h *SignedHead) { h.Hash = entries[3].Hash },
+		"time": func(h *SignedHead) { h.Time = h.Time.Add(time.Second) },
+		"key": func(h *SignedHead) {
+			_, other, _ := ed25519.GenerateKey(nil)
+			h.Key = SignHead(head, h.Time, other).Key
+		},
+	} {
+		forged := sh
+		change(&forged)
+		if err := forged.Check(); err == nil {
+			t.Errorf("a head with its %s changed verifies", name)
+		}
+	}
+
+	// Re-sealed from entry 3 on: whole, but not through the anchor.
+	resealed := slices.Clone(entries[:2])
+	prev := Head{Seq: 2, Hash: entries[1].Hash}
+	for _, e := range entries[2:] {
+		e.Object = "rewritten"
+		e, err := Seal(prev, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resealed = append(resealed, e)
+		prev = Head{Seq: e.Seq, Hash: e.Hash}
+	}
+	if err := Verify(resealed, nil); err != nil {
+		t.Fatalf("the re-sealed log should be whole: %v", err)
+	}
+	anchor := sh.Head()
+	if err := Verify(resealed, &anchor); err == nil || !strings.Contains(err.Error(), "rewritten up to here") {
+		t.Fatalf("re-sealed log against the signed head: %v", err)
+	}
+	if err := Verify(entries[:3], &anchor); err == nil || !strings.Contains(err.Error(), "cut short") {
+		t.Fatalf("truncated log against the signed head: %v", err)
 	}
 }

@@ -60,7 +60,7 @@ func agentCommand() *cobra.Command {
 		mf                         managedFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --standalone | --manager URL [--join-token T --ca-hash H] [--socket PATH] [--state-dir DIR] [--host NAME]",
+		Use:   "agent --standalone | --manager URL [--join-token-file FILE --ca-hash H] [--socket PATH] [--state-dir DIR] [--host NAME]",
 		Short: "Run the host agent: enforce the policy on this host",
 		Long: `agent runs Bulkhead's host agent. With --standalone it needs no manager: it
 keeps the objects applied to it in --state-dir, serves the local API on
@@ -70,14 +70,15 @@ the host. It stops on SIGINT or SIGTERM and leaves enforcement in the
 kernel; a restarted agent adopts it. "bulkhead agent cleanup" removes it.
 
 With --manager it follows a manager instead: it joins once with a one-time
-join token (the client certificate stays in STATE-DIR/manager, 0600) and
+join token, read from --join-token-file or $BULKHEAD_JOIN_TOKEN (the
+client certificate stays in STATE-DIR/manager, 0600) and
 then speaks mutual TLS only; it enforces the manager's policy, reports the
 workloads attached here (the CNI plugin registers them on --socket) and
 the revision it realized, and routes to the other hosts' workloads. With
 the manager gone it keeps enforcing what it last had (docs/up.md).`,
 		Example: `  sudo bulkhead agent --standalone --socket /run/bulkhead/agent.sock --state-dir /var/lib/bulkhead/agent
   sudo ip netns exec host1 bulkhead agent --standalone --socket /run/bulkhead/host1.sock --state-dir /tmp/host1
-  sudo bulkhead agent --manager https://10.0.0.1:8443 --join-token bhj_... --ca-hash sha256:...`,
+  sudo bulkhead agent --manager https://10.0.0.1:8443 --join-token-file /root/node-1.token --ca-hash sha256:...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if standalone == (mf.manager != "") {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -18,13 +19,50 @@ import (
 
 // managedFlags are the flags of `bulkhead agent --manager`.
 type managedFlags struct {
-	manager, joinToken, caHash, hostIP string
-	routes                             bool
+	manager, joinToken, joinTokenFile, caHash, hostIP string
+	routes                                            bool
+}
+
+// joinTokenEnv names the environment variable a join token may come in,
+// which, unlike a flag's value, other users cannot read in ps.
+const joinTokenEnv = "BULKHEAD_JOIN_TOKEN"
+
+// joinToken returns the join token from --join-token-file, $BULKHEAD_JOIN_TOKEN
+// or --join-token (at most one of them), warning on warn for the last: a
+// command line is visible to every user of the host.
+func (mf managedFlags) token(warn io.Writer) (string, error) {
+	env := os.Getenv(joinTokenEnv)
+	given := 0
+	for _, s := range []string{mf.joinToken, mf.joinTokenFile, env} {
+		if s != "" {
+			given++
+		}
+	}
+	switch {
+	case given > 1:
+		return "", fmt.Errorf("agent: give the join token once: --join-token-file FILE, or $%s, or --join-token", joinTokenEnv)
+	case mf.joinTokenFile != "":
+		data, err := os.ReadFile(mf.joinTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("agent: --join-token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(data))
+		if tok == "" {
+			return "", fmt.Errorf("agent: --join-token-file %s is empty", mf.joinTokenFile)
+		}
+		return tok, nil
+	case env != "":
+		return strings.TrimSpace(env), nil
+	case mf.joinToken != "":
+		fmt.Fprintf(warn, "warning: --join-token shows the token to every user of this host (ps); use --join-token-file FILE or $%s\n", joinTokenEnv)
+	}
+	return mf.joinToken, nil
 }
 
 func addManagerFlags(f *pflag.FlagSet, mf *managedFlags) {
 	f.StringVar(&mf.manager, "manager", "", "follow the manager at https://HOST:PORT (instead of --standalone)")
-	f.StringVar(&mf.joinToken, "join-token", "", "one-time join token (bulkhead token create --join --host NAME); needed only the first time")
+	f.StringVar(&mf.joinTokenFile, "join-token-file", "", "read the one-time join token (bulkhead token create --join --host NAME) from this file; needed only the first time (or $"+joinTokenEnv+")")
+	f.StringVar(&mf.joinToken, "join-token", "", "the one-time join token itself; visible in ps: prefer --join-token-file or $"+joinTokenEnv)
 	f.StringVar(&mf.caHash, "ca-hash", "", "the manager's CA hash (sha256:…, printed with the join token), to trust it when joining (or --ca FILE)")
 	f.StringVar(&mf.hostIP, "host-ip", "", "this host's underlay address, which the other hosts route this host's workloads through (default: the address this host reaches the manager from, unless that is loopback)")
 	f.BoolVar(&mf.routes, "routes", true, "route to the other hosts' workloads through their underlay addresses")
@@ -54,7 +92,11 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 		opts.Host = strings.ToLower(h)
 	}
 	credDir := filepath.Join(opts.StateDir, "manager")
-	creds, err := feed.Join(ctx, credDir, mf.manager, ca, mf.caHash, mf.joinToken, opts.Host)
+	token, err := mf.token(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	creds, err := feed.Join(ctx, credDir, mf.manager, ca, mf.caHash, token, opts.Host)
 	if err != nil {
 		return err
 	}

@@ -62,9 +62,16 @@ func TestAgentFollowsManager(t *testing.T) {
 	state, sock := filepath.Join(dir, "agent"), filepath.Join(dir, "agent.sock")
 	agentArgs := []string{"agent", "--manager", url, "--dataplane", "userspace", "--state-dir", state, "--socket", sock,
 		"--host", "node-7", "--log-level", "warn"}
-	stopAgent := background(append(agentArgs, "--join-token", secret, "--ca-hash", hash)...)
+	tokenFile := filepath.Join(dir, "join.token")
+	if err := os.WriteFile(tokenFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stopAgent := background(append(agentArgs, "--join-token-file", tokenFile, "--ca-hash", hash)...)
 	realized := regexp.MustCompile(`node-7\s+ok\s+[1-9]`)
 	waitFor(t, 10*time.Second, "node-7 realized a revision", func() bool { return realized.MatchString(run(0, "get", "hosts")) })
+	if out := run(0, "token", "list", "--join"); !regexp.MustCompile(`\S{16}\s+node-7\s+used`).MatchString(out) {
+		t.Errorf("token list --join: %s", out)
+	}
 	if out := run(0, "--agent", "unix://"+sock, "get", "policies"); !strings.Contains(out, "buy-db") {
 		t.Errorf("the agent does not hold the manager's policies:\n%s", out)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -103,7 +104,7 @@ it makes a one-time join token for one host's agent instead, valid for
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "join token for host %s (one use, expires %s):\n%s\nCA hash: %s\n", jt.Host, jt.Expires.Format(time.RFC3339), jt.Secret, jt.CAHash)
+				fmt.Fprintf(out, "join token %s for host %s (one use, expires %s):\n%s\nCA hash: %s\n", jt.ID, jt.Host, jt.Expires.Format(time.RFC3339), jt.Secret, jt.CAHash)
 				return nil
 			}
 			if len(args) != 1 {
@@ -120,13 +121,17 @@ it makes a one-time join token for one host's agent instead, valid for
 	create.Flags().StringVar(&role, "role", api.RoleOperator, "admin, operator or auditor")
 	create.Flags().BoolVar(&join, "join", false, "make a one-time join token for a host's agent")
 	create.Flags().StringVar(&host, "host", "", "the host a join token is for")
-	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long a join token is valid")
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long a join token is valid (at most 24h)")
+	var joinList, joinRevoke bool
 	list := &cobra.Command{
-		Use: "list", Short: "List the API tokens (never their secrets)", Args: cobra.NoArgs,
+		Use: "list [--join]", Short: "List the API tokens, or with --join the join tokens (never their secrets)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			if joinList {
+				return printJoinTokens(cmd, c)
 			}
 			toks, err := c.Tokens(cmd.Context())
 			if err != nil {
@@ -140,12 +145,20 @@ it makes a one-time join token for one host's agent instead, valid for
 			return tw.Flush()
 		},
 	}
+	list.Flags().BoolVar(&joinList, "join", false, "list the join tokens: id, host, state (unused, used, expired), expiry")
 	revoke := &cobra.Command{
-		Use: "revoke NAME", Short: "Revoke an API token: it stops working at once", Args: cobra.ExactArgs(1),
+		Use: "revoke NAME | revoke --join ID", Short: "Revoke an API token, or with --join a join token: it stops working at once", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			if joinRevoke {
+				if err := c.RevokeJoinToken(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "join token %s revoked\n", args[0])
+				return nil
 			}
 			if err := c.RevokeToken(cmd.Context(), args[0]); err != nil {
 				return err
@@ -154,14 +167,28 @@ it makes a one-time join token for one host's agent instead, valid for
 			return nil
 		},
 	}
+	revoke.Flags().BoolVar(&joinRevoke, "join", false, "revoke the join token with this id (from token list --join)")
 	cmd.AddCommand(create, list, revoke)
 	return cmd
+}
+
+func printJoinTokens(cmd *cobra.Command, c *client.Client) error {
+	jts, err := c.JoinTokens(cmd.Context())
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHOST\tSTATE\tCREATED\tBY\tEXPIRES")
+	for _, j := range jts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Host, j.State, j.Created.Format(time.RFC3339), j.CreatedBy, j.Expires.Format(time.RFC3339))
+	}
+	return tw.Flush()
 }
 
 func certificateCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "certificate", Aliases: []string{"cert"}, Short: "List and revoke the agents' certificates"}
 	list := &cobra.Command{
-		Use: "list", Short: "List the agents' certificates", Args: cobra.NoArgs,
+		Use: "list", Short: "List the agents' certificates, each under the one it was renewed from", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := serverClient(cmd)
 			if err != nil {
@@ -171,35 +198,83 @@ func certificateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "HOST\tSERIAL\tISSUED\tEXPIRES\tREVOKED")
-			for _, ce := range certs {
-				revoked := "-"
-				if ce.Revoked != nil {
-					revoked = ce.Revoked.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ce.Host, ce.Serial, ce.Issued.Format(time.RFC3339), ce.NotAfter.Format(time.RFC3339), revoked)
-			}
-			return tw.Flush()
+			return printCertificates(cmd.OutOrStdout(), certs)
 		},
 	}
+	var host string
 	revoke := &cobra.Command{
-		Use: "revoke SERIAL", Short: "Revoke an agent's certificate: the manager refuses it from the next request on", Args: cobra.ExactArgs(1),
+		Use:   "revoke SERIAL | revoke --host NAME",
+		Short: "Revoke an agent's certificate and those renewed from it, or all of a host's: refused from the next request on",
+		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (host == "") == (len(args) == 0) {
+				return fmt.Errorf("name one certificate (SERIAL, from bulkhead certificate list) or one host (--host NAME)")
+			}
 			c, err := serverClient(cmd)
 			if err != nil {
 				return err
+			}
+			out := cmd.OutOrStdout()
+			if host != "" {
+				res, err := c.RevokeHost(cmd.Context(), host)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "host %s: %d certificates and %d unused join tokens revoked\n", res.Host, len(res.Certificates), len(res.JoinTokens))
+				return nil
 			}
 			ce, err := c.RevokeCertificate(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "certificate %s of host %s revoked\n", ce.Serial, ce.Host)
+			fmt.Fprintf(out, "certificate %s of host %s revoked, with every certificate renewed from it\n", ce.Serial, ce.Host)
 			return nil
 		},
 	}
+	revoke.Flags().StringVar(&host, "host", "", "revoke every certificate of this host, and its unused join tokens")
 	cmd.AddCommand(list, revoke)
 	return cmd
+}
+
+// printCertificates prints the certificates host by host, each renewal
+// chain as a tree: a renewed certificate indented under its parent.
+func printCertificates(w io.Writer, certs []api.Certificate) error {
+	children := map[string][]api.Certificate{}
+	known := map[string]bool{}
+	for _, ce := range certs {
+		known[ce.Serial] = true
+	}
+	var roots []api.Certificate
+	for _, ce := range certs {
+		if ce.RenewedFrom != "" && known[ce.RenewedFrom] {
+			children[ce.RenewedFrom] = append(children[ce.RenewedFrom], ce)
+		} else {
+			roots = append(roots, ce)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSERIAL\tFROM\tISSUED\tEXPIRES\tREVOKED")
+	var row func(ce api.Certificate, depth int)
+	row = func(ce api.Certificate, depth int) {
+		revoked, from := "-", "join"
+		if ce.Revoked != nil {
+			revoked = ce.Revoked.Format(time.RFC3339) + " by " + ce.RevokedBy
+		}
+		if ce.RenewedFrom != "" {
+			from = "renewed " + ce.RenewedFrom
+		}
+		fmt.Fprintf(tw, "%s\t%s%s\t%s\t%s\t%s\t%s\n", ce.Host, strings.Repeat("  ", depth), ce.Serial, from,
+			ce.Issued.Format(time.RFC3339), ce.NotAfter.Format(time.RFC3339), revoked)
+		if depth < 64 { // a chain is acyclic by construction; bound it anyway
+			for _, child := range children[ce.Serial] {
+				row(child, depth+1)
+			}
+		}
+	}
+	for _, ce := range roots {
+		row(ce, 0)
+	}
+	return tw.Flush()
 }
 
 func revisionsCommand() *cobra.Command {
@@ -291,76 +366,6 @@ first, reading the manager's history page by page.`,
 	}
 	rollback.Flags().DurationVar(&wait, "wait", 0, "wait until every host has realized the new revision, at most this long")
 	cmd.AddCommand(diff, rollback)
-	return cmd
-}
-
-func auditCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the manager's hash-chained audit log (admin, auditor)"}
-	var from uint64
-	var limit int
-	logCmd := &cobra.Command{
-		Use: "log", Short: "Print audit entries, oldest first", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := serverClient(cmd)
-			if err != nil {
-				return err
-			}
-			list, err := c.Audit(cmd.Context(), from, limit)
-			if err != nil {
-				return err
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tTIME\tREVISION\tACTOR\tACTION\tOBJECT")
-			for _, e := range list.Items {
-				actor := e.Actor.Kind + ":" + e.Actor.Name
-				if e.Actor.Role != "" {
-					actor += " (" + e.Actor.Role + ")"
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Revision, actor, e.Action, e.Object)
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if list.Next != 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "(more entries: --from %d)\n", list.Next)
-			}
-			return nil
-		},
-	}
-	logCmd.Flags().Uint64Var(&from, "from", 1, "first entry")
-	logCmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
-	var anchor string
-	verify := &cobra.Command{
-		Use:   "verify [--anchor SEQ:HASH]",
-		Short: "Verify the audit chain; exit 1 if it was tampered with",
-		Long: `verify asks the manager to check the whole audit chain: every entry's hash,
-every link to the entry before, and that the chain reaches the head (or
---anchor, a head printed by an earlier verify and kept elsewhere, which
-also finds a log cut short together with its head).`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := serverClient(cmd)
-			if err != nil {
-				return err
-			}
-			var v api.AuditVerify
-			path := "/v1/audit/verify"
-			if anchor != "" {
-				path += "?anchor=" + anchor
-			}
-			if err := c.Do(cmd.Context(), "GET", path, nil, &v); err != nil {
-				return err
-			}
-			if !v.OK {
-				fmt.Fprintf(cmd.ErrOrStderr(), "audit log BROKEN after %d entries: %s\n", v.Entries, v.Problem)
-				return &ExitError{Code: 1}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "audit log verified: %d entries; head %s (keep it: --anchor)\n", v.Entries, v.Head)
-			return nil
-		},
-	}
-	verify.Flags().StringVar(&anchor, "anchor", "", "a head (SEQ:HASH) seen earlier, to check the log still passes through it")
-	cmd.AddCommand(logCmd, verify)
 	return cmd
 }
 

@@ -25,6 +25,8 @@ type managerFlags struct {
 	etcdCA     string
 	etcdCert   string
 	etcdKey    string
+	keyFile    string
+	adopt      bool
 	verbose    bool
 }
 
@@ -41,7 +43,10 @@ that several managers share (each under the same --etcd-prefix).
 
 On its first start it creates its CA (shared through the store) and an
 admin token, written to DATA-DIR/admin.token (0600); the CA certificate is
-in DATA-DIR/ca.crt. Point the CLI at it with:
+in DATA-DIR/ca.crt. The manager key, DATA-DIR/manager.key (0600), is the
+secret outside the store that seals tokens and certificate records and
+signs the audit head: managers that share an etcd must each be given a
+copy of it (--key-file). Point the CLI at it with:
 
   bulkhead login --server https://ADDR --ca DATA-DIR/ca.crt --token-file DATA-DIR/admin.token`,
 		Example: `  bulkhead manager --data-dir /var/lib/bulkhead --listen 127.0.0.1:8443
@@ -59,6 +64,8 @@ in DATA-DIR/ca.crt. Point the CLI at it with:
 	fl.StringVar(&f.etcdCA, "etcd-ca", "", "CA file to verify etcd with")
 	fl.StringVar(&f.etcdCert, "etcd-cert", "", "client certificate file for etcd")
 	fl.StringVar(&f.etcdKey, "etcd-key", "", "client key file for etcd")
+	fl.StringVar(&f.keyFile, "key-file", "", "the manager key (default DATA-DIR/manager.key; created with the store, shared by every manager of one store)")
+	fl.BoolVar(&f.adopt, "adopt-unsealed-records", false, "trust and seal the tokens and certificate records of a store from before the manager key")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug messages")
 	return cmd
 }
@@ -78,7 +85,8 @@ func runManager(cmd *cobra.Command, f managerFlags) error {
 	}
 	defer closeStore()
 	ctx := cmd.Context()
-	m, err := manager.Start(ctx, manager.Config{Store: st, DataDir: f.dataDir, Listen: f.listen, Names: f.names, Logger: log})
+	m, err := manager.Start(ctx, manager.Config{Store: st, DataDir: f.dataDir, Listen: f.listen, Names: f.names, Logger: log,
+		KeyFile: f.keyFile, AdoptRecords: f.adopt})
 	if err != nil {
 		return err
 	}

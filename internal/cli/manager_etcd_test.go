@@ -61,6 +61,17 @@ func TestSecondManagerBanner(t *testing.T) {
 	if !strings.Contains(out, "admin token: "+filepath.Join(first, manager.AdminTokenFile)) {
 		t.Fatalf("first manager's banner: %s", out)
 	}
+	// Managers over one store share the manager key (docs/manager.md, HA).
+	key, err := os.ReadFile(filepath.Join(first, manager.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(second, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(second, manager.KeyFile), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out = banner(second)
 	if strings.Contains(out, filepath.Join(second, manager.AdminTokenFile)) || !strings.Contains(out, "admin token: not in this data directory") {
 		t.Fatalf("second manager's banner: %s", out)

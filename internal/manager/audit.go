@@ -29,6 +29,8 @@ func (p principal) actor() audit.Actor {
 		return audit.Actor{Kind: "token", Name: p.name, Role: p.role}
 	case "host":
 		return audit.Actor{Kind: "agent", Name: p.name}
+	case "anonymous":
+		return audit.Actor{Kind: "anonymous", Name: p.name}
 	}
 	return audit.Actor{Kind: "system", Name: p.String()}
 }
@@ -55,7 +57,7 @@ func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []s
 		if err != nil {
 			return 0, false, err
 		}
-		_, aconds, aops, err := audit.Append(head, audit.Entry{Time: m.now(), Actor: e.actor.actor(),
+		sealed, aconds, aops, err := audit.Append(head, audit.Entry{Time: m.now(), Actor: e.actor.actor(),
 			Action: e.action, Object: e.object, Detail: detail})
 		if err != nil {
 			return 0, false, err
@@ -70,6 +72,7 @@ func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []s
 			return 0, false, fmt.Errorf("manager: commit %s: %w", e.action, err)
 		}
 		if ok {
+			m.heads.note(audit.Head{Seq: sealed.Seq, Hash: sealed.Hash})
 			return rev, true, nil
 		}
 		if held, err := m.holds(ctx, conds); err != nil || !held {
@@ -132,32 +135,23 @@ func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) 
 	return nil
 }
 
-// getAuditVerify checks the whole chain, against the anchor given
-// (?anchor=SEQ:HASH) or else the head the store keeps.
+// getAuditVerify checks the whole chain against the anchor given
+// (?anchor=SEQ:HASH), the head the store keeps, and the last head this
+// manager wrote itself (kept outside the store: see heads).
 func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ principal) error {
-	ctx := r.Context()
-	var anchor audit.Head
+	var anchor *audit.Head
 	if s := r.URL.Query().Get("anchor"); s != "" {
 		seq, hash, ok := strings.Cut(s, ":")
 		n, err := strconv.ParseUint(seq, 10, 64)
 		if !ok || err != nil || len(hash) != 64 {
 			return errorf(http.StatusBadRequest, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
 		}
-		anchor = audit.Head{Seq: n, Hash: hash}
-	} else {
-		h, err := audit.ReadHead(ctx, m.st)
-		if err != nil {
-			return err
-		}
-		anchor = h
+		anchor = &audit.Head{Seq: n, Hash: hash}
 	}
-	entries, err := audit.Read(ctx, m.st)
-	if err != nil {
-		return err
-	}
+	entries, err := m.verifiedLog(r.Context(), anchor)
 	out := api.AuditVerify{Entries: uint64(len(entries))}
 	var broken *audit.BrokenError
-	switch err := audit.Verify(entries, &anchor); {
+	switch {
 	case errors.As(err, &broken):
 		out.Problem, out.Seq = broken.Error(), broken.Seq
 	case err != nil:

@@ -25,15 +25,19 @@ const (
 	prefixTokenNames = "auth/tokennames/" // name → hash
 	prefixJoin       = "auth/join/"       // hash → joinRecord
 	prefixCerts      = "auth/certs/"      // serial → certRecord
+	prefixRenewals   = "auth/renewals/"   // host → its recent renewals' times
 	tokenPrefix      = "bh_"
 	joinPrefix       = "bhj_"
 )
 
+// The access records carry a seal under the manager key (keys.go), which
+// the manager checks before it uses one.
 type tokenRecord struct {
 	Name      string    `json:"name"`
 	Role      string    `json:"role"`
 	Created   time.Time `json:"created"`
 	CreatedBy string    `json:"createdBy"`
+	Seal      string    `json:"seal,omitempty"`
 }
 
 type joinRecord struct {
@@ -42,6 +46,7 @@ type joinRecord struct {
 	Created   time.Time  `json:"created"`
 	CreatedBy string     `json:"createdBy"`
 	Used      *time.Time `json:"used,omitempty"`
+	Seal      string     `json:"seal,omitempty"`
 }
 
 type certRecord struct {
@@ -51,6 +56,10 @@ type certRecord struct {
 	NotAfter  time.Time  `json:"notAfter"`
 	Revoked   *time.Time `json:"revoked,omitempty"`
 	RevokedBy string     `json:"revokedBy,omitempty"`
+	// RenewedFrom is the serial of the certificate this one was renewed
+	// with; "" for one issued at a join.
+	RenewedFrom string `json:"renewedFrom,omitempty"`
+	Seal        string `json:"seal,omitempty"`
 }
 
 func decodeAuth(kv store.KV) (any, error) {
@@ -230,7 +239,7 @@ func (m *Manager) createToken(ctx context.Context, by principal, name, role stri
 	}
 	hash := hashSecret(secret)
 	rec := tokenRecord{Name: name, Role: role, Created: m.now().UTC(), CreatedBy: by.String()}
-	value, _ := json.Marshal(rec)
+	value := m.key.seal(prefixTokens+hash, &rec)
 	conds := append([]store.Cond{store.Absent(prefixTokenNames + name)}, extraConds...)
 	ops := append([]store.Op{store.Put(prefixTokens+hash, value), store.Put(prefixTokenNames+name, []byte(hash))}, extraOps...)
 	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: "token.create", object: "token/" + name, detail: map[string]string{"role": role}})

@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -29,16 +28,26 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 	if req.CSR == "" {
 		return errorf(http.StatusBadRequest, "csr: required: a PEM certificate request")
 	}
+	if err := m.join(w, r, req); err != nil {
+		var he *httpError
+		if errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden) {
+			m.refused(r, principal{}, err, "join token sha256:"+hashSecret(strings.TrimSpace(req.Token))[:16])
+		}
+		return err
+	}
+	return nil
+}
+
+// join is postJoin once the request is read; its refusals of the token
+// are audited by postJoin.
+func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinRequest) error {
 	ctx := r.Context()
 	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
-	kv, err := m.st.Get(ctx, key)
+	var jt joinRecord
+	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusUnauthorized, "token: unknown join token")
 	} else if err != nil {
-		return err
-	}
-	var jt joinRecord
-	if err := json.Unmarshal(kv.Value, &jt); err != nil {
 		return err
 	}
 	now := m.now().UTC()
@@ -53,7 +62,7 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 		return errorf(http.StatusBadRequest, "csr: %v", err)
 	}
 	jt.Used = &now
-	used, _ := json.Marshal(jt)
+	used := m.key.seal(key, &jt)
 	by := principal{kind: "host", name: jt.Host}
 	res, rev, ok, err := m.issue(ctx, by, "host.join", cert, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(key, used)})
 	if err != nil {
@@ -79,13 +88,32 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 	if req.Token != "" {
 		return errorf(http.StatusBadRequest, "token: not used to renew; the client certificate says which host this is")
 	}
+	countCond, countOp, err := m.renewals(r.Context(), w, p.name)
+	if err != nil {
+		m.refused(r, p, err, "")
+		return err
+	}
+	// The renewal is conditioned on the certificate it renews being as
+	// read, unrevoked: a revocation that commits first (and revokes its
+	// descendants) makes this Txn fail rather than leave a live child.
+	var parent certRecord
+	parentKV, err := m.readSealed(r.Context(), prefixCerts+p.serial, &parent)
+	if err != nil {
+		return err
+	}
+	if parent.Revoked != nil {
+		return errorf(http.StatusForbidden, "renew: certificate %s was revoked", p.serial)
+	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), p.name, m.now(), m.cfg.ClientValidity)
 	if err != nil {
 		return errorf(http.StatusBadRequest, "csr: %v", err)
 	}
-	res, rev, _, err := m.issue(r.Context(), p, "host.renew", cert, nil, nil)
+	res, rev, ok, err := m.issue(r.Context(), p, "host.renew", cert, []store.Cond{store.Unchanged(parentKV), countCond}, []store.Op{countOp})
 	if err != nil {
 		return err
+	}
+	if !ok {
+		return errorf(http.StatusConflict, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
 	}
 	if err := m.auth.waitRev(r.Context(), rev); err != nil {
 		return err
@@ -100,11 +128,17 @@ func (m *Manager) issue(ctx context.Context, by principal, action string, cert *
 	host, _ := pki.HostOf(cert)
 	serial := pki.Serial(cert)
 	rec := certRecord{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
-	value, _ := json.Marshal(rec)
+	if action == "host.renew" {
+		rec.RenewedFrom = by.serial
+	}
+	value := m.key.seal(prefixCerts+serial, &rec)
 	conds = append(conds, store.Absent(prefixCerts+serial))
 	ops = append(ops, store.Put(prefixCerts+serial, value))
-	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: action, object: "host/" + host,
-		detail: map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}})
+	detail := map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}
+	if rec.RenewedFrom != "" {
+		detail["renewedFrom"] = rec.RenewedFrom
+	}
+	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: action, object: "host/" + host, detail: detail})
 	if err != nil || !ok {
 		return api.JoinResult{}, 0, ok, err
 	}

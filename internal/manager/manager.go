@@ -73,6 +73,14 @@ type Config struct {
 	ClientValidity time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// KeyFile is the manager key, the secret outside the store that seals
+	// the access records and signs the audit head (default
+	// DataDir/manager.key; created with the store). Managers that share a
+	// store share it.
+	KeyFile string
+	// AdoptRecords seals the access records of a store from before the
+	// manager key when the key is created (they are trusted as they are).
+	AdoptRecords bool
 }
 
 func (c *Config) defaults() error {
@@ -104,6 +112,9 @@ func (c *Config) defaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.KeyFile == "" {
+		c.KeyFile = filepath.Join(c.DataDir, KeyFile)
+	}
 	return nil
 }
 
@@ -113,6 +124,7 @@ type Manager struct {
 	st    store.Store
 	log   *slog.Logger
 	ca    *pki.CA
+	key   *managerKey
 	blobs blobs
 
 	stateMu sync.Mutex
@@ -129,6 +141,10 @@ type Manager struct {
 	hostTab                      *hostTable
 	hub                          *feedHub
 	limiter                      *limiter
+	alerts                       *alerts
+	refusals                     refusalLimiter
+	heads                        heads
+	final                        finalStates
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
@@ -152,20 +168,34 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now)}
+		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
+		alerts: newAlerts()}
 	m.blobs.st = cfg.Store
+	m.blobs.onMismatch = func(key, got string) {
+		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
+	}
 	ca, err := m.loadCA(ctx)
 	if err != nil {
 		return nil, err
 	}
 	m.ca = ca
+	if err := m.loadKey(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.loadHead(); err != nil {
+		return nil, err
+	}
+	if err := m.final.load(m.finalPath()); err != nil {
+		return nil, err
+	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {
 		return nil, err
 	}
 	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
-	m.auth = newMirror(m.st, prefixAuth, m.log, decodeAuth)
+	m.checkAuditAtStart(ctx)
+	m.auth = newMirror(m.st, prefixAuth, m.log, m.decodeSealed)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
@@ -335,6 +365,12 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.runHub(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.probeStore(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.refusalLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }

@@ -60,6 +60,7 @@ func start(t *testing.T, opts ...func(*manager.Config)) *env {
 
 func startOn(t *testing.T, st store.Store, dir string, opts ...func(*manager.Config)) *env {
 	t.Helper()
+	shareKey(t, dir)
 	cfg := manager.Config{Store: st, DataDir: dir, Listen: "127.0.0.1:0", Logger: quiet(), Heartbeat: 200 * time.Millisecond}
 	for _, o := range opts {
 		o(&cfg)

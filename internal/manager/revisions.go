@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,12 +76,15 @@ func (ps *policyState) rev() int64 {
 }
 
 // blobs caches the content of blobs, which never change, and remembers
-// which are known to be in the store.
+// which are known to be in the store. Every blob read from the store is
+// checked against its name, the SHA-256 of its content: one changed in
+// the store is never served, and onMismatch raises the alert.
 type blobs struct {
-	st store.Store
-	mu sync.Mutex
-	m  map[string][]byte
-	n  int
+	st         store.Store
+	mu         sync.Mutex
+	m          map[string][]byte
+	n          int
+	onMismatch func(key, got string)
 }
 
 const blobCacheBytes = 256 << 20
@@ -94,6 +99,14 @@ func (b *blobs) get(ctx context.Context, hash string) ([]byte, error) {
 	kv, err := b.st.Get(ctx, prefixBlobs+hash)
 	if err != nil {
 		return nil, fmt.Errorf("manager: read blob %s: %w", hash, err)
+	}
+	if sum := sha256.Sum256(kv.Value); hex.EncodeToString(sum[:]) != hash {
+		got := hex.EncodeToString(sum[:])
+		if b.onMismatch != nil {
+			b.onMismatch(kv.Key, got)
+		}
+		return nil, fmt.Errorf("manager: read blob %s: %w", hash, &TamperedError{Key: kv.Key,
+			Reason: "its content hashes to " + got + ", not to its name: it was changed outside the manager, and the manager will not serve it"})
 	}
 	b.remember(hash, kv.Value)
 	return kv.Value, nil

@@ -45,10 +45,13 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/tokens", admin, m.getTokens, plain},
 		{"DELETE", "/v1/tokens/{name}", admin, m.deleteToken, plain},
 		{"POST", "/v1/jointokens", admin, m.postJoinToken, plain},
+		{"GET", "/v1/jointokens", admin, m.getJoinTokens, plain},
+		{"DELETE", "/v1/jointokens/{id}", admin, m.deleteJoinToken, plain},
 		{"POST", "/v1/join", access{public: true, join: true}, m.postJoin, plain},
 		{"POST", "/v1/renew", agents, m.postRenew, plain},
 		{"GET", "/v1/certificates", read, m.getCertificates, plain},
 		{"POST", "/v1/certificates/{serial}/revoke", admin, m.revokeCertificate, plain},
+		{"POST", "/v1/hosts/{host}/revoke", admin, m.revokeHost, plain},
 
 		{"POST", "/v1/apply", admin, m.postApply, waits},
 		{"POST", "/v1/delete", admin, m.postDelete, waits},
@@ -69,6 +72,8 @@ func (m *Manager) routeTable() []route {
 
 		{"GET", "/v1/audit", audit, m.getAudit, plain},
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify, plain},
+		{"GET", "/v1/audit/head", audit, m.getAuditHead, plain},
+		{"GET", "/v1/alerts", read, m.getAlerts, plain},
 	}
 	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res), plain})
@@ -85,11 +90,14 @@ func (m *Manager) wrap(rt route) http.Handler {
 		if !rt.access.public {
 			var err error
 			if p, err = m.authenticate(r); err != nil {
+				m.refused(r, p, err, "")
 				m.writeError(w, r, err)
 				return
 			}
 			if !rt.access.allows(p) {
-				m.writeError(w, r, errorf(http.StatusForbidden, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p))
+				err := errorf(http.StatusForbidden, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p)
+				m.refused(r, p, err, "")
+				m.writeError(w, r, err)
 				return
 			}
 		}

@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"sort"
@@ -68,8 +67,17 @@ func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principa
 	return nil
 }
 
-// DefaultJoinTTL is how long a join token is valid unless asked otherwise.
-const DefaultJoinTTL = time.Hour
+// DefaultJoinTTL is how long a join token is valid unless asked otherwise;
+// MaxJoinTTL bounds what may be asked: a join token is for a host about to
+// join, not a standing credential.
+const (
+	DefaultJoinTTL = time.Hour
+	MaxJoinTTL     = 24 * time.Hour
+)
+
+// joinTokenID names a join token in lists and revocations: a prefix of
+// the hash it is stored under, which reveals nothing of the secret.
+func joinTokenID(hash string) string { return hash[:16] }
 
 func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p principal) error {
 	var req api.JoinTokenRequest
@@ -82,8 +90,8 @@ func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p princi
 	ttl := DefaultJoinTTL
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 || d > 30*24*time.Hour {
-			return errorf(http.StatusBadRequest, "ttl: %q: want a Go duration between 1s and 720h, such as 15m", req.TTL)
+		if err != nil || d < time.Second || d > MaxJoinTTL {
+			return errorf(http.StatusBadRequest, "ttl: %q: want a Go duration between 1s and %s, such as 15m", req.TTL, MaxJoinTTL)
 		}
 		ttl = d
 	}
@@ -118,61 +126,74 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 	}
 	now := m.now().UTC()
 	rec := joinRecord{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
-	value, _ := json.Marshal(rec)
 	key := prefixJoin + hashSecret(secret)
+	value := m.key.seal(key, &rec)
 	rev, _, err := m.commitAudited(ctx, []store.Cond{store.Absent(key)}, []store.Op{store.Put(key, value)},
-		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"expires": rec.Expires.Format(time.RFC3339)}})
+		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"id": joinTokenID(hashSecret(secret)), "expires": rec.Expires.Format(time.RFC3339)}})
 	if err != nil {
 		return api.JoinToken{}, 0, err
 	}
-	return api.JoinToken{Host: host, Expires: rec.Expires, Secret: secret, CAHash: m.ca.Hash()}, rev, nil
+	return api.JoinToken{ID: joinTokenID(hashSecret(secret)), Host: host, Expires: rec.Expires, Secret: secret, CAHash: m.ca.Hash()}, rev, nil
 }
 
-func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
-	out := []api.Certificate{}
-	m.auth.each(prefixCerts, func(_ string, v any) {
-		c := v.(*certRecord)
-		out = append(out, api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked})
+func (m *Manager) getJoinTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
+	out := []api.JoinTokenInfo{}
+	now := m.now()
+	m.auth.each(prefixJoin, func(key string, v any) {
+		j := v.(*joinRecord)
+		info := api.JoinTokenInfo{ID: joinTokenID(key[len(prefixJoin):]), Host: j.Host, Created: j.Created, CreatedBy: j.CreatedBy,
+			Expires: j.Expires, Used: j.Used, State: "unused"}
+		switch {
+		case j.Used != nil:
+			info.State = "used"
+		case now.After(j.Expires):
+			info.State = "expired"
+		}
+		out = append(out, info)
 	})
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Host != out[j].Host {
-			return out[i].Host < out[j].Host
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
 		}
-		return out[i].Issued.Before(out[j].Issued)
+		return out[i].ID < out[j].ID
 	})
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
-func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p principal) error {
-	serial := r.PathValue("serial")
+// deleteJoinToken revokes a join token by its id: its record goes, so it
+// joins nothing.
+func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p principal) error {
+	id := r.PathValue("id")
+	var key string
+	var host string
+	m.auth.each(prefixJoin, func(k string, v any) {
+		if joinTokenID(k[len(prefixJoin):]) == id {
+			key, host = k, v.(*joinRecord).Host
+		}
+	})
+	if len(id) != 16 || key == "" {
+		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
+	}
 	ctx := r.Context()
-	kv, err := m.st.Get(ctx, prefixCerts+serial)
+	var jt joinRecord
+	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
+		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
 	} else if err != nil {
 		return err
 	}
-	var c certRecord
-	if err := json.Unmarshal(kv.Value, &c); err != nil {
+	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Delete(key)},
+		auditEntry{actor: p, action: "jointoken.revoke", object: "host/" + host, detail: map[string]string{"id": id}})
+	if err != nil {
 		return err
 	}
-	if c.Revoked == nil {
-		now := m.now().UTC()
-		c.Revoked, c.RevokedBy = &now, p.String()
-		value, _ := json.Marshal(c)
-		rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(kv.Key, value)},
-			auditEntry{actor: p, action: "certificate.revoke", object: "host/" + c.Host, detail: map[string]string{"serial": serial}})
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return errorf(http.StatusConflict, "certificate %s changed meanwhile; try again", serial)
-		}
-		if err := m.auth.waitRev(ctx, rev); err != nil {
-			return err
-		}
+	if !ok {
+		return errorf(http.StatusConflict, "join token %s changed meanwhile; try again", id)
 	}
-	writeJSON(w, http.StatusOK, api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked})
+	if err := m.auth.waitRev(ctx, rev); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -331,3 +331,20 @@ func (c *Client) VerifyAudit(ctx context.Context) (api.AuditVerify, error) {
 	var res api.AuditVerify
 	return res, c.Do(ctx, "GET", "/v1/audit/verify", nil, &res)
 }
+
+// JoinTokens lists the join tokens (never their secrets).
+func (c *Client) JoinTokens(ctx context.Context) ([]api.JoinTokenInfo, error) {
+	var res []api.JoinTokenInfo
+	return res, c.Do(ctx, "GET", "/v1/jointokens", nil, &res)
+}
+
+// RevokeJoinToken deletes a join token by its id.
+func (c *Client) RevokeJoinToken(ctx context.Context, id string) error {
+	return c.Do(ctx, "DELETE", "/v1/jointokens/"+url.PathEscape(id), nil, nil)
+}
+
+// RevokeHost revokes every certificate of host and its unused join tokens.
+func (c *Client) RevokeHost(ctx context.Context, host string) (api.HostRevocation, error) {
+	var res api.HostRevocation
+	return res, c.Do(ctx, "POST", "/v1/hosts/"+url.PathEscape(host)+"/revoke", nil, &res)
+}

@@ -1,0 +1,204 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
+)
+
+// A host's certificates form chains: the one it joined with, then each
+// renewed from the one before (certRecord.RenewedFrom). Revoking one
+// revokes its descendants with it, since whoever held it could have
+// renewed it; revoking a host revokes all of its certificates and its
+// unused join tokens. Renewal is bounded per host: at most renewBurst
+// certificates within renewWindow, counted from the records in the store
+// so that every manager counts the same.
+const (
+	renewBurst  = 3
+	renewWindow = 10 * time.Minute
+)
+
+func (c *certRecord) api() api.Certificate {
+	return api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked,
+		RevokedBy: c.RevokedBy, RenewedFrom: c.RenewedFrom}
+}
+
+func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
+	out := []api.Certificate{}
+	m.auth.each(prefixCerts, func(_ string, v any) {
+		out = append(out, v.(*certRecord).api())
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Host != out[j].Host {
+			return out[i].Host < out[j].Host
+		}
+		return out[i].Issued.Before(out[j].Issued)
+	})
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// revokeCertificate revokes a certificate and every certificate renewed
+// from it, at any depth.
+func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p principal) error {
+	serial := r.PathValue("serial")
+	var c certRecord
+	if _, err := m.readSealed(r.Context(), prefixCerts+serial, &c); errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
+	} else if err != nil {
+		return err
+	}
+	children := map[string][]string{}
+	m.auth.each(prefixCerts, func(_ string, v any) {
+		if rc := v.(*certRecord); rc.RenewedFrom != "" {
+			children[rc.RenewedFrom] = append(children[rc.RenewedFrom], rc.Serial)
+		}
+	})
+	serials := []string{serial}
+	for i := 0; i < len(serials); i++ {
+		serials = append(serials, children[serials[i]]...)
+	}
+	revoked, err := m.revoke(r.Context(), p, "certificate.revoke", "host/"+c.Host, serials, nil)
+	if err != nil {
+		return err
+	}
+	if len(revoked) > 0 {
+		c = revoked[0]
+	} else if _, err := m.readSealed(r.Context(), prefixCerts+serial, &c); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, c.api())
+	return nil
+}
+
+// revokeHost revokes every certificate of a host and deletes its unused
+// join tokens.
+func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal) error {
+	host := r.PathValue("host")
+	var serials, joins []string
+	m.auth.each(prefixAuth, func(key string, v any) {
+		switch rec := v.(type) {
+		case *certRecord:
+			if rec.Host == host {
+				serials = append(serials, rec.Serial)
+			}
+		case *joinRecord:
+			if rec.Host == host && rec.Used == nil {
+				joins = append(joins, key)
+			}
+		}
+	})
+	if len(serials) == 0 && len(joins) == 0 {
+		return errorf(http.StatusNotFound, "host %q has no certificates or join tokens; GET /v1/certificates lists them", host)
+	}
+	sort.Strings(serials)
+	sort.Strings(joins)
+	revoked, err := m.revoke(r.Context(), p, "host.revoke", "host/"+host, serials, joins)
+	if err != nil {
+		return err
+	}
+	out := api.HostRevocation{Host: host, Certificates: []api.Certificate{}, JoinTokens: []string{}}
+	for _, c := range revoked {
+		out.Certificates = append(out.Certificates, c.api())
+	}
+	for _, k := range joins {
+		out.JoinTokens = append(out.JoinTokens, joinTokenID(k[len(prefixJoin):]))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// revoke marks the certificates serials revoked (those not yet) and
+// deletes the join token records joins, in one audited Txn, and waits
+// until this manager's copy has it. It returns the certificates it
+// revoked.
+func (m *Manager) revoke(ctx context.Context, p principal, action, object string, serials, joins []string) ([]certRecord, error) {
+	now := m.now().UTC()
+	var conds []store.Cond
+	var ops []store.Op
+	var revoked []certRecord
+	var done []string
+	for _, s := range serials {
+		var c certRecord
+		kv, err := m.readSealed(ctx, prefixCerts+s, &c)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // revoked with its record gone, or tampered with: it authenticates nothing
+		} else if err != nil {
+			return nil, err
+		}
+		if c.Revoked != nil {
+			continue
+		}
+		c.Revoked, c.RevokedBy = &now, p.String()
+		conds = append(conds, store.Unchanged(kv))
+		ops = append(ops, store.Put(kv.Key, m.key.seal(kv.Key, &c)))
+		revoked = append(revoked, c)
+		done = append(done, s)
+	}
+	for _, k := range joins {
+		ops = append(ops, store.Delete(k))
+	}
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	detail := map[string]any{"serials": done}
+	if len(done) == 1 && len(joins) == 0 {
+		detail = map[string]any{"serial": done[0]}
+	}
+	if len(joins) > 0 {
+		ids := make([]string, len(joins))
+		for i, k := range joins {
+			ids[i] = joinTokenID(k[len(prefixJoin):])
+		}
+		detail["joinTokens"] = ids
+	}
+	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: p, action: action, object: object, detail: detail})
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errorf(http.StatusConflict, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
+	}
+	return revoked, m.auth.waitRev(ctx, rev)
+}
+
+// renewals returns the condition and op that record a renewal of host
+// now in its renewal record (auth/renewals/HOST: the times of its recent
+// renewals), or refuses it past renewBurst within renewWindow, saying when
+// to try again. The record is conditioned on as read, so that renewals at
+// the same moment, on any manager, cannot all pass the count.
+func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host string) (store.Cond, store.Op, error) {
+	key := prefixRenewals + host
+	kv, err := m.st.Get(ctx, key)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Cond{}, store.Op{}, fmt.Errorf("manager: read %s: %w", key, err)
+	}
+	var times []time.Time
+	if len(kv.Value) > 0 {
+		_ = json.Unmarshal(kv.Value, &times) // a record that does not decode counts nothing: it only bounds
+	}
+	now := m.now().UTC()
+	recent := times[:0]
+	for _, t := range times {
+		if now.Sub(t) < renewWindow {
+			recent = append(recent, t)
+		}
+	}
+	if len(recent) >= renewBurst {
+		wait := recent[len(recent)-renewBurst].Add(renewWindow).Sub(now)
+		secs := max(1, int(wait.Seconds()+0.999))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		return store.Cond{}, store.Op{}, errorf(http.StatusTooManyRequests, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
+			host, len(recent), renewWindow, secs)
+	}
+	value, _ := json.Marshal(append(recent, now))
+	return store.Cond{Key: key, ModRev: kv.ModRev}, store.Put(key, value), nil
+}
