@@ -62,6 +62,8 @@ func (m *Manager) routeTable() []route {
 		{"POST", "/v1/hosts/{host}/workloads", agents, m.postWorkloads},
 		{"PUT", "/v1/hosts/{host}/status", agents, m.putStatus},
 		{"GET", "/v1/hosts", read, m.getHosts},
+		{"GET", "/v1/hosts/{host}/bounds", read, m.getHostBounds},
+		{"PUT", "/v1/hosts/{host}/bounds", admin, m.putHostBounds},
 		{"GET", "/v1/identities", readOrAgents, m.getIdentities},
 		{"GET", "/v1/watch", readOrAgents, m.getWatch},
 
