@@ -187,6 +187,23 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 	}
 }
 
+// chunkBytes bounds the keys and values of one report Txn, well under
+// the store's 1.25 MiB: a bounded workload is at most a few tens of KiB.
+const chunkBytes = 512 << 10
+
+// chunkLen is how many of writes the next Txn takes: at most reportChunk,
+// and at most chunkBytes of them (but always one).
+func chunkLen(writes []workloadWrite) int {
+	size := 0
+	for i, wr := range writes {
+		size += 2 * (len(wr.op.Key) + len(wr.op.Value)) // the value, and the identity's use key beside it
+		if i == reportChunk || (i > 0 && size > chunkBytes) {
+			return i
+		}
+	}
+	return len(writes)
+}
+
 type workloadWrite struct {
 	op    store.Op
 	index store.KV // the identity's index key: the write is conditioned on it and rewrites its use key
@@ -199,7 +216,7 @@ type workloadWrite struct {
 func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string, writes []workloadWrite, current map[string][]byte, expect map[string]int64) (rev int64, retry bool, err error) {
 	sort.Slice(writes, func(i, j int) bool { return writes[i].op.Key < writes[j].op.Key })
 	for len(writes) > 0 {
-		n := min(len(writes), reportChunk)
+		n := chunkLen(writes)
 		chunk := writes[:n]
 		var conds []store.Cond
 		var ops []store.Op

@@ -27,6 +27,7 @@ func (f *Follower) reportLoop(ctx context.Context) {
 		lastWorkloads string
 		lastStatus    api.HostStatus
 		lastSent      time.Time
+		lastReport    time.Time // of the workloads
 	)
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
@@ -34,7 +35,10 @@ func (f *Follower) reportLoop(ctx context.Context) {
 		changed := f.opts.Agent.Changed()
 		ws, fp := f.localWorkloads()
 		f.mu.Lock()
-		resend, st := f.resend, f.hostStatus()
+		// Workloads left out are offered again every statusEvery: what
+		// the manager refused (a name or address another host still
+		// held) may be this host's by now.
+		resend := f.resend || (len(f.unreported) > 0 && time.Since(lastReport) >= statusEvery)
 		f.mu.Unlock()
 		ok := true
 		if fp != lastWorkloads || resend {
@@ -42,13 +46,16 @@ func (f *Follower) reportLoop(ctx context.Context) {
 				ok = false
 				f.reportFailed("report workloads", err)
 			} else {
-				lastWorkloads = fp
+				lastWorkloads, lastReport = fp, time.Now()
 				f.mu.Lock()
 				f.resend = false
 				f.mu.Unlock()
 				f.log.Debug("workloads reported", "workloads", len(ws))
 			}
 		}
+		f.mu.Lock()
+		st := f.hostStatus() // after the workloads: its health names those left out
+		f.mu.Unlock()
 		if ok && (st != lastStatus || time.Since(lastSent) >= statusEvery) {
 			if err := f.c.ReportStatus(ctx, f.host, st); err != nil {
 				ok = false
