@@ -175,6 +175,8 @@ func TestReportsAreValidatedAsAgentsDo(t *testing.T) {
 	}
 	_, err := a1.ReportWorkloads(ctx(t), "node-1", []api.HostWorkload{{Namespace: "shop", Name: "b", IPs: []string{"10.0.0.1"}}}, nil, false)
 	wantStatus(t, err, http.StatusUnprocessableEntity, "already belongs to shop/a on this host")
+	_, err = a1.ReportWorkloads(ctx(t), "node-1", nil, []string{"shop/a/b"}, false)
+	wantStatus(t, err, http.StatusUnprocessableEntity, `deleted[0]: "shop/a/b": want namespace/name`)
 	if got := workloadCount(t, e.admin); got != 1 {
 		t.Errorf("%d workloads stored, want 1", got)
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -91,7 +92,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		}
 	}
 	for i, d := range deleted {
-		if ns, name, ok := strings.Cut(d, "/"); !ok || ns == "" || name == "" {
+		if ns, name, ok := strings.Cut(d, "/"); !ok || pki.ValidHost(ns) != nil || pki.ValidHost(name) != nil {
 			bad(fmt.Sprintf("deleted[%d]", i), "%q: want namespace/name", d)
 		}
 	}
