@@ -211,6 +211,24 @@ type Host struct {
 	Workloads int       `json:"workloads"`
 }
 
+// HostBounds is what a host may claim in its workload reports (PUT and
+// GET /v1/hosts/{host}/bounds), set by an admin. An empty list sets no
+// bound of its kind: the manager then trusts the host as far as
+// docs/security.md ("What a host may claim") says.
+type HostBounds struct {
+	// Ranges are the prefixes its workloads' addresses must lie in;
+	// no other host's ranges may overlap them.
+	Ranges []string `json:"ranges,omitempty"`
+	// HostIPs are the prefixes its underlay address (hostIP) must lie in.
+	HostIPs []string `json:"hostIPs,omitempty"`
+	// Namespaces are the namespaces it may run workloads in.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Held (read only) are addresses that stay the host's after an
+	// operator deleted the workload record that had them, until the
+	// host's own report releases them.
+	Held []string `json:"held,omitempty"`
+}
+
 // HostList answers GET /v1/hosts.
 type HostList struct {
 	Items []Host `json:"items"`

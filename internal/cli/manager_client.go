@@ -23,7 +23,7 @@ import (
 // --config).
 func RegisterManagerCommands(root *cobra.Command) {
 	addServerFlags(root)
-	root.AddCommand(NewManagerCommand(), loginCommand(), tokenCommand(), certificateCommand(),
+	root.AddCommand(NewManagerCommand(), loginCommand(), tokenCommand(), certificateCommand(), hostCommand(),
 		revisionsCommand(), auditCommand())
 }
 

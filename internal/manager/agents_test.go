@@ -121,7 +121,7 @@ func TestIdentitiesAreClusterWide(t *testing.T) {
 	}
 	// An address another host holds is refused.
 	_, err = a2.ReportWorkloads(ctx(t), "node-2", []api.HostWorkload{{Namespace: "shop", Name: "x", IPs: []string{"10.0.1.1"}}}, nil, false)
-	wantStatus(t, err, http.StatusUnprocessableEntity, "workloads[0].ips[0]: address 10.0.1.1 already belongs to shop/web-1 on host node-1")
+	wantStatus(t, err, http.StatusUnprocessableEntity, "workloads[0].ips[0]: 10.0.1.1: already belongs to shop/web-1 on host node-1")
 
 	ids, err := a2.Identities(ctx(t))
 	if err != nil {

@@ -139,6 +139,8 @@ type Manager struct {
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
 	inv                          inventory
 	hostTab                      *hostTable
+	bounds                       boundsIndex // what each host may claim (bounds.go), kept by the hosts mirror
+	reportRefusals               refusalLog
 	hub                          *feedHub
 	limiter                      *limiter
 	alerts                       *alerts
@@ -199,6 +201,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
+	m.hosts.onChange, m.hosts.onReset = m.bounds.change, m.bounds.reset
 	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()

@@ -67,6 +67,8 @@ func (m *Manager) routeTable() []route {
 		{"POST", "/v1/hosts/{host}/workloads", agents, m.postWorkloads, plain},
 		{"PUT", "/v1/hosts/{host}/status", agents, m.putStatus, plain},
 		{"GET", "/v1/hosts", read, m.getHosts, plain},
+		{"GET", "/v1/hosts/{host}/bounds", read, m.getHostBounds, plain},
+		{"PUT", "/v1/hosts/{host}/bounds", admin, m.putHostBounds, plain},
 		{"GET", "/v1/identities", readOrAgents, m.getIdentities, plain},
 		{"GET", "/v1/watch", readOrAgents, m.getWatch, stream},
 

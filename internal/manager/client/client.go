@@ -275,6 +275,24 @@ func (c *Client) Hosts(ctx context.Context) (api.HostList, error) {
 	return res, c.Do(ctx, "GET", "/v1/hosts", nil, &res)
 }
 
+// DeleteWorkload removes a workload record (an operator clearing what a
+// lost host left behind).
+func (c *Client) DeleteWorkload(ctx context.Context, host, namespace, name string) error {
+	return c.Do(ctx, "DELETE", "/v1/workloads/"+host+"/"+namespace+"/"+name, nil, nil)
+}
+
+// HostBounds returns what host may claim in its reports.
+func (c *Client) HostBounds(ctx context.Context, host string) (api.HostBounds, error) {
+	var res api.HostBounds
+	return res, c.Do(ctx, "GET", "/v1/hosts/"+host+"/bounds", nil, &res)
+}
+
+// SetHostBounds sets what host may claim in its reports (admin).
+func (c *Client) SetHostBounds(ctx context.Context, host string, b api.HostBounds) (api.HostBounds, error) {
+	var res api.HostBounds
+	return res, c.Do(ctx, "PUT", "/v1/hosts/"+host+"/bounds", b, &res)
+}
+
 // Identities lists the identities with the addresses behind each.
 func (c *Client) Identities(ctx context.Context) (api.IdentityList, error) {
 	var res api.IdentityList
