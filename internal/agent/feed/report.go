@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
-	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
 // statusEvery is how often the host's status is reported when nothing
