@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 	"github.com/bulkhead-dev/bulkhead/internal/strict"
 )
@@ -55,10 +56,21 @@ func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	if m.storeUnavailable(w, err) {
 		return
 	}
-	var he *httpError
-	if !errors.As(err, &he) {
+	var (
+		he *httpError
+		fe *fault.Error
+	)
+	switch {
+	case errors.As(err, &he):
+	case errors.As(err, &fe):
+		// Typed where it arose (internal/fault); this edge gives it its status.
+		he = &httpError{status: fault.HTTPStatus(fe), msg: fe.Msg, details: fe.Details}
+	default:
 		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		he = &httpError{status: http.StatusInternalServerError, msg: "manager: " + err.Error()}
+	}
+	if he.status == http.StatusInternalServerError && fe != nil {
+		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, he.status, api.APIError{Error: he.msg, Details: he.details})
 }
