@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 )
 
@@ -102,11 +103,15 @@ func verifyByHash(hash string) func(tls.ConnectionState) error {
 	}
 }
 
-// Error is an error answer from the manager.
+// Error is an error answer from the manager. It matches the fault kind of
+// its status: errors.Is(err, fault.Conflict) for a 409.
 type Error struct {
 	Status int
 	api.APIError
 }
+
+// Unwrap is the fault kind of the status.
+func (e *Error) Unwrap() error { return fault.FromHTTPStatus(e.Status) }
 
 func (e *Error) Error() string {
 	msg := fmt.Sprintf("manager: %s (HTTP %d)", e.APIError.Error, e.Status)
