@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -32,17 +31,10 @@ func TestConformanceEtcdServerTLS(t *testing.T) {
 	files := etcdtest.NewTLS(t)
 	c := etcdtest.StartCluster(t, etcdtest.Options{TLS: files, ClientCertAuth: true})
 	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) {
-		prefix := fmt.Sprintf("/bulkhead/test-%d/", clusters.Add(1))
-		open := func() store.Store {
-			s, err := Open(t.Context(), Config{Endpoints: c.Endpoints(), CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
+		return openerWith(t, func(prefix string) (*Store, error) {
+			return Open(t.Context(), Config{Endpoints: c.Endpoints(), CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Store: Options{Prefix: prefix}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}
-		return open(), open
+		})
 	})
 }
 
