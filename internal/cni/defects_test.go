@@ -284,7 +284,7 @@ func TestOversizedLabelsRefused(t *testing.T) {
 	}
 	conf := e.conf(map[string]any{"args": map[string]any{"cni": map[string]any{"labels": many}}})
 	ce := e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w.Path(), IfName: "eth0", Stdin: conf}).cniErr(t)
-	if ce.Code != CodeInvalidConfig || !strings.Contains(ce.Details, "200000 labels") || len(ce.Details) > 1000 {
+	if ce.Code != CodeInvalidConfig || !strings.Contains(ce.Details, "too many labels: 200000; at most 64") || len(ce.Details) > 1000 {
 		t.Errorf("ADD with 200000 labels = %d %.300s (%d bytes), want 7 saying how many are allowed, briefly", ce.Code, ce.Details, len(ce.Details))
 	}
 	if len(e.agent.registered) != 0 {
