@@ -45,7 +45,7 @@ type Limits struct {
 	Requests, Streams, Anonymous, AnonymousTotal int
 	// Rate is how many requests per second one token, host or address
 	// may make on average, Burst how many at once after a pause
-	// (defaults 100 and 200): in-flight bounds alone would let one
+	// (defaults 200 and 1,000): in-flight bounds alone would let one
 	// client keep 32 handlers busy without pause, and so most of the CPU.
 	Rate, Burst int
 }
@@ -76,8 +76,8 @@ func (l Limits) withDefaults() Limits {
 	defInt(&l.Streams, 4)
 	defInt(&l.Anonymous, 8)
 	defInt(&l.AnonymousTotal, 64)
-	defInt(&l.Rate, 100)
-	defInt(&l.Burst, 200)
+	defInt(&l.Rate, 200)
+	defInt(&l.Burst, 1000)
 	return l
 }
 
