@@ -369,3 +369,33 @@ func TestSmallBodiesWhereDocumentsAreNotTaken(t *testing.T) {
 		t.Fatalf("a 100 KiB apply: %v", err)
 	}
 }
+
+// One token may have only two large requests (apply, delete, workload
+// reports) in flight, so that it cannot hold many 32 MiB bodies; its
+// other requests go on.
+func TestBulkRequestsPerPrincipal(t *testing.T) {
+	e := start(t)
+	tok := e.m.AdminToken()
+	for range 2 {
+		c := e.dialTLS()
+		fmt.Fprintf(c, "POST /v1/apply HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 1000000\r\n\r\n{", tok)
+	}
+	hc := e.rawClient(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _, body := e.do(hc, "POST", "/v1/apply", "Bearer "+tok, []byte(`{"documents":[]}`))
+		if code == http.StatusTooManyRequests {
+			if !strings.Contains(body, "too many large requests") {
+				t.Fatalf("429: %s", body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("two applies held, the third still answered %d: %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition, bounded by deadline
+	}
+	if code, _, body := e.do(hc, "GET", "/v1/objects", "Bearer "+tok, nil); code != http.StatusOK {
+		t.Fatalf("the same token's read: %d %s", code, body)
+	}
+}

@@ -41,8 +41,11 @@ type Limits struct {
 	// at once, Streams its watch streams (defaults 32 and 4). Anonymous
 	// bounds the requests without credentials from one address, and
 	// AnonymousTotal from all addresses together (defaults 8 and 64).
+	// Bulk bounds, among its requests, those that may carry large bodies
+	// (apply, delete, workload reports; default 2), so that one token or
+	// host holds at most Bulk × Config.MaxBodyBytes of bodies.
 	// Past a bound the manager answers 429 with Retry-After.
-	Requests, Streams, Anonymous, AnonymousTotal int
+	Requests, Streams, Bulk, Anonymous, AnonymousTotal int
 	// Rate is how many requests per second one token, host or address
 	// may make on average, Burst how many at once after a pause
 	// (defaults 200 and 1,000): in-flight bounds alone would let one
@@ -74,6 +77,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.WriteTimeout, 60*time.Second)
 	defInt(&l.Requests, 32)
 	defInt(&l.Streams, 4)
+	defInt(&l.Bulk, 2)
 	defInt(&l.Anonymous, 8)
 	defInt(&l.AnonymousTotal, 64)
 	defInt(&l.Rate, 200)
@@ -153,7 +157,7 @@ func (l *limiter) dropFull(now time.Time) {
 	}
 }
 
-type holding struct{ requests, streams int }
+type holding struct{ requests, streams, bulk int }
 
 type refusal struct {
 	count  int
@@ -179,9 +183,18 @@ func limitKey(p principal, r *http.Request) (key string, anonymous bool) {
 	return "address:" + host, true
 }
 
-// acquire takes a request (or stream) slot for key, or refuses with 429;
-// release gives it back.
-func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(), err error) {
+// slot is what a request holds while it runs.
+type slot int
+
+const (
+	slotRequest slot = iota // a request
+	slotBulk                // a request whose body may be large: also a bulk slot
+	slotStream              // a watch stream (not a request slot)
+)
+
+// acquire takes a slot of kind for key, or refuses with 429; release
+// gives it back.
+func (l *limiter) acquire(key string, anonymous bool, kind slot) (release func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := l.held[key]
@@ -195,21 +208,19 @@ func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(),
 		return nil, l.refuse(key, h, retryRequest, over, "requests without credentials", "all clients without credentials", l.anon, l.lim.AnonymousTotal, retryRequest)
 	case anonymous && h.requests >= l.lim.Anonymous:
 		return nil, l.refuse(key, h, retryRequest, over, "requests without credentials from this address", key, h.requests, l.lim.Anonymous, retryRequest)
-	case isStream && h.streams >= l.lim.Streams:
+	case kind == slotStream && h.streams >= l.lim.Streams:
 		return nil, l.refuse(key, h, retryStream, over, "watch streams", key, h.streams, l.lim.Streams, retryStream)
-	case !isStream && h.requests >= l.lim.Requests:
+	case kind != slotStream && h.requests >= l.lim.Requests:
 		return nil, l.refuse(key, h, retryRequest, over, "requests in flight", key, h.requests, l.lim.Requests, retryRequest)
+	case kind == slotBulk && h.bulk >= l.lim.Bulk:
+		return nil, l.refuse(key, h, retryRequest, over, "large requests (apply, delete, workload reports) in flight", key, h.bulk, l.lim.Bulk, retryRequest)
 	}
 	if wait, ok := l.take(key, l.now()); !ok {
 		retry := int(math.Ceil(wait.Seconds()))
 		return nil, l.refuse(key, h, retry, "too many requests for %s: more than %d a second (in bursts of %d); try again in %d s",
 			key, l.lim.Rate, l.lim.Burst, retry)
 	}
-	if isStream {
-		h.streams++
-	} else {
-		h.requests++
-	}
+	h.add(kind, 1)
 	if anonymous {
 		l.anon++
 	}
@@ -218,20 +229,30 @@ func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(),
 		once.Do(func() {
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			if isStream {
-				h.streams--
-			} else {
-				h.requests--
-			}
+			h.add(kind, -1)
 			if anonymous {
 				l.anon--
 			}
-			if h.requests == 0 && h.streams == 0 && l.held[key] == h {
+			if h.idle() && l.held[key] == h {
 				delete(l.held, key)
 			}
 		})
 	}, nil
 }
+
+func (h *holding) add(kind slot, n int) {
+	switch kind {
+	case slotStream:
+		h.streams += n
+	case slotBulk:
+		h.bulk += n
+		h.requests += n
+	default:
+		h.requests += n
+	}
+}
+
+func (h *holding) idle() bool { return h.requests == 0 && h.streams == 0 }
 
 // tooMany is a 429: the error says which bound, and Retry-After when to
 // come back.
@@ -245,7 +266,7 @@ type tooMany struct {
 }
 
 func (l *limiter) refuse(key string, h *holding, retry int, format string, args ...any) error {
-	if h.requests == 0 && h.streams == 0 {
+	if h.idle() {
 		delete(l.held, key)
 	}
 	e := &tooMany{httpError: errorf(http.StatusTooManyRequests, format, args...), retryAfter: retry}
@@ -271,7 +292,14 @@ func (l *limiter) refuse(key string, h *holding, retry int, format string, args 
 // serves r with the writer returned, and calls release when done.
 func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p principal) (_ http.ResponseWriter, release func(), ok bool) {
 	key, anonymous := limitKey(p, r)
-	release, err := m.limiter.acquire(key, anonymous, rt.class == stream)
+	kind := slotRequest
+	switch {
+	case rt.class == stream:
+		kind = slotStream
+	case bulkRoutes[rt.method+" "+rt.path]:
+		kind = slotBulk
+	}
+	release, err := m.limiter.acquire(key, anonymous, kind)
 	if err != nil {
 		m.answerTooMany(w, r, err.(*tooMany), anonymous)
 		return w, nil, false

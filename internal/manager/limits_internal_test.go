@@ -11,7 +11,7 @@ func TestLimiterRate(t *testing.T) {
 	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 	l := newLimiter(Limits{Rate: 10, Burst: 2}.withDefaults(), func() time.Time { return now })
 	take := func(key string) error {
-		release, err := l.acquire(key, false, false)
+		release, err := l.acquire(key, false, slotRequest)
 		if err == nil {
 			release()
 		}
