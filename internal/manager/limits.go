@@ -94,6 +94,15 @@ const (
 	stream                   // a watch: writes for as long as the client reads
 )
 
+// longRoutes are the routes that hold their connection longer than a
+// plain answer; every other route is plain.
+var longRoutes = map[string]routeClass{
+	"GET /v1/watch":  stream,
+	"POST /v1/apply": waits, "POST /v1/delete": waits, "POST /v1/revisions/{rev}/rollback": waits,
+}
+
+func classOf(rt route) routeClass { return longRoutes[rt.method+" "+rt.path] }
+
 // Retry-After values, in seconds: a request slot frees within a request's
 // time; a stream slot only when one of the client's streams ends.
 const (
@@ -294,7 +303,7 @@ func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p prin
 	key, anonymous := limitKey(p, r)
 	kind := slotRequest
 	switch {
-	case rt.class == stream:
+	case classOf(rt) == stream:
 		kind = slotStream
 	case bulkRoutes[rt.method+" "+rt.path]:
 		kind = slotBulk
@@ -372,7 +381,7 @@ func (m *Manager) setDeadlines(w http.ResponseWriter, r *http.Request, rt route)
 		}
 	}
 	_ = rc.SetReadDeadline(read)
-	switch rt.class {
+	switch classOf(rt) {
 	case stream:
 		return &streamWriter{ResponseWriter: w, rc: rc, timeout: lim.WriteTimeout + m.cfg.Heartbeat}
 	case waits:

@@ -41,3 +41,21 @@ func TestLimiterRate(t *testing.T) {
 		t.Fatalf("slots held after every release: %v", l.held)
 	}
 }
+
+// The routes the limits name are routes the manager serves.
+func TestLimitsNameServedRoutes(t *testing.T) {
+	served := map[string]bool{}
+	for _, rt := range (&Manager{}).routeTable() {
+		served[rt.method+" "+rt.path] = true
+	}
+	for r := range longRoutes {
+		if !served[r] {
+			t.Errorf("longRoutes names %s, which is not served", r)
+		}
+	}
+	for r := range bulkRoutes {
+		if !served[r] {
+			t.Errorf("bulkRoutes names %s, which is not served", r)
+		}
+	}
+}
