@@ -245,9 +245,15 @@ func (c *Client) RevisionsPage(ctx context.Context, limit int, cursor string) (a
 	return res, c.Do(ctx, "GET", path, nil, &res)
 }
 
-// Revisions lists the policy revisions, newest first, at most max (0:
-// all), following the pages.
-func (c *Client) Revisions(ctx context.Context, max int) (api.RevisionList, error) {
+// Revisions lists every policy revision, newest first, following the
+// pages.
+func (c *Client) Revisions(ctx context.Context) (api.RevisionList, error) {
+	return c.NewestRevisions(ctx, 0)
+}
+
+// NewestRevisions lists the newest max policy revisions (0: all), newest
+// first, following the pages; Next is set when there are older ones.
+func (c *Client) NewestRevisions(ctx context.Context, max int) (api.RevisionList, error) {
 	var all api.RevisionList
 	cursor := ""
 	for range maxPages {
