@@ -289,7 +289,7 @@ first, reading the manager's history page by page.`,
 			if err != nil {
 				return err
 			}
-			revs, err := c.Revisions(cmd.Context(), limit)
+			revs, err := c.NewestRevisions(cmd.Context(), limit)
 			if err != nil {
 				return err
 			}
@@ -449,7 +449,7 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 	case "identities", "identity":
 		v, err = c.Identities(cmd.Context())
 	case "revisions", "revision":
-		v, err = c.Revisions(cmd.Context(), 0)
+		v, err = c.Revisions(cmd.Context())
 	case "tokens":
 		v, err = c.Tokens(cmd.Context())
 	case "certificates":

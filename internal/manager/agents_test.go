@@ -358,7 +358,7 @@ func TestAuditChain(t *testing.T) {
 	if a := list.Items[1]; a.Action != "policy.apply" || a.Actor != (api.AuditActor{Kind: "token", Name: "admin", Role: "admin"}) || a.Revision == 0 {
 		t.Fatalf("apply entry: %+v", a)
 	}
-	revs, _ := e.admin.Revisions(ctx(t), 0)
+	revs, _ := e.admin.Revisions(ctx(t))
 	if list.Items[1].Revision != revs.Items[0].Revision {
 		t.Fatalf("the audit entry's revision %d is not the apply's %d", list.Items[1].Revision, revs.Items[0].Revision)
 	}

@@ -21,8 +21,10 @@ import (
 type Limits struct {
 	// PublicBodyBytes bounds a body on a route that needs no credentials
 	// (POST /v1/join: a token and a CSR fit in a few KiB). Default 16 KiB.
-	// Other routes take Config.MaxBodyBytes.
-	PublicBodyBytes int64
+	// SmallBodyBytes bounds one on a route with credentials that takes
+	// no documents (default 64 KiB); apply, delete and workload reports
+	// take Config.MaxBodyBytes.
+	PublicBodyBytes, SmallBodyBytes int64
 	// ReadHeaderTimeout bounds reading a request's headers (default 10 s);
 	// IdleTimeout how long a kept-alive connection may wait for its next
 	// request (default 120 s).
@@ -39,8 +41,16 @@ type Limits struct {
 	// at once, Streams its watch streams (defaults 32 and 4). Anonymous
 	// bounds the requests without credentials from one address, and
 	// AnonymousTotal from all addresses together (defaults 8 and 64).
+	// Bulk bounds, among its requests, those that may carry large bodies
+	// (apply, delete, workload reports; default 2), so that one token or
+	// host holds at most Bulk × Config.MaxBodyBytes of bodies.
 	// Past a bound the manager answers 429 with Retry-After.
-	Requests, Streams, Anonymous, AnonymousTotal int
+	Requests, Streams, Bulk, Anonymous, AnonymousTotal int
+	// Rate is how many requests per second one token, host or address
+	// may make on average, Burst how many at once after a pause
+	// (defaults 200 and 1,000): in-flight bounds alone would let one
+	// client keep 32 handlers busy without pause, and so most of the CPU.
+	Rate, Burst int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -57,6 +67,9 @@ func (l Limits) withDefaults() Limits {
 	if l.PublicBodyBytes <= 0 {
 		l.PublicBodyBytes = 16 << 10
 	}
+	if l.SmallBodyBytes <= 0 {
+		l.SmallBodyBytes = 64 << 10
+	}
 	def(&l.ReadHeaderTimeout, 10*time.Second)
 	def(&l.IdleTimeout, 120*time.Second)
 	def(&l.BodyTimeout, 30*time.Second)
@@ -64,8 +77,11 @@ func (l Limits) withDefaults() Limits {
 	def(&l.WriteTimeout, 60*time.Second)
 	defInt(&l.Requests, 32)
 	defInt(&l.Streams, 4)
+	defInt(&l.Bulk, 2)
 	defInt(&l.Anonymous, 8)
 	defInt(&l.AnonymousTotal, 64)
+	defInt(&l.Rate, 200)
+	defInt(&l.Burst, 1000)
 	return l
 }
 
@@ -77,6 +93,15 @@ const (
 	waits                    // may wait for the hosts (?wait=, at most MaxWait) before it answers
 	stream                   // a watch: writes for as long as the client reads
 )
+
+// longRoutes are the routes that hold their connection longer than a
+// plain answer; every other route is plain.
+var longRoutes = map[string]routeClass{
+	"GET /v1/watch":  stream,
+	"POST /v1/apply": waits, "POST /v1/delete": waits, "POST /v1/revisions/{rev}/rollback": waits,
+}
+
+func classOf(rt route) routeClass { return longRoutes[rt.method+" "+rt.path] }
 
 // Retry-After values, in seconds: a request slot frees within a request's
 // time; a stream slot only when one of the client's streams ends.
@@ -93,11 +118,55 @@ type limiter struct {
 
 	mu      sync.Mutex
 	held    map[string]*holding
+	buckets map[string]*bucket  // request rate, by the same keys
 	anon    int                 // anonymous requests in flight, all addresses
 	refused map[string]*refusal // counted, and logged at most every refusalLogEvery
 }
 
-type holding struct{ requests, streams int }
+// bucket is a token bucket: tokens at last, refilled at Rate per second
+// up to Burst.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// maxBuckets bounds the buckets kept; past it, full ones are dropped
+// (a full bucket is what a new one would be).
+const maxBuckets = 10_000
+
+// take takes a token from key's bucket, or says how long until there is
+// one.
+func (l *limiter) take(key string, now time.Time) (wait time.Duration, ok bool) {
+	b := l.buckets[key]
+	if b == nil {
+		if len(l.buckets) >= maxBuckets {
+			l.dropFull(now)
+		}
+		b = &bucket{tokens: float64(l.lim.Burst), last: now}
+		l.buckets[key] = b
+	}
+	b.tokens = min(float64(l.lim.Burst), b.tokens+now.Sub(b.last).Seconds()*float64(l.lim.Rate))
+	b.last = now
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) / float64(l.lim.Rate) * float64(time.Second)), false
+	}
+	b.tokens--
+	return 0, true
+}
+
+func (l *limiter) dropFull(now time.Time) {
+	full := time.Duration(float64(l.lim.Burst) / float64(l.lim.Rate) * float64(time.Second))
+	for k, b := range l.buckets {
+		if now.Sub(b.last) >= full {
+			delete(l.buckets, k)
+		}
+	}
+	if len(l.buckets) >= maxBuckets {
+		clear(l.buckets) // every one is busy: forget them rather than grow
+	}
+}
+
+type holding struct{ requests, streams, bulk int }
 
 type refusal struct {
 	count  int
@@ -107,7 +176,7 @@ type refusal struct {
 const refusalLogEvery = 10 * time.Second
 
 func newLimiter(lim Limits, now func() time.Time) *limiter {
-	return &limiter{lim: lim, now: now, held: map[string]*holding{}, refused: map[string]*refusal{}}
+	return &limiter{lim: lim, now: now, held: map[string]*holding{}, buckets: map[string]*bucket{}, refused: map[string]*refusal{}}
 }
 
 // limitKey names what a request counts against: its principal, or its
@@ -123,9 +192,18 @@ func limitKey(p principal, r *http.Request) (key string, anonymous bool) {
 	return "address:" + host, true
 }
 
-// acquire takes a request (or stream) slot for key, or refuses with 429;
-// release gives it back.
-func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(), err error) {
+// slot is what a request holds while it runs.
+type slot int
+
+const (
+	slotRequest slot = iota // a request
+	slotBulk                // a request whose body may be large: also a bulk slot
+	slotStream              // a watch stream (not a request slot)
+)
+
+// acquire takes a slot of kind for key, or refuses with 429; release
+// gives it back.
+func (l *limiter) acquire(key string, anonymous bool, kind slot) (release func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := l.held[key]
@@ -133,21 +211,25 @@ func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(),
 		h = &holding{}
 		l.held[key] = h
 	}
+	const over = "too many %s for %s: %d held, the limit is %d; try again in %d s"
 	switch {
 	case anonymous && l.anon >= l.lim.AnonymousTotal:
-		return nil, l.refuse(key, h, "requests without credentials", l.anon, l.lim.AnonymousTotal, retryRequest, true)
+		return nil, l.refuse(key, h, retryRequest, over, "requests without credentials", "all clients without credentials", l.anon, l.lim.AnonymousTotal, retryRequest)
 	case anonymous && h.requests >= l.lim.Anonymous:
-		return nil, l.refuse(key, h, "requests without credentials from this address", h.requests, l.lim.Anonymous, retryRequest, false)
-	case isStream && h.streams >= l.lim.Streams:
-		return nil, l.refuse(key, h, "watch streams", h.streams, l.lim.Streams, retryStream, false)
-	case !isStream && h.requests >= l.lim.Requests:
-		return nil, l.refuse(key, h, "requests in flight", h.requests, l.lim.Requests, retryRequest, false)
+		return nil, l.refuse(key, h, retryRequest, over, "requests without credentials from this address", key, h.requests, l.lim.Anonymous, retryRequest)
+	case kind == slotStream && h.streams >= l.lim.Streams:
+		return nil, l.refuse(key, h, retryStream, over, "watch streams", key, h.streams, l.lim.Streams, retryStream)
+	case kind != slotStream && h.requests >= l.lim.Requests:
+		return nil, l.refuse(key, h, retryRequest, over, "requests in flight", key, h.requests, l.lim.Requests, retryRequest)
+	case kind == slotBulk && h.bulk >= l.lim.Bulk:
+		return nil, l.refuse(key, h, retryRequest, over, "large requests (apply, delete, workload reports) in flight", key, h.bulk, l.lim.Bulk, retryRequest)
 	}
-	if isStream {
-		h.streams++
-	} else {
-		h.requests++
+	if wait, ok := l.take(key, l.now()); !ok {
+		retry := int(math.Ceil(wait.Seconds()))
+		return nil, l.refuse(key, h, retry, "too many requests for %s: more than %d a second (in bursts of %d); try again in %d s",
+			key, l.lim.Rate, l.lim.Burst, retry)
 	}
+	h.add(kind, 1)
 	if anonymous {
 		l.anon++
 	}
@@ -156,20 +238,30 @@ func (l *limiter) acquire(key string, anonymous, isStream bool) (release func(),
 		once.Do(func() {
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			if isStream {
-				h.streams--
-			} else {
-				h.requests--
-			}
+			h.add(kind, -1)
 			if anonymous {
 				l.anon--
 			}
-			if h.requests == 0 && h.streams == 0 && l.held[key] == h {
+			if h.idle() && l.held[key] == h {
 				delete(l.held, key)
 			}
 		})
 	}, nil
 }
+
+func (h *holding) add(kind slot, n int) {
+	switch kind {
+	case slotStream:
+		h.streams += n
+	case slotBulk:
+		h.bulk += n
+		h.requests += n
+	default:
+		h.requests += n
+	}
+}
+
+func (h *holding) idle() bool { return h.requests == 0 && h.streams == 0 }
 
 // tooMany is a 429: the error says which bound, and Retry-After when to
 // come back.
@@ -182,16 +274,11 @@ type tooMany struct {
 	count int
 }
 
-func (l *limiter) refuse(key string, h *holding, what string, n, limit, retry int, total bool) error {
-	if h.requests == 0 && h.streams == 0 {
+func (l *limiter) refuse(key string, h *holding, retry int, format string, args ...any) error {
+	if h.idle() {
 		delete(l.held, key)
 	}
-	subject := key
-	if total {
-		subject = "all clients without credentials"
-	}
-	e := &tooMany{httpError: errorf(http.StatusTooManyRequests, "too many %s for %s: %d held, the limit is %d; try again in %d s", what, subject, n, limit, retry),
-		retryAfter: retry}
+	e := &tooMany{httpError: errorf(http.StatusTooManyRequests, format, args...), retryAfter: retry}
 	rf := l.refused[key]
 	if rf == nil {
 		if len(l.refused) >= 10_000 {
@@ -214,7 +301,14 @@ func (l *limiter) refuse(key string, h *holding, what string, n, limit, retry in
 // serves r with the writer returned, and calls release when done.
 func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p principal) (_ http.ResponseWriter, release func(), ok bool) {
 	key, anonymous := limitKey(p, r)
-	release, err := m.limiter.acquire(key, anonymous, rt.class == stream)
+	kind := slotRequest
+	switch {
+	case classOf(rt) == stream:
+		kind = slotStream
+	case bulkRoutes[rt.method+" "+rt.path]:
+		kind = slotBulk
+	}
+	release, err := m.limiter.acquire(key, anonymous, kind)
 	if err != nil {
 		m.answerTooMany(w, r, err.(*tooMany), anonymous)
 		return w, nil, false
@@ -248,12 +342,24 @@ func (m *Manager) answerTooMany(w http.ResponseWriter, r *http.Request, e *tooMa
 	m.writeError(w, r, e.httpError)
 }
 
+// bulkRoutes take documents or workload reports, and so bodies of up to
+// Config.MaxBodyBytes. Every other route takes a token, a CSR or a
+// status: Limits.SmallBodyBytes, so that what one client may hold in
+// bodies stays small unless it needs more.
+var bulkRoutes = map[string]bool{
+	"POST /v1/apply": true, "POST /v1/delete": true,
+	"PUT /v1/hosts/{host}/workloads": true, "POST /v1/hosts/{host}/workloads": true,
+}
+
 // bodyLimit is the largest body a route takes.
 func (m *Manager) bodyLimit(rt route) int64 {
-	if rt.access.public {
+	switch {
+	case rt.access.public:
 		return m.cfg.Limits.PublicBodyBytes
+	case bulkRoutes[rt.method+" "+rt.path]:
+		return m.cfg.MaxBodyBytes
 	}
-	return m.cfg.MaxBodyBytes
+	return m.cfg.Limits.SmallBodyBytes
 }
 
 // setDeadlines bounds how long the request may take to arrive and its
@@ -275,7 +381,7 @@ func (m *Manager) setDeadlines(w http.ResponseWriter, r *http.Request, rt route)
 		}
 	}
 	_ = rc.SetReadDeadline(read)
-	switch rt.class {
+	switch classOf(rt) {
 	case stream:
 		return &streamWriter{ResponseWriter: w, rc: rc, timeout: lim.WriteTimeout + m.cfg.Heartbeat}
 	case waits:

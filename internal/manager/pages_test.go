@@ -111,10 +111,10 @@ func TestHistoryPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if revs, err := pager.Revisions(ctx(t), 0); err != nil || len(revs.Items) != 60 || revs.Items[59] != all.Items[59] || revs.Next != "" {
+	if revs, err := pager.Revisions(ctx(t)); err != nil || len(revs.Items) != 60 || revs.Items[59] != all.Items[59] || revs.Next != "" {
 		t.Fatalf("the client's Revisions follows the pages: %d items, next %q, %v", len(revs.Items), revs.Next, err)
 	}
-	if revs, err := pager.Revisions(ctx(t), 10); err != nil || len(revs.Items) != 10 || revs.Next == "" {
+	if revs, err := pager.NewestRevisions(ctx(t), 10); err != nil || len(revs.Items) != 10 || revs.Next == "" {
 		t.Fatalf("the client's Revisions stops at max: %d items, next %q, %v", len(revs.Items), revs.Next, err)
 	}
 

@@ -123,10 +123,28 @@ func (e *Error) Error() string {
 
 // Do calls method path with in as the JSON body (nil: none) and decodes
 // the answer into out (nil: discard).
+//
+// An answer 429 (a bound of the manager's per client) is tried again
+// after its Retry-After, a few times, within the request's timeout.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	resp, err := c.send(ctx, c.hc, method, path, in)
+	for try := 0; err == nil && try < maxRetries && resp.StatusCode == http.StatusTooManyRequests; try++ {
+		wait, ok := retryAfter(resp)
+		if !ok {
+			break
+		}
+		resp.Body.Close()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("manager client: %s %s: the manager asked to wait %s: %w", method, path, wait, ctx.Err())
+		}
+		resp, err = c.send(ctx, c.hc, method, path, in)
+	}
 	if err != nil {
 		return err
 	}
@@ -168,6 +186,21 @@ func (c *Client) send(ctx context.Context, hc *http.Client, method, path string,
 		return nil, fmt.Errorf("manager client: %s %s: %w", method, path, err)
 	}
 	return resp, nil
+}
+
+// maxRetries bounds the tries after a 429; maxRetryAfter the wait asked
+// for that is honoured (a longer one is answered as the error it is).
+const (
+	maxRetries    = 5
+	maxRetryAfter = 10 * time.Second
+)
+
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	n, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxRetryAfter {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
 }
 
 func readError(resp *http.Response) error {
@@ -217,9 +250,15 @@ func (c *Client) RevisionsPage(ctx context.Context, limit int, cursor string) (a
 	return res, c.Do(ctx, "GET", path, nil, &res)
 }
 
-// Revisions lists the policy revisions, newest first, at most max (0:
-// all), following the pages.
-func (c *Client) Revisions(ctx context.Context, max int) (api.RevisionList, error) {
+// Revisions lists every policy revision, newest first, following the
+// pages.
+func (c *Client) Revisions(ctx context.Context) (api.RevisionList, error) {
+	return c.NewestRevisions(ctx, 0)
+}
+
+// NewestRevisions lists the newest max policy revisions (0: all), newest
+// first, following the pages; Next is set when there are older ones.
+func (c *Client) NewestRevisions(ctx context.Context, max int) (api.RevisionList, error) {
 	var all api.RevisionList
 	cursor := ""
 	for range maxPages {
