@@ -500,6 +500,9 @@ func (m *Manager) refusedReport(ctx context.Context, p principal, host string, e
 	if !errors.As(err, &he) {
 		return
 	}
+	// The alert (GET /v1/alerts) is raised once per host and counts the
+	// repeats; the audit entries below are rate-limited on their own.
+	m.raise("report-refused", "host/"+host, he.msg)
 	ok, suppressed := m.reportRefusals.due(host, m.now())
 	if !ok {
 		return

@@ -203,3 +203,23 @@ func TestOversizedReport(t *testing.T) {
 	_, err = a1.ReportWorkloads(ctx(t), "node-1", many, nil, true)
 	wantStatus(t, err, http.StatusRequestEntityTooLarge, "at most 10000 workloads")
 }
+
+// A refused report raises an alert an operator sees in GET /v1/alerts,
+// once per host, counting the repeats.
+func TestRefusedReportRaisesAnAlert(t *testing.T) {
+	e := start(t)
+	a1, _ := e.join("node-1")
+	for range 3 {
+		_, err := a1.ReportWorkloads(ctx(t), "node-1", []api.HostWorkload{{Namespace: "shop", Name: "gw", IPs: []string{"169.254.1.1"}}}, nil, true)
+		wantStatus(t, err, http.StatusUnprocessableEntity, "169.254.1.1")
+	}
+	for _, a := range alerts(t, e) {
+		if a.Kind == "report-refused" && a.Object == "host/node-1" {
+			if a.Count != 3 {
+				t.Fatalf("alert counted %d refusals, want 3", a.Count)
+			}
+			return
+		}
+	}
+	t.Fatalf("no report-refused alert for host/node-1: %+v", alerts(t, e))
+}
