@@ -32,6 +32,8 @@ type model struct {
 	counters map[string]string     // counter object → wall name ("" for the fixed ones)
 	ruleOf   map[string]string     // rule key → rule id: the elements of the rule counter set
 	ruleRefs map[string]int        // rule key → outcomes that count into it
+	retired  map[string]int        // rule key → the Apply that stopped naming it: deleted one Apply later
+	applies  int                   // Applies made with this model
 	byRule   [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
 	wallOf   map[string]string     // wall counter name → wall name
 }
@@ -44,7 +46,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -65,7 +67,8 @@ func (m *model) create(t *tx, d dataplane.Desired) {
 	}
 	m.update(w, d)
 	// Counters of walls gone away are still counted into by the live
-	// generation until the switch: delete them in it, never before.
+	// generation until the switch: delete them in it, never before. (Rule
+	// counter elements go one Apply later still: see sweepCounters.)
 	t.delObjs, w.delObjs = append(t.delObjs, w.delObjs...), nil
 }
 
@@ -79,10 +82,10 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 		return
 	}
 	delta := compile.Diff(m.state, d.State)
-	// Outcomes only grow within a lineage: otherwise look at every one.
-	full := m.state == nil || int(delta.FirstOutcome) < len(m.outcomes)
+	// A new generation looks at every outcome.
+	full := m.state == nil
 	wallsChanged := m.state == nil || !sameWalls(m.state.Walls, d.State.Walls) || len(m.state.Conflict) != len(d.State.Conflict)
-	m.outcomeElems(t, d.State, delta.RuleChanges, full)
+	m.outcomeElems(t, d.State, delta.Outcomes, delta.RuleChanges, full)
 	if wallsChanged {
 		m.wallChains(t, d.State)
 		m.counterObjects(t, d.State)

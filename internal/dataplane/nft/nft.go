@@ -74,6 +74,10 @@ type Dataplane struct {
 	closed bool
 	last   map[string]int // element operations of the last Apply, by set (for reports)
 	phases phases         // where the last Apply spent its time (for reports)
+
+	// afterPrepare, when set (by tests), runs between the preparatory
+	// and the switch transaction of an Apply.
+	afterPrepare func()
 }
 
 // phases times an Apply: computing the transactions, encoding them and
@@ -224,6 +228,7 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
+	m.sweepCounters(t)
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)
 	for i, part := range []*tx{t.pre, t} {
@@ -244,6 +249,9 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		}
 		if i == 0 {
 			ph.pre = time.Since(t1)
+			if d.afterPrepare != nil {
+				d.afterPrepare()
+			}
 		} else {
 			ph.main = time.Since(t1)
 		}

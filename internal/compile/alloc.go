@@ -1,0 +1,308 @@
+package compile
+
+import "maps"
+
+// Numbering. Identities, classes, groups, guards, peers, rules and
+// outcomes are numbered; a number that no key of a State holds any more
+// is free, and a later State may give it to another key. So a lineage of
+// States alternating between two policy sets uses a bounded set of
+// numbers (issue 8: before, every switch took new ones, and the kernel's
+// maps grew with every apply).
+//
+// Reuse is safe for the dataplane because a State is a function: Diff
+// from any earlier State lists every element whose value changed,
+// whatever the number meant before, and the dataplane writes those in one
+// transaction (docs/dataplane.md, "Reused numbers"). Two rules keep the
+// deltas small and the kernel's own garbage bounded:
+//   - a number released while building a State becomes free only once
+//     that State is handed out, so that no State holds one number for two
+//     keys on the way, and a key released and taken again keeps it;
+//   - a free number remembers the key that last held it, and that key,
+//     coming back, gets it again: two sets alternated get the same
+//     numbers each time, so going back is an empty delta.
+
+// pool holds the free numbers of one kind: in the order they were freed
+// (the oldest is given first to a key that never held one), each with the
+// key that last held it.
+type pool[K comparable] struct {
+	queue []uint32     // free numbers, oldest first; may hold taken ones (skipped)
+	owner map[uint32]K // free number → the key that last held it
+	ghost map[K]uint32 // that key → its number, while the number is free
+}
+
+func newPool[K comparable]() *pool[K] {
+	return &pool[K]{owner: map[uint32]K{}, ghost: map[K]uint32{}}
+}
+
+func (p *pool[K]) clone() *pool[K] {
+	return &pool[K]{queue: append([]uint32(nil), p.queue...), owner: maps.Clone(p.owner), ghost: maps.Clone(p.ghost)}
+}
+
+// put frees n, last held by key.
+func (p *pool[K]) put(key K, n uint32) {
+	if _, dup := p.owner[n]; dup {
+		return
+	}
+	p.owner[n], p.ghost[key] = key, n
+	p.queue = append(p.queue, n)
+}
+
+// take returns a free number for key, its own old one if it is still
+// free; ok false when none is free.
+func (p *pool[K]) take(key K) (n uint32, ok bool) {
+	if n, ok = p.ghost[key]; ok {
+		p.remove(n)
+		return n, true
+	}
+	for len(p.queue) > 0 {
+		n, p.queue = p.queue[0], p.queue[1:]
+		if _, free := p.owner[n]; free {
+			p.remove(n)
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+func (p *pool[K]) remove(n uint32) {
+	if k, ok := p.owner[n]; ok {
+		if p.ghost[k] == n {
+			delete(p.ghost, k)
+		}
+		delete(p.owner, n)
+	}
+	if len(p.queue) > 2*len(p.owner)+64 { // drop the taken numbers the queue still holds
+		q := p.queue[:0]
+		for _, m := range p.queue {
+			if _, free := p.owner[m]; free {
+				q = append(q, m)
+			}
+		}
+		p.queue = q
+	}
+}
+
+func (p *pool[K]) len() int { return len(p.owner) }
+
+// allocBuilder numbers identities, classes, groups, guards, peers and
+// rules: a key keeps the number it has in the previous State, a new key
+// takes a free number (its own old one when it is free), else the next.
+type allocBuilder struct {
+	prev    *allocState // the State a full compile starts from; nil once a State is out
+	cur     *allocState
+	pools   [numKinds]*pool[string]
+	shared  [numKinds]bool      // pools[k] belongs to a State too: clone before writing
+	pending map[string]released // released since the last State: free once it is out
+}
+
+type released struct {
+	n    uint32
+	kind allocKind
+}
+
+type allocKind int
+
+const (
+	kindIdentity allocKind = iota
+	kindClass
+	kindGroup
+	kindGuard
+	kindPeer
+	kindRule
+	numKinds
+)
+
+// allocState is the numbering a State carries: the number of every key,
+// the next never-used number and the free numbers of every kind.
+type allocState struct {
+	ids   *smap[string, uint32]
+	kinds *smap[string, allocKind] // for the keys of ids: a full compile frees what it drops by kind
+	next  [numKinds]uint32
+	pools [numKinds]*pool[string]
+}
+
+func newAllocBuilder(prev *State) *allocBuilder {
+	a := &allocBuilder{cur: &allocState{ids: newSmap[string, uint32](), kinds: newSmap[string, allocKind]()},
+		pending: map[string]released{}}
+	for k := range a.cur.next {
+		a.cur.next[k] = 1
+		a.pools[k] = newPool[string]()
+	}
+	if prev != nil && prev.alloc != nil {
+		a.prev = prev.alloc
+		a.cur.next = prev.alloc.next
+		for k := range a.pools {
+			if p := prev.alloc.pools[k]; p != nil {
+				a.pools[k], a.shared[k] = p, true
+			}
+		}
+	}
+	return a
+}
+
+func (a *allocBuilder) number(key string, kind allocKind) uint32 {
+	if n, ok := a.cur.ids.get(key); ok {
+		return n
+	}
+	var n uint32
+	if r, ok := a.pending[key]; ok {
+		n = r.n
+		delete(a.pending, key)
+	} else if a.prev != nil {
+		n, _ = a.prev.ids.get(key)
+	}
+	if n == 0 && a.pools[kind].len() > 0 {
+		a.writable(kind)
+		n, _ = a.pools[kind].take(key)
+	}
+	if n == 0 {
+		n = a.cur.next[kind]
+		a.cur.next[kind]++
+	}
+	a.cur.ids.set(key, n)
+	a.cur.kinds.set(key, kind)
+	return n
+}
+
+// writable makes the pool of kind the builder's own.
+func (a *allocBuilder) writable(kind allocKind) {
+	if a.shared[kind] {
+		a.pools[kind], a.shared[kind] = a.pools[kind].clone(), false
+	}
+}
+
+// release gives up key's number: it is free once the next State is out.
+func (a *allocBuilder) release(key string) {
+	n, ok := a.cur.ids.get(key)
+	if !ok {
+		return
+	}
+	kind, _ := a.cur.kinds.get(key)
+	a.cur.ids.del(key)
+	a.cur.kinds.del(key)
+	a.pending[key] = released{n, kind}
+}
+
+// freeze hands out the numbering for a State. A full compile's first
+// State frees the previous State's keys that it did not take again.
+func (a *allocBuilder) freeze() *allocState {
+	if a.prev != nil {
+		a.prev.ids.each(func(key string, n uint32) {
+			if _, ok := a.cur.ids.get(key); !ok {
+				kind, _ := a.prev.kinds.get(key)
+				a.pending[key] = released{n, kind}
+			}
+		})
+		a.prev = nil
+	}
+	for key, r := range a.pending {
+		a.writable(r.kind)
+		a.pools[r.kind].put(key, r.n)
+	}
+	clear(a.pending)
+	s := &allocState{ids: a.cur.ids.freeze(), kinds: a.cur.kinds.freeze(), next: a.cur.next, pools: a.pools}
+	for k := range a.shared {
+		a.shared[k] = true
+	}
+	return s
+}
+
+// Outcomes are numbered by value and held by the port maps of the
+// verdict tables: outcomeRefs counts, per outcome, the port ranges of
+// table entries that name it, and an outcome no range names is freed
+// when the next State is handed out.
+type outcomeRefs struct {
+	refs  []int32     // by OutcomeID
+	maybe []OutcomeID // whose count fell to zero (or that were made) since the last State
+}
+
+func (r *outcomeRefs) add(m PortMap, delta int32) {
+	for _, pr := range m {
+		id := int(pr.Outcome)
+		for id >= len(r.refs) {
+			r.refs = append(r.refs, 0)
+		}
+		r.refs[id] += delta
+		if r.refs[id] == 0 {
+			r.maybe = append(r.maybe, pr.Outcome)
+		}
+	}
+}
+
+// tableMap is a verdict table that counts the outcomes its entries name.
+type tableMap struct {
+	*smap[TableKey, PortMap]
+	refs *outcomeRefs
+}
+
+func (t tableMap) set(k TableKey, m PortMap) {
+	old, had := t.get(k)
+	t.smap.set(k, m)
+	t.refs.add(m, 1)
+	if had {
+		t.refs.add(old, -1)
+	}
+}
+
+func (t tableMap) del(k TableKey) {
+	if old, ok := t.get(k); ok {
+		t.smap.del(k)
+		t.refs.add(old, -1)
+	}
+}
+
+// outcomeID numbers an outcome: the one it has, else a free number (its
+// own old one when it is free), else the next.
+func (c *Compiler) outcomeID(o Outcome) OutcomeID {
+	if id, ok := c.outcomeIDs[o]; ok {
+		return id
+	}
+	var id OutcomeID
+	if c.outFree.len() > 0 {
+		c.outFreeOwn()
+		n, _ := c.outFree.take(o)
+		id = OutcomeID(n)
+		c.writableOutcomes()
+		c.outcomes[id] = o
+	} else {
+		id = OutcomeID(len(c.outcomes))
+		c.outcomes = append(c.outcomes, o)
+	}
+	c.outcomeIDs[o] = id
+	c.orefs.maybe = append(c.orefs.maybe, id)
+	return id
+}
+
+// writableOutcomes copies the outcome table before a slot is written in
+// place: States share it.
+func (c *Compiler) writableOutcomes() {
+	if c.outShared {
+		c.outcomes, c.outShared = append([]Outcome(nil), c.outcomes...), false
+	}
+}
+
+func (c *Compiler) outFreeOwn() {
+	if c.outFreeShared {
+		c.outFree, c.outFreeShared = c.outFree.clone(), false
+	}
+}
+
+// freeOutcomes frees the outcomes that no table entry names any more: their
+// slot becomes the zero Outcome (none).
+func (c *Compiler) freeOutcomes() {
+	for _, id := range c.orefs.maybe {
+		if int(id) < len(c.orefs.refs) && c.orefs.refs[id] > 0 || int(id) >= len(c.outcomes) {
+			continue
+		}
+		o := c.outcomes[id]
+		if o == (Outcome{}) {
+			continue
+		}
+		c.writableOutcomes()
+		c.outFreeOwn()
+		c.outcomes[id] = Outcome{}
+		delete(c.outcomeIDs, o)
+		c.outFree.put(o, uint32(id))
+	}
+	c.orefs.maybe = c.orefs.maybe[:0]
+}

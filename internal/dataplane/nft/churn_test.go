@@ -1,0 +1,155 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/load"
+	"github.com/bulkhead-dev/bulkhead/internal/policy"
+)
+
+// churnPolicy is one of issue 8's two alternated policy sets: they differ
+// in a few ports and in 10 versus 50 extra /32 ipBlock rules. The
+// ipBlock rules come first and the rules are unnamed, as a
+// NetworkPolicy's are: the rule that lets a reach b on 8080 has another
+// id (its index) in each set, though both allow that connection.
+func churnPolicy(variant int) string {
+	n := 10 + 40*variant
+	var b strings.Builder
+	b.WriteString(`
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: b-in, namespace: app}
+spec:
+  appliesTo: {selector: {matchLabels: {app: b}}}
+  isolate: [ingress]
+  ingress:
+`)
+	for i := range n {
+		fmt.Fprintf(&b, "    - {action: allow, from: [{cidr: 192.0.%d.%d/32}], services: [{protocol: tcp, port: %d}]}\n", i/200, i%200+1, 443+variant)
+	}
+	fmt.Fprintf(&b, "    - {action: allow, from: [{selector: {matchLabels: {app: a}}}], services: [{protocol: tcp, port: 8080}, {protocol: tcp, port: %d}]}\n", 9000+variant)
+	fmt.Fprintf(&b, `---
+apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: a-out, namespace: app}
+spec:
+  appliesTo: {selector: {matchLabels: {app: a}}}
+  isolate: [egress]
+  egress:
+    - {action: allow, to: [{selector: {matchLabels: {app: b}}}], services: [{protocol: tcp, port: 8080}, {protocol: tcp, port: %d}]}
+`, 7000+variant)
+	return b.String()
+}
+
+// churner alternates the two sets through one Compiler, as the agent's
+// SetPolicies does.
+type churner struct {
+	h    *testHost
+	d    *Dataplane
+	c    *compile.Compiler
+	sets [2]*policy.Set
+}
+
+func newChurner(h *testHost, d *Dataplane) *churner {
+	ch := &churner{h: h, d: d}
+	for v := range ch.sets {
+		set, errs := load.Bytes("churn.yaml", []byte(h.workloadsYAML()+"---\n"+churnPolicy(v)))
+		if len(errs) > 0 {
+			h.t.Fatalf("load: %v", errs)
+		}
+		ch.sets[v] = set
+	}
+	c, err := compile.New(ch.sets[0], "h1", nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ch.c = c
+	return ch
+}
+
+func (ch *churner) apply(v int) {
+	ch.h.t.Helper()
+	if err := ch.c.SetPolicies(ch.sets[v]); err != nil {
+		ch.h.t.Fatalf("SetPolicies: %v", err)
+	}
+	s := ch.c.State()
+	if err := ch.d.Apply(context.Background(), ch.h.desired(s, ch.sets[v])); err != nil {
+		ch.h.t.Fatalf("Apply: %v", err)
+	}
+}
+
+// A switch between two policy sets must never drop a connection that both
+// allow. Two ways to look: a connection attempted in the gap between the
+// preparatory and the switch transaction of every Apply (where a change
+// made too early shows at once), and connections opened continuously
+// while the sets alternate. Each must succeed; a dropped SYN is
+// retransmitted after 1 s, so one taking longer than 900 ms met a drop.
+func TestChurnDropsNothingBothAllow(t *testing.T) {
+	switches := 40
+	if os.Getenv("BULKHEAD_SOAK") != "" {
+		switches = 600
+	}
+	h := newTestHost(t, "a", "b", "c")
+	a, b := h.wls["a"], h.wls["b"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	ch := newChurner(h, d)
+	ch.apply(0)
+	var gapFails []string
+	d.afterPrepare = func() {
+		if c, err := a.dialWithin(b.v4, 8080, 900*time.Millisecond); err != nil {
+			gapFails = append(gapFails, err.Error())
+		} else {
+			c.Close()
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var fails []string
+	tries := 0
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100000 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := a.dialWithin(b.v4, 8080, 900*time.Millisecond)
+				mu.Lock()
+				tries++
+				if err != nil {
+					fails = append(fails, err.Error())
+				}
+				mu.Unlock()
+				if err == nil {
+					c.Close()
+				}
+			}
+		}()
+	}
+	for i := range switches {
+		ch.apply(1 - i%2)
+	}
+	close(stop)
+	wg.Wait()
+	d.afterPrepare = nil
+	if len(gapFails) > 0 {
+		t.Errorf("%d of %d connections attempted between the two transactions of an Apply failed: %s", len(gapFails), switches, gapFails[0])
+	}
+	if len(fails) > 0 {
+		t.Errorf("%d of %d connections during %d switches failed: %s", len(fails), tries, switches, fails[0])
+	}
+	t.Logf("%d connections during %d switches, %d in the gaps", tries, switches, switches)
+	expectTCP(t, []tcpCase{{h.wls["c"], b.v4, 8080, resTimeout}})
+}
