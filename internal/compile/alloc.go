@@ -1,6 +1,9 @@
 package compile
 
-import "maps"
+import (
+	"maps"
+	"sync/atomic"
+)
 
 // Numbering. Identities, classes, groups, guards, peers, rules and
 // outcomes are numbered; a number that no key of a State holds any more
@@ -28,48 +31,52 @@ type pool[K comparable] struct {
 	queue []uint32     // free numbers, oldest first; may hold taken ones (skipped)
 	owner map[uint32]K // free number → the key that last held it
 	ghost map[K]uint32 // that key → its number, while the number is free
+	at    map[uint32]uint64
+	// at: free number → the first State (its tag's seq) without it
 }
 
 func newPool[K comparable]() *pool[K] {
-	return &pool[K]{owner: map[uint32]K{}, ghost: map[K]uint32{}}
+	return &pool[K]{owner: map[uint32]K{}, ghost: map[K]uint32{}, at: map[uint32]uint64{}}
 }
 
 func (p *pool[K]) clone() *pool[K] {
-	return &pool[K]{queue: append([]uint32(nil), p.queue...), owner: maps.Clone(p.owner), ghost: maps.Clone(p.ghost)}
+	return &pool[K]{queue: append([]uint32(nil), p.queue...), owner: maps.Clone(p.owner),
+		ghost: maps.Clone(p.ghost), at: maps.Clone(p.at)}
 }
 
-// put frees n, last held by key.
-func (p *pool[K]) put(key K, n uint32) {
+// put frees n, last held by key, as of the State with seq at.
+func (p *pool[K]) put(key K, n uint32, at uint64) {
 	if _, dup := p.owner[n]; dup {
 		return
 	}
-	p.owner[n], p.ghost[key] = key, n
+	p.owner[n], p.ghost[key], p.at[n] = key, n, at
 	p.queue = append(p.queue, n)
 }
 
 // take returns a free number for key, its own old one if it is still
-// free; ok false when none is free.
-func (p *pool[K]) take(key K) (n uint32, ok bool) {
+// free, and the seq of the State it was freed in; ok false when none is
+// free.
+func (p *pool[K]) take(key K) (n uint32, freed uint64, ok bool) {
 	if n, ok = p.ghost[key]; ok {
-		p.remove(n)
-		return n, true
+		return n, p.remove(n), true
 	}
 	for len(p.queue) > 0 {
 		n, p.queue = p.queue[0], p.queue[1:]
 		if _, free := p.owner[n]; free {
-			p.remove(n)
-			return n, true
+			return n, p.remove(n), true
 		}
 	}
-	return 0, false
+	return 0, 0, false
 }
 
-func (p *pool[K]) remove(n uint32) {
+func (p *pool[K]) remove(n uint32) (freed uint64) {
 	if k, ok := p.owner[n]; ok {
 		if p.ghost[k] == n {
 			delete(p.ghost, k)
 		}
+		freed = p.at[n]
 		delete(p.owner, n)
+		delete(p.at, n)
 	}
 	if len(p.queue) > 2*len(p.owner)+64 { // drop the taken numbers the queue still holds
 		q := p.queue[:0]
@@ -80,6 +87,7 @@ func (p *pool[K]) remove(n uint32) {
 		}
 		p.queue = q
 	}
+	return freed
 }
 
 func (p *pool[K]) len() int { return len(p.owner) }
@@ -93,6 +101,7 @@ type allocBuilder struct {
 	pools   [numKinds]*pool[string]
 	shared  [numKinds]bool      // pools[k] belongs to a State too: clone before writing
 	pending map[string]released // released since the last State: free once it is out
+	reused  uint64              // the latest State that freed a number taken since the last State
 }
 
 type released struct {
@@ -153,7 +162,9 @@ func (a *allocBuilder) number(key string, kind allocKind) uint32 {
 	}
 	if n == 0 && a.pools[kind].len() > 0 {
 		a.writable(kind)
-		n, _ = a.pools[kind].take(key)
+		var freed uint64
+		n, freed, _ = a.pools[kind].take(key)
+		a.reused = max(a.reused, freed)
 	}
 	if n == 0 {
 		n = a.cur.next[kind]
@@ -183,9 +194,10 @@ func (a *allocBuilder) release(key string) {
 	a.pending[key] = released{n, kind}
 }
 
-// freeze hands out the numbering for a State. A full compile's first
-// State frees the previous State's keys that it did not take again.
-func (a *allocBuilder) freeze() *allocState {
+// freeze hands out the numbering for the State with seq. A full
+// compile's first State frees the previous State's keys that it did not
+// take again.
+func (a *allocBuilder) freeze(seq uint64) *allocState {
 	if a.prev != nil {
 		a.prev.ids.each(func(key string, n uint32) {
 			if _, ok := a.cur.ids.get(key); !ok {
@@ -197,7 +209,7 @@ func (a *allocBuilder) freeze() *allocState {
 	}
 	for key, r := range a.pending {
 		a.writable(r.kind)
-		a.pools[r.kind].put(key, r.n)
+		a.pools[r.kind].put(key, r.n, seq)
 	}
 	clear(a.pending)
 	s := &allocState{ids: a.cur.ids.freeze(), kinds: a.cur.kinds.freeze(), next: a.cur.next, pools: a.pools}
@@ -260,7 +272,8 @@ func (c *Compiler) outcomeID(o Outcome) OutcomeID {
 	var id OutcomeID
 	if c.outFree.len() > 0 {
 		c.outFreeOwn()
-		n, _ := c.outFree.take(o)
+		n, freed, _ := c.outFree.take(o)
+		c.alloc.reused = max(c.alloc.reused, freed)
 		id = OutcomeID(n)
 		c.writableOutcomes()
 		c.outcomes[id] = o
@@ -289,7 +302,7 @@ func (c *Compiler) outFreeOwn() {
 
 // freeOutcomes frees the outcomes that no table entry names any more: their
 // slot becomes the zero Outcome (none).
-func (c *Compiler) freeOutcomes() {
+func (c *Compiler) freeOutcomes(seq uint64) {
 	for _, id := range c.orefs.maybe {
 		if int(id) < len(c.orefs.refs) && c.orefs.refs[id] > 0 || int(id) >= len(c.outcomes) {
 			continue
@@ -302,7 +315,68 @@ func (c *Compiler) freeOutcomes() {
 		c.outFreeOwn()
 		c.outcomes[id] = Outcome{}
 		delete(c.outcomeIDs, o)
-		c.outFree.put(o, uint32(id))
+		c.outFree.put(o, uint32(id), seq)
 	}
 	c.orefs.maybe = c.orefs.maybe[:0]
+}
+
+// stateTag places a State in its lineage: a unique id, its place in the
+// lineage, the latest State that freed a number it reuses, and the same
+// of up to maxTagDepth ancestors (oldest first).
+type stateTag struct {
+	id, seq uint64
+	reused  uint64 // 0: it reuses no number
+	anc     []tagRef
+}
+
+type tagRef struct{ id, reused uint64 }
+
+// maxTagDepth bounds the ancestors a State remembers.
+const maxTagDepth = 64
+
+var tagIDs atomic.Uint64
+
+func newTag(parent *stateTag, reused uint64) *stateTag {
+	t := &stateTag{id: tagIDs.Add(1), seq: 1, reused: reused}
+	if parent != nil {
+		t.seq = parent.seq + 1
+		anc := parent.anc
+		if len(anc) >= maxTagDepth {
+			anc = anc[len(anc)-maxTagDepth+1:]
+		}
+		t.anc = append(append(make([]tagRef, 0, len(anc)+1), anc...), tagRef{parent.id, parent.reused})
+	}
+	return t
+}
+
+// SafeSwitch reports whether the dataplane may go from old to new in one
+// transaction without a number changing its meaning at that instant:
+// old is an ancestor of new (or new of old) within the States a State
+// remembers, and no number in use in old was freed and taken again on the
+// way. (A number freed in one State is taken again only in a later
+// State, so this holds from every State to its next, and back.) When it
+// does not hold, a packet whose walk through the kernel's tables spans
+// the switch could read a number with its old meaning and look it up with
+// its new one; the dataplane then writes a new generation instead.
+func SafeSwitch(old, new *State) bool {
+	if old == nil || new == nil || old.tag == nil || new.tag == nil {
+		return false
+	}
+	if old.tag.id == new.tag.id {
+		return true
+	}
+	return descends(old.tag, new.tag) || descends(new.tag, old.tag)
+}
+
+// descends reports whether b descends from a, with no number held in a
+// freed and taken again between them.
+func descends(a, b *stateTag) bool {
+	reused := b.reused
+	for i := len(b.anc) - 1; i >= 0; i-- {
+		if b.anc[i].id == a.id {
+			return reused <= a.seq
+		}
+		reused = max(reused, b.anc[i].reused)
+	}
+	return false
 }

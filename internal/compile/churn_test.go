@@ -147,3 +147,33 @@ func TestIncrementalChurnKeepsNumberingFlat(t *testing.T) {
 		t.Errorf("%d full compiles: the change was meant to be incremental", c.fullCompiles-full)
 	}
 }
+
+// SafeSwitch holds from every State to its next and back, and not across
+// a State that freed numbers a later one takes again.
+func TestSafeSwitch(t *testing.T) {
+	ws := churnWorkloads()
+	c, err := New(churnSet(ws, 0), "h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []*State
+	states = append(states, c.State())
+	for i := range 4 {
+		if err := c.SetPolicies(churnSet(ws, 1-i%2)); err != nil {
+			t.Fatal(err)
+		}
+		states = append(states, c.State())
+	}
+	for i := 1; i < len(states); i++ {
+		if !SafeSwitch(states[i-1], states[i]) || !SafeSwitch(states[i], states[i-1]) {
+			t.Errorf("State %d and %d: not safe", i-1, i)
+		}
+	}
+	if SafeSwitch(states[1], states[3]) {
+		t.Errorf("States 1 and 3: safe, though 3 reuses numbers 2 freed")
+	}
+	other, _ := New(churnSet(ws, 0), "h1", states[0])
+	if SafeSwitch(states[1], other.State()) {
+		t.Errorf("two branches from one State: safe")
+	}
+}

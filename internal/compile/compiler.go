@@ -42,6 +42,7 @@ type Compiler struct {
 	outFree       *pool[Outcome] // free outcome numbers
 	outFreeShared bool
 	orefs         *outcomeRefs
+	tag           *stateTag // of the last State handed out (or the one compiled from)
 
 	addrs  *smap[netip.Addr, IdentityID]
 	attrs  *smap[IdentityID, IdentityAttrs]
@@ -394,11 +395,13 @@ func (c *Compiler) segments(id *identInfo, cl int32) []bool {
 // State returns the current desired state. It is cheap: the maps are
 // shared with the Compiler copy-on-write, shard by shard.
 func (c *Compiler) State() *State {
-	c.freeOutcomes()
+	c.tag = newTag(c.tag, c.alloc.reused)
+	c.alloc.reused = 0
+	c.freeOutcomes(c.tag.seq)
 	s := &State{Host: c.host, Addrs: c.addrs.freeze(), Identities: c.attrs.freeze(),
 		Guards: c.guardT.freeze(), Buckets: c.pr.bucketOf, Outcomes: c.outcomes,
 		Rules: c.pr.rules, Walls: c.set.Walls, Conflict: c.set.ConflictClasses,
-		Ranges: c.ranges, alloc: c.alloc.freeze()}
+		Ranges: c.ranges, alloc: c.alloc.freeze(c.tag.seq), tag: c.tag}
 	for d := range c.tables {
 		s.Tables[d] = c.tables[d].freeze()
 	}
@@ -413,6 +416,7 @@ func (c *Compiler) State() *State {
 func (c *Compiler) inheritOutcomes(prev *State) {
 	c.orefs, c.outFree = &outcomeRefs{}, newPool[Outcome]()
 	if prev != nil {
+		c.tag = prev.tag
 		c.outcomes, c.outShared = prev.Outcomes, true
 		if prev.outFree != nil {
 			c.outFree, c.outFreeShared = prev.outFree, true

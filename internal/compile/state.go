@@ -133,6 +133,7 @@ type State struct {
 
 	alloc    *allocState    // for stable numbering across compiles
 	outFree  *pool[Outcome] // free outcome numbers
+	tag      *stateTag      // its place in its lineage, for SafeSwitch
 	rulesLog *ruleEdits     // how Rules came about, for a cheap Diff
 }
 

@@ -3,7 +3,9 @@ package nft
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -83,6 +85,72 @@ func (ch *churner) apply(v int) {
 	if err := ch.d.Apply(context.Background(), ch.h.desired(s, ch.sets[v])); err != nil {
 		ch.h.t.Fatalf("Apply: %v", err)
 	}
+}
+
+// tableCounts reads the kernel table: the elements of every set (by name
+// without the generation), the chains, and the generation.
+func tableCounts(t *testing.T, d *Dataplane) (map[string]int, int) {
+	t.Helper()
+	f, err := readTable(d.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, s := range f.sets {
+		els, err := readElements(d.nsFd, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[baseName(s)] += len(els)
+	}
+	out["(chains)"] = len(f.chains)
+	return out, f.maxGen
+}
+
+func countsString(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%d", k, m[k])
+	}
+	return b.String()
+}
+
+// Issue 8: alternating two policy sets on an agent must leave nothing
+// behind. After the first pair of switches, every pair ends with the
+// kernel table exactly as large as the one before (every map, every
+// chain), in the same generation: a change of the policy's CIDRs is a
+// delta, not a new generation.
+func TestChurnLeavesNothingBehind(t *testing.T) {
+	pairs := 25
+	if os.Getenv("BULKHEAD_SOAK") != "" {
+		pairs = 500
+	}
+	h := newTestHost(t, "a", "b", "c")
+	d := h.newDataplane(Options{})
+	ch := newChurner(h, d)
+	ch.apply(0)
+	var first map[string]int
+	for i := range pairs {
+		ch.apply(1)
+		ch.apply(0)
+		got, gen := tableCounts(t, d)
+		if gen != 1 {
+			t.Fatalf("pair %d: generation %d: a switch wrote a new generation", i, gen)
+		}
+		if i == 0 {
+			first = got
+			continue
+		}
+		if !maps.Equal(got, first) {
+			t.Fatalf("pair %d: table%s\nafter the first pair:%s", i, countsString(got), countsString(first))
+		}
+	}
+	t.Logf("table after %d switches:%s", 2*pairs+1, countsString(first))
 }
 
 // A switch between two policy sets must never drop a connection that both

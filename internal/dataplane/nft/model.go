@@ -92,12 +92,8 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 	}
 	m.bucketElems(t, d.State)
 	m.addrElems(t, delta.Addrs)
-	if m.state == nil {
-		// Ranges change only with the policy's CIDRs; Apply writes a new
-		// generation then: an interval set's backend may publish changes
-		// after the switch (as pipapo does), and a miss here would skip a
-		// wall.
-		m.rangeElems(t, d.State.Ranges)
+	if m.state == nil || delta.Ranges != nil {
+		m.rangeElems(t, d.State.Ranges, m.state == nil)
 	}
 	m.identityElems(t, delta.Identities)
 	for dir := range delta.Tables {
@@ -252,16 +248,31 @@ func (m *model) addrElems(t *tx, changes []compile.Change[netip.Addr, compile.Id
 	}
 }
 
-// rangeElems writes the outside ranges of a new generation.
-func (m *model) rangeElems(t *tx, ranges []compile.AddrRange) {
+// rangeElems writes the outside ranges: into slot 0 for a new
+// generation; else into the slot the chains do not look up, emptied
+// first, in the preparatory transaction, and the switch rewrites the
+// chains that look up ranges to look up that slot. The ranges change
+// with the policy's CIDRs; an interval set's backend may publish its
+// changes only after the transaction is live (as pipapo does), and a
+// range missing for a moment would skip a wall, so the slot the chains
+// use is never written.
+func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
+	w := t.pre
+	if fresh {
+		m.b.rangeSlot = 0
+	} else {
+		m.b.rangeSlot = 1 - m.b.rangeSlot
+		w.flushSets = append(w.flushSets, m.b.n(rangeSet(4, m.b.rangeSlot)), m.b.n(rangeSet(6, m.b.rangeSlot)))
+		t.rules = append(t.rules, m.b.rangeChains()...)
+	}
 	for _, r := range ranges {
-		name := m.b.n(setRange6)
+		name := m.b.n(rangeSet(6, m.b.rangeSlot))
 		if r.Lo.Is4() {
-			name = m.b.n(setRange4)
+			name = m.b.n(rangeSet(4, m.b.rangeSlot))
 		}
-		t.add(name, nftables.SetElement{Key: addrKey(r.Lo), Val: u32(uint32(r.ID))})
+		w.add(name, nftables.SetElement{Key: addrKey(r.Lo), Val: u32(uint32(r.ID))})
 		if next := r.Hi.Next(); next.IsValid() && next.Is4() == r.Lo.Is4() {
-			t.add(name, nftables.SetElement{Key: addrKey(next), IntervalEnd: true})
+			w.add(name, nftables.SetElement{Key: addrKey(next), IntervalEnd: true})
 		}
 	}
 }
@@ -364,6 +375,7 @@ func (m *model) guardVerdict(g compile.Guard) *expr.Verdict {
 // generation, which holds only live ones.
 type portMaps struct {
 	byKey   map[string]*portMap
+	dead    map[string]*portMap // released, still in the kernel: revived when the same map comes back
 	next    uint32
 	garbage int // ranges of released port maps still in the kernel
 	live    int // ranges of port maps in use
@@ -375,7 +387,9 @@ type portMap struct {
 	m    compile.PortMap
 }
 
-func newPortMaps() *portMaps { return &portMaps{byKey: map[string]*portMap{}, next: 1} }
+func newPortMaps() *portMaps {
+	return &portMaps{byKey: map[string]*portMap{}, dead: map[string]*portMap{}, next: 1}
+}
 
 func pmKey(m compile.PortMap) string {
 	b := make([]byte, 0, len(m)*8)
@@ -391,6 +405,14 @@ func (p *portMaps) acquire(t *tx, b *builder, m compile.PortMap) uint32 {
 	k := pmKey(m)
 	if pm, ok := p.byKey[k]; ok {
 		pm.refs++
+		return pm.id
+	}
+	if pm, ok := p.dead[k]; ok {
+		// Its elements are still in the kernel, unchanged: they mean what
+		// they meant (outcome numbers mean what the State says now).
+		delete(p.dead, k)
+		pm.refs, p.byKey[k] = 1, pm
+		p.live, p.garbage = p.live+len(m), p.garbage-len(m)
 		return pm.id
 	}
 	pm := &portMap{id: p.next, refs: 1, m: m}
@@ -413,6 +435,7 @@ func (p *portMaps) release(m compile.PortMap) uint32 {
 	pm.refs--
 	if pm.refs == 0 {
 		delete(p.byKey, k)
+		p.dead[k] = pm
 		p.live -= len(m)
 		p.garbage += len(m)
 	}
