@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/compile"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/load"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -220,4 +221,67 @@ func TestChurnDropsNothingBothAllow(t *testing.T) {
 	}
 	t.Logf("%d connections during %d switches, %d in the gaps", tries, switches, switches)
 	expectTCP(t, []tcpCase{{h.wls["c"], b.v4, 8080, resTimeout}})
+}
+
+const churnWorkloads = `apiVersion: v1
+kind: Namespace
+metadata: {name: app}
+---
+apiVersion: bulkhead.dev/v1
+kind: Workload
+metadata: {name: a, namespace: app, labels: {app: a}}
+spec: {host: h1, ips: [10.9.0.1]}
+---
+apiVersion: bulkhead.dev/v1
+kind: Workload
+metadata: {name: b, namespace: app, labels: {app: b}}
+spec: {host: h1, ips: [10.9.0.2]}
+`
+
+// An outcome the new State frees keeps its elements for one more Apply:
+// the kernel reads a set's elements at each lookup, so a packet whose walk
+// spans the switch may have read the old outcome number from the port
+// map before it and look it up after it; deleting the elements at the
+// switch would make it miss, fall through and be denied, though both
+// States allow it. The next Apply deletes them, or rewrites them when the
+// number is taken again.
+func TestFreedOutcomesLingerOneApply(t *testing.T) {
+	sets := [2]*policy.Set{}
+	for v := range sets {
+		set, errs := load.Bytes("unit.yaml", []byte(churnWorkloads+"---\n"+churnPolicy(v)))
+		if len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		sets[v] = set
+	}
+	c, err := compile.New(sets[0], "h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testModel()
+	m.create(newTx(table()), dataplane.Desired{State: c.State()})
+	m.sweep(newTx(table()))
+	outs := m.b.n(setOutcomes)
+	step := func(v int) *tx {
+		if err := c.SetPolicies(sets[v]); err != nil {
+			t.Fatal(err)
+		}
+		tx := newTx(table())
+		m.update(tx, dataplane.Desired{State: c.State()})
+		m.sweep(tx)
+		return tx
+	}
+	for i := range 4 {
+		tx := step(1 - i%2)
+		if n := len(tx.dels[outs]) - len(tx.adds[outs]); n > 0 {
+			t.Errorf("switch %d deletes %d outcome elements at once", i, n)
+		}
+		if i%2 == 1 && len(m.lingering) == 0 {
+			t.Errorf("switch %d freed no outcome: the sets should differ in their rules", i)
+		}
+	}
+	freed := len(m.lingering)
+	if tx := step(0); len(tx.dels[outs]) != freed || len(m.lingering) != 0 {
+		t.Errorf("the Apply after: %d outcome elements deleted, %d still kept; want %d and 0", len(tx.dels[outs]), len(m.lingering), freed)
+	}
 }

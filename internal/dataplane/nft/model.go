@@ -17,25 +17,26 @@ import (
 // model is what one generation holds in the kernel, kept in memory so
 // that an update is a diff and nothing big is ever read back.
 type model struct {
-	b        *builder
-	state    *compile.State         // nil: nothing but anti-spoofing
-	atts     []dataplane.Attachment // as last written
-	own      map[ownElem]bool
-	ifaces   map[string]bool
-	pms      *portMaps
-	outcomes []string                   // rendering signature by outcome id; "" for none yet
-	outRule  []string                   // rule key by outcome id
-	outChain map[compile.OutcomeID]bool // outcomes that have a chain (they log)
-	walls    []string                   // signature by wall index
-	nconf    int                        // conflict chains made
-	buckets  [256]uint8
-	counters map[string]string     // counter object → wall name ("" for the fixed ones)
-	ruleOf   map[string]string     // rule key → rule id: the elements of the rule counter set
-	ruleRefs map[string]int        // rule key → outcomes that count into it
-	retired  map[string]int        // rule key → the Apply that stopped naming it: deleted one Apply later
-	applies  int                   // Applies made with this model
-	byRule   [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
-	wallOf   map[string]string     // wall counter name → wall name
+	b         *builder
+	state     *compile.State         // nil: nothing but anti-spoofing
+	atts      []dataplane.Attachment // as last written
+	own       map[ownElem]bool
+	ifaces    map[string]bool
+	pms       *portMaps
+	outcomes  []string                   // rendering signature by outcome id; "" for none yet
+	outRule   []string                   // rule key by outcome id
+	outChain  map[compile.OutcomeID]bool // outcomes that have a chain (they log)
+	walls     []string                   // signature by wall index
+	nconf     int                        // conflict chains made
+	buckets   [256]uint8
+	counters  map[string]string     // counter object → wall name ("" for the fixed ones)
+	ruleOf    map[string]string     // rule key → rule id: the elements of the rule counter set
+	ruleRefs  map[string]int        // rule key → outcomes that count into it
+	retired   map[string]int        // rule key → the Apply that stopped naming it: deleted one Apply later
+	lingering map[int]int           // outcome number → the Apply that freed it: its elements go one Apply later
+	applies   int                   // Applies made with this model
+	byRule    [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
+	wallOf    map[string]string     // wall counter name → wall name
 }
 
 type ownElem struct {
@@ -46,7 +47,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]int{}, wallOf: map[string]string{}}
 	return m
 }
 

@@ -230,7 +230,7 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
-	m.sweepCounters(t)
+	m.sweep(t)
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)
 	for i, part := range []*tx{t.pre, t} {

@@ -98,15 +98,7 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	}
 	if o == (compile.Outcome{}) {
 		if m.outcomes[i] != "" {
-			t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
-			t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
-		}
-		if m.outChain[id] {
-			// After the switch nothing goes to it: the element that did
-			// is deleted (or rewritten) in the same transaction, first.
-			t.sweepRules = append(t.sweepRules, name)
-			t.delChains = append(t.delChains, name)
-			delete(m.outChain, id)
+			m.lingering[i] = m.applies // its elements (and chain) stay until the next Apply: see sweep
 		}
 		m.outcomes[i], m.outRule[i] = "", ""
 		return was, "", ""
@@ -114,6 +106,12 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	v, chain, sig := m.b.outcome(id, o, s.Rules)
 	rid = ruleID(s.Rules, o.Rule)
 	rk := string(ruleKey(rid))
+	if _, ok := m.lingering[i]; ok {
+		// Still in the kernel with what it meant before: rewritten in the
+		// switch, as a changed outcome is.
+		delete(m.lingering, i)
+		m.outcomes[i], m.outRule[i] = "\x00lingering", "\x00lingering"
+	}
 	switch {
 	case chain != nil && !m.outChain[id]:
 		t.pre.chains = append(t.pre.chains, name)
@@ -137,12 +135,45 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
 		m.outcomes[i] = sig
 	}
-	if was != rk {
+	if m.outRule[i] != rk {
 		t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
 		t.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
 		m.outRule[i] = rk
 	}
 	return was, rk, rid
+}
+
+// sweep deletes, in the switch t, what the Apply before stopped using:
+// outcomes it freed (their elements and chains) and rule counter
+// elements no outcome named since. Not in the Apply that stops using
+// them: the kernel reads a set's elements at the moment of each lookup,
+// not as of the generation a packet's walk started in, so a packet still
+// on its way when the switch commits (a vCPU that the hypervisor stops in
+// the middle of it, say) may have read an outcome number, or an outcome's
+// rule key, before the switch and look it up after: missing, the lookup
+// fails, the packet falls through to the next level and, at the end, to a
+// deny, though both States allow it. What the next State names again is
+// kept (an outcome number taken again is rewritten in its switch).
+func (m *model) sweep(t *tx) {
+	for i, at := range m.lingering {
+		if at >= m.applies {
+			continue
+		}
+		id := compile.OutcomeID(i)
+		key := u32(uint32(id))
+		t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
+		t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
+		if m.outChain[id] {
+			// Nothing goes to it after this switch: the element that did
+			// is deleted in the same transaction, first.
+			name := m.b.n(outcomeChain(id))
+			t.sweepRules = append(t.sweepRules, name)
+			t.delChains = append(t.delChains, name)
+			delete(m.outChain, id)
+		}
+		delete(m.lingering, i)
+	}
+	m.sweepCounters(t)
 }
 
 // recount counts anew the outcomes of s that count into each rule key.
@@ -181,14 +212,8 @@ func (m *model) counterElems(t *tx, touched map[string]string) {
 }
 
 // sweepCounters deletes, in the switch t, the rule counter elements that
-// no outcome has named since an earlier Apply. Not in the Apply that
-// stops naming them: the kernel reads a set's elements at the moment of
-// each lookup, not as of the generation a packet's walk started in, so a
-// packet still on its way through the old outcomes when the switch
-// commits (a vCPU the hypervisor stops for a while in the middle of it,
-// say) would miss its rule's counter element, fall through to the next
-// level and, at the end, to a deny: a connection both policies allow,
-// dropped. A counter the next State names again is simply kept.
+// no outcome has named since an earlier Apply (see sweep; a counter the
+// next State names again is simply kept), and ends the model's Apply.
 func (m *model) sweepCounters(t *tx) {
 	for k, at := range m.retired {
 		if at < m.applies {
