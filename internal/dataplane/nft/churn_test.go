@@ -238,7 +238,8 @@ metadata: {name: b, namespace: app, labels: {app: b}}
 spec: {host: h1, ips: [10.9.0.2]}
 `
 
-// An outcome the new State frees keeps its elements for one more Apply:
+// An outcome (or identity) the new State frees keeps its elements for
+// one more Apply:
 // the kernel reads a set's elements at each lookup, so a packet whose walk
 // spans the switch may have read the old outcome number from the port
 // map before it and look it up after it; deleting the elements at the
@@ -261,7 +262,7 @@ func TestFreedOutcomesLingerOneApply(t *testing.T) {
 	m := testModel()
 	m.create(newTx(table()), dataplane.Desired{State: c.State()})
 	m.sweep(newTx(table()))
-	outs := m.b.n(setOutcomes)
+	outs, attrs := m.b.n(setOutcomes), m.b.n(setAttrs)
 	step := func(v int) *tx {
 		if err := c.SetPolicies(sets[v]); err != nil {
 			t.Fatal(err)
@@ -276,8 +277,11 @@ func TestFreedOutcomesLingerOneApply(t *testing.T) {
 		if n := len(tx.dels[outs]) - len(tx.adds[outs]); n > 0 {
 			t.Errorf("switch %d deletes %d outcome elements at once", i, n)
 		}
-		if i%2 == 1 && len(m.lingering) == 0 {
-			t.Errorf("switch %d freed no outcome: the sets should differ in their rules", i)
+		if n := len(tx.dels[attrs]) - len(tx.adds[attrs]); n > 0 {
+			t.Errorf("switch %d deletes %d identities at once", i, n)
+		}
+		if i%2 == 1 && (len(m.lingering) == 0 || len(m.lingerIdent) == 0) {
+			t.Errorf("switch %d freed %d outcomes and %d identities: the sets should differ in rules and CIDRs", i, len(m.lingering), len(m.lingerIdent))
 		}
 	}
 	freed := len(m.lingering)

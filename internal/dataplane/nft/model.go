@@ -17,26 +17,27 @@ import (
 // model is what one generation holds in the kernel, kept in memory so
 // that an update is a diff and nothing big is ever read back.
 type model struct {
-	b         *builder
-	state     *compile.State         // nil: nothing but anti-spoofing
-	atts      []dataplane.Attachment // as last written
-	own       map[ownElem]bool
-	ifaces    map[string]bool
-	pms       *portMaps
-	outcomes  []string                   // rendering signature by outcome id; "" for none yet
-	outRule   []string                   // rule key by outcome id
-	outChain  map[compile.OutcomeID]bool // outcomes that have a chain (they log)
-	walls     []string                   // signature by wall index
-	nconf     int                        // conflict chains made
-	buckets   [256]uint8
-	counters  map[string]string     // counter object → wall name ("" for the fixed ones)
-	ruleOf    map[string]string     // rule key → rule id: the elements of the rule counter set
-	ruleRefs  map[string]int        // rule key → outcomes that count into it
-	retired   map[string]int        // rule key → the Apply that stopped naming it: deleted one Apply later
-	lingering map[int]int           // outcome number → the Apply that freed it: its elements go one Apply later
-	applies   int                   // Applies made with this model
-	byRule    [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
-	wallOf    map[string]string     // wall counter name → wall name
+	b           *builder
+	state       *compile.State         // nil: nothing but anti-spoofing
+	atts        []dataplane.Attachment // as last written
+	own         map[ownElem]bool
+	ifaces      map[string]bool
+	pms         *portMaps
+	outcomes    []string                   // rendering signature by outcome id; "" for none yet
+	outRule     []string                   // rule key by outcome id
+	outChain    map[compile.OutcomeID]bool // outcomes that have a chain (they log)
+	walls       []string                   // signature by wall index
+	nconf       int                        // conflict chains made
+	buckets     [256]uint8
+	counters    map[string]string                  // counter object → wall name ("" for the fixed ones)
+	ruleOf      map[string]string                  // rule key → rule id: the elements of the rule counter set
+	ruleRefs    map[string]int                     // rule key → outcomes that count into it
+	retired     map[string]int                     // rule key → the Apply that stopped naming it: deleted one Apply later
+	lingering   map[int]int                        // outcome number → the Apply that freed it: its elements go one Apply later
+	lingerIdent map[compile.IdentityID]lingerIdent // freed identities, likewise
+	applies     int                                // Applies made with this model
+	byRule      [][]compile.OutcomeID              // rule number → outcomes naming it (as Rule or WouldDeny)
+	wallOf      map[string]string                  // wall counter name → wall name
 }
 
 type ownElem struct {
@@ -47,7 +48,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]int{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]int{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -278,18 +279,29 @@ func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
 	}
 }
 
+// identityElems writes the identities' attributes and groups. A freed
+// identity's elements stay one Apply longer (see sweep): a packet whose
+// walk spans the switch may have read its number from an address map
+// before it (an outside range, whose chains the switch rewrites) and look
+// it up after it; missing, the guard lookup would fail and skip a wall.
 func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID, compile.IdentityAttrs]) {
 	attrs := m.b.n(setAttrs)
 	for _, c := range changes {
 		k := u32(uint32(c.Key))
 		old, nw := c.Old, c.New
+		was, lingers := m.lingerIdent[c.Key]
 		switch {
+		case c.Op == compile.Add && lingers:
+			old = was.attrs
+			delete(m.lingerIdent, c.Key)
+			t.del(attrs, nftables.SetElement{Key: k})
+			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
 		case c.Op == compile.Add:
 			old = compile.IdentityAttrs{}
 			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
 		case c.Op == compile.Delete:
-			nw = compile.IdentityAttrs{}
-			t.del(attrs, nftables.SetElement{Key: k})
+			m.lingerIdent[c.Key] = lingerIdent{at: m.applies, attrs: old}
+			continue
 		case string(attrsData(old)) != string(attrsData(nw)):
 			t.del(attrs, nftables.SetElement{Key: k})
 			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
@@ -306,6 +318,30 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(uint32(ng))})
 			}
 		}
+	}
+}
+
+// lingerIdent is a freed identity still in the kernel: the Apply that
+// freed it and what it had.
+type lingerIdent struct {
+	at    int
+	attrs compile.IdentityAttrs
+}
+
+// sweepIdentities deletes the identities freed an Apply ago.
+func (m *model) sweepIdentities(t *tx) {
+	for id, l := range m.lingerIdent {
+		if l.at >= m.applies {
+			continue
+		}
+		k := u32(uint32(id))
+		t.del(m.b.n(setAttrs), nftables.SetElement{Key: k})
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			if groupOf(l.attrs, d) != 0 {
+				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})
+			}
+		}
+		delete(m.lingerIdent, id)
 	}
 }
 

@@ -144,8 +144,8 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 }
 
 // sweep deletes, in the switch t, what the Apply before stopped using:
-// outcomes it freed (their elements and chains) and rule counter
-// elements no outcome named since. Not in the Apply that stops using
+// outcomes and identities it freed (their elements, and chains) and rule
+// counter elements no outcome named since. Not in the Apply that stops using
 // them: the kernel reads a set's elements at the moment of each lookup,
 // not as of the generation a packet's walk started in, so a packet still
 // on its way when the switch commits (a vCPU that the hypervisor stops in
@@ -173,6 +173,7 @@ func (m *model) sweep(t *tx) {
 		}
 		delete(m.lingering, i)
 	}
+	m.sweepIdentities(t)
 	m.sweepCounters(t)
 }
 
