@@ -94,6 +94,7 @@ type snapshot struct {
 	outcomes  int // the compiler's outcome table
 	rules     int // and rule table
 	gen       int
+	median    time.Duration // of the applies since the snapshot before
 }
 
 var mapLine = regexp.MustCompile(`^map (\S+?)(_g\d+)? \((\d+) elements\)`)
@@ -180,7 +181,9 @@ func TestChurn(t *testing.T) {
 		}
 		times, kernel = append(times, time.Since(t0)), append(kernel, time.Since(t1))
 		if (i+1)%window == 0 {
-			snaps = append(snaps, snap(t, d, s, i+1))
+			sn := snap(t, d, s, i+1)
+			sn.median = statsOf(times[len(times)-window:]).median
+			snaps = append(snaps, sn)
 		}
 	}
 	report(t, times, kernel, snaps, window)
@@ -218,11 +221,11 @@ func report(t *testing.T, times, kernel []time.Duration, snaps []snapshot, windo
 	fmt.Fprintf(&b, "| last %d | %s | %s | %s | %s | %s | %s |\n", window, ms(l.median), ms(l.p90), ms(l.max), ms(l.mean), ms(lk.median), ms(lk.p90))
 	fmt.Fprintf(&b, "| ratio last/first | %.2f | %.2f | | %.2f | %.2f | %.2f |\n\n", float64(l.median)/float64(f.median),
 		float64(l.p90)/float64(f.p90), float64(l.mean)/float64(f.mean), float64(lk.median)/float64(fk.median), float64(lk.p90)/float64(fk.p90))
-	fmt.Fprintf(&b, "| after apply | elements | outcomes, out_rule | ports | range4+range4b | rule_counters | dump lines | compiler outcome/rule table | generation |\n")
-	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| after apply | median apply since the row before | elements | outcomes, out_rule | ports | range4+range4b | rule_counters | dump lines | compiler outcome/rule table | generation |\n")
+	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range snaps {
 		e := s.elements
-		fmt.Fprintf(&b, "| %d | %d | %d, %d | %d | %d | %d | %d | %d / %d | %d |\n", s.apply, s.total(), e["outcomes"], e["out_rule"],
+		fmt.Fprintf(&b, "| %d | %s | %d | %d, %d | %d | %d | %d | %d | %d / %d | %d |\n", s.apply, ms(s.median), s.total(), e["outcomes"], e["out_rule"],
 			e["ports"], e["range4"]+e["range4b"], e["rule_counters"], s.dumpLines, s.outcomes, s.rules, s.gen)
 	}
 	t.Log(b.String())

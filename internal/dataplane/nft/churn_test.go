@@ -140,6 +140,9 @@ func TestChurnLeavesNothingBehind(t *testing.T) {
 		ch.apply(1)
 		ch.apply(0)
 		got, gen := tableCounts(t, d)
+		st := ch.c.State()
+		got["(compiler outcome table)"], got["(compiler rule table)"] = len(st.Outcomes), len(st.Rules)
+		got["(compiler identities)"] = st.Stats().Identities
 		if gen != 1 {
 			t.Fatalf("pair %d: generation %d: a switch wrote a new generation", i, gen)
 		}
