@@ -125,13 +125,29 @@ const (
 // the next never-used number and the free numbers of every kind.
 type allocState struct {
 	ids   *smap[string, uint32]
-	kinds *smap[string, allocKind] // for the keys of ids: a full compile frees what it drops by kind
 	next  [numKinds]uint32
 	pools [numKinds]*pool[string]
 }
 
+// kindOf tells a key's kind by its prefix (see the callers of number).
+func kindOf(key string) allocKind {
+	switch key[0] {
+	case 'i':
+		return kindIdentity
+	case 'c':
+		return kindClass
+	case 'g':
+		return kindGroup
+	case 'u':
+		return kindGuard
+	case 'p':
+		return kindPeer
+	}
+	return kindRule
+}
+
 func newAllocBuilder(prev *State) *allocBuilder {
-	a := &allocBuilder{cur: &allocState{ids: newSmap[string, uint32](), kinds: newSmap[string, allocKind]()},
+	a := &allocBuilder{cur: &allocState{ids: newSmap[string, uint32]()},
 		pending: map[string]released{}}
 	for k := range a.cur.next {
 		a.cur.next[k] = 1
@@ -171,7 +187,6 @@ func (a *allocBuilder) number(key string, kind allocKind) uint32 {
 		a.cur.next[kind]++
 	}
 	a.cur.ids.set(key, n)
-	a.cur.kinds.set(key, kind)
 	return n
 }
 
@@ -188,10 +203,8 @@ func (a *allocBuilder) release(key string) {
 	if !ok {
 		return
 	}
-	kind, _ := a.cur.kinds.get(key)
 	a.cur.ids.del(key)
-	a.cur.kinds.del(key)
-	a.pending[key] = released{n, kind}
+	a.pending[key] = released{n, kindOf(key)}
 }
 
 // freeze hands out the numbering for the State with seq. A full
@@ -201,8 +214,7 @@ func (a *allocBuilder) freeze(seq uint64) *allocState {
 	if a.prev != nil {
 		a.prev.ids.each(func(key string, n uint32) {
 			if _, ok := a.cur.ids.get(key); !ok {
-				kind, _ := a.prev.kinds.get(key)
-				a.pending[key] = released{n, kind}
+				a.pending[key] = released{n, kindOf(key)}
 			}
 		})
 		a.prev = nil
@@ -212,7 +224,7 @@ func (a *allocBuilder) freeze(seq uint64) *allocState {
 		a.pools[r.kind].put(key, r.n, seq)
 	}
 	clear(a.pending)
-	s := &allocState{ids: a.cur.ids.freeze(), kinds: a.cur.kinds.freeze(), next: a.cur.next, pools: a.pools}
+	s := &allocState{ids: a.cur.ids.freeze(), next: a.cur.next, pools: a.pools}
 	for k := range a.shared {
 		a.shared[k] = true
 	}

@@ -177,3 +177,14 @@ func TestSafeSwitch(t *testing.T) {
 		t.Errorf("two branches from one State: safe")
 	}
 }
+
+// Every kind of key is told by its prefix, as the callers of number
+// write them.
+func TestKindOf(t *testing.T) {
+	for key, want := range map[string]allocKind{"i:w\x00app": kindIdentity, "c:ingress0:1,|": kindClass,
+		"g:egress:x": kindGroup, "u:0,1": kindGuard, "p:w:|": kindPeer, ruleKey("Policy/a/b", policy.Ingress, 3): kindRule} {
+		if got := kindOf(key); got != want {
+			t.Errorf("kindOf(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
