@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -271,8 +272,26 @@ func TestFreedOutcomesLingerOneApply(t *testing.T) {
 			t.Fatal(err)
 		}
 		tx := newTx(table())
-		m.update(tx, dataplane.Desired{State: c.State()})
+		st := c.State()
+		m.update(tx, dataplane.Desired{State: st})
 		m.sweep(tx)
+		fresh := testModel()
+		fresh.create(newTx(table()), dataplane.Desired{State: st})
+		trim := func(s []string) []string { return s[:len(st.Outcomes)] }
+		live := func(refs map[string]int) map[string]int {
+			out := map[string]int{}
+			for k, n := range refs {
+				if n != 0 {
+					out[k] = n
+				}
+			}
+			return out
+		}
+		if !slices.Equal(trim(m.outcomes), trim(fresh.outcomes)) || !slices.Equal(trim(m.outRule), trim(fresh.outRule)) ||
+			!maps.Equal(live(m.ruleRefs), live(fresh.ruleRefs)) || !maps.Equal(m.ruleOf, fresh.ruleOf) {
+			t.Errorf("set %d: the model's outcomes differ from a new generation's:\n%q %x %v\n%q %x %v", v,
+				m.outcomes, m.outRule, live(m.ruleRefs), fresh.outcomes, fresh.outRule, live(fresh.ruleRefs))
+		}
 		return tx
 	}
 	for i := range 4 {

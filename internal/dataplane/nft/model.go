@@ -33,7 +33,7 @@ type model struct {
 	ruleOf      map[string]string                  // rule key → rule id: the elements of the rule counter set
 	ruleRefs    map[string]int                     // rule key → outcomes that count into it
 	retired     map[string]int                     // rule key → the Apply that stopped naming it: deleted one Apply later
-	lingering   map[int]int                        // outcome number → the Apply that freed it: its elements go one Apply later
+	lingering   map[int]lingerOut                  // freed outcomes: their elements go one Apply later
 	lingerIdent map[compile.IdentityID]lingerIdent // freed identities, likewise
 	applies     int                                // Applies made with this model
 	byRule      [][]compile.OutcomeID              // rule number → outcomes naming it (as Rule or WouldDeny)
@@ -48,7 +48,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]int{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -294,8 +294,10 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 		case c.Op == compile.Add && lingers:
 			old = was.attrs
 			delete(m.lingerIdent, c.Key)
-			t.del(attrs, nftables.SetElement{Key: k})
-			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+			if string(attrsData(old)) != string(attrsData(nw)) {
+				t.del(attrs, nftables.SetElement{Key: k})
+				t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+			}
 		case c.Op == compile.Add:
 			old = compile.IdentityAttrs{}
 			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
@@ -319,6 +321,13 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 			}
 		}
 	}
+}
+
+// lingerOut is a freed outcome still in the kernel: the Apply that freed
+// it, its rendering and the rule key it counts into.
+type lingerOut struct {
+	at        int
+	sig, rule string
 }
 
 // lingerIdent is a freed identity still in the kernel: the Apply that

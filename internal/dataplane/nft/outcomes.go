@@ -53,7 +53,9 @@ func (m *model) outcomeElems(t *tx, s *compile.State, outs []compile.Change[comp
 			continue
 		}
 		if was != "" {
-			m.ruleRefs[was]--
+			if m.ruleRefs[was]--; m.ruleRefs[was] <= 0 {
+				delete(m.ruleRefs, was)
+			}
 			if _, ok := touched[was]; !ok {
 				touched[was] = m.ruleOf[was]
 			}
@@ -98,7 +100,8 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	}
 	if o == (compile.Outcome{}) {
 		if m.outcomes[i] != "" {
-			m.lingering[i] = m.applies // its elements (and chain) stay until the next Apply: see sweep
+			// Its elements (and chain) stay until the next Apply: see sweep.
+			m.lingering[i] = lingerOut{at: m.applies, sig: m.outcomes[i], rule: m.outRule[i]}
 		}
 		m.outcomes[i], m.outRule[i] = "", ""
 		return was, "", ""
@@ -106,11 +109,11 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	v, chain, sig := m.b.outcome(id, o, s.Rules)
 	rid = ruleID(s.Rules, o.Rule)
 	rk := string(ruleKey(rid))
-	if _, ok := m.lingering[i]; ok {
-		// Still in the kernel with what it meant before: rewritten in the
-		// switch, as a changed outcome is.
+	if l, ok := m.lingering[i]; ok {
+		// Still in the kernel with what it rendered before: rewritten in
+		// the switch where that differs, as a changed outcome is.
 		delete(m.lingering, i)
-		m.outcomes[i], m.outRule[i] = "\x00lingering", "\x00lingering"
+		m.outcomes[i], m.outRule[i] = l.sig, l.rule
 	}
 	switch {
 	case chain != nil && !m.outChain[id]:
@@ -155,8 +158,8 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 // deny, though both States allow it. What the next State names again is
 // kept (an outcome number taken again is rewritten in its switch).
 func (m *model) sweep(t *tx) {
-	for i, at := range m.lingering {
-		if at >= m.applies {
+	for i, l := range m.lingering {
+		if l.at >= m.applies {
 			continue
 		}
 		id := compile.OutcomeID(i)
