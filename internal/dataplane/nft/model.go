@@ -35,6 +35,7 @@ type model struct {
 	retired     map[string]int                     // rule key → the Apply that stopped naming it: deleted one Apply later
 	lingering   map[int]lingerOut                  // freed outcomes: their elements go one Apply later
 	lingerIdent map[compile.IdentityID]lingerIdent // freed identities, likewise
+	slotRanges  [2][]compile.AddrRange             // what each range slot holds
 	applies     int                                // Applies made with this model
 	byRule      [][]compile.OutcomeID              // rule number → outcomes naming it (as Rule or WouldDeny)
 	wallOf      map[string]string                  // wall counter name → wall name
@@ -257,16 +258,21 @@ func (m *model) addrElems(t *tx, changes []compile.Change[netip.Addr, compile.Id
 // with the policy's CIDRs; an interval set's backend may publish its
 // changes only after the transaction is live (as pipapo does), and a
 // range missing for a moment would skip a wall, so the slot the chains
-// use is never written.
+// use is never written. When the other slot already holds these ranges
+// (two policy sets alternated), only the chains are rewritten.
 func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
 	w := t.pre
 	if fresh {
 		m.b.rangeSlot = 0
 	} else {
 		m.b.rangeSlot = 1 - m.b.rangeSlot
-		w.flushSets = append(w.flushSets, m.b.n(rangeSet(4, m.b.rangeSlot)), m.b.n(rangeSet(6, m.b.rangeSlot)))
 		t.rules = append(t.rules, m.b.rangeChains()...)
+		if slices.Equal(m.slotRanges[m.b.rangeSlot], ranges) {
+			return
+		}
+		w.flushSets = append(w.flushSets, m.b.n(rangeSet(4, m.b.rangeSlot)), m.b.n(rangeSet(6, m.b.rangeSlot)))
 	}
+	m.slotRanges[m.b.rangeSlot] = ranges
 	for _, r := range ranges {
 		name := m.b.n(rangeSet(6, m.b.rangeSlot))
 		if r.Lo.Is4() {
