@@ -176,7 +176,9 @@ func TestChurnDropsNothingBothAllow(t *testing.T) {
 	ch := newChurner(h, d)
 	ch.apply(0)
 	var gapFails []string
+	gaps := 0
 	d.afterPrepare = func() {
+		gaps++
 		if c, err := a.dialWithin(b.v4, 8080, 900*time.Millisecond); err != nil {
 			gapFails = append(gapFails, err.Error())
 		} else {
@@ -223,7 +225,10 @@ func TestChurnDropsNothingBothAllow(t *testing.T) {
 	if len(fails) > 0 {
 		t.Errorf("%d of %d connections during %d switches failed: %s", len(fails), tries, switches, fails[0])
 	}
-	t.Logf("%d connections during %d switches, %d in the gaps", tries, switches, switches)
+	if gaps != switches {
+		t.Errorf("%d connections in the gaps of %d switches", gaps, switches)
+	}
+	t.Logf("%d connections during %d switches, %d in the gaps", tries, switches, gaps)
 	expectTCP(t, []tcpCase{{h.wls["c"], b.v4, 8080, resTimeout}})
 }
 

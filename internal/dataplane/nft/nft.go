@@ -234,6 +234,9 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)
 	for i, part := range []*tx{t.pre, t} {
+		if i == 1 && d.afterPrepare != nil {
+			d.afterPrepare()
+		}
 		if part.empty() {
 			continue
 		}
@@ -251,9 +254,6 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		}
 		if i == 0 {
 			ph.pre = time.Since(t1)
-			if d.afterPrepare != nil {
-				d.afterPrepare()
-			}
 		} else {
 			ph.main = time.Since(t1)
 		}
