@@ -33,15 +33,20 @@ type Compiler struct {
 	groupsByPeer  [2]map[int32]map[*groupInfo]struct{}
 	groupsByName  map[portName]map[*groupInfo]struct{}
 
-	scratch    [2][]bool // reused by computeEntry
-	cuts       []int     // reused by outcomeMap
-	epoch      uint64    // marks visits, to list each class or group once without a set
-	outcomes   []Outcome
-	outcomeIDs map[Outcome]OutcomeID
+	scratch       [2][]bool // reused by computeEntry
+	cuts          []int     // reused by outcomeMap
+	epoch         uint64    // marks visits, to list each class or group once without a set
+	outcomes      []Outcome
+	outcomeIDs    map[Outcome]OutcomeID
+	outShared     bool           // a State shares outcomes: copy before writing a slot
+	outFree       *pool[Outcome] // free outcome numbers
+	outFreeShared bool
+	orefs         *outcomeRefs
+	tag           *stateTag // of the last State handed out (or the one compiled from)
 
 	addrs  *smap[netip.Addr, IdentityID]
 	attrs  *smap[IdentityID, IdentityAttrs]
-	tables [2]*smap[TableKey, PortMap]
+	tables [2]tableMap
 	guardT *smap[[2]GuardID, Guard]
 	ranges []AddrRange
 
@@ -91,9 +96,7 @@ type identInfo struct {
 // change.
 func New(set *policy.Set, host string, prev *State) (*Compiler, error) {
 	c := &Compiler{host: host, alloc: newAllocBuilder(prev)}
-	if prev != nil {
-		c.outcomes = prev.Outcomes
-	}
+	c.inheritOutcomes(prev)
 	if err := c.reset(set); err != nil {
 		return nil, err
 	}
@@ -124,7 +127,7 @@ func (c *Compiler) reset(set *policy.Set) error {
 		c.groups[d] = map[string]*groupInfo{}
 		c.classesByPeer[d] = map[int32]map[*classInfo]struct{}{}
 		c.groupsByPeer[d] = map[int32]map[*groupInfo]struct{}{}
-		c.tables[d] = newSmapBy[TableKey, PortMap](tableShard)
+		c.tables[d] = tableMap{newSmapBy[TableKey, PortMap](tableShard), c.orefs}
 	}
 	c.classesByName = map[portName]map[*classInfo]struct{}{}
 	c.groupsByName = map[portName]map[*groupInfo]struct{}{}
@@ -133,7 +136,10 @@ func (c *Compiler) reset(set *policy.Set) error {
 		c.outcomes = []Outcome{{}}
 	}
 	for i, o := range c.outcomes[1:] {
-		c.outcomeIDs[o] = OutcomeID(i + 1)
+		if o != (Outcome{}) {
+			c.outcomeIDs[o] = OutcomeID(i + 1)
+			c.orefs.maybe = append(c.orefs.maybe, OutcomeID(i+1)) // freed unless an entry names it
+		}
 	}
 	c.addrs, c.attrs, c.guardT = newSmap[netip.Addr, IdentityID](), newSmap[IdentityID, IdentityAttrs](), newSmap[[2]GuardID, Guard]()
 	c.inv, c.idx, c.byPtr = newInventory(set), newIdentIndex(), map[*policy.Workload]*wlInfo{}
@@ -389,27 +395,33 @@ func (c *Compiler) segments(id *identInfo, cl int32) []bool {
 // State returns the current desired state. It is cheap: the maps are
 // shared with the Compiler copy-on-write, shard by shard.
 func (c *Compiler) State() *State {
+	c.tag = newTag(c.tag, c.alloc.reused)
+	c.alloc.reused = 0
+	c.freeOutcomes(c.tag.seq)
 	s := &State{Host: c.host, Addrs: c.addrs.freeze(), Identities: c.attrs.freeze(),
 		Guards: c.guardT.freeze(), Buckets: c.pr.bucketOf, Outcomes: c.outcomes,
 		Rules: c.pr.rules, Walls: c.set.Walls, Conflict: c.set.ConflictClasses,
-		Ranges: c.ranges, alloc: c.alloc.freeze()}
+		Ranges: c.ranges, alloc: c.alloc.freeze(c.tag.seq), tag: c.tag}
 	for d := range c.tables {
 		s.Tables[d] = c.tables[d].freeze()
 	}
 	c.outcomes = c.outcomes[:len(c.outcomes):len(c.outcomes)] // appends never write into a shared array
+	c.outShared, c.outFreeShared, s.outFree = true, true, c.outFree
 	c.pr.rulesShared = true
 	s.rulesLog = c.pr.logRules()
 	return s
 }
 
-func (c *Compiler) outcomeID(o Outcome) OutcomeID {
-	if id, ok := c.outcomeIDs[o]; ok {
-		return id
+// inheritOutcomes starts the outcome numbering from prev's (nil: none).
+func (c *Compiler) inheritOutcomes(prev *State) {
+	c.orefs, c.outFree = &outcomeRefs{}, newPool[Outcome]()
+	if prev != nil {
+		c.tag = prev.tag
+		c.outcomes, c.outShared = prev.Outcomes, true
+		if prev.outFree != nil {
+			c.outFree, c.outFreeShared = prev.outFree, true
+		}
 	}
-	id := OutcomeID(len(c.outcomes))
-	c.outcomes = append(c.outcomes, o)
-	c.outcomeIDs[o] = id
-	return id
 }
 
 // Sizes counts the compiler's classes and groups (for reports).

@@ -19,10 +19,9 @@ type Delta struct {
 	// Ranges is the new outside address map when it changed (only on a
 	// policy change; it is small), nil otherwise.
 	Ranges []AddrRange
-	// Outcomes are the outcomes new in the later state (ids from
-	// FirstOutcome on); outcomes are never renumbered within a lineage.
-	Outcomes     []Outcome
-	FirstOutcome OutcomeID
+	// Outcomes are the outcome numbers whose outcome changed: made,
+	// freed (no entry names it any more) or given to another outcome.
+	Outcomes []Change[OutcomeID, Outcome]
 	// Rules is the new rule table when it changed.
 	Rules []policy.RuleRef
 	// RuleChanges are the rule numbers whose rule changed, by number: an
@@ -61,11 +60,7 @@ func Diff(old, new *State) Delta {
 	if !rangesEqual(old.Ranges, new.Ranges) {
 		d.Ranges = new.Ranges
 	}
-	n := len(old.Outcomes)
-	if n > len(new.Outcomes) || !outcomesPrefix(old.Outcomes, new.Outcomes) {
-		n = 1 // not of one lineage: send them all
-	}
-	d.FirstOutcome, d.Outcomes = OutcomeID(n), new.Outcomes[n:]
+	d.Outcomes = diffOutcomes(old.Outcomes, new.Outcomes)
 	d.RuleChanges = diffRules(old, new)
 	if len(d.RuleChanges) > 0 || len(old.Rules) != len(new.Rules) {
 		d.Rules = new.Rules
@@ -88,16 +83,32 @@ func rangesEqual(a, b []AddrRange) bool {
 	return true
 }
 
-func outcomesPrefix(a, b []Outcome) bool {
-	if len(a) > 0 && &a[0] == &b[0] {
-		return true
+// diffOutcomes compares two outcome tables slot by slot (a few hundred
+// at full scale); a zero Outcome is no outcome.
+func diffOutcomes(a, b []Outcome) []Change[OutcomeID, Outcome] {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return nil
 	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+	at := func(s []Outcome, i int) Outcome {
+		if i < len(s) {
+			return s[i]
+		}
+		return Outcome{}
+	}
+	var out []Change[OutcomeID, Outcome]
+	for i := 1; i < max(len(a), len(b)); i++ {
+		x, y := at(a, i), at(b, i)
+		switch {
+		case x == y:
+		case x == (Outcome{}):
+			out = append(out, Change[OutcomeID, Outcome]{Op: Add, Key: OutcomeID(i), New: y})
+		case y == (Outcome{}):
+			out = append(out, Change[OutcomeID, Outcome]{Op: Delete, Key: OutcomeID(i), Old: x})
+		default:
+			out = append(out, Change[OutcomeID, Outcome]{Op: Update, Key: OutcomeID(i), Old: x, New: y})
 		}
 	}
-	return true
+	return out
 }
 
 // ruleEdits is one step of a Compiler's rule table: the slots it wrote

@@ -155,7 +155,7 @@ type replay struct {
 
 func newReplay(s *State) *replay {
 	cp := &State{Addrs: newSmap[netip.Addr, IdentityID](), Identities: newSmap[IdentityID, IdentityAttrs](),
-		Guards: newSmap[[2]GuardID, Guard](), Ranges: s.Ranges, Outcomes: s.Outcomes, Rules: []policy.RuleRef{{}}}
+		Guards: newSmap[[2]GuardID, Guard](), Ranges: s.Ranges, Outcomes: []Outcome{{}}, Rules: []policy.RuleRef{{}}}
 	cp.Tables[0], cp.Tables[1] = newSmap[TableKey, PortMap](), newSmap[TableKey, PortMap]()
 	r := &replay{s: cp}
 	r.apply(Diff(nil, s))
@@ -181,7 +181,14 @@ func (r *replay) apply(d Delta) {
 	if d.Ranges != nil {
 		r.s.Ranges = d.Ranges
 	}
-	r.s.Outcomes = append(r.s.Outcomes[:d.FirstOutcome:d.FirstOutcome], d.Outcomes...)
+	outs := slices.Clone(r.s.Outcomes)
+	for _, c := range d.Outcomes {
+		for int(c.Key) >= len(outs) {
+			outs = append(outs, Outcome{})
+		}
+		outs[c.Key] = c.New // zero for a Delete
+	}
+	r.s.Outcomes = outs
 	// The rule table from its changes alone, as the kernel keeps it.
 	rules := slices.Clone(r.s.Rules)
 	for _, c := range d.RuleChanges {

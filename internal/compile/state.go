@@ -126,13 +126,15 @@ type State struct {
 	// Buckets maps an IP protocol number to its bucket: 0 for every
 	// protocol that no service names.
 	Buckets  [256]uint8
-	Outcomes []Outcome        // by OutcomeID; 0 unused
+	Outcomes []Outcome        // by OutcomeID; 0 unused, a zero Outcome is a free number
 	Rules    []policy.RuleRef // by RuleNum; 0 unused
 	Walls    []*policy.Wall
 	Conflict []*policy.ConflictClass
 
-	alloc    *allocState // for stable numbering across compiles
-	rulesLog *ruleEdits  // how Rules came about, for a cheap Diff
+	alloc    *allocState    // for stable numbering across compiles
+	outFree  *pool[Outcome] // free outcome numbers
+	tag      *stateTag      // its place in its lineage, for SafeSwitch
+	rulesLog *ruleEdits     // how Rules came about, for a cheap Diff
 }
 
 // Identity returns the identity of an address, as the dataplane finds it:
@@ -200,7 +202,7 @@ func (s *State) side(d policy.Direction, local, peer IdentityAttrs, bucket uint8
 }
 
 func (s *State) sideOf(id OutcomeID) policy.Side {
-	if id == 0 || int(id) >= len(s.Outcomes) {
+	if id == 0 || int(id) >= len(s.Outcomes) || s.Outcomes[id] == (Outcome{}) {
 		// Fail closed: a missing entry is a compiler bug, never an allow.
 		return policy.Side{Action: policy.Deny, Reason: "no table entry"}
 	}

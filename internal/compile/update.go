@@ -26,7 +26,8 @@ func (c *Compiler) SetPolicies(set *policy.Set) error {
 		return nil
 	}
 	prev := c.State()
-	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), outcomes: prev.Outcomes, fullCompiles: c.fullCompiles + 1}
+	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), fullCompiles: c.fullCompiles + 1}
+	n.inheritOutcomes(prev)
 	if err := n.reset(set); err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 			a, _ := netip.AddrFromSlice(e.key)
 			add("%s : identity %d", a, be(e.data))
 		}
-	case setRange4, setRange6:
+	case setRange4, setRange6, setRange4b, setRange6b:
 		lines = rangeLines(els)
 	case setAttrs:
 		for _, e := range els {

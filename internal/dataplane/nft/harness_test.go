@@ -56,6 +56,7 @@ type testHost struct {
 	ns   *netns.NS
 	wls  map[string]*testWorkload
 	atts []dataplane.Attachment
+	prev *compile.State // the last State compiled: the next is compiled from it, as an agent's are
 }
 
 type testWorkload struct {
@@ -124,11 +125,12 @@ func (h *testHost) compileYAML(policies string) (*compile.State, *policy.Set) {
 	if len(errs) > 0 {
 		h.t.Fatalf("load: %v", errs)
 	}
-	c, err := compile.New(set, "h1", nil)
+	c, err := compile.New(set, "h1", h.prev)
 	if err != nil {
 		h.t.Fatalf("compile: %v", err)
 	}
-	return c.State(), set
+	h.prev = c.State()
+	return h.prev, set
 }
 
 func (h *testHost) desired(s *compile.State, set *policy.Set) dataplane.Desired {

@@ -526,7 +526,8 @@ func TestForeignTableRefused(t *testing.T) {
 }
 
 // A change of the policy's CIDRs changes the outside ranges: Apply writes
-// a new generation, and the new CIDR is enforced.
+// them into the other range slot and points the chains at it, in the same
+// generation, and the new CIDR is enforced.
 func TestRangeChange(t *testing.T) {
 	h := newTestHost(t, "a", "b", "c")
 	a, b, c := h.wls["a"], h.wls["b"], h.wls["c"]
@@ -548,15 +549,17 @@ spec:
 	expectTCP(t, []tcpCase{{a, c.v4, 8080, resTimeout}, {a, b.v4, 8080, resOK}})
 	h.apply(d, deny("10.77.0.2/32"))
 	expectTCP(t, []tcpCase{{a, c.v4, 8080, resOK}, {a, b.v4, 8080, resTimeout}})
-	if d.model.b.gen != 2 {
-		t.Errorf("generation = %d, want 2 (new ranges, new generation)", d.model.b.gen)
+	h.apply(d, deny("10.77.0.3/32"))
+	expectTCP(t, []tcpCase{{a, c.v4, 8080, resTimeout}, {a, b.v4, 8080, resOK}})
+	if d.model.b.gen != 1 {
+		t.Errorf("generation = %d, want 1 (new ranges are a delta)", d.model.b.gen)
 	}
 	f, err := readTable(d.conn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range append(f.chains, f.sets...) {
-		if !isPersistent(n) && genOf(n) != 2 {
+		if !isPersistent(n) && genOf(n) != 1 {
 			t.Errorf("%s left over from another generation", n)
 		}
 	}

@@ -117,6 +117,8 @@ const (
 	setAddr6    = "addr6"    //
 	setRange4   = "range4"   // every other address (intervals) → identity
 	setRange6   = "range6"   //
+	setRange4b  = "range4b"  // the same, the other of two slots (see model.rangeElems)
+	setRange6b  = "range6b"  //
 	setAttrs    = "attrs"    // identity → attribute vector
 	setGroupI   = "group_i"  // local identity → ingress policy group
 	setGroupE   = "group_e"  // local identity → egress policy group
@@ -182,6 +184,8 @@ func allSetSpecs() []setSpec {
 		{name: setAddr6, key: nftables.TypeIP6Addr, data: typeU32},
 		{name: setRange4, key: nftables.TypeIPAddr, data: typeU32, interval: true},
 		{name: setRange6, key: nftables.TypeIP6Addr, data: typeU32, interval: true},
+		{name: setRange4b, key: nftables.TypeIPAddr, data: typeU32, interval: true},
+		{name: setRange6b, key: nftables.TypeIP6Addr, data: typeU32, interval: true},
 		{name: setAttrs, key: typeU32, data: typeAttrs},
 		{name: setGroupI, key: typeU32, data: typeU32},
 		{name: setGroupE, key: typeU32, data: typeU32},

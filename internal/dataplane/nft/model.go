@@ -17,23 +17,28 @@ import (
 // model is what one generation holds in the kernel, kept in memory so
 // that an update is a diff and nothing big is ever read back.
 type model struct {
-	b        *builder
-	state    *compile.State         // nil: nothing but anti-spoofing
-	atts     []dataplane.Attachment // as last written
-	own      map[ownElem]bool
-	ifaces   map[string]bool
-	pms      *portMaps
-	outcomes []string                   // rendering signature by outcome id; "" for none yet
-	outRule  []string                   // rule key by outcome id
-	outChain map[compile.OutcomeID]bool // outcomes that have a chain (they log)
-	walls    []string                   // signature by wall index
-	nconf    int                        // conflict chains made
-	buckets  [256]uint8
-	counters map[string]string     // counter object → wall name ("" for the fixed ones)
-	ruleOf   map[string]string     // rule key → rule id: the elements of the rule counter set
-	ruleRefs map[string]int        // rule key → outcomes that count into it
-	byRule   [][]compile.OutcomeID // rule number → outcomes naming it (as Rule or WouldDeny)
-	wallOf   map[string]string     // wall counter name → wall name
+	b           *builder
+	state       *compile.State         // nil: nothing but anti-spoofing
+	atts        []dataplane.Attachment // as last written
+	own         map[ownElem]bool
+	ifaces      map[string]bool
+	pms         *portMaps
+	outcomes    []string                   // rendering signature by outcome id; "" for none yet
+	outRule     []string                   // rule key by outcome id
+	outChain    map[compile.OutcomeID]bool // outcomes that have a chain (they log)
+	walls       []string                   // signature by wall index
+	nconf       int                        // conflict chains made
+	buckets     [256]uint8
+	counters    map[string]string                  // counter object → wall name ("" for the fixed ones)
+	ruleOf      map[string]string                  // rule key → rule id: the elements of the rule counter set
+	ruleRefs    map[string]int                     // rule key → outcomes that count into it
+	retired     map[string]int                     // rule key → the Apply that stopped naming it: deleted one Apply later
+	lingering   map[int]lingerOut                  // freed outcomes: their elements go one Apply later
+	lingerIdent map[compile.IdentityID]lingerIdent // freed identities, likewise
+	slotRanges  [2][]compile.AddrRange             // what each range slot holds
+	applies     int                                // Applies made with this model
+	byRule      [][]compile.OutcomeID              // rule number → outcomes naming it (as Rule or WouldDeny)
+	wallOf      map[string]string                  // wall counter name → wall name
 }
 
 type ownElem struct {
@@ -44,7 +49,7 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
 	return m
 }
 
@@ -65,7 +70,8 @@ func (m *model) create(t *tx, d dataplane.Desired) {
 	}
 	m.update(w, d)
 	// Counters of walls gone away are still counted into by the live
-	// generation until the switch: delete them in it, never before.
+	// generation until the switch: delete them in it, never before. (Rule
+	// counter elements go one Apply later still: see sweepCounters.)
 	t.delObjs, w.delObjs = append(t.delObjs, w.delObjs...), nil
 }
 
@@ -79,22 +85,18 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 		return
 	}
 	delta := compile.Diff(m.state, d.State)
-	// Outcomes only grow within a lineage: otherwise look at every one.
-	full := m.state == nil || int(delta.FirstOutcome) < len(m.outcomes)
+	// A new generation looks at every outcome.
+	full := m.state == nil
 	wallsChanged := m.state == nil || !sameWalls(m.state.Walls, d.State.Walls) || len(m.state.Conflict) != len(d.State.Conflict)
-	m.outcomeElems(t, d.State, delta.RuleChanges, full)
+	m.outcomeElems(t, d.State, delta.Outcomes, delta.RuleChanges, full)
 	if wallsChanged {
 		m.wallChains(t, d.State)
 		m.counterObjects(t, d.State)
 	}
 	m.bucketElems(t, d.State)
 	m.addrElems(t, delta.Addrs)
-	if m.state == nil {
-		// Ranges change only with the policy's CIDRs; Apply writes a new
-		// generation then: an interval set's backend may publish changes
-		// after the switch (as pipapo does), and a miss here would skip a
-		// wall.
-		m.rangeElems(t, d.State.Ranges)
+	if m.state == nil || delta.Ranges != nil {
+		m.rangeElems(t, d.State.Ranges, m.state == nil)
 	}
 	m.identityElems(t, delta.Identities)
 	for dir := range delta.Tables {
@@ -249,32 +251,65 @@ func (m *model) addrElems(t *tx, changes []compile.Change[netip.Addr, compile.Id
 	}
 }
 
-// rangeElems writes the outside ranges of a new generation.
-func (m *model) rangeElems(t *tx, ranges []compile.AddrRange) {
-	for _, r := range ranges {
-		name := m.b.n(setRange6)
-		if r.Lo.Is4() {
-			name = m.b.n(setRange4)
+// rangeElems writes the outside ranges: into slot 0 for a new
+// generation; else into the slot the chains do not look up, emptied
+// first, in the preparatory transaction, and the switch rewrites the
+// chains that look up ranges to look up that slot. The ranges change
+// with the policy's CIDRs; an interval set's backend may publish its
+// changes only after the transaction is live (as pipapo does), and a
+// range missing for a moment would skip a wall, so the slot the chains
+// use is never written. When the other slot already holds these ranges
+// (two policy sets alternated), only the chains are rewritten.
+func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
+	w := t.pre
+	if fresh {
+		m.b.rangeSlot = 0
+	} else {
+		m.b.rangeSlot = 1 - m.b.rangeSlot
+		t.rules = append(t.rules, m.b.rangeChains()...)
+		if slices.Equal(m.slotRanges[m.b.rangeSlot], ranges) {
+			return
 		}
-		t.add(name, nftables.SetElement{Key: addrKey(r.Lo), Val: u32(uint32(r.ID))})
+		w.flushSets = append(w.flushSets, m.b.n(rangeSet(4, m.b.rangeSlot)), m.b.n(rangeSet(6, m.b.rangeSlot)))
+	}
+	m.slotRanges[m.b.rangeSlot] = ranges
+	for _, r := range ranges {
+		name := m.b.n(rangeSet(6, m.b.rangeSlot))
+		if r.Lo.Is4() {
+			name = m.b.n(rangeSet(4, m.b.rangeSlot))
+		}
+		w.add(name, nftables.SetElement{Key: addrKey(r.Lo), Val: u32(uint32(r.ID))})
 		if next := r.Hi.Next(); next.IsValid() && next.Is4() == r.Lo.Is4() {
-			t.add(name, nftables.SetElement{Key: addrKey(next), IntervalEnd: true})
+			w.add(name, nftables.SetElement{Key: addrKey(next), IntervalEnd: true})
 		}
 	}
 }
 
+// identityElems writes the identities' attributes and groups. A freed
+// identity's elements stay one Apply longer (see sweep): a packet whose
+// walk spans the switch may have read its number from an address map
+// before it (an outside range, whose chains the switch rewrites) and look
+// it up after it; missing, the guard lookup would fail and skip a wall.
 func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID, compile.IdentityAttrs]) {
 	attrs := m.b.n(setAttrs)
 	for _, c := range changes {
 		k := u32(uint32(c.Key))
 		old, nw := c.Old, c.New
+		was, lingers := m.lingerIdent[c.Key]
 		switch {
+		case c.Op == compile.Add && lingers:
+			old = was.attrs
+			delete(m.lingerIdent, c.Key)
+			if string(attrsData(old)) != string(attrsData(nw)) {
+				t.del(attrs, nftables.SetElement{Key: k})
+				t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+			}
 		case c.Op == compile.Add:
 			old = compile.IdentityAttrs{}
 			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
 		case c.Op == compile.Delete:
-			nw = compile.IdentityAttrs{}
-			t.del(attrs, nftables.SetElement{Key: k})
+			m.lingerIdent[c.Key] = lingerIdent{at: m.applies, attrs: old}
+			continue
 		case string(attrsData(old)) != string(attrsData(nw)):
 			t.del(attrs, nftables.SetElement{Key: k})
 			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
@@ -291,6 +326,37 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(uint32(ng))})
 			}
 		}
+	}
+}
+
+// lingerOut is a freed outcome still in the kernel: the Apply that freed
+// it, its rendering and the rule key it counts into.
+type lingerOut struct {
+	at        int
+	sig, rule string
+}
+
+// lingerIdent is a freed identity still in the kernel: the Apply that
+// freed it and what it had.
+type lingerIdent struct {
+	at    int
+	attrs compile.IdentityAttrs
+}
+
+// sweepIdentities deletes the identities freed an Apply ago.
+func (m *model) sweepIdentities(t *tx) {
+	for id, l := range m.lingerIdent {
+		if l.at >= m.applies {
+			continue
+		}
+		k := u32(uint32(id))
+		t.del(m.b.n(setAttrs), nftables.SetElement{Key: k})
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			if groupOf(l.attrs, d) != 0 {
+				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})
+			}
+		}
+		delete(m.lingerIdent, id)
 	}
 }
 
@@ -361,6 +427,7 @@ func (m *model) guardVerdict(g compile.Guard) *expr.Verdict {
 // generation, which holds only live ones.
 type portMaps struct {
 	byKey   map[string]*portMap
+	dead    map[string]*portMap // released, still in the kernel: revived when the same map comes back
 	next    uint32
 	garbage int // ranges of released port maps still in the kernel
 	live    int // ranges of port maps in use
@@ -372,7 +439,9 @@ type portMap struct {
 	m    compile.PortMap
 }
 
-func newPortMaps() *portMaps { return &portMaps{byKey: map[string]*portMap{}, next: 1} }
+func newPortMaps() *portMaps {
+	return &portMaps{byKey: map[string]*portMap{}, dead: map[string]*portMap{}, next: 1}
+}
 
 func pmKey(m compile.PortMap) string {
 	b := make([]byte, 0, len(m)*8)
@@ -388,6 +457,14 @@ func (p *portMaps) acquire(t *tx, b *builder, m compile.PortMap) uint32 {
 	k := pmKey(m)
 	if pm, ok := p.byKey[k]; ok {
 		pm.refs++
+		return pm.id
+	}
+	if pm, ok := p.dead[k]; ok {
+		// Its elements are still in the kernel, unchanged: they mean what
+		// they meant (outcome numbers mean what the State says now).
+		delete(p.dead, k)
+		pm.refs, p.byKey[k] = 1, pm
+		p.live, p.garbage = p.live+len(m), p.garbage-len(m)
 		return pm.id
 	}
 	pm := &portMap{id: p.next, refs: 1, m: m}
@@ -410,6 +487,7 @@ func (p *portMaps) release(m compile.PortMap) uint32 {
 	pm.refs--
 	if pm.refs == 0 {
 		delete(p.byKey, k)
+		p.dead[k] = pm
 		p.live -= len(m)
 		p.garbage += len(m)
 	}

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bulkhead-dev/bulkhead/internal/compile"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 )
 
@@ -74,6 +74,10 @@ type Dataplane struct {
 	closed bool
 	last   map[string]int // element operations of the last Apply, by set (for reports)
 	phases phases         // where the last Apply spent its time (for reports)
+
+	// afterPrepare, when set (by tests), runs between the preparatory
+	// and the switch transaction of an Apply.
+	afterPrepare func()
 }
 
 // phases times an Apply: computing the transactions, encoding them and
@@ -194,8 +198,10 @@ func (d *Dataplane) Close() error {
 // Apply makes want the state in force: what the switch will refer to in a
 // preparatory transaction that changes no verdict, then the switch in one
 // transaction (see docs/dataplane.md). The first Apply after New, the
-// first after a failed one, and one that changes the outside ranges or
-// finds too much garbage in the interval map write a new generation.
+// first after a failed one, one whose State is not the next (or the
+// previous) of the one in force (compile.SafeSwitch: a reused number could
+// change its meaning under a packet on its way) and one that finds too
+// much garbage in the interval map write a new generation.
 func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -207,7 +213,7 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	}
 	start := time.Now()
 	fresh := d.model == nil || d.broken || (d.model.state == nil) != (want.State == nil) ||
-		(want.State != nil && !slices.Equal(d.model.state.Ranges, want.State.Ranges)) ||
+		(want.State != nil && !compile.SafeSwitch(d.model.state, want.State)) ||
 		d.model.pms.needsCompaction()
 	var (
 		t   *tx
@@ -224,9 +230,13 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
+	m.sweep(t)
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)
 	for i, part := range []*tx{t.pre, t} {
+		if i == 1 && d.afterPrepare != nil {
+			d.afterPrepare()
+		}
 		if part.empty() {
 			continue
 		}

@@ -9,23 +9,33 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// outcomeElems writes the outcomes new in s and rewrites those whose
-// rendering may have changed (they name a changed rule: its id or log
-// flag): the verdict, the chain of an outcome that logs, the rule it
-// counts into. It keeps one rule counter element per rule that some
-// outcome names (and the zero key): new ones before the switch, gone ones
-// after. Rules that decide nothing on this host cost nothing. With full,
-// every outcome is looked at; otherwise s is of the model's lineage and
-// the cost follows the new outcomes and the changed rules.
-func (m *model) outcomeElems(t *tx, s *compile.State, rules []compile.Change[compile.RuleNum, policy.RuleRef], full bool) {
-	n0 := len(m.outcomes)
+// outcomeElems brings the outcome elements in line with s: outcomes
+// made, freed or given to another outcome (the compiler reuses the
+// numbers of outcomes no entry names any more), and those whose rendering
+// may have changed because they name a changed rule (its id or log flag):
+// the verdict, the chain of an outcome that logs, the rule it counts
+// into. It keeps one rule counter element per rule that some outcome
+// names (and the zero key): new ones before the switch, gone ones in it.
+// Rules that decide nothing on this host cost nothing. With full, every
+// outcome is looked at; otherwise s is of the model's lineage and the
+// cost follows the changed outcomes and rules.
+func (m *model) outcomeElems(t *tx, s *compile.State, outs []compile.Change[compile.OutcomeID, compile.Outcome],
+	rules []compile.Change[compile.RuleNum, policy.RuleRef], full bool) {
 	var ids []int
 	if full {
-		ids = make([]int, 0, len(s.Outcomes))
-		for i := 1; i < len(s.Outcomes); i++ {
+		m.byRule = nil
+		for i := 1; i < max(len(s.Outcomes), len(m.outcomes)); i++ {
 			ids = append(ids, i)
+			if i < len(s.Outcomes) {
+				m.indexOutcome(s.Outcomes[i], i, 1)
+			}
 		}
 	} else {
+		for _, c := range outs {
+			ids = append(ids, int(c.Key))
+			m.indexOutcome(c.Old, int(c.Key), -1)
+			m.indexOutcome(c.New, int(c.Key), 1)
+		}
 		for _, c := range rules {
 			if int(c.Key) < len(m.byRule) {
 				for _, o := range m.byRule[c.Key] {
@@ -35,24 +45,25 @@ func (m *model) outcomeElems(t *tx, s *compile.State, rules []compile.Change[com
 		}
 		slices.Sort(ids)
 		ids = slices.Compact(ids)
-		for i := n0; i < len(s.Outcomes); i++ {
-			ids = append(ids, i)
-		}
 	}
 	touched := map[string]string{} // rule key → rule id
 	for _, i := range ids {
 		was, now, id := m.writeOutcome(t, s, i)
-		if was != nil && *was == now {
+		if was == now {
 			continue
 		}
-		if was != nil {
-			m.ruleRefs[*was]--
-			if _, ok := touched[*was]; !ok {
-				touched[*was] = m.ruleOf[*was]
+		if was != "" {
+			if m.ruleRefs[was]--; m.ruleRefs[was] <= 0 {
+				delete(m.ruleRefs, was)
+			}
+			if _, ok := touched[was]; !ok {
+				touched[was] = m.ruleOf[was]
 			}
 		}
-		m.ruleRefs[now]++
-		touched[now] = id
+		if now != "" {
+			m.ruleRefs[now]++
+			touched[now] = id
+		}
 	}
 	if full {
 		m.recount(s)
@@ -61,55 +72,121 @@ func (m *model) outcomeElems(t *tx, s *compile.State, rules []compile.Change[com
 			touched[k] = id
 		}
 		for i := 1; i < len(s.Outcomes); i++ {
-			touched[m.outRule[i]] = ruleID(s.Rules, s.Outcomes[i].Rule)
+			if k := m.outRule[i]; k != "" {
+				touched[k] = ruleID(s.Rules, s.Outcomes[i].Rule)
+			}
 		}
 	}
 	m.counterElems(t, touched)
-	m.indexOutcomes(s, n0, full)
 }
 
-// writeOutcome writes outcome i of s where its rendering differs from
-// the model's, and returns the rule key it counted into (nil for an
-// outcome new to the model) and counts into now, with the rule's id.
-func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was *string, now, rid string) {
+// writeOutcome writes outcome i of s (none: a zero Outcome, or past the
+// end) where it differs from the model's, and returns the rule key it
+// counted into and counts into now ("" for none), with the rule's id.
+// A new outcome goes into the preparatory transaction (nothing in force
+// names its number: the compiler frees a number only once no entry names
+// it, and the model deleted its elements then); a changed or freed one
+// is rewritten in the switch.
+func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid string) {
+	for len(m.outcomes) <= i {
+		m.outcomes, m.outRule = append(m.outcomes, ""), append(m.outRule, "")
+	}
 	id := compile.OutcomeID(i)
-	o := s.Outcomes[i]
+	key, name := u32(uint32(id)), m.b.n(outcomeChain(id))
+	was = m.outRule[i]
+	var o compile.Outcome
+	if i < len(s.Outcomes) {
+		o = s.Outcomes[i]
+	}
+	if o == (compile.Outcome{}) {
+		if m.outcomes[i] != "" {
+			// Its elements (and chain) stay until the next Apply: see sweep.
+			m.lingering[i] = lingerOut{at: m.applies, sig: m.outcomes[i], rule: m.outRule[i]}
+		}
+		m.outcomes[i], m.outRule[i] = "", ""
+		return was, "", ""
+	}
 	v, chain, sig := m.b.outcome(id, o, s.Rules)
 	rid = ruleID(s.Rules, o.Rule)
-	key, rk := u32(uint32(id)), string(ruleKey(rid))
-	name := m.b.n(outcomeChain(id))
-	if chain != nil && !m.outChain[id] {
+	rk := string(ruleKey(rid))
+	if l, ok := m.lingering[i]; ok {
+		// Still in the kernel with what it rendered before: rewritten in
+		// the switch where that differs, as a changed outcome is.
+		delete(m.lingering, i)
+		m.outcomes[i], m.outRule[i] = l.sig, l.rule
+	}
+	switch {
+	case chain != nil && !m.outChain[id]:
 		t.pre.chains = append(t.pre.chains, name)
 		t.pre.addRules(name, false, chain)
 		m.outChain[id] = true
-	} else if chain != nil && (i >= len(m.outcomes) || m.outcomes[i] != sig) {
+	case chain != nil && m.outcomes[i] != sig:
 		t.addRules(name, true, chain)
+	case chain == nil && m.outChain[id]:
+		t.sweepRules = append(t.sweepRules, name)
+		t.delChains = append(t.delChains, name)
+		delete(m.outChain, id)
 	}
-	if i >= len(m.outcomes) {
+	if m.outcomes[i] == "" {
 		t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
 		t.pre.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
-		m.outcomes, m.outRule = append(m.outcomes, sig), append(m.outRule, rk)
-		return nil, rk, rid
+		m.outcomes[i], m.outRule[i] = sig, rk
+		return was, rk, rid
 	}
 	if m.outcomes[i] != sig {
 		t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
 		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
 		m.outcomes[i] = sig
 	}
-	old := m.outRule[i]
-	if old != rk {
+	if m.outRule[i] != rk {
 		t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
 		t.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
 		m.outRule[i] = rk
 	}
-	return &old, rk, rid
+	return was, rk, rid
+}
+
+// sweep deletes, in the switch t, what the Apply before stopped using:
+// outcomes and identities it freed (their elements, and chains) and rule
+// counter elements no outcome named since. Not in the Apply that stops using
+// them: the kernel reads a set's elements at the moment of each lookup,
+// not as of the generation a packet's walk started in, so a packet still
+// on its way when the switch commits (a vCPU that the hypervisor stops in
+// the middle of it, say) may have read an outcome number, or an outcome's
+// rule key, before the switch and look it up after: missing, the lookup
+// fails, the packet falls through to the next level and, at the end, to a
+// deny, though both States allow it. What the next State names again is
+// kept (an outcome number taken again is rewritten in its switch).
+func (m *model) sweep(t *tx) {
+	for i, l := range m.lingering {
+		if l.at >= m.applies {
+			continue
+		}
+		id := compile.OutcomeID(i)
+		key := u32(uint32(id))
+		t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
+		t.del(m.b.n(setOutRule), nftables.SetElement{Key: key})
+		if m.outChain[id] {
+			// Nothing goes to it after this switch: the element that did
+			// is deleted in the same transaction, first.
+			name := m.b.n(outcomeChain(id))
+			t.sweepRules = append(t.sweepRules, name)
+			t.delChains = append(t.delChains, name)
+			delete(m.outChain, id)
+		}
+		delete(m.lingering, i)
+	}
+	m.sweepIdentities(t)
+	m.sweepCounters(t)
 }
 
 // recount counts anew the outcomes of s that count into each rule key.
 func (m *model) recount(s *compile.State) {
 	m.ruleRefs = map[string]int{}
 	for i := 1; i < len(s.Outcomes) && i < len(m.outRule); i++ {
-		m.ruleRefs[m.outRule[i]]++
+		if k := m.outRule[i]; k != "" {
+			m.ruleRefs[k]++
+		}
 	}
 }
 
@@ -123,37 +200,53 @@ func (m *model) counterElems(t *tx, touched map[string]string) {
 		_, had := m.ruleOf[k]
 		switch {
 		case live && !had:
-			t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+			if _, ok := m.retired[k]; ok {
+				delete(m.retired, k) // still in the kernel
+			} else {
+				t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+			}
 			m.ruleOf[k] = id
 		case live:
 			m.ruleOf[k] = id
 		case had:
-			t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+			m.retired[k] = m.applies
 			delete(m.ruleOf, k)
 		}
 	}
 }
 
-// indexOutcomes notes which outcomes name which rule numbers: the new
-// ones from n0 on, or all of s's with full.
-func (m *model) indexOutcomes(s *compile.State, n0 int, full bool) {
-	if full {
-		m.byRule, n0 = nil, 1
+// sweepCounters deletes, in the switch t, the rule counter elements that
+// no outcome has named since an earlier Apply (see sweep; a counter the
+// next State names again is simply kept), and ends the model's Apply.
+func (m *model) sweepCounters(t *tx) {
+	for k, at := range m.retired {
+		if at < m.applies {
+			t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+			delete(m.retired, k)
+		}
 	}
-	note := func(n compile.RuleNum, id int) {
+	m.applies++
+}
+
+// indexOutcome notes (delta 1) or forgets (-1) that outcome id names
+// its rule numbers.
+func (m *model) indexOutcome(o compile.Outcome, id int, delta int) {
+	note := func(n compile.RuleNum) {
 		if n == 0 {
 			return
 		}
 		for int(n) >= len(m.byRule) {
 			m.byRule = append(m.byRule, nil)
 		}
-		m.byRule[n] = append(m.byRule[n], compile.OutcomeID(id))
-	}
-	for i := n0; i < len(s.Outcomes); i++ {
-		note(s.Outcomes[i].Rule, i)
-		if w := s.Outcomes[i].WouldDeny; w != s.Outcomes[i].Rule {
-			note(w, i)
+		if delta > 0 {
+			m.byRule[n] = append(m.byRule[n], compile.OutcomeID(id))
+		} else if k := slices.Index(m.byRule[n], compile.OutcomeID(id)); k >= 0 {
+			m.byRule[n] = slices.Delete(m.byRule[n], k, k+1)
 		}
+	}
+	note(o.Rule)
+	if o.WouldDeny != o.Rule {
+		note(o.WouldDeny)
 	}
 }
 

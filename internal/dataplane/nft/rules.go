@@ -22,6 +22,7 @@ type builder struct {
 	mark        uint32 // the escalation bit of the packet mark
 	queueNum    uint16
 	queueNative bool
+	rangeSlot   int // which of the two outside-range sets the chains look up
 }
 
 func (b *builder) n(base string) string { return genName(base, b.gen) }
@@ -178,16 +179,57 @@ func (b *builder) neighbourDiscovery() [][]expr.Any {
 	}
 }
 
-func addrSet(f int, kind string) string {
-	switch {
-	case f == 4 && kind == kindExact:
-		return setAddr4
-	case f == 4:
-		return setRange4
-	case kind == kindExact:
+func (b *builder) addrSet(f int, kind string) string {
+	if kind == kindExact {
+		if f == 4 {
+			return setAddr4
+		}
 		return setAddr6
 	}
-	return setRange6
+	return rangeSet(f, b.rangeSlot)
+}
+
+// rangeSet names the outside-range set of family f in slot 0 or 1.
+func rangeSet(f, slot int) string {
+	switch {
+	case f == 4 && slot == 0:
+		return setRange4
+	case f == 4:
+		return setRange4b
+	case slot == 0:
+		return setRange6
+	}
+	return setRange6b
+}
+
+// rangeChains returns, flushed and written again, the fixed chains that
+// look up the outside ranges: they then look up the builder's slot.
+func (b *builder) rangeChains() []chainRules {
+	names := map[string]bool{}
+	for _, f := range []int{4, 6} {
+		for slot := range 2 {
+			names[b.n(rangeSet(f, slot))] = true
+		}
+	}
+	var out []chainRules
+	for _, cr := range b.fixedRules(true) {
+		if looksUp(cr.rules, names) {
+			cr.flush = true
+			out = append(out, cr)
+		}
+	}
+	return out
+}
+
+func looksUp(rules [][]expr.Any, sets map[string]bool) bool {
+	for _, r := range rules {
+		for _, e := range r {
+			if l, ok := e.(*expr.Lookup); ok && sets[l.SetName] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // familyRules dispatches by the kinds of the source and destination
@@ -196,7 +238,7 @@ func addrSet(f int, kind string) string {
 func (b *builder) familyRules(f int) []chainRules {
 	isExact := func(src bool, yes, no string) [][]expr.Any {
 		return [][]expr.Any{
-			cat(addr(f, src, reg(4)), member(b.n(addrSet(f, kindExact)), reg(4), false), b.goTo(yes)),
+			cat(addr(f, src, reg(4)), member(b.n(b.addrSet(f, kindExact)), reg(4), false), b.goTo(yes)),
 			b.goTo(no),
 		}
 	}
@@ -224,7 +266,7 @@ func (b *builder) familyRules(f int) []chainRules {
 // identity loads the identity of the source or destination address into
 // r: the address goes to r first (four registers for IPv6).
 func (b *builder) identity(f int, src bool, kind string, r uint32) []expr.Any {
-	return cat(addr(f, src, r), lookupMap(b.n(addrSet(f, kind)), r, r))
+	return cat(addr(f, src, r), lookupMap(b.n(b.addrSet(f, kind)), r, r))
 }
 
 // guard looks up (source guard . destination guard): a wall's chain

@@ -40,6 +40,7 @@ type tx struct {
 	chains     []string
 	sets       []*nftables.Set
 	rules      []chainRules
+	flushSets  []string // emptied before the element changes
 	dels, adds map[string][]nftables.SetElement
 	sweepRules []string // chains to flush before the deletions
 	delSets    []string
@@ -104,7 +105,7 @@ func (t *tx) elements() int {
 
 func (t *tx) empty() bool {
 	return len(t.counters) == 0 && len(t.chains) == 0 && len(t.sets) == 0 &&
-		len(t.rules) == 0 && t.elements() == 0 && len(t.delSets) == 0 && len(t.delChains) == 0 &&
+		len(t.rules) == 0 && len(t.flushSets) == 0 && t.elements() == 0 && len(t.delSets) == 0 && len(t.delChains) == 0 &&
 		len(t.delObjs) == 0 && len(t.sweepRules) == 0
 }
 
@@ -151,6 +152,9 @@ func (t *tx) send(c conn) error {
 			}
 			c.AddRule(rule)
 		}
+	}
+	for _, n := range t.flushSets {
+		c.FlushSet(&nftables.Set{Table: t.table, Name: n})
 	}
 	if err := t.sendElements(c, t.dels, c.SetDeleteElements); err != nil {
 		return err
