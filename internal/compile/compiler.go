@@ -56,7 +56,8 @@ type Compiler struct {
 	polEpoch   uint64
 	identEpoch uint64
 
-	fullCompiles int // SetPolicies calls that compiled everything (for tests)
+	fullCompiles   int // SetPolicies calls that compiled everything (for tests)
+	regionRebuilds int // groups brought up to date in a region only (for tests)
 }
 
 type wlInfo struct {

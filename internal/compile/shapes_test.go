@@ -189,7 +189,7 @@ func TestShapesMatchEngine(t *testing.T) {
 				pols = append(pols[:i:i], pols[i+1:]...)
 			default:
 				p := *pols[i]
-				p.Ingress = append(append([]policy.Rule(nil), p.Ingress...), g.shapePolicy(200 + step).Egress...)
+				p.Ingress = append(append([]policy.Rule(nil), p.Ingress...), g.shapePolicy(200+step).Egress...)
 				pols[i] = &p
 			}
 			set.Policies = pols
@@ -200,6 +200,55 @@ func TestShapesMatchEngine(t *testing.T) {
 			t.Run(fmt.Sprintf("%d/%d", seed, step), func(t *testing.T) {
 				checkFresh(t, set, "", st)
 				checkShapeAgainstEngine(t, g, set, st, 200)
+			})
+		}
+	}
+}
+
+// TestPortEditRebuildsRegion changes the ports and actions of rules that
+// every group holds, in sets of the benchmarked shapes: the groups are
+// brought up to date in the edited region only, and the result equals a
+// fresh compile and the evaluator.
+func TestPortEditRebuildsRegion(t *testing.T) {
+	for seed := int64(1); seed <= 10; seed++ {
+		g := newShapeGen(seed)
+		set := g.shapeSet()
+		platform := &policy.Policy{Name: "platform", Kind: "Policy", Tier: policy.Infrastructure, Mode: policy.Enforce,
+			Subject: policy.Subject{Workloads: &policy.Selector{}},
+			Ingress: []policy.Rule{{ID: "ssh", Action: policy.Allow, Peers: []policy.Peer{g.shapePeer()},
+				Services: []policy.Service{{Protocol: policy.TCP, Port: 8001}}}},
+			Egress: []policy.Rule{{ID: "dns", Action: policy.Allow, Services: []policy.Service{{Protocol: policy.UDP, Port: 8000}}},
+				{ID: "web", Action: policy.Deny, Peers: []policy.Peer{g.shapePeer()}, Services: []policy.Service{{Protocol: policy.TCP, Name: g.portName()}}}}}
+		set.Policies = append([]*policy.Policy{platform}, set.Policies...)
+		c, err := New(set, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for step := 0; step < 4; step++ {
+			p := snapshotOf(set.Policies[0]).p
+			switch step {
+			case 0:
+				p.Egress[0].Services[0].Port = 8003
+			case 1:
+				p.Ingress[0].Services[0].Port = 8080
+				p.Ingress[0].Action = policy.Deny
+			case 2:
+				p.Egress[1].Services = []policy.Service{{Protocol: policy.TCP, Port: 8002}}
+			case 3:
+				p.Egress[1].Action, p.Egress[0].Services[0].Protocol = policy.Pass, policy.TCP
+			}
+			set.Policies = append([]*policy.Policy{p}, set.Policies[1:]...)
+			before := c.regionRebuilds
+			if err := c.SetPolicies(set); err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			if c.fullCompiles != 0 || c.regionRebuilds == before {
+				t.Fatalf("seed %d step %d: full compiles %d, region rebuilds %d: want the region only", seed, step, c.fullCompiles, c.regionRebuilds-before)
+			}
+			st := c.State()
+			t.Run(fmt.Sprintf("%d/%d", seed, step), func(t *testing.T) {
+				checkFresh(t, set, "", st)
+				checkShapeAgainstEngine(t, g, set, st, 300)
 			})
 		}
 	}

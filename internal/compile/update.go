@@ -159,9 +159,10 @@ func kept[K comparable](have, delta map[K]int) bool {
 // looked at again.
 type policyUpdate struct {
 	idents  []*identInfo
-	groups  []*groupInfo        // holding an old policy version
-	rebuild map[*groupInfo]bool // of groups: true when its entries may change
-	touched map[int32][2]bool   // peers whose rule counts changed: used before, by direction
+	groups  []*groupInfo           // holding an old policy version
+	rebuild map[*groupInfo]bool    // of groups: true when its entries may change
+	partial map[*groupInfo]*region // of the others: where their entries may change
+	touched map[int32][2]bool      // peers whose rule counts changed: used before, by direction
 }
 
 func (c *Compiler) affect(u *policyUpdate) func(*identInfo) {
@@ -193,7 +194,7 @@ func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
 	if len(plan.changes) == 0 {
 		return
 	}
-	u := &policyUpdate{rebuild: map[*groupInfo]bool{}, touched: map[int32][2]bool{}}
+	u := &policyUpdate{rebuild: map[*groupInfo]bool{}, partial: map[*groupInfo]*region{}, touched: map[int32][2]bool{}}
 	c.identEpoch++
 	for _, ch := range plan.changes {
 		c.swapPolicy(set, plan, ch, u)
@@ -243,7 +244,7 @@ func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange
 			}
 			for _, g := range id.group {
 				if g != nil && slices.Contains(g.pols, old) {
-					u.group(g, cp == nil || !sameRules(old, cp, g.dir))
+					c.noteGroup(u, g, old, cp)
 				}
 			}
 		})
@@ -289,6 +290,8 @@ func (c *Compiler) recompute(u *policyUpdate) {
 		case g.refs == 0:
 		case u.rebuild[g]:
 			c.rebuildGroup(g)
+		case u.partial[g] != nil:
+			c.rebuildRegion(g, u.partial[g])
 		default:
 			c.refreshPolicies(g)
 		}
@@ -298,6 +301,33 @@ func (c *Compiler) recompute(u *policyUpdate) {
 			c.attrs.set(id.id, a)
 		}
 	}
+}
+
+// noteGroup records what a policy's change from old to cp (nil: removed)
+// does to a group that holds old: nothing but new pointers, entries to
+// compute again in a region, or a rebuild.
+func (c *Compiler) noteGroup(u *policyUpdate, g *groupInfo, old, cp *cpolicy) {
+	if cp == nil || !sameRules(old, cp, g.dir) {
+		if rg := c.regionOf(old, cp, g.dir); rg != nil && !u.rebuild[g] {
+			if have := u.partial[g]; have != nil {
+				rg.union(have)
+			}
+			u.partial[g] = rg
+			u.group(g, false)
+			return
+		}
+		delete(u.partial, g)
+		u.group(g, true)
+		return
+	}
+	u.group(g, false)
+}
+
+func (c *Compiler) regionOf(old, cp *cpolicy, d policy.Direction) *region {
+	if cp == nil {
+		return nil
+	}
+	return c.editRegion(old, cp, d)
 }
 
 // sameShape reports whether two versions of a policy apply to the same
