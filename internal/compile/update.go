@@ -392,7 +392,7 @@ func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
 		}
 		return
 	}
-	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, c.idents, func(id *identInfo) {
+	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, func(id *identInfo) {
 		if id.local > 0 {
 			f(id)
 		}
@@ -416,7 +416,7 @@ func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
 			}
 		}
 	case def.wl != nil:
-		c.idx.matching(*def.wl, c.idents, f)
+		c.idx.matching(*def.wl, f)
 	}
 }
 
