@@ -46,9 +46,13 @@ const rulesPerPolicy = 1000
 // ShapeNamespaces, in one otherwise), on other hosts but for the three
 // targets.
 func GenerateShape(shape RuleShape, rules int, seed int64) *policy.Set {
+	return generateShape(shape, rules, 1000, seed)
+}
+
+// generateShape is GenerateShape with nw workloads (at least 3).
+func generateShape(shape RuleShape, rules, nw int, seed int64) *policy.Set {
 	r := rand.New(rand.NewSource(seed))
 	s := &policy.Set{}
-	const nw = 1000
 	nns := 1
 	if shape == ShapeNamespaces {
 		nns = nw
