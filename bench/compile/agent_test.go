@@ -3,11 +3,14 @@ package benchcompile
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,6 +133,42 @@ func TestAgentShapeFigures(t *testing.T) {
 	}
 }
 
+// phases keeps the phases of the agent's last "objects changed" record.
+type phases struct {
+	mu   sync.Mutex
+	last map[string]time.Duration
+}
+
+func (p *phases) Enabled(context.Context, slog.Level) bool { return true }
+func (p *phases) WithAttrs([]slog.Attr) slog.Handler       { return p }
+func (p *phases) WithGroup(string) slog.Handler            { return p }
+func (p *phases) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "objects changed" {
+		return nil
+	}
+	m := map[string]time.Duration{}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Value.Kind() == slog.KindDuration {
+			m[a.Key] = a.Value.Duration()
+		}
+		return true
+	})
+	p.mu.Lock()
+	p.last = m
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *phases) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, k := range []string{"read", "validate", "compile", "dataplane"} {
+		out = append(out, fmt.Sprintf("%s=%v", k, p.last[k].Round(100*time.Microsecond)))
+	}
+	return strings.Join(out, " ")
+}
+
 func agentShape(t *testing.T, shape RuleShape, n int) {
 	ctx := context.Background()
 	host := nstest.NS(t, "bhcs")
@@ -138,7 +177,8 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.Start(ctx, agent.Options{StateDir: filepath.Join(t.TempDir(), "state"), Host: ShapeHost, Dataplane: dp})
+	ph := &phases{}
+	a, err := agent.Start(ctx, agent.Options{StateDir: filepath.Join(t.TempDir(), "state"), Host: ShapeHost, Dataplane: dp, Logger: slog.New(ph)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,12 +195,13 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 		}
 	}
 	docs := []api.Document{{Name: "shape.yaml", Data: shapeYAML(&policy.Set{Policies: set.Policies[1:]})}, platformYAML(53)}
-	start := time.Now()
+	runtime.GC()
+	start, cpu0 := time.Now(), cpuTime()
 	res, err := a.Apply(ctx, api.ApplyRequest{Documents: docs})
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	first := time.Since(start)
+	first, firstCPU, firstPhases := time.Since(start), cpuTime()-cpu0, ph.String()
 	var edits []time.Duration
 	var kernel []int64
 	for i := 0; i < 6; i++ {
@@ -174,7 +215,7 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 	}
 	slices.Sort(edits)
 	slices.Sort(kernel)
-	t.Logf("%-10s %6d rules: first load apply %v (enforced after %v); platform change median apply %v (enforced after %v)",
-		shape, n, first.Round(time.Millisecond), (time.Duration(res.EnforcedMicros) * time.Microsecond).Round(time.Millisecond),
-		edits[len(edits)/2].Round(100*time.Microsecond), time.Duration(kernel[len(kernel)/2])*time.Microsecond)
+	t.Logf("%-10s %6d rules: first load: apply %v, cpu %v, enforced after %v (%s); platform change: median apply %v, enforced after %v (last: %s)",
+		shape, n, first.Round(time.Millisecond), firstCPU.Round(time.Millisecond), (time.Duration(res.EnforcedMicros) * time.Microsecond).Round(time.Millisecond),
+		firstPhases, edits[len(edits)/2].Round(100*time.Microsecond), time.Duration(kernel[len(kernel)/2])*time.Microsecond, ph.String())
 }
