@@ -68,6 +68,20 @@ func indexKeys(m matcher) []term {
 		k := slices.Min(slices.Collect(maps.Keys(m.sel.MatchLabels)))
 		return []term{{'l', k, m.sel.MatchLabels[k]}}
 	}
+	if m.sel != nil {
+		// A match has the key of an In requirement with one of its
+		// values: one term per value (an identity has at most one).
+		for _, r := range m.sel.MatchExpressions {
+			if r.Operator == "In" && len(r.Values) > 0 {
+				vals := slices.Compact(slices.Sorted(slices.Values(r.Values)))
+				out := make([]term, 0, len(vals))
+				for _, v := range vals {
+					out = append(out, term{'l', r.Key, v})
+				}
+				return out
+			}
+		}
+	}
 	if m.nsOnly != "" {
 		return []term{{kind: 'n', k: m.nsOnly}}
 	}
