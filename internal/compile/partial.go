@@ -37,9 +37,10 @@ func (rg *region) add(pr *program, r *crule) {
 	}
 }
 
+// union adds o's ports to rg (which shares nothing with o).
 func (rg *region) union(o *region) {
 	rg.all = rg.all || o.all
-	if rg.buckets == nil {
+	if rg.buckets == nil && o.buckets != nil {
 		rg.buckets = make([][][2]int, len(o.buckets))
 	}
 	for b, ivs := range o.buckets {

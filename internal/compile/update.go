@@ -238,13 +238,17 @@ func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange
 	affect := c.affect(u)
 	reshape := ch.old == nil || cp == nil || !sameShape(ch.old, cp)
 	if old := ch.old; old != nil {
+		var edit [2]groupEdit // what the change does to a group, by direction
+		for d := range edit {
+			edit[d] = c.groupEditOf(old, cp, policy.Direction(d))
+		}
 		c.subjectIdents(old, func(id *identInfo) {
 			if reshape {
 				affect(id)
 			}
 			for _, g := range id.group {
 				if g != nil && slices.Contains(g.pols, old) {
-					c.noteGroup(u, g, old, cp)
+					u.note(g, edit[g.dir])
 				}
 			}
 		})
@@ -303,31 +307,46 @@ func (c *Compiler) recompute(u *policyUpdate) {
 	}
 }
 
-// noteGroup records what a policy's change from old to cp (nil: removed)
-// does to a group that holds old: nothing but new pointers, entries to
-// compute again in a region, or a rebuild.
-func (c *Compiler) noteGroup(u *policyUpdate, g *groupInfo, old, cp *cpolicy) {
-	if cp == nil || !sameRules(old, cp, g.dir) {
-		if rg := c.regionOf(old, cp, g.dir); rg != nil && !u.rebuild[g] {
-			if have := u.partial[g]; have != nil {
-				rg.union(have)
-			}
-			u.partial[g] = rg
-			u.group(g, false)
-			return
+// groupEdit is what a policy's change does to a group that holds its old
+// version: nothing but new pointers (neither flag), entries to compute
+// again in a region, or a rebuild.
+type groupEdit struct {
+	rebuild bool
+	region  *region
+}
+
+// groupEditOf finds what the change from old to cp (nil: removed) does to
+// the groups of direction d that hold old.
+func (c *Compiler) groupEditOf(old, cp *cpolicy, d policy.Direction) groupEdit {
+	switch {
+	case cp != nil && sameRules(old, cp, d):
+		return groupEdit{}
+	case cp != nil:
+		if rg := c.editRegion(old, cp, d); rg != nil {
+			return groupEdit{region: rg}
 		}
+	}
+	return groupEdit{rebuild: true}
+}
+
+// note records e for g; a group that two changes concern gets the union
+// of their regions, or a rebuild if either needs one.
+func (u *policyUpdate) note(g *groupInfo, e groupEdit) {
+	switch {
+	case e.rebuild || u.rebuild[g]:
 		delete(u.partial, g)
 		u.group(g, true)
 		return
+	case e.region == nil:
+	case u.partial[g] == nil:
+		u.partial[g] = e.region
+	case u.partial[g] != e.region:
+		rg := &region{}
+		rg.union(u.partial[g])
+		rg.union(e.region)
+		u.partial[g] = rg
 	}
 	u.group(g, false)
-}
-
-func (c *Compiler) regionOf(old, cp *cpolicy, d policy.Direction) *region {
-	if cp == nil {
-		return nil
-	}
-	return c.editRegion(old, cp, d)
 }
 
 // sameShape reports whether two versions of a policy apply to the same
