@@ -57,9 +57,9 @@ func (c *Compiler) computeEntry(g *groupInfo, cl *classInfo) {
 	}
 }
 
-// matchedRules lists, in g's walk order, the rules a peer matches that
-// is a member of the peers in members of level minLevel or more: the
-// rules naming one of them and the rules that match every peer.
+// matchedRules lists, in g's walk order, the rules that match a peer
+// seen as a member of those peers in members whose level is minLevel or
+// more: the rules naming one of them, and the rules that match every peer.
 func (c *Compiler) matchedRules(g *groupInfo, members []int32, minLevel int, out []int32) []int32 {
 	rx := &g.rx
 	out = append(out, rx.any...)
