@@ -89,14 +89,22 @@ func (c *Compiler) acquireClasses(id *identInfo) [2][NumLevels]*classInfo {
 		slices.Sort(m)
 		for l := 0; l < NumLevels; l++ {
 			var sub []int32
+			own := false // a member of level l
 			for _, p := range m {
-				if pr.peers[p].level >= l {
+				if lp := pr.peers[p].level; lp >= l {
 					sub = append(sub, p)
+					own = own || lp == l
 				}
 			}
 			var ports map[portName]int
 			if d == int(policy.Egress) && l == 0 {
 				ports = id.ports
+			}
+			if !own && len(ports) == 0 {
+				// Entries at level l differ from the coarser lookups only
+				// by level-l members (or egress named ports): without
+				// them a class has none, and all such classes are one.
+				sub = nil
 			}
 			out[d][l] = c.acquireClass(policy.Direction(d), l, sub, ports)
 		}
