@@ -35,6 +35,7 @@ type groupInfo struct {
 	ports   map[portName]int // ingress: the subject's own named ports
 	peers   []int32
 	names   []portName // egress: named ports resolved against the peer
+	rx      ruleIndex
 	refs    int
 	classes map[*classInfo]struct{}
 	seen    uint64
@@ -88,14 +89,22 @@ func (c *Compiler) acquireClasses(id *identInfo) [2][NumLevels]*classInfo {
 		slices.Sort(m)
 		for l := 0; l < NumLevels; l++ {
 			var sub []int32
+			own := false // a member of level l
 			for _, p := range m {
-				if pr.peers[p].level >= l {
+				if lp := pr.peers[p].level; lp >= l {
 					sub = append(sub, p)
+					own = own || lp == l
 				}
 			}
 			var ports map[portName]int
 			if d == int(policy.Egress) && l == 0 {
 				ports = id.ports
+			}
+			if !own && len(ports) == 0 {
+				// Entries at level l differ from the coarser lookups only
+				// by level-l members (or egress named ports): without
+				// them a class has none, and all such classes are one.
+				sub = nil
 			}
 			out[d][l] = c.acquireClass(policy.Direction(d), l, sub, ports)
 		}
@@ -266,15 +275,21 @@ func (c *Compiler) newGroup(d policy.Direction, key string, pols []*cpolicy, por
 	return g
 }
 
-// linkGroup lists the peers and egress named ports of g's rules and
-// indexes g under them.
+// linkGroup lists the peers and egress named ports of g's rules, indexes
+// g under them and indexes g's rules by the peers they name.
 func (c *Compiler) linkGroup(g *groupInfo) {
 	d := g.dir
-	peers, names := map[int32]bool{}, map[portName]bool{}
-	for _, cp := range g.pols {
-		for _, r := range cp.rules[d] {
+	names := map[portName]bool{}
+	g.rx = ruleIndex{}
+	for pi, cp := range g.pols {
+		for ri, r := range cp.rules[d] {
+			pos := int32(len(g.rx.loc))
+			g.rx.loc = append(g.rx.loc, ruleLoc{pol: int32(pi), rule: int32(ri)})
+			if r.any {
+				g.rx.any = append(g.rx.any, pos)
+			}
 			for _, p := range r.peers {
-				peers[p] = true
+				g.rx.byPeer = append(g.rx.byPeer, peerRule{peer: p, pos: pos})
 			}
 			for _, s := range r.svcs {
 				if s.name != "" && d == policy.Egress {
@@ -283,14 +298,72 @@ func (c *Compiler) linkGroup(g *groupInfo) {
 			}
 		}
 	}
-	for p := range peers {
-		g.peers = append(g.peers, p)
-		setMember(c.groupsByPeer[d], p, g, true)
+	slices.SortFunc(g.rx.byPeer, func(a, b peerRule) int {
+		if a.peer != b.peer {
+			return int(a.peer - b.peer)
+		}
+		return int(a.pos - b.pos)
+	})
+	g.rx.byPeer = slices.Compact(g.rx.byPeer)
+	g.rx.tiers = tierSpans(g.pols, d)
+	for i, pr := range g.rx.byPeer {
+		if i == 0 || g.rx.byPeer[i-1].peer != pr.peer {
+			g.peers = append(g.peers, pr.peer)
+			setMember(c.groupsByPeer[d], pr.peer, g, true)
+		}
 	}
 	for pn := range names {
 		g.names = append(g.names, pn)
 		setMember(c.groupsByName, pn, g, true)
 	}
+}
+
+// ruleIndex holds a group's rules in walk order (positions), indexed by
+// the peers they name, so that what a class matches is found without
+// looking at the rules that name none of its peers.
+type ruleIndex struct {
+	loc    []ruleLoc  // by position
+	byPeer []peerRule // sorted by peer, then position
+	any    []int32    // positions of the rules that match every peer
+	tiers  []tierSpan // the tiers of g.pols, in order
+}
+
+type ruleLoc struct{ pol, rule int32 } // index in g.pols, in its rules
+
+type peerRule struct{ peer, pos int32 }
+
+// tierSpan is one tier of a group's policies: they end before index end;
+// iso is the isolation rule that applies when no rule of the tier decides
+// (isoStaged: the same with observe-mode policies enforced).
+type tierSpan struct {
+	end            int32
+	iso, isoStaged RuleNum
+}
+
+func tierSpans(pols []*cpolicy, d policy.Direction) []tierSpan {
+	var out []tierSpan
+	for i := 0; i < len(pols); {
+		var ts tierSpan
+		for tier := pols[i].p.Tier; i < len(pols) && pols[i].p.Tier == tier; i++ {
+			if cp := pols[i]; cp.p.Isolate[d] {
+				if ts.iso == 0 && !cp.observe {
+					ts.iso = cp.isoNum[d]
+				}
+				if ts.isoStaged == 0 {
+					ts.isoStaged = cp.isoNum[d]
+				}
+			}
+		}
+		ts.end = int32(i)
+		out = append(out, ts)
+	}
+	return out
+}
+
+// rule is the rule at position pos of g's walk.
+func (g *groupInfo) rule(pos int32) *crule {
+	l := g.rx.loc[pos]
+	return &g.pols[l.pol].rules[g.dir][l.rule]
 }
 
 // unlinkGroup undoes linkGroup.
@@ -301,7 +374,7 @@ func (c *Compiler) unlinkGroup(g *groupInfo) {
 	for _, pn := range g.names {
 		setMember(c.groupsByName, pn, g, false)
 	}
-	g.peers, g.names = nil, nil
+	g.peers, g.names, g.rx = nil, nil, ruleIndex{}
 }
 
 // classesOfGroup lists the classes whose entries for g may differ from

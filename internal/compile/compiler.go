@@ -33,9 +33,9 @@ type Compiler struct {
 	groupsByPeer  [2]map[int32]map[*groupInfo]struct{}
 	groupsByName  map[portName]map[*groupInfo]struct{}
 
-	scratch       [2][]bool // reused by computeEntry
-	cuts          []int     // reused by outcomeMap
-	epoch         uint64    // marks visits, to list each class or group once without a set
+	scratch       [2][]int32 // reused by computeEntry
+	cuts          []int      // reused by outcomeMap
+	epoch         uint64     // marks visits, to list each class or group once without a set
 	outcomes      []Outcome
 	outcomeIDs    map[Outcome]OutcomeID
 	outShared     bool           // a State shares outcomes: copy before writing a slot
@@ -61,7 +61,8 @@ type Compiler struct {
 	polEpoch   uint64
 	identEpoch uint64
 
-	fullCompiles int // SetPolicies calls that compiled everything (for tests)
+	fullCompiles   int // SetPolicies calls that compiled everything (for tests)
+	regionRebuilds int // groups brought up to date in a region only (for tests)
 }
 
 type wlInfo struct {

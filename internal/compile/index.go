@@ -68,6 +68,20 @@ func indexKeys(m matcher) []term {
 		k := slices.Min(slices.Collect(maps.Keys(m.sel.MatchLabels)))
 		return []term{{'l', k, m.sel.MatchLabels[k]}}
 	}
+	if m.sel != nil {
+		// A match has the key of an In requirement with one of its
+		// values: one term per value (an identity has at most one).
+		for _, r := range m.sel.MatchExpressions {
+			if r.Operator == "In" && len(r.Values) > 0 {
+				vals := slices.Compact(slices.Sorted(slices.Values(r.Values)))
+				out := make([]term, 0, len(vals))
+				for _, v := range vals {
+					out = append(out, term{'l', r.Key, v})
+				}
+				return out
+			}
+		}
+	}
 	if m.nsOnly != "" {
 		return []term{{kind: 'n', k: m.nsOnly}}
 	}
@@ -119,18 +133,24 @@ func identTerms(id *identInfo, f func(term)) {
 // identities a subject or a peer may match without looking at all.
 type identIndex struct {
 	terms map[term]map[*identInfo]struct{}   // all but '*': see matching
+	wls   map[*identInfo]struct{}            // every workload identity: the '*' term
 	segs  [2]map[int]map[*identInfo]struct{} // by address (peers), by first address (subjects)
 	cidr  map[int32]map[*identInfo]struct{}
 }
 
 func newIdentIndex() identIndex {
-	return identIndex{terms: map[term]map[*identInfo]struct{}{},
+	return identIndex{terms: map[term]map[*identInfo]struct{}{}, wls: map[*identInfo]struct{}{},
 		segs: [2]map[int]map[*identInfo]struct{}{{}, {}}, cidr: map[int32]map[*identInfo]struct{}{}}
 }
 
 // update adds id to (or removes it from) the index.
 func (x *identIndex) update(id *identInfo, add bool) {
 	if id.workload {
+		if add {
+			x.wls[id] = struct{}{}
+		} else {
+			delete(x.wls, id)
+		}
 		identTerms(id, func(t term) {
 			if t.kind != '*' {
 				setMember(x.terms, t, id, add)
@@ -148,15 +168,14 @@ func (x *identIndex) update(id *identInfo, add bool) {
 }
 
 // matching calls f for the identities m may match: a superset, which
-// costs only time (an identity looked at again keeps what it has).
-// all lists every identity, for matchers without a selective term.
-func (x *identIndex) matching(m matcher, all map[string]*identInfo, f func(*identInfo)) {
+// costs only time (an identity looked at again keeps what it has). A
+// matcher without a selective term may match every workload identity,
+// never an outside one.
+func (x *identIndex) matching(m matcher, f func(*identInfo)) {
 	for _, k := range indexKeys(m) {
 		if k.kind == '*' {
-			for _, id := range all {
-				if id.workload {
-					f(id)
-				}
+			for id := range x.wls {
+				f(id)
 			}
 			continue
 		}

@@ -21,9 +21,10 @@ type program struct {
 	segAtoms    [][]int32 // CIDR atoms of each segment
 	guardSegs   []bool    // segments a wall or conflict class names
 	cidr        cidrSpace
-	peers       []*peerDef // by peer id; nil: free
-	segPeers    [][]int32  // segment → peers that name it
-	cidrPeers   map[int32][]int32
+	peers       []*peerDef          // by peer id; nil: free
+	segPeers    [][]int32           // segment → peers that name it
+	cidrPeers   map[int32][]int32   // CIDR class → CIDR peers that contain it (a cache)
+	atomPeers   map[int32][]int32   // CIDR atom → CIDR peers that name it
 	wlPeers     selIndex            // workload-form peers
 	pols        map[string]*cpolicy // by key
 	polByID     []*cpolicy          // by policy id; nil: free
@@ -147,7 +148,7 @@ type cpolicy struct {
 // so that unchanged ones keep the numbers of a previous compile.
 func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 	pr := &program{namespaces: map[string]*policy.Namespace{}, segIndex: map[string]int{},
-		cidrPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
+		cidrPeers: map[int32][]int32{}, atomPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
 		uses: uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}}
 	pr.cidr.atoms = map[string]int32{}
 	for _, ns := range set.Namespaces {
@@ -329,6 +330,13 @@ func (pr *program) dropPeer(id int32) {
 	case def.wl != nil:
 		pr.wlPeers.remove(id)
 	case len(def.atoms) > 0:
+		for _, a := range def.atoms {
+			if l := without(pr.atomPeers[a], id); len(l) > 0 {
+				pr.atomPeers[a] = l
+			} else {
+				delete(pr.atomPeers, a)
+			}
+		}
 		clear(pr.cidrPeers)
 	}
 	pr.peers[id] = nil
@@ -447,23 +455,26 @@ func (pr *program) indexPeer(id int32, def *peerDef) {
 	case def.wl != nil:
 		pr.wlPeers.add(id, *def.wl)
 	case len(def.atoms) > 0:
+		for _, a := range slices.Compact(slices.Sorted(slices.Values(def.atoms))) {
+			pr.atomPeers[a] = append(pr.atomPeers[a], id)
+		}
 		clear(pr.cidrPeers)
 	}
 }
 
-// cidrPeersOf lists the CIDR peers that contain the addresses of a CIDR
-// class (cached: few classes, many identities).
+// cidrPeersOf lists, sorted, the CIDR peers that contain the addresses of
+// a CIDR class: those naming one of its atoms (cached: many identities
+// share a class).
 func (pr *program) cidrPeersOf(class int32) []int32 {
 	if ps, ok := pr.cidrPeers[class]; ok {
 		return ps
 	}
-	atoms := pr.cidr.classes[class]
 	var out []int32
-	for id, def := range pr.peers {
-		if def != nil && len(def.atoms) > 0 && intersects(def.atoms, atoms) {
-			out = append(out, int32(id))
-		}
+	for _, a := range pr.cidr.classes[class] {
+		out = append(out, pr.atomPeers[a]...)
 	}
+	slices.Sort(out)
+	out = slices.Compact(out)
 	pr.cidrPeers[class] = out
 	return out
 }

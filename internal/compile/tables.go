@@ -1,15 +1,15 @@
 package compile
 
 import (
+	"slices"
 	"sort"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// view is what a side's walk knows about the peer: which rule peers it
-// matches and the named ports it resolves.
+// view is what a side's walk knows about the peer beyond the rules it
+// matches: the named ports it resolves.
 type view struct {
-	has   func(p int32) bool
 	ports map[portName]int // the destination's named ports: nil when it has none
 }
 
@@ -18,17 +18,19 @@ type view struct {
 // memberships differs from the verdict with its own level's memberships
 // removed — which is what the next, coarser lookups answer. An entry is
 // thus a pure function of its key, and a port it omits falls through.
+//
+// Both views are lists of the rules they match, found from the group's
+// rule index: the cost follows the rules that name cl's peers (and the
+// rules that match every peer), not all of g's rules.
 func (c *Compiler) computeEntry(g *groupInfo, cl *classInfo) {
-	fine := view{has: func(p int32) bool { return containsSorted(cl.members, p) }}
-	coarse := view{has: func(p int32) bool {
-		return c.pr.peers[p].level > cl.level && containsSorted(cl.members, p)
-	}}
+	var fine, coarse view
 	if g.dir == policy.Ingress {
 		fine.ports, coarse.ports = g.ports, g.ports
 	} else if cl.level == 0 {
 		fine.ports = cl.ports
 	}
-	fm, cm := c.matched(g, fine, c.scratch[0][:0]), c.matched(g, coarse, c.scratch[1][:0])
+	fm := c.matchedRules(g, cl.members, cl.level, c.scratch[0][:0])
+	cm := c.matchedRules(g, cl.members, cl.level+1, c.scratch[1][:0])
 	c.scratch[0], c.scratch[1] = fm, cm
 	_, had := cl.groups[g]
 	any := false
@@ -55,26 +57,49 @@ func (c *Compiler) computeEntry(g *groupInfo, cl *classInfo) {
 	}
 }
 
+// matchedRules lists, in g's walk order, the rules that match a peer
+// seen as a member of those peers in members whose level is minLevel or
+// more: the rules naming one of them, and the rules that match every peer.
+func (c *Compiler) matchedRules(g *groupInfo, members []int32, minLevel int, out []int32) []int32 {
+	rx := &g.rx
+	out = append(out, rx.any...)
+	for _, p := range members {
+		if c.pr.peers[p].level < minLevel {
+			continue
+		}
+		i := sort.Search(len(rx.byPeer), func(i int) bool { return rx.byPeer[i].peer >= p })
+		for ; i < len(rx.byPeer) && rx.byPeer[i].peer == p; i++ {
+			out = append(out, rx.byPeer[i].pos)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // bucketDiffers reports whether the two views can decide differently in
 // a bucket: only when a rule matched by one view and not the other covers
 // the bucket's protocol, or when an egress named port resolves only in
 // the fine view. It spares the walks for most (class, group, bucket).
-func (c *Compiler) bucketDiffers(g *groupInfo, fm, cm []bool, proto int, finePorts map[portName]int) bool {
-	f := 0
+// The coarse view matches a subset of the fine view's rules.
+func (c *Compiler) bucketDiffers(g *groupInfo, fm, cm []int32, proto int, finePorts map[portName]int) bool {
 	named := g.dir == policy.Egress && len(finePorts) > 0
-	for _, cp := range g.pols {
-		for _, r := range cp.rules[g.dir] {
-			if fm[f] != cm[f] || (named && fm[f]) {
-				if len(r.svcs) == 0 {
-					return true
-				}
-				for _, s := range r.svcs {
-					if s.proto == proto && (fm[f] != cm[f] || s.name != "") {
-						return true
-					}
-				}
+	j := 0
+	for _, pos := range fm {
+		for j < len(cm) && cm[j] < pos {
+			j++
+		}
+		differs := j >= len(cm) || cm[j] != pos
+		if !differs && !named {
+			continue
+		}
+		r := g.rule(pos)
+		if len(r.svcs) == 0 {
+			return true
+		}
+		for _, s := range r.svcs {
+			if s.proto == proto && (differs || s.name != "") {
+				return true
 			}
-			f++
 		}
 	}
 	return false
@@ -92,36 +117,14 @@ func (c *Compiler) dropEntry(g *groupInfo, cl *classInfo) {
 // specific peers and resolves none of its egress named ports: complete
 // port maps, the last lookup of a side.
 func (c *Compiler) computeWildcard(g *groupInfo) {
-	v := view{has: func(int32) bool { return false }}
+	var v view
 	if g.dir == policy.Ingress {
 		v.ports = g.ports
 	}
-	m := c.matched(g, v, nil)
+	m := g.rx.any
 	for b := range c.pr.bucketProt {
 		c.tables[g.dir].set(TableKey{Level: wildcardLevel, Bucket: uint8(b), Group: g.id}, c.outcomeMap(g, v, m, b))
 	}
-}
-
-func containsSorted(s []int32, x int32) bool {
-	i := sort.Search(len(s), func(i int) bool { return s[i] >= x })
-	return i < len(s) && s[i] == x
-}
-
-// matched lists, in g's rule order, whether each rule's peers match v.
-func (c *Compiler) matched(g *groupInfo, v view, out []bool) []bool {
-	for _, cp := range g.pols {
-		for _, r := range cp.rules[g.dir] {
-			ok := r.any
-			for _, p := range r.peers {
-				if ok {
-					break
-				}
-				ok = v.has(p)
-			}
-			out = append(out, ok)
-		}
-	}
-	return out
 }
 
 // differ keeps the ranges of a where it differs from b (both complete).
@@ -156,21 +159,15 @@ func appendRange(m PortMap, lo, hi int, o OutcomeID) PortMap {
 // outcomeMap is the complete port map of bucket b for a peer seen as v:
 // the walk is evaluated once per elementary interval of the ports that
 // the matching rules name.
-func (c *Compiler) outcomeMap(g *groupInfo, v view, matched []bool, b int) PortMap {
+func (c *Compiler) outcomeMap(g *groupInfo, v view, matched []int32, b int) PortMap {
 	proto := c.pr.bucketProt[b]
 	cuts := append(c.cuts[:0], 0)
 	defer func() { c.cuts = cuts }()
-	f := 0
-	for _, cp := range g.pols {
-		for _, r := range cp.rules[g.dir] {
-			if matched[f] {
-				for _, s := range r.svcs {
-					for _, iv := range s.intervals(proto, v.ports) {
-						cuts = append(cuts, iv[0], iv[1]+1)
-					}
-				}
+	for _, pos := range matched {
+		for _, s := range g.rule(pos).svcs {
+			for _, iv := range s.intervals(proto, v.ports) {
+				cuts = append(cuts, iv[0], iv[1]+1)
 			}
-			f++
 		}
 	}
 	sort.Ints(cuts)
@@ -216,7 +213,7 @@ func (s *svc) covers(proto, port int, ports map[portName]int) bool {
 
 // decide is the side's verdict at one point: the enforced walk, and the
 // walk with observe-mode policies enforced for "would deny".
-func (c *Compiler) decide(g *groupInfo, v view, matched []bool, proto, port int) Outcome {
+func (c *Compiler) decide(g *groupInfo, v view, matched []int32, proto, port int) Outcome {
 	o := c.walk(g, v, matched, proto, port, false)
 	if !denies(o.Action) {
 		if s := c.walk(g, v, matched, proto, port, true); denies(s.Action) {
@@ -228,38 +225,38 @@ func (c *Compiler) decide(g *groupInfo, v view, matched []bool, proto, port int)
 
 func denies(a policy.Action) bool { return a == policy.Deny || a == policy.Reject }
 
-// walk mirrors the reference evaluator's tier walk over g's policies.
-func (c *Compiler) walk(g *groupInfo, v view, matched []bool, proto, port int, staged bool) Outcome {
-	f := 0
-	for i := 0; i < len(g.pols); {
-		tier := g.pols[i].p.Tier
-		var iso RuleNum
+// walk mirrors the reference evaluator's tier walk over g's policies,
+// looking only at the rules matched lists (in walk order): a rule the
+// peer does not match never decides, and isolation is per tier.
+func (c *Compiler) walk(g *groupInfo, v view, matched []int32, proto, port int, staged bool) Outcome {
+	rx := &g.rx
+	k := 0
+	for _, ts := range rx.tiers {
 		passed := false
-		for ; i < len(g.pols) && g.pols[i].p.Tier == tier; i++ {
-			cp := g.pols[i]
-			rules := cp.rules[g.dir]
-			observe := cp.observe && !staged
-			if cp.p.Isolate[g.dir] && iso == 0 && !observe {
-				iso = cp.isoNum[g.dir]
-			}
-			if passed {
-				f += len(rules)
+		skip := int32(-1) // an observed policy's first covering rule ends it
+		for ; k < len(matched) && rx.loc[matched[k]].pol < ts.end; k++ {
+			loc := rx.loc[matched[k]]
+			if passed || loc.pol == skip {
 				continue
 			}
-			for j, r := range rules {
-				if !matched[f+j] || !ruleCovers(&r, proto, port, v.ports) {
-					continue
-				}
-				if observe {
-					break
-				}
-				if r.action == policy.Pass {
-					passed = true
-					break
-				}
-				return Outcome{Action: r.action, Rule: r.num}
+			cp := g.pols[loc.pol]
+			r := &cp.rules[g.dir][loc.rule]
+			if !ruleCovers(r, proto, port, v.ports) {
+				continue
 			}
-			f += len(rules)
+			if cp.observe && !staged {
+				skip = loc.pol
+				continue
+			}
+			if r.action == policy.Pass {
+				passed = true
+				continue
+			}
+			return Outcome{Action: r.action, Rule: r.num}
+		}
+		iso := ts.iso
+		if staged {
+			iso = ts.isoStaged
 		}
 		if !passed && iso != 0 {
 			return Outcome{Action: policy.Deny, Rule: iso}

@@ -160,9 +160,10 @@ func kept[K comparable](have, delta map[K]int) bool {
 // looked at again.
 type policyUpdate struct {
 	idents  []*identInfo
-	groups  []*groupInfo        // holding an old policy version
-	rebuild map[*groupInfo]bool // of groups: true when its entries may change
-	touched map[int32][2]bool   // peers whose rule counts changed: used before, by direction
+	groups  []*groupInfo           // holding an old policy version
+	rebuild map[*groupInfo]bool    // of groups: true when its entries may change
+	partial map[*groupInfo]*region // of the others: where their entries may change
+	touched map[int32][2]bool      // peers whose rule counts changed: used before, by direction
 }
 
 func (c *Compiler) affect(u *policyUpdate) func(*identInfo) {
@@ -194,7 +195,7 @@ func (c *Compiler) applyPolicies(set *policy.Set, plan *policyPlan) {
 	if len(plan.changes) == 0 {
 		return
 	}
-	u := &policyUpdate{rebuild: map[*groupInfo]bool{}, touched: map[int32][2]bool{}}
+	u := &policyUpdate{rebuild: map[*groupInfo]bool{}, partial: map[*groupInfo]*region{}, touched: map[int32][2]bool{}}
 	c.identEpoch++
 	for _, ch := range plan.changes {
 		c.swapPolicy(set, plan, ch, u)
@@ -238,13 +239,17 @@ func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange
 	affect := c.affect(u)
 	reshape := ch.old == nil || cp == nil || !sameShape(ch.old, cp)
 	if old := ch.old; old != nil {
+		var edit [2]groupEdit // what the change does to a group, by direction
+		for d := range edit {
+			edit[d] = c.groupEditOf(old, cp, policy.Direction(d))
+		}
 		c.subjectIdents(old, func(id *identInfo) {
 			if reshape {
 				affect(id)
 			}
 			for _, g := range id.group {
 				if g != nil && slices.Contains(g.pols, old) {
-					u.group(g, cp == nil || !sameRules(old, cp, g.dir))
+					u.note(g, edit[g.dir])
 				}
 			}
 		})
@@ -290,6 +295,8 @@ func (c *Compiler) recompute(u *policyUpdate) {
 		case g.refs == 0:
 		case u.rebuild[g]:
 			c.rebuildGroup(g)
+		case u.partial[g] != nil:
+			c.rebuildRegion(g, u.partial[g])
 		default:
 			c.refreshPolicies(g)
 		}
@@ -299,6 +306,48 @@ func (c *Compiler) recompute(u *policyUpdate) {
 			c.attrs.set(id.id, a)
 		}
 	}
+}
+
+// groupEdit is what a policy's change does to a group that holds its old
+// version: nothing but new pointers (neither flag), entries to compute
+// again in a region, or a rebuild.
+type groupEdit struct {
+	rebuild bool
+	region  *region
+}
+
+// groupEditOf finds what the change from old to cp (nil: removed) does to
+// the groups of direction d that hold old.
+func (c *Compiler) groupEditOf(old, cp *cpolicy, d policy.Direction) groupEdit {
+	switch {
+	case cp != nil && sameRules(old, cp, d):
+		return groupEdit{}
+	case cp != nil:
+		if rg := c.editRegion(old, cp, d); rg != nil {
+			return groupEdit{region: rg}
+		}
+	}
+	return groupEdit{rebuild: true}
+}
+
+// note records e for g; a group that two changes concern gets the union
+// of their regions, or a rebuild if either needs one.
+func (u *policyUpdate) note(g *groupInfo, e groupEdit) {
+	switch {
+	case e.rebuild || u.rebuild[g]:
+		delete(u.partial, g)
+		u.group(g, true)
+		return
+	case e.region == nil:
+	case u.partial[g] == nil:
+		u.partial[g] = e.region
+	case u.partial[g] != e.region:
+		rg := &region{}
+		rg.union(u.partial[g])
+		rg.union(e.region)
+		u.partial[g] = rg
+	}
+	u.group(g, false)
 }
 
 // sameShape reports whether two versions of a policy apply to the same
@@ -363,7 +412,7 @@ func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
 		}
 		return
 	}
-	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, c.idents, func(id *identInfo) {
+	c.idx.matching(matcher{nsOnly: cp.p.Namespace, nsm: s.Namespaces, sel: s.Workloads}, func(id *identInfo) {
 		if id.local > 0 {
 			f(id)
 		}
@@ -387,7 +436,7 @@ func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
 			}
 		}
 	case def.wl != nil:
-		c.idx.matching(*def.wl, c.idents, f)
+		c.idx.matching(*def.wl, f)
 	}
 }
 
