@@ -75,7 +75,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
 		return err
 	}
-	seq := head.(*revRecord).Seq
+	seq := head.Seq
 	if s := r.URL.Query().Get("cursor"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 1 || n > seq {
