@@ -209,16 +209,3 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	}
 }
-
-// get and each are the untyped reads, kept until every caller uses lookup
-// and eachOf.
-func (mi *mirror) get(key string) (any, bool) {
-	mi.mu.RLock()
-	defer mi.mu.RUnlock()
-	v, ok := mi.items[key]
-	return v, ok
-}
-
-func (mi *mirror) each(prefix string, fn func(key string, v any)) int64 {
-	return eachOf(mi, prefix, fn)
-}

@@ -84,8 +84,8 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		seq = n
 	}
 	for ; seq >= 1 && len(out.Items) < limit; seq-- {
-		if v, ok := m.revisions.get(revisionKey(seq)); ok {
-			out.Items = append(out.Items, v.(*revRecord).api())
+		if rec, ok := lookup[*revRecord](m.revisions, revisionKey(seq)); ok {
+			out.Items = append(out.Items, rec.api())
 		}
 	}
 	if seq >= 1 {
