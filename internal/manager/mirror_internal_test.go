@@ -39,7 +39,7 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 	wrong := map[string]any{
 		prefixHosts + "bhtm-h1":                      &certRecord{Serial: "bhtm-c0", Host: "bhtm-h1"},
 		prefixCerts + "bhtmc1":                       &hostRecord{},
-		prefixTokens + "bhtmt1":                      &certRecord{Serial: "bhtm-t1"},
+		prefixTokens + hashSecret("bhtm-secret"):     &certRecord{Serial: "bhtm-t1"},
 		prefixJoin + "bhtmj1":                        &hostRecord{},
 		workloadKey("bhtm-h1", "bhtm-ns", "bhtm-w1"): &hostRecord{},
 		identityKey(4242):                            &certRecord{},
@@ -99,6 +99,13 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 			}
 		})
 	}
+	safe("authenticate", func() {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("Authorization", "Bearer bhtm-secret")
+		if p, err := m.authenticate(r); err == nil {
+			t.Errorf("a certificate record under a token's key authenticates %v", p)
+		}
+	})
 	safe("stillValid", func() {
 		if err := m.stillValid(principal{kind: "host", name: "bhtm-h1", serial: "bhtmc1"}); err == nil {
 			t.Errorf("a host's status under a certificate's key keeps a stream valid")
