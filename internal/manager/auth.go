@@ -155,11 +155,10 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
 		}
 		hash := hashSecret(secret)
-		v, ok := m.auth.get(prefixTokens + hash)
+		t, ok := lookup[*tokenRecord](m.auth, prefixTokens+hash)
 		if !ok {
 			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
 		}
-		t := v.(*tokenRecord)
 		return principal{kind: "token", name: t.Name, role: t.Role, hash: hash}, nil
 	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
@@ -169,11 +168,10 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 			return principal{}, errorf(http.StatusForbidden, "client certificate: %v", err)
 		}
 		serial := pki.Serial(cert)
-		v, ok := m.auth.get(prefixCerts + serial)
+		c, ok := lookup[*certRecord](m.auth, prefixCerts+serial)
 		if !ok {
 			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s is not in this manager's records", serial, host)
 		}
-		c := v.(*certRecord)
 		switch {
 		case c.Revoked != nil:
 			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",

@@ -440,8 +440,8 @@ func (m *Manager) parseBounds(host string, req api.HostBounds) (*boundsRecord, [
 // ranges.
 func (m *Manager) boundsBroken(host string, rec *boundsRecord) []string {
 	var details []string
-	m.feed.each(prefixWorkloads, func(_ string, v any) {
-		wl := v.(*feedItem).workload
+	eachOf(m.feed, prefixWorkloads, func(_ string, it *workloadItem) {
+		wl := it.workload
 		for _, s := range wl.IPs {
 			a, err := netip.ParseAddr(s)
 			if err != nil {

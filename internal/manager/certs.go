@@ -33,8 +33,8 @@ func (c *certRecord) api() api.Certificate {
 
 func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Certificate{}
-	m.auth.each(prefixCerts, func(_ string, v any) {
-		out = append(out, v.(*certRecord).api())
+	eachOf(m.auth, prefixCerts, func(_ string, c *certRecord) {
+		out = append(out, c.api())
 	})
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Host != out[j].Host {
@@ -57,8 +57,8 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 		return err
 	}
 	children := map[string][]string{}
-	m.auth.each(prefixCerts, func(_ string, v any) {
-		if rc := v.(*certRecord); rc.RenewedFrom != "" {
+	eachOf(m.auth, prefixCerts, func(_ string, rc *certRecord) {
+		if rc.RenewedFrom != "" {
 			children[rc.RenewedFrom] = append(children[rc.RenewedFrom], rc.Serial)
 		}
 	})
@@ -84,7 +84,7 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal) error {
 	host := r.PathValue("host")
 	var serials, joins []string
-	m.auth.each(prefixAuth, func(key string, v any) {
+	eachOf(m.auth, prefixAuth, func(key string, v any) {
 		switch rec := v.(type) {
 		case *certRecord:
 			if rec.Host == host {

@@ -28,8 +28,8 @@ func (m *Manager) identityLoop(ctx context.Context) {
 	var seenHead int64
 	for {
 		ch := m.feed.notify()
-		if v, ok := m.feed.get(keyHead); ok && v.(*feedItem).modRev != seenHead {
-			seenHead = v.(*feedItem).modRev
+		if head, ok := lookup[*revRecord](m.feed, keyHead); ok && head.Rev != seenHead {
+			seenHead = head.Rev
 			m.reidentify(ctx, false)
 		}
 		select {
@@ -59,14 +59,12 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 	}
 	m.lastNSLabels = string(sum)
 	idKeys := map[uint32]string{}
-	m.feed.each(prefixIdentities, func(_ string, v any) {
-		id := v.(*feedItem).identity
+	eachOf(m.feed, prefixIdentities, func(_ string, id *api.Identity) {
 		idKeys[id.ID] = labelKey(id.Namespace, id.NamespaceLabels, id.Labels)
 	})
 	stale := map[string][]api.HostWorkload{}
 	expect := map[string]int64{}
-	m.feed.each(prefixWorkloads, func(key string, v any) {
-		it := v.(*feedItem)
+	eachOf(m.feed, prefixWorkloads, func(key string, it *workloadItem) {
 		wl := it.workload
 		if idKeys[wl.Identity] != labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels) {
 			stale[wl.Host] = append(stale[wl.Host], *wl)
@@ -110,8 +108,8 @@ func (m *Manager) collectIdentities(ctx context.Context) {
 	}
 	used := map[uint32]bool{}
 	for _, kv := range kvs {
-		if it, err := decodeFeed(kv); err == nil {
-			used[it.(*feedItem).workload.Identity] = true
+		if it, err := decodeWorkload(kv); err == nil {
+			used[it.workload.Identity] = true
 		}
 	}
 	for _, kv := range index {

@@ -49,8 +49,11 @@ func TestCollectIdentities(t *testing.T) {
 		}
 		out := map[uint32]bool{}
 		for _, kv := range kvs {
-			it, _ := decodeFeed(kv)
-			out[it.(*feedItem).identity.ID] = true
+			if v, err := decodeFeed(kv); err == nil {
+				if id, ok := v.(*api.Identity); ok {
+					out[id.ID] = true
+				}
+			}
 		}
 		return out
 	}

@@ -185,18 +185,18 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 func (m *Manager) stillValid(p principal) error {
 	switch p.kind {
 	case "token":
-		if _, ok := m.auth.get(prefixTokens + p.hash); !ok {
+		if _, ok := lookup[*tokenRecord](m.auth, prefixTokens+p.hash); !ok {
 			return fmt.Errorf("token %s was revoked", p.name)
 		}
 		return nil
 	case "":
 		return nil
 	}
-	v, ok := m.auth.get(prefixCerts + p.serial)
+	c, ok := lookup[*certRecord](m.auth, prefixCerts+p.serial)
 	if !ok {
 		return fmt.Errorf("client certificate %s of host %s is no longer in the records", p.serial, p.name)
 	}
-	if c := v.(*certRecord); c.Revoked != nil {
+	if c.Revoked != nil {
 		return fmt.Errorf("client certificate %s of host %s was revoked by %s", p.serial, p.name, c.RevokedBy)
 	}
 	return nil
@@ -386,11 +386,10 @@ func (m *Manager) headLines(ctx context.Context, kv store.KV) ([]byte, error) {
 	if ok {
 		return data, nil
 	}
-	v, err := decodeRecord(kv)
+	rec, err := decodeRecord(kv)
 	if err != nil {
 		return nil, err
 	}
-	rec := v.(*revRecord)
 	cur, err := m.loadState(ctx, rec)
 	if err != nil {
 		return nil, err
@@ -419,11 +418,11 @@ func (m *Manager) parentState(ctx context.Context, rec *revRecord) (*policyState
 	if err != nil {
 		return nil, fmt.Errorf("manager: read revision %d's parent: %w", rec.Rev, err)
 	}
-	v, err := decodeRecord(kv)
+	parent, err := decodeRecord(kv)
 	if err != nil {
 		return nil, err
 	}
-	return m.loadState(ctx, v.(*revRecord))
+	return m.loadState(ctx, parent)
 }
 
 func objectLines(rev int64, before, after *policyState) []byte {
@@ -457,11 +456,11 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 		ev := store.Event{Type: store.EventPut, KV: kv}
 		switch {
 		case kv.Key == keyHead:
-			v, err := decodeRecord(kv)
+			rec, err := decodeRecord(kv)
 			if err != nil {
 				return 0, err
 			}
-			ps, err := m.loadState(ctx, v.(*revRecord))
+			ps, err := m.loadState(ctx, rec)
 			if err != nil {
 				return 0, err
 			}

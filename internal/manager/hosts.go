@@ -189,7 +189,7 @@ func (m *Manager) writeStatuses(ctx context.Context) bool {
 	due := m.hostTab.take()
 	hosts := make([]string, 0, len(due))
 	for h, rec := range due {
-		if v, ok := m.hosts.get(prefixHosts + h); ok && v.(*hostRecord).LastSeen.After(rec.LastSeen) {
+		if stored, ok := lookup[*hostRecord](m.hosts, prefixHosts+h); ok && stored.LastSeen.After(rec.LastSeen) {
 			delete(due, h)
 			continue
 		}
@@ -226,8 +226,8 @@ func (m *Manager) writeStatuses(ctx context.Context) bool {
 // store's (another manager's).
 func (m *Manager) hostStatus(host string) (hostRecord, bool) {
 	rec, ok := m.hostTab.get(host)
-	if v, found := m.hosts.get(prefixHosts + host); found {
-		if stored := v.(*hostRecord); !ok || stored.LastSeen.After(rec.LastSeen) {
+	if stored, found := lookup[*hostRecord](m.hosts, prefixHosts+host); found {
+		if !ok || stored.LastSeen.After(rec.LastSeen) {
 			return *stored, true
 		}
 	}
@@ -246,12 +246,12 @@ func (m *Manager) hostList() []api.Host {
 		hosts[name] = h
 		return h
 	}
-	m.auth.each(prefixCerts, func(_ string, v any) {
-		if c := v.(*certRecord); c.Revoked == nil {
+	eachOf(m.auth, prefixCerts, func(_ string, c *certRecord) {
+		if c.Revoked == nil {
 			get(c.Host)
 		}
 	})
-	m.hosts.each(prefixHosts, func(key string, _ any) {
+	eachOf(m.hosts, prefixHosts, func(key string, _ any) {
 		host, _ := hostKeyParts(key)
 		get(host)
 	})

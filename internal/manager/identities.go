@@ -49,34 +49,39 @@ func workloadKey(host, ns, name string) string {
 	return prefixWorkloads + host + "/" + ns + "/" + name
 }
 
-// feedItem is a decoded value under feed/, with the revision it changed at.
-type feedItem struct {
+// workloadItem is a workload under feed/workloads/, with the revision it
+// changed at.
+type workloadItem struct {
 	modRev   int64
-	head     *revRecord
 	workload *api.HostWorkload
-	identity *api.Identity
 }
 
+// decodeFeed decodes a key under feed/: the head (a *revRecord, its Rev
+// the revision it changed at), a workload (a *workloadItem) or an
+// identity (an *api.Identity).
 func decodeFeed(kv store.KV) (any, error) {
-	it := &feedItem{modRev: kv.ModRev}
+	var v any
 	var err error
 	switch {
 	case kv.Key == keyHead:
-		var r any
-		r, err = decodeRecord(kv)
-		if err == nil {
-			it.head = r.(*revRecord)
-		}
+		v, err = decodeRecord(kv)
 	case strings.HasPrefix(kv.Key, prefixWorkloads):
-		it.workload = &api.HostWorkload{}
-		err = json.Unmarshal(kv.Value, it.workload)
+		v, err = decodeWorkload(kv)
 	case strings.HasPrefix(kv.Key, prefixIdentities):
-		it.identity = &api.Identity{}
-		err = json.Unmarshal(kv.Value, it.identity)
+		id := &api.Identity{}
+		v, err = id, json.Unmarshal(kv.Value, id)
 	default:
-		return nil, fmt.Errorf("unknown feed key %s", kv.Key)
+		err = fmt.Errorf("unknown feed key %s", kv.Key)
 	}
 	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func decodeWorkload(kv store.KV) (*workloadItem, error) {
+	it := &workloadItem{modRev: kv.ModRev, workload: &api.HostWorkload{}}
+	if err := json.Unmarshal(kv.Value, it.workload); err != nil {
 		return nil, err
 	}
 	return it, nil
@@ -263,14 +268,15 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 func (m *Manager) getIdentities(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	byID := map[uint32]*api.Identity{}
 	addrs := map[uint32][]string{}
-	rev := m.feed.each(prefixFeed, func(_ string, v any) {
-		it := v.(*feedItem)
-		switch {
-		case it.identity != nil:
-			id := *it.identity
+	rev := eachOf(m.feed, prefixFeed, func(_ string, v any) {
+		switch it := v.(type) {
+		case *api.Identity:
+			id := *it
 			byID[id.ID] = &id
-		case it.workload != nil && it.workload.Identity != 0:
-			addrs[it.workload.Identity] = append(addrs[it.workload.Identity], it.workload.IPs...)
+		case *workloadItem:
+			if it.workload.Identity != 0 {
+				addrs[it.workload.Identity] = append(addrs[it.workload.Identity], it.workload.IPs...)
+			}
 		}
 	})
 	out := api.IdentityList{Revision: rev, Items: []api.Identity{}}

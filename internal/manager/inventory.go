@@ -104,7 +104,7 @@ func (inv *inventory) change(key string, old, new any) {
 }
 
 func feedWorkload(v any) *api.HostWorkload {
-	if it, _ := v.(*feedItem); it != nil {
+	if it, _ := v.(*workloadItem); it != nil {
 		return it.workload
 	}
 	return nil

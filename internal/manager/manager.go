@@ -202,7 +202,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
 	m.hosts.onChange, m.hosts.onReset = m.bounds.change, m.bounds.reset
-	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
+	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRevision)
+	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+		mi.onWrong = func(key, msg string) { m.raise("record-type", key, msg) }
+	}
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()
 	for _, rt := range m.routes {

@@ -2,8 +2,10 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -14,6 +16,14 @@ import (
 // watch ends. Reads that decide nothing (lists, authentication) use it;
 // writes that must not race still read the store and commit with
 // conditions. Values are decoded once, when they arrive.
+//
+// One prefix holds records of several kinds (auth/ holds tokens, join
+// tokens and certificates), so the copy holds them as any; they are read
+// only through lookup and eachOf, which check each value's type. A value
+// of another type than the reader wants is skipped, counted and reported
+// (wrongType), never asserted: a record the decoder and a reader
+// disagree on must not panic a background loop and take the manager
+// down.
 type mirror struct {
 	st     store.Store
 	prefix string
@@ -23,6 +33,11 @@ type mirror struct {
 	// new key or a delete), and reset every new list, under the lock.
 	onChange func(key string, old, new any)
 	onReset  func()
+	// onWrong, if set, reports a value of another type than its reader
+	// wants (the manager raises an alert, once per key, counting
+	// repeats); it must not read the mirror.
+	onWrong func(key, msg string)
+	wrong   atomic.Int64 // values skipped for their type, every read
 
 	mu      sync.RWMutex
 	items   map[string]any
@@ -91,6 +106,7 @@ func (mi *mirror) follow(ctx context.Context, from int64) error {
 				var err error
 				if v, err = mi.decode(ev.KV); err != nil {
 					mi.log.Warn("undecodable value skipped", "key", ev.KV.Key, "err", err)
+					v = nil
 				}
 			}
 			if v == nil {
@@ -136,26 +152,46 @@ func (mi *mirror) waitRev(ctx context.Context, rev int64) error {
 	}
 }
 
-// get returns the decoded value of key.
-func (mi *mirror) get(key string) (any, bool) {
+// lookup returns the value of key if it is a T.
+func lookup[T any](mi *mirror, key string) (T, bool) {
 	mi.mu.RLock()
-	defer mi.mu.RUnlock()
-	v, ok := mi.items[key]
-	return v, ok
+	v, found := mi.items[key]
+	mi.mu.RUnlock()
+	t, ok := v.(T)
+	if found && !ok {
+		mi.wrongType(key, v, t)
+	}
+	return t, ok
 }
 
-// each calls fn for every item under prefix (which begins with the
-// mirror's), in no particular order, holding the read lock; it returns
-// the revision the copy is at.
-func (mi *mirror) each(prefix string, fn func(key string, v any)) int64 {
+// eachOf calls fn for every T under prefix (which begins with the
+// mirror's), in no particular order, holding the read lock; values of
+// another type are skipped. It returns the revision the copy is at.
+func eachOf[T any](mi *mirror, prefix string, fn func(key string, v T)) int64 {
 	mi.mu.RLock()
 	defer mi.mu.RUnlock()
 	for k, v := range mi.items {
 		if len(k) >= len(prefix) && k[:len(prefix)] == prefix {
-			fn(k, v)
+			if t, ok := v.(T); ok {
+				fn(k, t)
+			} else {
+				mi.wrongType(k, v, t)
+			}
 		}
 	}
 	return mi.rev
+}
+
+// wrongType counts and reports a value at key that is not of the type of
+// want, which a reader skipped.
+func (mi *mirror) wrongType(key string, v, want any) {
+	mi.wrong.Add(1)
+	msg := fmt.Sprintf("the value is a %T where a %T belongs; readers skip it", v, want)
+	if mi.onWrong != nil {
+		mi.onWrong(key, msg)
+	} else {
+		mi.log.Error("value of another type skipped", "key", key, "msg", msg)
+	}
 }
 
 // notify returns a channel closed at the copy's next change.

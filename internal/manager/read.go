@@ -75,7 +75,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
 		return err
 	}
-	seq := head.(*revRecord).Seq
+	seq := head.Seq
 	if s := r.URL.Query().Get("cursor"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 1 || n > seq {
@@ -84,8 +84,8 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		seq = n
 	}
 	for ; seq >= 1 && len(out.Items) < limit; seq-- {
-		if v, ok := m.revisions.get(revisionKey(seq)); ok {
-			out.Items = append(out.Items, v.(*revRecord).api())
+		if rec, ok := lookup[*revRecord](m.revisions, revisionKey(seq)); ok {
+			out.Items = append(out.Items, rec.api())
 		}
 	}
 	if seq >= 1 {

@@ -53,7 +53,16 @@ func (r *revRecord) api() api.Revision {
 
 func revisionKey(seq int64) string { return fmt.Sprintf("%s%020d", prefixRevisions, seq) }
 
-func decodeRecord(kv store.KV) (any, error) {
+// decodeRevision decodes a key under revisions/ for the mirror.
+func decodeRevision(kv store.KV) (any, error) {
+	r, err := decodeRecord(kv)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeRecord(kv store.KV) (*revRecord, error) {
 	var r revRecord
 	if err := json.Unmarshal(kv.Value, &r); err != nil {
 		return nil, fmt.Errorf("revision record %s: %w", kv.Key, err)
@@ -262,7 +271,7 @@ func (m *Manager) head(ctx context.Context) (store.KV, *policyState, error) {
 	if err != nil {
 		return kv, nil, err
 	}
-	ps, err := m.loadState(ctx, rec.(*revRecord))
+	ps, err := m.loadState(ctx, rec)
 	return kv, ps, err
 }
 
@@ -273,8 +282,8 @@ func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 		return nil, nil
 	}
 	var found *revRecord
-	m.revisions.each(prefixRevisions, func(_ string, v any) {
-		if r := v.(*revRecord); r.Rev == rev {
+	eachOf(m.revisions, prefixRevisions, func(_ string, r *revRecord) {
+		if r.Rev == rev {
 			found = r
 		}
 	})
@@ -287,11 +296,7 @@ func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 	}
 	for _, kv := range kvs {
 		if kv.ModRev == rev {
-			v, err := decodeRecord(kv)
-			if err != nil {
-				return nil, err
-			}
-			return v.(*revRecord), nil
+			return decodeRecord(kv)
 		}
 	}
 	return nil, errorf(http.StatusNotFound, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)

@@ -30,8 +30,7 @@ func (m *Manager) postToken(w http.ResponseWriter, r *http.Request, p principal)
 
 func (m *Manager) getTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Token{}
-	m.auth.each(prefixTokens, func(_ string, v any) {
-		t := v.(*tokenRecord)
+	eachOf(m.auth, prefixTokens, func(_ string, t *tokenRecord) {
 		out = append(out, api.Token{Name: t.Name, Role: t.Role, Created: t.Created, CreatedBy: t.CreatedBy})
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -139,8 +138,7 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 func (m *Manager) getJoinTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.JoinTokenInfo{}
 	now := m.now()
-	m.auth.each(prefixJoin, func(key string, v any) {
-		j := v.(*joinRecord)
+	eachOf(m.auth, prefixJoin, func(key string, j *joinRecord) {
 		info := api.JoinTokenInfo{ID: joinTokenID(key[len(prefixJoin):]), Host: j.Host, Created: j.Created, CreatedBy: j.CreatedBy,
 			Expires: j.Expires, Used: j.Used, State: "unused"}
 		switch {
@@ -167,9 +165,9 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 	id := r.PathValue("id")
 	var key string
 	var host string
-	m.auth.each(prefixJoin, func(k string, v any) {
+	eachOf(m.auth, prefixJoin, func(k string, j *joinRecord) {
 		if joinTokenID(k[len(prefixJoin):]) == id {
-			key, host = k, v.(*joinRecord).Host
+			key, host = k, j.Host
 		}
 	})
 	if len(id) != 16 || key == "" {

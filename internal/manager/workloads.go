@@ -267,8 +267,8 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ principal) error {
 	host := r.URL.Query().Get("host")
 	out := api.WorkloadList{Items: []api.HostWorkload{}}
-	out.Revision = m.feed.each(prefixWorkloads, func(_ string, v any) {
-		if wl := v.(*feedItem).workload; host == "" || wl.Host == host {
+	out.Revision = eachOf(m.feed, prefixWorkloads, func(_ string, it *workloadItem) {
+		if wl := it.workload; host == "" || wl.Host == host {
 			out.Items = append(out.Items, *wl)
 		}
 	})
