@@ -115,6 +115,9 @@ func TestHandWrittenAccessRecordsAreRefused(t *testing.T) {
 // are trusted, and that is audited.
 func TestManagerKey(t *testing.T) {
 	e := start(t)
+	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("wall.yaml", denyPolicy)}); err != nil {
+		t.Fatal(err)
+	}
 	e.m.Close()
 	st, dir := e.st, e.dir
 	startWith := func(opts ...func(*manager.Config)) (*manager.Manager, error) {
@@ -169,6 +172,9 @@ func TestManagerKey(t *testing.T) {
 	e2.admin = e2.client(e.m.AdminToken())
 	if _, err := e2.admin.Tokens(ctx(t)); err != nil {
 		t.Fatalf("the adopted admin token: %v", err)
+	}
+	if objs, err := e2.admin.Objects(ctx(t), ""); err != nil || len(objs.Items) != 1 {
+		t.Fatalf("the adopted revision: %+v %v", objs, err)
 	}
 	if !has(auditActions(t, e2), "records.adopt") {
 		t.Fatal("the adoption is not audited")

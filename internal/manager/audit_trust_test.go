@@ -108,6 +108,35 @@ func TestTamperedBlobIsNotServed(t *testing.T) {
 	waitFor(t, func() bool { return has(auditActions(t, e), "alert.blob-mismatch") })
 }
 
+// A policy revision written into the store by hand (a record and a head
+// that name objects no manager committed) is not served: revision records
+// are sealed under the manager key.
+func TestHandWrittenRevisionIsNotServed(t *testing.T) {
+	e := start(t)
+	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("wall.yaml", denyPolicy)}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := e.st.Get(ctx(t), "feed/head")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["seq"], rec["parentRev"], rec["message"] = rec["seq"].(float64)+1, kv.ModRev, "by hand"
+	forged, _ := json.Marshal(rec)
+	if _, _, err := e.st.Txn(ctx(t), nil, []store.Op{store.Put("feed/head", forged), store.Put("revisions/00000000000000000002", forged)}); err != nil {
+		t.Fatal(err)
+	}
+	e = e.restart()
+	_, err = e.admin.Objects(ctx(t), "")
+	wantStatus(t, err, http.StatusInternalServerError, "seal does not verify")
+	if al := alerts(t, e); len(al) == 0 || al[0].Kind != "revision-seal" {
+		t.Fatalf("alerts: %+v", al)
+	}
+}
+
 // waitFor waits, at most 10 s, until cond holds.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
