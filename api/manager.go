@@ -126,10 +126,13 @@ type Revision struct {
 	RollbackOf int64 `json:"rollbackOf,omitempty"`
 }
 
-// RevisionList answers GET /v1/revisions, newest first.
+// RevisionList answers GET /v1/revisions: a page of the revisions,
+// newest first. Next, when set, is the cursor of the page after
+// (?cursor=NEXT); it is absent on the last page.
 type RevisionList struct {
 	Head  int64      `json:"head"`
 	Items []Revision `json:"items"`
+	Next  string     `json:"next,omitempty"`
 }
 
 // ObjectChange is one object that differs between two revisions: Before
@@ -206,6 +209,24 @@ type Host struct {
 	Version   string    `json:"version,omitempty"`
 	LastSeen  time.Time `json:"lastSeen"`
 	Workloads int       `json:"workloads"`
+}
+
+// HostBounds is what a host may claim in its workload reports (PUT and
+// GET /v1/hosts/{host}/bounds), set by an admin. An empty list sets no
+// bound of its kind: the manager then trusts the host as far as
+// docs/security.md ("What a host may claim") says.
+type HostBounds struct {
+	// Ranges are the prefixes its workloads' addresses must lie in;
+	// no other host's ranges may overlap them.
+	Ranges []string `json:"ranges,omitempty"`
+	// HostIPs are the prefixes its underlay address (hostIP) must lie in.
+	HostIPs []string `json:"hostIPs,omitempty"`
+	// Namespaces are the namespaces it may run workloads in.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Held (read only) are addresses that stay the host's after an
+	// operator deleted the workload record that had them, until the
+	// host's own report releases them.
+	Held []string `json:"held,omitempty"`
 }
 
 // HostList answers GET /v1/hosts.

@@ -12,7 +12,6 @@ import (
 // Version is the apiVersion of every native object.
 const Version = "bulkhead.dev/v1"
 
-
 // Metadata names an object, as in Kubernetes.
 type Metadata struct {
 	Name        string            `json:"name"`

@@ -46,7 +46,13 @@ func auditLogCommand() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Revision, actor, e.Action, e.Object)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if list.Next != 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(more entries: --from %d)\n", list.Next)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().Uint64Var(&from, "from", 1, "first entry")

@@ -23,7 +23,7 @@ import (
 // --config).
 func RegisterManagerCommands(root *cobra.Command) {
 	addServerFlags(root)
-	root.AddCommand(NewManagerCommand(), loginCommand(), tokenCommand(), certificateCommand(),
+	root.AddCommand(NewManagerCommand(), loginCommand(), tokenCommand(), certificateCommand(), hostCommand(),
 		revisionsCommand(), auditCommand())
 }
 
@@ -54,7 +54,7 @@ that every command talking to a manager reads.`,
 			if err != nil {
 				return err
 			}
-			if _, err := cl.Revisions(cmd.Context()); err != nil {
+			if _, err := cl.RevisionsPage(cmd.Context(), 1, ""); err != nil {
 				return fmt.Errorf("the manager refused: %w", err)
 			}
 			path, _ := cmd.Flags().GetString("config")
@@ -278,11 +278,31 @@ func printCertificates(w io.Writer, certs []api.Certificate) error {
 }
 
 func revisionsCommand() *cobra.Command {
+	var limit int
 	cmd := &cobra.Command{
-		Use: "revisions", Aliases: []string{"revision", "rev"}, Short: "List, diff and roll back the manager's policy revisions",
+		Use: "revisions [--limit N]", Aliases: []string{"revision", "rev"}, Short: "List, diff and roll back the manager's policy revisions",
+		Long: `revisions lists the newest --limit policy revisions (0: all of them), newest
+first, reading the manager's history page by page.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return serverGet(cmd, "revisions", "table") },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := serverClient(cmd)
+			if err != nil {
+				return err
+			}
+			revs, err := c.Revisions(cmd.Context(), limit)
+			if err != nil {
+				return err
+			}
+			if err := printServerTable(cmd.OutOrStdout(), revs); err != nil {
+				return err
+			}
+			if revs.Next != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(the newest %d; --limit 0 lists all)\n", len(revs.Items))
+			}
+			return nil
+		},
 	}
+	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many revisions, newest first (0: all)")
 	diff := &cobra.Command{
 		Use: "diff [FROM [TO]]", Short: "Show the objects that changed between two revisions (default: the head and its parent)",
 		Args: cobra.MaximumNArgs(2),
@@ -429,7 +449,7 @@ func serverGet(cmd *cobra.Command, resource, output string) error {
 	case "identities", "identity":
 		v, err = c.Identities(cmd.Context())
 	case "revisions", "revision":
-		v, err = c.Revisions(cmd.Context())
+		v, err = c.Revisions(cmd.Context(), 0)
 	case "tokens":
 		v, err = c.Tokens(cmd.Context())
 	case "certificates":

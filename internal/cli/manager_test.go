@@ -106,6 +106,14 @@ func TestManagerCommands(t *testing.T) {
 	if !strings.Contains(out, "Wall buy-sell created") || !strings.Contains(out, "revision ") {
 		t.Fatalf("apply: %s", out)
 	}
+	out = run(0, "host", "bounds", "node-1", "--range", "10.1.0.0/24", "--namespace", "trading")
+	if !strings.Contains(out, "ranges:     10.1.0.0/24") || !strings.Contains(out, "host IPs:   (no bound)") {
+		t.Fatalf("host bounds: %s", out)
+	}
+	out = run(1, "host", "bounds", "node-2", "--range", "10.1.0.128/25")
+	if !strings.Contains(out, "overlaps host node-1's range 10.1.0.0/24") {
+		t.Fatalf("overlapping host bounds: %s", out)
+	}
 	out = run(0, "revisions")
 	if !strings.Contains(out, "(head)") || !strings.Contains(out, "token:admin (admin)") {
 		t.Fatalf("revisions: %s", out)

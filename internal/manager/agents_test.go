@@ -121,7 +121,7 @@ func TestIdentitiesAreClusterWide(t *testing.T) {
 	}
 	// An address another host holds is refused.
 	_, err = a2.ReportWorkloads(ctx(t), "node-2", []api.HostWorkload{{Namespace: "shop", Name: "x", IPs: []string{"10.0.1.1"}}}, nil, false)
-	wantStatus(t, err, http.StatusUnprocessableEntity, "workloads[0].ips[0]: address 10.0.1.1 already belongs to shop/web-1 on host node-1")
+	wantStatus(t, err, http.StatusUnprocessableEntity, "workloads[0].ips[0]: 10.0.1.1: already belongs to shop/web-1 on host node-1")
 
 	ids, err := a2.Identities(ctx(t))
 	if err != nil {
@@ -358,7 +358,7 @@ func TestAuditChain(t *testing.T) {
 	if a := list.Items[1]; a.Action != "policy.apply" || a.Actor != (api.AuditActor{Kind: "token", Name: "admin", Role: "admin"}) || a.Revision == 0 {
 		t.Fatalf("apply entry: %+v", a)
 	}
-	revs, _ := e.admin.Revisions(ctx(t))
+	revs, _ := e.admin.Revisions(ctx(t), 0)
 	if list.Items[1].Revision != revs.Items[0].Revision {
 		t.Fatalf("the audit entry's revision %d is not the apply's %d", list.Items[1].Revision, revs.Items[0].Revision)
 	}

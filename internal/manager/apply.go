@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -57,7 +58,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 		docs = append(docs, pd)
 	}
 	if err := errs.Err(); err != nil {
-		return invalid("the documents are invalid; nothing was applied", err)
+		return fault.New(fault.Invalid, fault.Details(err), "the documents are invalid; nothing was applied")
 	}
 	action := "policy.apply"
 	if del {
@@ -106,7 +107,7 @@ func nextObjects(cur *policyState, docs []parsedDoc, del bool) (proposal, error)
 		}
 	}
 	if len(missing) > 0 {
-		return proposal{}, &httpError{status: http.StatusNotFound, msg: "cannot delete what does not exist; nothing was deleted", details: missing}
+		return proposal{}, fault.New(fault.NotFound, missing, "cannot delete what does not exist; nothing was deleted")
 	}
 	return proposal{objects: next, reqSet: reqSet, fromReq: fromReq}, nil
 }
@@ -156,11 +157,14 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		if err := m.validate(prop); err != nil {
 			return api.ManagerApplyResult{}, err
 		}
+		c := change{actor: p, action: action, message: message, rollbackOf: rollbackOf, detail: changeDetail(res, rollbackOf)}
+		if err := m.fits(cur, objects, c); err != nil {
+			return api.ManagerApplyResult{}, err
+		}
 		if dryRun {
 			return res, nil
 		}
-		rev, ok, err := m.commit(ctx, base, cur, objects, change{actor: p, action: action, message: message,
-			rollbackOf: rollbackOf, detail: changeDetail(res, rollbackOf)})
+		rev, ok, err := m.commit(ctx, base, cur, objects, c)
 		if err != nil {
 			return api.ManagerApplyResult{}, err
 		}
@@ -177,7 +181,7 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 		if firstLoss.IsZero() {
 			firstLoss = m.now()
 		} else if lost := m.now().Sub(firstLoss); lost > changeDeadline {
-			return api.ManagerApplyResult{}, errorf(http.StatusConflict, "other managers' changes kept winning for %s (%d attempts lost); nothing was applied; try again",
+			return api.ManagerApplyResult{}, fault.New(fault.Conflict, nil, "other managers' changes kept winning for %s (%d attempts lost); nothing was applied; try again",
 				lost.Round(time.Second), attempt+1)
 		}
 		m.log.Info("the head moved during a change; trying again", "action", action, "attempt", attempt+1)
@@ -256,12 +260,12 @@ func (m *Manager) validate(prop proposal) error {
 		}
 		s, err := m.sets.get(o)
 		if err != nil {
-			return invalid("a stored object no longer loads", err)
+			return fault.New(fault.Internal, fault.Details(err), "manager: a stored object no longer loads: %w", err)
 		}
 		set.Merge(s)
 	}
 	if _, err := policy.NewEngine(set); err != nil {
-		return invalid("the resulting policy set is invalid; nothing was applied", err)
+		return fault.New(fault.Invalid, fault.Details(err), "the resulting policy set is invalid; nothing was applied")
 	}
 	if len(set.Walls) == 0 {
 		return nil
@@ -269,14 +273,15 @@ func (m *Manager) validate(prop proposal) error {
 	set.Workloads = m.inv.workloads(m.log)
 	breaches, err := policy.ProveWalls(set)
 	if err != nil {
-		return invalid("the walls could not be proven; nothing was applied", err)
+		return fault.New(fault.Invalid, fault.Details(err), "the walls could not be proven; nothing was applied")
 	}
 	if len(breaches) > 0 {
-		e := &httpError{status: http.StatusUnprocessableEntity, msg: fmt.Sprintf("refused: the resulting policy set breaches %d walls; nothing was applied", len(breaches))}
-		for _, b := range breaches {
-			e.details = append(e.details, b.String())
+		details := make([]string, len(breaches))
+		for i, b := range breaches {
+			details[i] = b.String()
 		}
-		return e
+		// A breach makes the set invalid (422), as an invalid reference does.
+		return fault.New(fault.Invalid, details, "refused: the resulting policy set breaches %d walls; nothing was applied", len(breaches))
 	}
 	return nil
 }

@@ -118,15 +118,13 @@ func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) 
 		}
 		limit = n
 	}
-	entries, err := audit.Read(r.Context(), m.st)
+	// One entry more than asked for says whether there is a next page.
+	entries, err := audit.ReadRange(r.Context(), m.st, from, limit+1)
 	if err != nil {
 		return err
 	}
 	out := api.AuditList{Items: []api.AuditEntry{}}
 	for _, e := range entries {
-		if e.Seq < from {
-			continue
-		}
 		if len(out.Items) == limit {
 			out.Next = e.Seq
 			break

@@ -150,11 +150,11 @@ func (a access) String() string {
 // or unknown certificate with 403.
 func (m *Manager) authenticate(r *http.Request) (principal, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
-		secret, ok := strings.CutPrefix(h, "Bearer ")
+		secret, ok := bearer(h)
 		if !ok {
 			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
 		}
-		hash := hashSecret(strings.TrimSpace(secret))
+		hash := hashSecret(secret)
 		v, ok := m.auth.get(prefixTokens + hash)
 		if !ok {
 			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
@@ -184,6 +184,18 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 		return principal{kind: "host", name: host, role: "agent", serial: serial}, nil
 	}
 	return principal{}, errorf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
+}
+
+// bearer reads the token of an Authorization header. The scheme is
+// matched without regard to case and followed by one or more spaces
+// (RFC 7235 section 2.1, RFC 6750 section 2.1).
+func bearer(h string) (string, bool) {
+	scheme, rest, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	secret := strings.TrimLeft(rest, " ")
+	return secret, secret != "" && !strings.ContainsAny(secret, " \t")
 }
 
 // sameHost refuses an agent acting for another host.

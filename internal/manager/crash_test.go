@@ -48,7 +48,7 @@ func TestFailedCommitChangesNothing(t *testing.T) {
 	broken := startOn(t, failingStore{st}, dir)
 	_, err = broken.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: docs(t, examplePolicies[3])})
 	wantStatus(t, err, http.StatusInternalServerError, "injected failure")
-	revs, _ := broken.admin.Revisions(ctx(t))
+	revs, _ := broken.admin.Revisions(ctx(t), 0)
 	objs, _ := broken.admin.Objects(ctx(t), "")
 	if revs.Head != first.Revision || len(revs.Items) != 1 || objs.Revision != first.Revision || len(objs.Items) != len(first.Created) {
 		t.Fatalf("a failed commit changed the head: %+v, %d objects", revs, len(objs.Items))
@@ -97,7 +97,7 @@ func TestKilledMidApply(t *testing.T) {
 			t.Fatal(err)
 		}
 		e := startOn(t, st, dir)
-		revs, err := e.admin.Revisions(ctx(t))
+		revs, err := e.admin.Revisions(ctx(t), 0)
 		if err != nil {
 			t.Fatal(err)
 		}

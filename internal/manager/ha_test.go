@@ -70,7 +70,7 @@ func testTwoManagers(t *testing.T, dir string, open func() store.Store) {
 			t.Fatalf("concurrent apply: %v", err)
 		}
 	}
-	revs, err := e2.admin.Revisions(ctx(t))
+	revs, err := e2.admin.Revisions(ctx(t), 0)
 	if err != nil || len(revs.Items) != 20 {
 		t.Fatalf("20 concurrent applies on two managers made %d revisions: %v", len(revs.Items), err)
 	}

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -43,12 +44,24 @@ type hostRecord struct {
 	LastSeen time.Time `json:"lastSeen"`
 }
 
+// decodeHost decodes a key under hosts/: a host's status (hosts/H), its
+// bounds (hosts/H/bounds) or an address held for it (hosts/H/held/A).
 func decodeHost(kv store.KV) (any, error) {
-	var h hostRecord
-	if err := json.Unmarshal(kv.Value, &h); err != nil {
+	var v any
+	switch _, sub := hostKeyParts(kv.Key); {
+	case sub == "":
+		v = &hostRecord{}
+	case sub == "bounds":
+		v = &boundsRecord{}
+	case strings.HasPrefix(sub, "held/"):
+		v = &heldRecord{}
+	default:
+		return nil, fmt.Errorf("unknown host key %s", kv.Key)
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
 		return nil, err
 	}
-	return &h, nil
+	return v, nil
 }
 
 // hostTable is the status reports this manager received: the latest per
@@ -238,7 +251,10 @@ func (m *Manager) hostList() []api.Host {
 			get(c.Host)
 		}
 	})
-	m.hosts.each(prefixHosts, func(key string, _ any) { get(strings.TrimPrefix(key, prefixHosts)) })
+	m.hosts.each(prefixHosts, func(key string, _ any) {
+		host, _ := hostKeyParts(key)
+		get(host)
+	})
 	m.hostTab.mu.Lock()
 	for name := range m.hostTab.latest {
 		get(name)

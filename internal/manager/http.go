@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
+	"github.com/bulkhead-dev/bulkhead/internal/strict"
 )
 
 // httpError is an error with the status it answers with and, when the
@@ -53,16 +56,27 @@ func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	if m.storeUnavailable(w, err) {
 		return
 	}
-	var he *httpError
-	if !errors.As(err, &he) {
+	var (
+		he *httpError
+		fe *fault.Error
+	)
+	switch {
+	case errors.As(err, &he):
+	case errors.As(err, &fe):
+		// Typed where it arose (internal/fault); this edge gives it its status.
+		he = &httpError{status: fault.HTTPStatus(fe), msg: fe.Msg, details: fe.Details}
+	default:
 		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		he = &httpError{status: http.StatusInternalServerError, msg: "manager: " + err.Error()}
+	}
+	if he.status == http.StatusInternalServerError && fe != nil {
+		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, he.status, api.APIError{Error: he.msg, Details: he.details})
 }
 
-// decode reads a JSON body into v strictly: at most the manager's body
-// limit, no unknown fields, one value. Errors name the field.
+// decode reads a JSON body into v strictly (decodeStrict), within the
+// route's body limit and deadline. Errors name the field.
 func (m *Manager) decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return m.decodeBody(w, r, v, false)
 }
@@ -76,45 +90,31 @@ func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, opti
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errorf(http.StatusUnsupportedMediaType, "request body: Content-Type %q; send application/json", ct)
 	}
-	body := http.MaxBytesReader(w, r.Body, m.cfg.MaxBodyBytes)
-	data, err := io.ReadAll(body)
+	// admit bounds the body (http.MaxBytesReader) and the time to read it.
+	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return errorf(http.StatusRequestEntityTooLarge, "request body: larger than the limit of %d bytes", tooBig.Limit)
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return errorf(http.StatusRequestTimeout, "request body: not received in time (the limits are in docs/manager.md)")
+		}
 		return errorf(http.StatusBadRequest, "request body: %v", err)
 	}
+	bodyRead(w)
 	if optional && len(bytes.TrimSpace(data)) == 0 {
 		return nil
 	}
 	return decodeStrict(data, v)
 }
 
-// decodeStrict decodes one JSON value, refusing unknown fields and
-// trailing data, with errors that name the field and the offset.
+// decodeStrict decodes one JSON value as strict.JSON does (exact keys,
+// each once, valid UTF-8, nothing after the value). Every request body
+// goes through it.
 func decodeStrict(data []byte, v any) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return errorf(http.StatusBadRequest, "request body: empty; send a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		var syntaxErr *json.SyntaxError
-		switch {
-		case errors.As(err, &typeErr):
-			return errorf(http.StatusBadRequest, "request body: field %q: got JSON %s, want %s (at byte %d)", typeErr.Field, typeErr.Value, typeErr.Type, typeErr.Offset)
-		case errors.As(err, &syntaxErr):
-			return errorf(http.StatusBadRequest, "request body: malformed JSON at byte %d: %v", syntaxErr.Offset, err)
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
-			return errorf(http.StatusBadRequest, "request body: unknown field %s", field)
-		}
+	if err := strict.JSON(data, v); err != nil {
 		return errorf(http.StatusBadRequest, "request body: %v", err)
-	}
-	if dec.More() {
-		return errorf(http.StatusBadRequest, "request body: data after the JSON value at byte %d", dec.InputOffset())
 	}
 	return nil
 }

@@ -20,8 +20,10 @@ type inventory struct {
 	byKey   map[string]*invEntry // store key → entry
 	hosts   map[string]int       // host → workloads
 	addrs   map[netip.Addr]*api.HostWorkload
-	gen     uint64             // moves at every change
-	list    []*policy.Workload // the model's inventory at gen listGen; nil: not built
+	names   map[string]*api.HostWorkload  // namespace/name → workload
+	hostIPs map[netip.Addr]map[string]int // underlay address → host → workloads naming it
+	gen     uint64                        // moves at every change
+	list    []*policy.Workload            // the model's inventory at gen listGen; nil: not built
 	listGen uint64
 }
 
@@ -35,8 +37,13 @@ type invEntry struct {
 func (inv *inventory) reset() {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
+	inv.init()
 	inv.gen++
+}
+
+func (inv *inventory) init() {
+	inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
+	inv.names, inv.hostIPs = map[string]*api.HostWorkload{}, map[netip.Addr]map[string]int{}
 }
 
 // change applies one change of a key under feed/ (old or new nil for a
@@ -49,7 +56,7 @@ func (inv *inventory) change(key string, old, new any) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	if inv.byKey == nil {
-		inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
+		inv.init()
 	}
 	inv.gen++
 	if e := inv.byKey[key]; e != nil {
@@ -62,6 +69,19 @@ func (inv *inventory) change(key string, old, new any) {
 				delete(inv.addrs, a)
 			}
 		}
+		if k := e.wl.Namespace + "/" + e.wl.Name; inv.names[k] == e.wl {
+			delete(inv.names, k)
+		}
+		if a, err := netip.ParseAddr(e.wl.HostIP); err == nil {
+			if hs := inv.hostIPs[a.Unmap()]; hs != nil {
+				if hs[e.wl.Host]--; hs[e.wl.Host] <= 0 {
+					delete(hs, e.wl.Host)
+				}
+				if len(hs) == 0 {
+					delete(inv.hostIPs, a.Unmap())
+				}
+			}
+		}
 	}
 	if newW == nil {
 		return
@@ -71,6 +91,15 @@ func (inv *inventory) change(key string, old, new any) {
 	inv.hosts[newW.Host]++
 	for _, a := range e.pw.IPs {
 		inv.addrs[a] = newW
+	}
+	inv.names[newW.Namespace+"/"+newW.Name] = newW
+	if a, err := netip.ParseAddr(newW.HostIP); err == nil {
+		hs := inv.hostIPs[a.Unmap()]
+		if hs == nil {
+			hs = map[string]int{}
+			inv.hostIPs[a.Unmap()] = hs
+		}
+		hs[newW.Host]++
 	}
 }
 
@@ -106,6 +135,27 @@ func (inv *inventory) owner(a netip.Addr) *api.HostWorkload {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	return inv.addrs[a.Unmap()]
+}
+
+// byName returns a workload named namespace/name, if any.
+func (inv *inventory) byName(key string) *api.HostWorkload {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	return inv.names[key]
+}
+
+// hostIPOwner returns a host other than except that names a as its
+// underlay address (the first by name), or "".
+func (inv *inventory) hostIPOwner(a netip.Addr, except string) string {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	first := ""
+	for h := range inv.hostIPs[a.Unmap()] {
+		if h != except && (first == "" || h < first) {
+			first = h
+		}
+	}
+	return first
 }
 
 // hostCounts returns the number of workloads of each host.

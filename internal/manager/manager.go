@@ -55,8 +55,10 @@ type Config struct {
 	// the listen address, localhost, 127.0.0.1 and ::1 are always in it.
 	Names  []string
 	Logger *slog.Logger
-	// MaxBodyBytes bounds a request body (default 32 MiB).
+	// MaxBodyBytes bounds a request body (default 32 MiB); Limits bound
+	// public bodies, timeouts and what one client may hold open.
 	MaxBodyBytes int64
+	Limits       Limits
 	// Heartbeat is the interval of heartbeat lines on a quiet watch
 	// (default 5 s).
 	Heartbeat time.Duration
@@ -97,6 +99,7 @@ func (c *Config) defaults() error {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 5 * time.Second
 	}
+	c.Limits = c.Limits.withDefaults()
 	if c.WatchBuffer <= 0 {
 		c.WatchBuffer = 256
 	}
@@ -136,7 +139,10 @@ type Manager struct {
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
 	inv                          inventory
 	hostTab                      *hostTable
+	bounds                       boundsIndex // what each host may claim (bounds.go), kept by the hosts mirror
+	reportRefusals               refusalLog
 	hub                          *feedHub
+	limiter                      *limiter
 	alerts                       *alerts
 	refusals                     refusalLimiter
 	heads                        heads
@@ -164,7 +170,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), alerts: newAlerts()}
+		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
+		alerts: newAlerts()}
 	m.blobs.st = cfg.Store
 	m.blobs.onMismatch = func(key, got string) {
 		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
@@ -194,6 +201,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
+	m.hosts.onChange, m.hosts.onReset = m.bounds.change, m.bounds.reset
 	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRecord)
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()
@@ -336,8 +344,12 @@ func (m *Manager) listen() error {
 		ln.Close()
 		return err
 	}
-	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
+	// The server's timeouts are the defaults of every request; wrap sets
+	// each request's own (setDeadlines), so that a watch outlives them.
+	lim := m.cfg.Limits
+	m.srv = &http.Server{Handler: m.mux, TLSConfig: tc, ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout: lim.ReadHeaderTimeout + lim.BodyTimeout, WriteTimeout: lim.ReadHeaderTimeout + lim.WriteTimeout,
+		IdleTimeout: lim.IdleTimeout, ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
 	return nil
 }
 

@@ -235,7 +235,7 @@ func TestBadRequests(t *testing.T) {
 	wantStatus(t, err, http.StatusUnprocessableEntity, "reported by the agents")
 	_, err = e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: docs(t, examplePolicies...), Wait: "forever"})
 	wantStatus(t, err, http.StatusBadRequest, "wait:")
-	revs, err := e.admin.Revisions(ctx(t))
+	revs, err := e.admin.Revisions(ctx(t), 0)
 	if err != nil || len(revs.Items) != 0 {
 		t.Fatalf("bad requests left revisions: %+v %v", revs, err)
 	}
@@ -250,7 +250,7 @@ func TestApplyIsOneRevision(t *testing.T) {
 	if res.Revision == 0 || len(res.Created) < 10 {
 		t.Fatalf("apply: %+v", res)
 	}
-	revs, err := e.admin.Revisions(ctx(t))
+	revs, err := e.admin.Revisions(ctx(t), 0)
 	if err != nil || len(revs.Items) != 1 || revs.Items[0].Revision != res.Revision || revs.Head != res.Revision {
 		t.Fatalf("revisions after one apply: %+v %v", revs, err)
 	}
@@ -345,7 +345,7 @@ func TestRevisionsDiffRollback(t *testing.T) {
 	if err != nil || len(back.Changes) != 0 {
 		t.Fatalf("after a rollback the objects differ from the revision rolled back to: %+v %v", back, err)
 	}
-	revs, _ := e.admin.Revisions(ctx(t))
+	revs, _ := e.admin.Revisions(ctx(t), 0)
 	if len(revs.Items) != 3 || revs.Items[0].RollbackOf != r1.Revision || revs.Items[0].Parent != r2.Revision {
 		t.Fatalf("revisions: %+v", revs)
 	}

@@ -24,7 +24,7 @@ var schemaTypes = map[string]any{
 	"ObjectList": api.ObjectList{}, "Revision": api.Revision{}, "RevisionList": api.RevisionList{},
 	"ObjectChange": api.ObjectChange{}, "RevisionDiff": api.RevisionDiff{}, "RollbackRequest": api.RollbackRequest{},
 	"NamedPort": api.NamedPort{}, "HostWorkload": api.HostWorkload{}, "WorkloadReport": api.WorkloadReport{},
-	"ReportResult": api.ReportResult{}, "WorkloadList": api.WorkloadList{}, "HostStatus": api.HostStatus{},
+	"ReportResult": api.ReportResult{}, "WorkloadList": api.WorkloadList{}, "HostStatus": api.HostStatus{}, "HostBounds": api.HostBounds{},
 	"Host": api.Host{}, "HostList": api.HostList{}, "Identity": api.Identity{}, "IdentityList": api.IdentityList{},
 	"AuditActor": api.AuditActor{}, "AuditEntry": api.AuditEntry{}, "AuditList": api.AuditList{},
 	"AuditVerify": api.AuditVerify{}, "FeedEvent": api.FeedEvent{},

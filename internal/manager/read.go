@@ -3,12 +3,15 @@ package manager
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
+	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
 func jsonUnmarshal(data []byte, v any) error {
@@ -38,24 +41,71 @@ func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Reque
 	}
 }
 
-// getRevisions lists the revisions up to the head as the store has it,
-// even one another manager made a moment ago: the record is written with
-// the head, so the list waits until this manager's copy holds it.
+// Pages of history: ?limit= (default and most) and the cursor a page
+// answered as next.
+const (
+	defaultPage = 100
+	maxPage     = 1000
+)
+
+// getRevisions answers a page of the revisions, newest first: ?limit=,
+// and ?cursor= as the previous page answered it in next. It reads the
+// head and one record per revision answered, so a page costs the same
+// however long the history. The page waits until this manager's copy
+// holds the head's record, which may be a moment old if another manager
+// made it.
 func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ principal) error {
-	kv, _, err := m.head(r.Context())
+	limit, err := pageLimit(r)
+	if err != nil {
+		return err
+	}
+	kv, err := m.st.Get(r.Context(), keyHead)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("manager: read head: %w", err)
+	}
+	out := api.RevisionList{Items: []api.Revision{}, Head: kv.ModRev}
+	if kv.ModRev == 0 {
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+	head, err := decodeRecord(kv)
 	if err != nil {
 		return err
 	}
 	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
 		return err
 	}
-	out := api.RevisionList{Items: []api.Revision{}, Head: kv.ModRev}
-	m.revisions.each(prefixRevisions, func(_ string, v any) {
-		out.Items = append(out.Items, v.(*revRecord).api())
-	})
-	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Revision > out.Items[j].Revision })
+	seq := head.(*revRecord).Seq
+	if s := r.URL.Query().Get("cursor"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 1 || n > seq {
+			return errorf(http.StatusBadRequest, "cursor: %q: pass the next of the page before, unchanged", s)
+		}
+		seq = n
+	}
+	for ; seq >= 1 && len(out.Items) < limit; seq-- {
+		if v, ok := m.revisions.get(revisionKey(seq)); ok {
+			out.Items = append(out.Items, v.(*revRecord).api())
+		}
+	}
+	if seq >= 1 {
+		out.Next = strconv.FormatInt(seq, 10)
+	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// pageLimit reads ?limit=.
+func pageLimit(r *http.Request) (int, error) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return defaultPage, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxPage {
+		return 0, errorf(http.StatusBadRequest, "limit: %q: want 1 to %d", s, maxPage)
+	}
+	return n, nil
 }
 
 func revParam(s, name string) (int64, error) {

@@ -314,6 +314,17 @@ type change struct {
 	detail     any // audit detail
 }
 
+// newRecord is the record of the revision that makes objects, whose
+// manifest is order, the head after prev.
+func (m *Manager) newRecord(prev *policyState, objects map[string]object, order []string, c change) revRecord {
+	rec := revRecord{Seq: 1, ParentRev: prev.rev(), Time: m.now().UTC(), Actor: c.actor.String(),
+		Message: c.message, Objects: len(objects), Manifest: order, RollbackOf: c.rollbackOf}
+	if prev.record != nil {
+		rec.Seq = prev.record.Seq + 1
+	}
+	return rec
+}
+
 // commit makes objects the new head if the head is still base: blobs
 // first, then one Txn with the head, the revision record and the audit
 // entry. ok is false when another change won the race.
@@ -329,11 +340,7 @@ func (m *Manager) commit(ctx context.Context, base store.KV, prev *policyState, 
 	if err := m.blobs.stage(ctx, items); err != nil {
 		return 0, false, err
 	}
-	rec := revRecord{Seq: 1, ParentRev: prev.rev(), Time: m.now().UTC(), Actor: c.actor.String(),
-		Message: c.message, Objects: len(objects), Manifest: order, RollbackOf: c.rollbackOf}
-	if prev.record != nil {
-		rec.Seq = prev.record.Seq + 1
-	}
+	rec := m.newRecord(prev, objects, order, c)
 	value := m.key.seal(revisionSealKey, &rec)
 	conds := []store.Cond{store.Unchanged(base)}
 	ops := []store.Op{store.Put(keyHead, value), store.Put(revisionKey(rec.Seq), value)}

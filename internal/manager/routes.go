@@ -16,6 +16,7 @@ type route struct {
 	method, path string
 	access       access
 	handle       func(w http.ResponseWriter, r *http.Request, p principal) error
+	class        routeClass // how long it may hold the connection
 }
 
 type principalKey struct{}
@@ -37,51 +38,54 @@ func (m *Manager) routeTable() []route {
 	agents := access{agents: true}
 	readOrAgents := access{roles: anyRole, agents: true}
 	rs := []route{
-		{"GET", "/healthz", access{public: true}, m.healthz},
-		{"GET", "/readyz", access{public: true}, m.readyz},
+		{"GET", "/healthz", access{public: true}, m.healthz, plain},
+		{"GET", "/readyz", access{public: true}, m.readyz, plain},
 
-		{"POST", "/v1/tokens", admin, m.postToken},
-		{"GET", "/v1/tokens", admin, m.getTokens},
-		{"DELETE", "/v1/tokens/{name}", admin, m.deleteToken},
-		{"POST", "/v1/jointokens", admin, m.postJoinToken},
-		{"GET", "/v1/jointokens", admin, m.getJoinTokens},
-		{"DELETE", "/v1/jointokens/{id}", admin, m.deleteJoinToken},
-		{"POST", "/v1/join", access{public: true, join: true}, m.postJoin},
-		{"POST", "/v1/renew", agents, m.postRenew},
-		{"GET", "/v1/certificates", read, m.getCertificates},
-		{"POST", "/v1/certificates/{serial}/revoke", admin, m.revokeCertificate},
-		{"POST", "/v1/hosts/{host}/revoke", admin, m.revokeHost},
+		{"POST", "/v1/tokens", admin, m.postToken, plain},
+		{"GET", "/v1/tokens", admin, m.getTokens, plain},
+		{"DELETE", "/v1/tokens/{name}", admin, m.deleteToken, plain},
+		{"POST", "/v1/jointokens", admin, m.postJoinToken, plain},
+		{"GET", "/v1/jointokens", admin, m.getJoinTokens, plain},
+		{"DELETE", "/v1/jointokens/{id}", admin, m.deleteJoinToken, plain},
+		{"POST", "/v1/join", access{public: true, join: true}, m.postJoin, plain},
+		{"POST", "/v1/renew", agents, m.postRenew, plain},
+		{"GET", "/v1/certificates", read, m.getCertificates, plain},
+		{"POST", "/v1/certificates/{serial}/revoke", admin, m.revokeCertificate, plain},
+		{"POST", "/v1/hosts/{host}/revoke", admin, m.revokeHost, plain},
 
-		{"POST", "/v1/apply", admin, m.postApply},
-		{"POST", "/v1/delete", admin, m.postDelete},
-		{"GET", "/v1/objects", read, m.getObjects},
-		{"GET", "/v1/revisions", read, m.getRevisions},
-		{"GET", "/v1/revisions/diff", read, m.getDiff},
-		{"GET", "/v1/revisions/{rev}", read, m.getRevision},
-		{"POST", "/v1/revisions/{rev}/rollback", admin, m.postRollback},
+		{"POST", "/v1/apply", admin, m.postApply, waits},
+		{"POST", "/v1/delete", admin, m.postDelete, waits},
+		{"GET", "/v1/objects", read, m.getObjects, plain},
+		{"GET", "/v1/revisions", read, m.getRevisions, plain},
+		{"GET", "/v1/revisions/diff", read, m.getDiff, plain},
+		{"GET", "/v1/revisions/{rev}", read, m.getRevision, plain},
+		{"POST", "/v1/revisions/{rev}/rollback", admin, m.postRollback, waits},
 
-		{"GET", "/v1/workloads", read, m.getWorkloads},
-		{"DELETE", "/v1/workloads/{host}/{namespace}/{name}", access{roles: operators}, m.deleteWorkload},
-		{"PUT", "/v1/hosts/{host}/workloads", agents, m.putWorkloads},
-		{"POST", "/v1/hosts/{host}/workloads", agents, m.postWorkloads},
-		{"PUT", "/v1/hosts/{host}/status", agents, m.putStatus},
-		{"GET", "/v1/hosts", read, m.getHosts},
-		{"GET", "/v1/identities", readOrAgents, m.getIdentities},
-		{"GET", "/v1/watch", readOrAgents, m.getWatch},
+		{"GET", "/v1/workloads", read, m.getWorkloads, plain},
+		{"DELETE", "/v1/workloads/{host}/{namespace}/{name}", access{roles: operators}, m.deleteWorkload, plain},
+		{"PUT", "/v1/hosts/{host}/workloads", agents, m.putWorkloads, plain},
+		{"POST", "/v1/hosts/{host}/workloads", agents, m.postWorkloads, plain},
+		{"PUT", "/v1/hosts/{host}/status", agents, m.putStatus, plain},
+		{"GET", "/v1/hosts", read, m.getHosts, plain},
+		{"GET", "/v1/hosts/{host}/bounds", read, m.getHostBounds, plain},
+		{"PUT", "/v1/hosts/{host}/bounds", admin, m.putHostBounds, plain},
+		{"GET", "/v1/identities", readOrAgents, m.getIdentities, plain},
+		{"GET", "/v1/watch", readOrAgents, m.getWatch, stream},
 
-		{"GET", "/v1/audit", audit, m.getAudit},
-		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
-		{"GET", "/v1/audit/head", audit, m.getAuditHead},
-		{"GET", "/v1/alerts", read, m.getAlerts},
+		{"GET", "/v1/audit", audit, m.getAudit, plain},
+		{"GET", "/v1/audit/verify", audit, m.getAuditVerify, plain},
+		{"GET", "/v1/audit/head", audit, m.getAuditHead, plain},
+		{"GET", "/v1/alerts", read, m.getAlerts, plain},
 	}
 	for _, res := range objects.Resources() {
-		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})
+		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res), plain})
 	}
 	return rs
 }
 
-// wrap authenticates, authorizes and runs a route, answering errors as
-// APIError bodies.
+// wrap authenticates, authorizes, bounds and runs a route, answering
+// errors as APIError bodies. Nothing of a body is read before the client
+// is known and within its limits.
 func (m *Manager) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var p principal
@@ -99,6 +103,11 @@ func (m *Manager) wrap(rt route) http.Handler {
 				return
 			}
 		}
+		w, release, ok := m.admit(w, r, rt, p)
+		if !ok {
+			return
+		}
+		defer release()
 		r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
 		if err := rt.handle(w, r, p); err != nil {
 			m.writeError(w, r, err)

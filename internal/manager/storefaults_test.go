@@ -147,7 +147,7 @@ func TestQuorumLossAnswers503(t *testing.T) {
 		call func() error
 	}{
 		{"objects", func() error { _, err := e.admin.Objects(ctx(t), ""); return err }},
-		{"revisions", func() error { _, err := e.admin.Revisions(ctx(t)); return err }},
+		{"revisions", func() error { _, err := e.admin.Revisions(ctx(t), 0); return err }},
 		{"audit verify", func() error { _, err := e.admin.VerifyAudit(ctx(t)); return err }},
 	} {
 		start := time.Now()
@@ -252,7 +252,7 @@ func TestKillingMembersUnderApplies(t *testing.T) {
 	if err != nil || len(segs.Items) != n {
 		t.Fatalf("%d segments after %d applies: %v", len(segs.Items), n, err)
 	}
-	revs, err := e1.admin.Revisions(ctx(t))
+	revs, err := e1.admin.Revisions(ctx(t), 0)
 	if err != nil || len(revs.Items) != n {
 		t.Fatalf("%d applies made %d revisions: %v", n, len(revs.Items), err)
 	}

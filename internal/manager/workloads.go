@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
-	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -42,7 +42,8 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 	if replace && len(req.Deleted) > 0 {
 		return errorf(http.StatusBadRequest, "deleted: PUT replaces the host's whole set; list deletions only with POST")
 	}
-	if err := m.checkWorkloads(host, req.Workloads, req.Deleted); err != nil {
+	if err := m.checkWorkloads(host, req.Workloads, req.Deleted, replace); err != nil {
+		m.refusedReport(r.Context(), p, host, err)
 		return err
 	}
 	rev, stored, err := m.writeWorkloads(r.Context(), p, host, req.Workloads, req.Deleted, replace, nil)
@@ -54,81 +55,63 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 			return err
 		}
 	}
+	if err := m.release(r.Context(), p, host, req.Workloads, req.Deleted, replace); err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, api.ReportResult{Revision: rev, Workloads: stored})
 	return nil
 }
 
-// checkWorkloads validates a report, naming each field that is wrong,
-// and refuses an address that a workload of another host holds.
-func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []string) error {
+// maxHostWorkloads bounds the workloads one host may hold.
+const maxHostWorkloads = 10000
+
+// checkWorkloads validates a report whole, naming each field that is
+// wrong: every workload with the validator the agents use
+// (objects.CheckHostWorkloads), so that the manager never stores what an
+// agent would refuse, then what the host may claim (checkClaims).
+func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []string, replace bool) error {
 	var details []string
 	bad := func(path, format string, args ...any) {
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
-	owner := func(a netip.Addr) string {
-		if wl := m.inv.owner(a); wl != nil && wl.Host != host {
-			return wl.Namespace + "/" + wl.Name + " on host " + wl.Host
-		}
-		return ""
+	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.hostCounts()[host] > maxHostWorkloads+len(deleted)) {
+		return errorf(http.StatusRequestEntityTooLarge, "workloads: a host may hold at most %d workloads; this report would give host %s more", maxHostWorkloads, host)
 	}
-	seen := map[string]bool{}
 	for i, wl := range ws {
-		at := fmt.Sprintf("workloads[%d]", i)
 		if wl.Host != "" && wl.Host != host {
-			bad(at+".host", "%q, but this report is for host %s", wl.Host, host)
-		}
-		if pki.ValidHost(wl.Namespace) != nil {
-			bad(at+".namespace", "%q: want a lowercase name of letters, digits, '-' and '.'", wl.Namespace)
-		}
-		if pki.ValidHost(wl.Name) != nil {
-			bad(at+".name", "%q: want a lowercase name of letters, digits, '-' and '.'", wl.Name)
-		}
-		if k := wl.Namespace + "/" + wl.Name; seen[k] {
-			bad(at+".name", "%s is listed twice", k)
-		} else {
-			seen[k] = true
+			bad(fmt.Sprintf("workloads[%d].host", i), "%q, but this report is for host %s", wl.Host, host)
 		}
 		if len(wl.IPs) == 0 {
-			bad(at+".ips", "at least one address is required")
+			bad(fmt.Sprintf("workloads[%d].ips", i), "at least one address is required")
 		}
-		for j, s := range wl.IPs {
-			a, err := netip.ParseAddr(s)
-			switch {
-			case err != nil:
-				bad(fmt.Sprintf("%s.ips[%d]", at, j), "%q is not an IP address", s)
-			case owner(a) != "":
-				bad(fmt.Sprintf("%s.ips[%d]", at, j), "address %s already belongs to %s", s, owner(a))
-			}
-		}
-		if wl.HostIP != "" {
-			if a, err := netip.ParseAddr(wl.HostIP); err != nil || a.Zone() != "" || !a.IsGlobalUnicast() {
-				bad(at+".hostIP", "%q: want the host's unicast underlay address", wl.HostIP)
-			}
-		}
-		for j, np := range wl.Ports {
-			proto, ok := policy.ParseProtocol(np.Protocol)
-			if np.Protocol == "" {
-				proto, ok = policy.TCP, true
-			}
-			if !ok || !proto.HasPorts() || np.Port < 1 || np.Port > 65535 || np.Name == "" {
-				bad(fmt.Sprintf("%s.ports[%d]", at, j), "want a name, a port 1-65535 and protocol tcp, udp or sctp")
-			}
-		}
-		for k := range wl.Labels {
-			if k == "" {
-				bad(at+".labels", "a label key may not be empty")
-			}
+	}
+	_, errs := objects.CheckHostWorkloads("report of host "+host, ws)
+	for _, i := range sortedIndexes(errs) {
+		for _, e := range errs[i] {
+			details = append(details, e.Path+": "+e.Msg)
 		}
 	}
 	for i, d := range deleted {
-		if ns, name, ok := strings.Cut(d, "/"); !ok || ns == "" || name == "" {
+		if ns, name, ok := strings.Cut(d, "/"); !ok || pki.ValidHost(ns) != nil || pki.ValidHost(name) != nil {
 			bad(fmt.Sprintf("deleted[%d]", i), "%q: want namespace/name", d)
 		}
 	}
+	if len(details) == 0 {
+		details = m.checkClaims(host, ws, deleted, replace)
+	}
 	if len(details) > 0 {
-		return &httpError{status: http.StatusUnprocessableEntity, msg: "the workload report is invalid; nothing was stored", details: details}
+		return &httpError{status: http.StatusUnprocessableEntity, msg: "the workload report of host " + host + " is refused; nothing was stored", details: details}
 	}
 	return nil
+}
+
+func sortedIndexes[V any](m map[int]V) []int {
+	out := make([]int, 0, len(m))
+	for i := range m {
+		out = append(out, i)
+	}
+	sort.Ints(out)
+	return out
 }
 
 // writeWorkloads stores a host's workloads with their identities, in
@@ -205,6 +188,23 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 	}
 }
 
+// chunkBytes bounds the keys and values of one report Txn, well under
+// the store's 1.25 MiB: a bounded workload is at most a few tens of KiB.
+const chunkBytes = 512 << 10
+
+// chunkLen is how many of writes the next Txn takes: at most reportChunk,
+// and at most chunkBytes of them (but always one).
+func chunkLen(writes []workloadWrite) int {
+	size := 0
+	for i, wr := range writes {
+		size += 2 * (len(wr.op.Key) + len(wr.op.Value)) // the value, and the identity's use key beside it
+		if i == reportChunk || (i > 0 && size > chunkBytes) {
+			return i
+		}
+	}
+	return len(writes)
+}
+
 type workloadWrite struct {
 	op    store.Op
 	index store.KV // the identity's index key: the write is conditioned on it and rewrites its use key
@@ -217,7 +217,7 @@ type workloadWrite struct {
 func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string, writes []workloadWrite, current map[string][]byte, expect map[string]int64) (rev int64, retry bool, err error) {
 	sort.Slice(writes, func(i, j int) bool { return writes[i].op.Key < writes[j].op.Key })
 	for len(writes) > 0 {
-		n := min(len(writes), reportChunk)
+		n := chunkLen(writes)
 		chunk := writes[:n]
 		var conds []store.Cond
 		var ops []store.Op
@@ -281,9 +281,13 @@ func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ princip
 }
 
 // deleteWorkload removes a workload record (an operator clearing what a
-// lost host left behind); idempotent.
+// lost host left behind); idempotent. When the host is live, the
+// record's addresses stay held for it (bounds.go) until its own report
+// releases them: a live address must not pass to another host in the
+// gap before the host reports again.
 func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p principal) error {
-	key := workloadKey(r.PathValue("host"), r.PathValue("namespace"), r.PathValue("name"))
+	host := r.PathValue("host")
+	key := workloadKey(host, r.PathValue("namespace"), r.PathValue("name"))
 	ctx := r.Context()
 	kv, err := m.st.Get(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
@@ -292,8 +296,20 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 	} else if err != nil {
 		return err
 	}
-	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Delete(key)},
-		auditEntry{actor: p, action: "workload.delete", object: strings.TrimPrefix(key, prefixWorkloads)})
+	ops := []store.Op{store.Delete(key)}
+	var held []string
+	var wl api.HostWorkload
+	if err := json.Unmarshal(kv.Value, &wl); err == nil && m.hostLive(host) {
+		value, _ := json.Marshal(heldRecord{Workload: wl.Namespace + "/" + wl.Name})
+		for _, s := range wl.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				ops = append(ops, store.Put(heldKey(host, a.Unmap()), value))
+				held = append(held, a.Unmap().String())
+			}
+		}
+	}
+	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(kv)}, ops,
+		auditEntry{actor: p, action: "workload.delete", object: strings.TrimPrefix(key, prefixWorkloads), detail: map[string]any{"held": held}})
 	if err != nil {
 		return err
 	}
@@ -301,7 +317,18 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 		if err := m.feed.waitRev(ctx, rev); err != nil {
 			return err
 		}
+		if len(held) > 0 {
+			if err := m.hosts.waitRev(ctx, rev); err != nil {
+				return err
+			}
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// hostLive reports whether host has reported its status lately.
+func (m *Manager) hostLive(host string) bool {
+	rec, ok := m.hostStatus(host)
+	return ok && m.now().Sub(rec.LastSeen) <= 3*lastSeenEvery
 }

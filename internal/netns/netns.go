@@ -43,6 +43,11 @@ func Create(name string) (*NS, error) {
 	defer orig.Close()
 	h, err := vnetns.NewNamed(name) // switches this thread into the new namespace
 	if err != nil {
+		// NewNamed fails after the switch (a name that exists): come back,
+		// or keep the thread locked so that it dies with this goroutine.
+		if rerr := vnetns.Set(orig); rerr != nil {
+			runtime.LockOSThread()
+		}
 		return nil, fmt.Errorf("netns: create %q: %w", name, err)
 	}
 	h.Close()

@@ -87,6 +87,7 @@ type demoFloor struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closers []func()
+	owned   *owned // what this instance created, on disk
 
 	mu     sync.Mutex
 	recent map[string]Attempt // by from → to:port
@@ -113,7 +114,8 @@ func (u *Up) inHost(fn func() error) error {
 // workload's policy is in force before its first packet), and starts the
 // servers, the NFLOG reader and the clients.
 func startDemo(ctx context.Context, u *Up) (d *demoFloor, err error) {
-	d = &demoFloor{u: u, out: u.opts.Out, outMu: &sync.Mutex{}, wls: map[string]*runningWorkload{}, recent: map[string]Attempt{}}
+	d = &demoFloor{u: u, out: u.opts.Out, outMu: &sync.Mutex{}, wls: map[string]*runningWorkload{}, recent: map[string]Attempt{},
+		owned: newOwned(u.opts.DataDir)}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -152,16 +154,16 @@ func (d *demoFloor) startClients() {
 	}
 }
 
-// removeLeftovers removes what a demo that was not stopped left behind.
+// removeLeftovers removes what this instance's demo left behind when it
+// was not stopped: what it recorded as its own, and nothing else.
 func (d *demoFloor) removeLeftovers() {
-	prefix := d.u.opts.DemoPrefix
-	_ = netns.DeleteAll(prefix)
-	_ = d.u.inHost(func() error {
-		for _, dw := range floor {
-			_ = attach.Del(attach.HostIfName(prefix + dw.name))
-		}
-		return nil
-	})
+	kept, err := d.owned.removeRecorded(d.u.inHost)
+	if err != nil {
+		d.printf("(leftovers of an earlier demo: %v)\n", err)
+	}
+	for _, k := range kept {
+		d.printf("(left %s alone: it is not the one an earlier demo of this instance made)\n", k)
+	}
 }
 
 // attach makes a workload's namespace, its veth and its servers, and
@@ -169,9 +171,9 @@ func (d *demoFloor) removeLeftovers() {
 func (d *demoFloor) attach(ctx context.Context, dw demoWorkload) (*runningWorkload, error) {
 	u := d.u
 	name := u.opts.DemoPrefix + dw.name
-	ns, err := netns.Create(name)
+	ns, err := d.owned.createNS(name)
 	if err != nil {
-		return nil, fmt.Errorf("up: demo: %w", err)
+		return nil, err
 	}
 	w := &runningWorkload{demoWorkload: dw, ns: ns, iface: attach.HostIfName(name)}
 	d.closers = append(d.closers, func() { _ = ns.Delete() })
@@ -185,8 +187,10 @@ func (d *demoFloor) attach(ctx context.Context, dw demoWorkload) (*runningWorklo
 		return nil, fmt.Errorf("up: demo: %s: loopback: %w", name, err)
 	}
 	err = u.inHost(func() error {
-		_, err := attach.Add(attach.Spec{HostIf: w.iface, NetNS: ns.Path(), IfName: "eth0", Addrs: []netip.Addr{w.addr}})
-		return err
+		if _, err := attach.Add(attach.Spec{HostIf: w.iface, NetNS: ns.Path(), IfName: "eth0", Addrs: []netip.Addr{w.addr}}); err != nil {
+			return err
+		}
+		return d.owned.recordIface(w.iface)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("up: demo: attach %s: %w", name, err)
@@ -369,5 +373,5 @@ func (d *demoFloor) close() error {
 	for i := len(d.closers) - 1; i >= 0; i-- {
 		d.closers[i]()
 	}
-	return nil
+	return d.owned.clear()
 }

@@ -237,7 +237,7 @@ func (u *Up) installPolicies(ctx context.Context) (int64, error) {
 			return res.Revision, nil
 		}
 	}
-	revs, err := u.admin.Revisions(ctx)
+	revs, err := u.admin.Revisions(ctx, 1)
 	if err != nil || len(revs.Items) == 0 {
 		return 0, err
 	}

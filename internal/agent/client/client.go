@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 )
 
 // DefaultSocket is where an agent listens unless told otherwise.
@@ -77,11 +78,15 @@ func (e *noAgentError) Error() string {
 
 func (e *noAgentError) Unwrap() []error { return []error{ErrNoAgent, e.err} }
 
-// Error is an error answer from the agent.
+// Error is an error answer from the agent. It matches the fault kind of
+// its status: errors.Is(err, fault.Conflict) for a 409.
 type Error struct {
 	Status int
 	api.APIError
 }
+
+// Unwrap is the fault kind of the status.
+func (e *Error) Unwrap() error { return fault.FromHTTPStatus(e.Status) }
 
 func (e *Error) Error() string {
 	msg := e.APIError.Error

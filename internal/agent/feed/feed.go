@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -61,6 +62,8 @@ type Options struct {
 	Timeout time.Duration
 	// Logger receives state transitions; nil logs nothing.
 	Logger *slog.Logger
+
+	beforeSync func() // tests: runs before each agent.Sync
 }
 
 // Status is what the follower knows of its manager.
@@ -71,6 +74,9 @@ type Status struct {
 	// Error is the last failure (connect, sync or report), "" when the
 	// last attempt worked.
 	Error string
+	// Refused says why the agent could not enforce the latest revision
+	// it was given, until it enforces one; the host's health says it.
+	Refused string
 }
 
 // Follower follows one manager for one agent.
@@ -90,7 +96,10 @@ type Follower struct {
 	reportCh chan struct{} // a status or workload report is due (1-buffered)
 	resend   bool          // report the workloads even if unchanged
 
-	// Watch goroutine only (and Start):
+	unreported []string     // this host's workloads the manager does not take, "namespace/name: why"
+	read       atomic.Int64 // the last revision read from the watch (it may not be enforced yet)
+
+	// The applier only (and Start):
 	all       map[string]*api.HostWorkload // every host's workloads, by host/namespace/name
 	remote    map[string]remoteWorkload    // those the agent holds, by namespace/name
 	conflicts string                       // the last conflicts logged
@@ -149,6 +158,9 @@ func (f *Follower) Close() error {
 	f.done.Wait()
 	return nil
 }
+
+// readRev is the last revision read from the watch.
+func (f *Follower) readRev() int64 { return f.read.Load() }
 
 // Host is the host the credentials name.
 func (f *Follower) Host() string { return f.host }

@@ -44,6 +44,8 @@ type host struct {
 	hostIP netip.Addr
 	a      *agent.Agent
 	f      *Follower
+	// beforeSync, when set before start, runs before each agent.Sync.
+	beforeSync func()
 }
 
 func newWorld(t *testing.T, keepRevs int) *world {
@@ -79,8 +81,8 @@ func (w *world) startManager(listen string) {
 func (w *world) url() string { return "https://" + w.addr }
 
 // join makes a join token for name, joins, and starts its agent and
-// follower.
-func (w *world) join(name, hostIP string) *host {
+// follower (after opts).
+func (w *world) join(name, hostIP string, opts ...func(*host)) *host {
 	w.t.Helper()
 	ctx := context.Background()
 	h := &host{name: name, dir: filepath.Join(w.dir, name), hostIP: netip.MustParseAddr(hostIP)}
@@ -92,6 +94,9 @@ func (w *world) join(name, hostIP string) *host {
 		w.t.Fatal(err)
 	}
 	w.hosts[name] = h
+	for _, o := range opts {
+		o(h)
+	}
 	w.start(h)
 	return h
 }
@@ -104,7 +109,8 @@ func (w *world) start(h *host) {
 		w.t.Fatal(err)
 	}
 	f, err := Start(context.Background(), Options{Agent: a, URL: w.url(), Dir: filepath.Join(h.dir, "manager"), HostIP: h.hostIP,
-		Backoff: func(int) time.Duration { return 50 * time.Millisecond }, Timeout: 2 * time.Second, Logger: w.logger.With("host", h.name)})
+		Backoff: func(int) time.Duration { return 50 * time.Millisecond }, Timeout: 2 * time.Second, Logger: w.logger.With("host", h.name),
+		beforeSync: h.beforeSync})
 	if err != nil {
 		a.Close()
 		w.t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 )
 
@@ -37,15 +38,19 @@ type Config struct {
 	Certificate *tls.Certificate
 	// Timeout bounds each request but Watch (default 60 s).
 	Timeout time.Duration
+	// PageSize is how many items a call that follows pages asks for at
+	// once (default 1000, the most the manager answers).
+	PageSize int
 }
 
 // Client calls one manager. It is safe for concurrent use.
 type Client struct {
-	base    string
-	token   string
-	hc      *http.Client // requests
-	stream  *http.Client // watches: no overall timeout
-	timeout time.Duration
+	base     string
+	token    string
+	hc       *http.Client // requests
+	stream   *http.Client // watches: no overall timeout
+	timeout  time.Duration
+	pageSize int
 }
 
 // New returns a client for cfg.
@@ -72,9 +77,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 60 * time.Second
 	}
+	if cfg.PageSize <= 0 || cfg.PageSize > 1000 {
+		cfg.PageSize = 1000
+	}
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
 		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second}
-	return &Client{base: strings.TrimRight(cfg.URL, "/"), token: cfg.Token, timeout: cfg.Timeout,
+	return &Client{base: strings.TrimRight(cfg.URL, "/"), token: cfg.Token, timeout: cfg.Timeout, pageSize: cfg.PageSize,
 		hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: tr}}, nil
 }
 
@@ -95,11 +103,15 @@ func verifyByHash(hash string) func(tls.ConnectionState) error {
 	}
 }
 
-// Error is an error answer from the manager.
+// Error is an error answer from the manager. It matches the fault kind of
+// its status: errors.Is(err, fault.Conflict) for a 409.
 type Error struct {
 	Status int
 	api.APIError
 }
+
+// Unwrap is the fault kind of the status.
+func (e *Error) Unwrap() error { return fault.FromHTTPStatus(e.Status) }
 
 func (e *Error) Error() string {
 	msg := fmt.Sprintf("manager: %s (HTTP %d)", e.APIError.Error, e.Status)
@@ -186,11 +198,56 @@ func (c *Client) Objects(ctx context.Context, kinds string) (api.ObjectList, err
 	return res, c.Do(ctx, "GET", "/v1/objects?kind="+url.QueryEscape(kinds), nil, &res)
 }
 
-// Revisions lists the policy revisions, newest first.
-func (c *Client) Revisions(ctx context.Context) (api.RevisionList, error) {
+// RevisionsPage answers one page of the policy revisions, newest first:
+// at most limit (0: the manager's default), from cursor ("": the newest;
+// else the Next of the page before).
+func (c *Client) RevisionsPage(ctx context.Context, limit int, cursor string) (api.RevisionList, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	path := "/v1/revisions"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var res api.RevisionList
-	return res, c.Do(ctx, "GET", "/v1/revisions", nil, &res)
+	return res, c.Do(ctx, "GET", path, nil, &res)
 }
+
+// Revisions lists the policy revisions, newest first, at most max (0:
+// all), following the pages.
+func (c *Client) Revisions(ctx context.Context, max int) (api.RevisionList, error) {
+	var all api.RevisionList
+	cursor := ""
+	for range maxPages {
+		limit := c.pageSize
+		if max > 0 {
+			limit = min(limit, max-len(all.Items))
+		}
+		page, err := c.RevisionsPage(ctx, limit, cursor)
+		if err != nil {
+			return all, err
+		}
+		if all.Head == 0 {
+			all.Head = page.Head
+		}
+		all.Items = append(all.Items, page.Items...)
+		all.Next = page.Next
+		// A cursor names a revision older than the last page's, so the
+		// pages end.
+		if page.Next == "" || page.Next == cursor || (max > 0 && len(all.Items) >= max) {
+			return all, nil
+		}
+		cursor = page.Next
+	}
+	return all, fmt.Errorf("manager client: revisions: more than %d pages", maxPages)
+}
+
+// maxPages bounds the pages a call follows.
+const maxPages = 1 << 20
 
 // Diff lists what changed from revision from to revision to (0: defaults).
 func (c *Client) Diff(ctx context.Context, from, to int64) (api.RevisionDiff, error) {
@@ -221,6 +278,24 @@ func (c *Client) Workloads(ctx context.Context, host string) (api.WorkloadList, 
 func (c *Client) Hosts(ctx context.Context) (api.HostList, error) {
 	var res api.HostList
 	return res, c.Do(ctx, "GET", "/v1/hosts", nil, &res)
+}
+
+// DeleteWorkload removes a workload record (an operator clearing what a
+// lost host left behind).
+func (c *Client) DeleteWorkload(ctx context.Context, host, namespace, name string) error {
+	return c.Do(ctx, "DELETE", "/v1/workloads/"+host+"/"+namespace+"/"+name, nil, nil)
+}
+
+// HostBounds returns what host may claim in its reports.
+func (c *Client) HostBounds(ctx context.Context, host string) (api.HostBounds, error) {
+	var res api.HostBounds
+	return res, c.Do(ctx, "GET", "/v1/hosts/"+host+"/bounds", nil, &res)
+}
+
+// SetHostBounds sets what host may claim in its reports (admin).
+func (c *Client) SetHostBounds(ctx context.Context, host string, b api.HostBounds) (api.HostBounds, error) {
+	var res api.HostBounds
+	return res, c.Do(ctx, "PUT", "/v1/hosts/"+host+"/bounds", b, &res)
 }
 
 // Identities lists the identities with the addresses behind each.

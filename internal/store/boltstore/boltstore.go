@@ -377,3 +377,6 @@ func (b *backing) changes() <-chan struct{} {
 	defer b.mu.Unlock()
 	return b.changed
 }
+
+// Limits returns the limits this store holds requests to.
+func (s *Store) Limits() store.Limits { return s.limits }

@@ -330,3 +330,6 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 	}
 	return nil
 }
+
+// Limits returns the limits this store holds requests to.
+func (s *Store) Limits() store.Limits { return s.limits }

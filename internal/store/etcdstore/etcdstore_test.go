@@ -64,9 +64,17 @@ func opener(t *testing.T) (store.Store, func() store.Store) { return openerOn(t,
 
 // openerOn is opener for the etcd at endpoints.
 func openerOn(t *testing.T, endpoints ...string) (store.Store, func() store.Store) {
+	return openerWith(t, func(prefix string) (*Store, error) {
+		return New(newClient(t, endpoints...), Options{Prefix: prefix})
+	})
+}
+
+// openerWith returns stores that newStore makes on a prefix of their own,
+// closed when t ends.
+func openerWith(t *testing.T, newStore func(prefix string) (*Store, error)) (store.Store, func() store.Store) {
 	prefix := fmt.Sprintf("/bulkhead/test-%d/", clusters.Add(1))
 	open := func() store.Store {
-		s, err := New(newClient(t, endpoints...), Options{Prefix: prefix})
+		s, err := newStore(prefix)
 		if err != nil {
 			t.Fatal(err)
 		}

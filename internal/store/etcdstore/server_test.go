@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -22,6 +23,19 @@ import (
 func TestConformanceEtcdServer(t *testing.T) {
 	c := etcdtest.StartCluster(t, etcdtest.Options{})
 	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) { return openerOn(t, c.Endpoints()...) })
+}
+
+// The conformance suite over mutual TLS, each handle opened as the
+// manager opens it (Open, which owns its client).
+func TestConformanceEtcdServerTLS(t *testing.T) {
+	files := etcdtest.NewTLS(t)
+	c := etcdtest.StartCluster(t, etcdtest.Options{TLS: files, ClientCertAuth: true})
+	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) {
+		return openerWith(t, func(prefix string) (*Store, error) {
+			return Open(t.Context(), Config{Endpoints: c.Endpoints(), CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Store: Options{Prefix: prefix}})
+		})
+	})
 }
 
 // Against a three-member cluster that loses two members, every call
