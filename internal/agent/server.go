@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/strict"
 	"golang.org/x/sys/unix"
 )
 
@@ -181,8 +181,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 // readJSONLimit decodes a body of at most limit bytes that holds exactly
-// one JSON value: unknown fields and anything after the value are
-// refused, so that what the agent acts on is all the caller sent.
+// one JSON value, so that what the agent acts on is all the caller sent,
+// as the caller wrote it.
 func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
@@ -194,15 +194,10 @@ func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) b
 		writeError(w, newError(kind, nil, "agent: read request: %w", err))
 		return false
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// strict.JSON, as the manager's API: exactly one value, no unknown,
+	// duplicate or case-folded keys, valid UTF-8.
+	if err := strict.JSON(data, v); err != nil {
 		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: %v", r.Method, r.URL.Path, err))
-		return false
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, newError(fault.BadRequest, nil, "agent: %s %s: decode request: data after the JSON value at byte %d; send one value",
-			r.Method, r.URL.Path, dec.InputOffset()))
 		return false
 	}
 	return true

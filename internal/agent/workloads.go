@@ -106,9 +106,11 @@ func sameRegistration(a, b api.WorkloadRegistration) bool {
 // RegisterWorkload adds or updates a workload on this host and returns
 // once its policy is enforced. A workload name belongs to one attachment
 // (its host interface): a registration of the same namespace/name on
-// another interface is refused, so that a second container can neither
-// take over the first one's identity nor, by its DEL, leave the first
-// attached but unregistered.
+// another interface is refused while the first one's interface exists,
+// so that a second container can neither take over the first one's
+// identity nor, by its DEL, leave the first attached but unregistered.
+// Once that interface is gone (the container's namespace was removed
+// without a DEL), the new attachment takes the name.
 func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration) (api.WorkloadRegistration, error) {
 	m, errs := workload(w, a.host)
 	if len(errs) > 0 {
@@ -118,9 +120,13 @@ func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration
 	defer a.wlocks.lock(key)()
 	old, had := a.registration(key)
 	if had && old.Interface != w.Interface {
-		return api.WorkloadRegistration{}, newError(fault.Conflict, nil,
-			"agent: register workload %s: registered already on interface %s (container %q); one name, one attachment: "+
-				"remove that one first (CNI DEL), or give this one another name", key, old.Interface, old.ContainerID)
+		if !a.attachmentGone(old) {
+			return api.WorkloadRegistration{}, newError(fault.Conflict, nil,
+				"agent: register workload %s: registered already on interface %s (container %q); one name, one attachment: "+
+					"remove that one first (CNI DEL), or give this one another name", key, old.Interface, old.ContainerID)
+		}
+		a.log.Info("workload's earlier attachment is gone; its registration is replaced", "workload", key,
+			"interface", old.Interface, "container", old.ContainerID, "newInterface", w.Interface, "newContainer", w.ContainerID)
 	}
 	if _, err := a.send(ctx, &request{op: opRegister, start: time.Now(), reg: &registration{api: w, w: m, key: key}}); err != nil {
 		return api.WorkloadRegistration{}, err
@@ -156,6 +162,30 @@ func (a *Agent) UnregisterWorkloadOn(ctx context.Context, namespace, name, hostI
 	}
 	a.log.Info("workload unregistered", "workload", key, "ips", old.IPs, "interface", old.Interface, "container", old.ContainerID)
 	return nil
+}
+
+// interfaceChecker is a dataplane that can tell whether an interface
+// exists where it enforces (nft.Dataplane).
+type interfaceChecker interface {
+	HasInterface(name string) (bool, error)
+}
+
+// attachmentGone reports whether r's host interface is known to be gone
+// from the namespace the dataplane enforces in: its workload's namespace
+// was removed without a CNI DEL (a killed container), so a new attachment
+// may take the name. When the dataplane cannot tell, the attachment
+// counts as live.
+func (a *Agent) attachmentGone(r api.WorkloadRegistration) bool {
+	c, ok := a.dp.(interfaceChecker)
+	if !ok {
+		return false
+	}
+	has, err := c.HasInterface(r.Interface)
+	if err != nil {
+		a.log.Warn("cannot tell whether a registered workload's interface exists; it counts as live", "interface", r.Interface, "err", err)
+		return false
+	}
+	return !has
 }
 
 // registration is the registered workload key, as the snapshot in force

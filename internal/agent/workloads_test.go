@@ -48,7 +48,8 @@ func regJSON(t *testing.T, r api.WorkloadRegistration) []byte {
 }
 
 // Issue 9: the agent socket ignored data after the JSON value. Every
-// body must be exactly one value; a registration is bounded in size.
+// body must be exactly one value, read as the manager reads its bodies
+// (no duplicate or case-folded keys); a registration is bounded in size.
 func TestSocketTakesExactlyOneBoundedValue(t *testing.T) {
 	a := startAgent(t, shortDir(t))
 	w := regJSON(t, inventory[0])
@@ -63,6 +64,8 @@ func TestSocketTakesExactlyOneBoundedValue(t *testing.T) {
 		{"/v1/apply", `{"documents": [{"name": "a.yaml", "data": "x"}]} []`, 400, "data after the JSON value"},
 		{"/v1/workloads", `{"namespace": "trading", "name": "big", "interface": "bhbig", "ips": ["10.10.9.9"], "containerID": "` +
 			strings.Repeat("x", 70000) + `"}`, 413, "larger than 65536 bytes"},
+		{"/v1/workloads", `{"namespace": "trading", "namespace": "shop", "name": "x", "interface": "bhx", "ips": ["10.10.9.9"]}`, 400, "given twice"},
+		{"/v1/workloads", `{"Namespace": "trading", "name": "x", "interface": "bhx", "ips": ["10.10.9.9"]}`, 400, "case matters"},
 		{"/v1/workloads", string(w) + "\n \t\n", 200, ""},
 	} {
 		status, body := rawPost(t, a.socket, c.path, []byte(c.body))

@@ -205,6 +205,15 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 			return Result{}, fmt.Errorf("attach: route %v via %s: %w", a, name, err)
 		}
 	}
+	if err := s.routeWorkload(h, idx, has6); err != nil {
+		return Result{}, err
+	}
+	return Result{HostIf: name, IfName: s.IfName, HostMAC: host.Attrs().HardwareAddr, MAC: peer.Attrs().HardwareAddr}, nil
+}
+
+// routeWorkload gives the workload side (link idx, through h) its
+// gateway neighbours and its routes through them.
+func (s Spec) routeWorkload(h *netlink.Handle, idx int, has6 bool) error {
 	routes := []*netlink.Route{}
 	for _, fam := range []struct {
 		gw   netip.Addr
@@ -226,7 +235,7 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 	for _, gw := range []netip.Addr{Gateway4, Gateway6} {
 		n := &netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, IP: gw.AsSlice(), HardwareAddr: HostMAC}
 		if err := h.NeighSet(n); err != nil {
-			return Result{}, fmt.Errorf("attach: neighbour %v in the workload: %w", gw, err)
+			return fmt.Errorf("attach: neighbour %v in the workload: %w", gw, err)
 		}
 	}
 	// Added, never replaced, inside the workload too: a default route
@@ -235,13 +244,13 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 	for _, r := range routes {
 		if err := h.RouteAdd(r); err != nil {
 			if errors.Is(err, unix.EEXIST) {
-				return Result{}, fmt.Errorf("attach: route %v in the workload: the workload has one already, through another interface; "+
+				return fmt.Errorf("attach: route %v in the workload: the workload has one already, through another interface; "+
 					"one Bulkhead interface per container: %w", r.Dst, err)
 			}
-			return Result{}, fmt.Errorf("attach: route %v in the workload: %w", r.Dst, err)
+			return fmt.Errorf("attach: route %v in the workload: %w", r.Dst, err)
 		}
 	}
-	return Result{HostIf: name, IfName: s.IfName, HostMAC: host.Attrs().HardwareAddr, MAC: peer.Attrs().HardwareAddr}, nil
+	return nil
 }
 
 // routeOwner names the interface the host routes a through, for errors.

@@ -54,7 +54,7 @@ func TestErrorsAreCNIJSON(t *testing.T) {
 		{"label", add(netConf("/s", "/d", map[string]any{"args": map[string]any{"cni": map[string]any{"labels": []any{map[string]any{"key": "app"}}}}})),
 			CodeInvalidConfig, []string{"args.cni.labels[0]", `"key" and "value"`}},
 		{"port", add(netConf("/s", "/d", map[string]any{"args": map[string]any{"bulkhead": map[string]any{"ports": []any{map[string]any{"name": "web", "port": 70000}}}}})),
-			CodeInvalidConfig, []string{"args.bulkhead.ports[0].port 70000"}},
+			CodeInvalidConfig, []string{"args.bulkhead.ports[0].port: port 70000 is out of range"}},
 		{"port field", add(netConf("/s", "/d", map[string]any{"args": map[string]any{"bulkhead": map[string]any{"ports": []any{map[string]any{"name": "web", "prot": "tcp"}}}}})),
 			CodeUnsupportedField, []string{"args.bulkhead", `"prot"`}},
 		{"bad ip", add(netConf("/s", "/d", map[string]any{"args": map[string]any{"cni": map[string]any{"ips": []string{"10.77.0.300"}}}})),

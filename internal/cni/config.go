@@ -2,11 +2,11 @@ package cni
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -387,8 +387,6 @@ func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
 	return out
 }
 
-var portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
 // maxPorts is the agent's bound on the named ports of one workload.
 const maxPorts = 64
 
@@ -401,14 +399,16 @@ func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
 	out := make([]api.NamedPort, 0, len(ports))
 	for i, np := range ports {
 		at := fmt.Sprintf("args.bulkhead.ports[%d]", i)
-		if !portNameRE.MatchString(np.Name) || len(np.Name) > 15 {
-			p.add(CodeInvalidConfig, "%s.name %q: want 1-15 lowercase letters, digits and '-'", at, np.Name)
+		// The policy's rules, as the agent checks them: an IANA service
+		// name (a named port here is named, so that policies can say it).
+		if msg := policy.PortNameProblem(np.Name); np.Name == "" || msg != "" {
+			p.add(CodeInvalidConfig, "%s.name: %s", at, cmp.Or(msg, "a named port needs a name (an IANA service name, e.g. http)"))
 		} else if seen[np.Name] {
 			p.add(CodeInvalidConfig, "%s.name %q given twice", at, np.Name)
 		}
 		seen[np.Name] = true
-		if np.Port < 1 || np.Port > 65535 {
-			p.add(CodeInvalidConfig, "%s.port %d: want 1 to 65535", at, np.Port)
+		if msg := policy.PortProblem(np.Port); msg != "" {
+			p.add(CodeInvalidConfig, "%s.port: %s", at, msg)
 		}
 		switch proto := strings.ToLower(np.Protocol); proto {
 		case "":
@@ -429,8 +429,6 @@ type Workload struct{ Namespace, Name string }
 // knownCNIArgs are the CNI_ARGS keys the plugin understands; the rest
 // are refused unless IgnoreUnknown is set, as the CNI conventions have it.
 var knownCNIArgs = []string{"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
-
-var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
 
 // ParseWorkload reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS.
 // Without them the namespace is "default" and the name is the container
@@ -463,16 +461,17 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		return w, cniError(CodeInvalidEnv, "CNI_ARGS: unknown keys %s; known: %s (add IgnoreUnknown=1 to pass others)",
 			strings.Join(unknown, ", "), strings.Join(knownCNIArgs, ", "))
 	}
-	if len(w.Namespace) > 63 || !nameRE.MatchString(w.Namespace) {
-		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAMESPACE %q: want 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", w.Namespace)
+	// The policy's rules for names, as the agent checks them.
+	if msg := policy.DNSLabelProblem(w.Namespace); msg != "" {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAMESPACE: %s", msg)
 	}
 	if w.Name == "" {
 		w.Name = strings.ReplaceAll(strings.ToLower(containerID), "_", "-")
-		if len(w.Name) > 253 || !nameRE.MatchString(w.Name) {
-			return w, cniError(CodeInvalidEnv, "CNI_CONTAINERID %q cannot serve as the workload's name (lowercase letters, digits, '-' and '.', at most 253); pass K8S_POD_NAME in CNI_ARGS", containerID)
+		if msg := policy.SubdomainProblem(w.Name); msg != "" {
+			return w, cniError(CodeInvalidEnv, "CNI_CONTAINERID %q cannot serve as the workload's name (%s); pass K8S_POD_NAME in CNI_ARGS", containerID, msg)
 		}
-	} else if len(w.Name) > 253 || !nameRE.MatchString(w.Name) {
-		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME %q: want lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253", w.Name)
+	} else if msg := policy.SubdomainProblem(w.Name); msg != "" {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME: %s", msg)
 	}
 	return w, nil
 }

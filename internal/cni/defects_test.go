@@ -284,7 +284,7 @@ func TestOversizedLabelsRefused(t *testing.T) {
 	}
 	conf := e.conf(map[string]any{"args": map[string]any{"cni": map[string]any{"labels": many}}})
 	ce := e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w.Path(), IfName: "eth0", Stdin: conf}).cniErr(t)
-	if ce.Code != CodeInvalidConfig || !strings.Contains(ce.Details, "200000 labels") || len(ce.Details) > 1000 {
+	if ce.Code != CodeInvalidConfig || !strings.Contains(ce.Details, "too many labels: 200000; at most 64") || len(ce.Details) > 1000 {
 		t.Errorf("ADD with 200000 labels = %d %.300s (%d bytes), want 7 saying how many are allowed, briefly", ce.Code, ce.Details, len(ce.Details))
 	}
 	if len(e.agent.registered) != 0 {
@@ -368,5 +368,43 @@ func TestSecondInterfaceInOneContainerRefused(t *testing.T) {
 	e.run(call{Command: "CHECK", ContainerID: "c1", NetNS: w.Path(), IfName: "eth0", Stdin: withPrev(conf, out)}).ok(t)
 	if _, ok := e.agent.get("default/c1"); !ok {
 		t.Error("the first interface's registration is gone")
+	}
+}
+
+// A container killed without DEL (its namespace removed, and with it its
+// veth) leaves its registration behind; a new container under the same
+// name takes it over instead of being refused for good, and the old
+// one's late DEL leaves the new registration alone. While the first
+// container's interface exists, the same ADD is refused.
+func TestNameOfAGoneContainerIsFree(t *testing.T) {
+	e := newDefectEnv(t)
+	dp, err := nft.New(nft.Options{NetNS: e.host.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nft.Cleanup(e.host.Path()) })
+	a := startRealAgent(t, e, dp)
+	w1, w2 := nstest.NS(t, defPrefix), nstest.NS(t, defPrefix)
+	args := "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0"
+	e.run(call{Command: "ADD", ContainerID: "c1", NetNS: w1.Path(), IfName: "eth0", Args: args, Stdin: labelled(e, "web", nil)}).ok(t)
+	if ce := e.run(call{Command: "ADD", ContainerID: "c2", NetNS: w2.Path(), IfName: "eth0", Args: args, Stdin: labelled(e, "web", nil)}).cniErr(t); ce.Code != CodeAgentRefused {
+		t.Fatalf("ADD of c2 as shop/web-0 while c1 lives = %d %s, want 102", ce.Code, ce.Details)
+	}
+	if err := w1.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel removes the namespace, and its veth, asynchronously.
+	gone := attach.HostIfName("c1/eth0")
+	for deadline := time.Now().Add(10 * time.Second); strings.Contains(e.hostLinks(), gone); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still exists 10 s after its namespace was removed", gone)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.run(call{Command: "ADD", ContainerID: "c2", NetNS: w2.Path(), IfName: "eth0", Args: args, Stdin: labelled(e, "web", nil)}).ok(t)
+	e.run(call{Command: "DEL", ContainerID: "c1", IfName: "eth0", Stdin: e.conf(nil)}).ok(t)
+	regs := a.Workloads()
+	if len(regs) != 1 || regs[0].ContainerID != "c2" {
+		t.Errorf("the agent holds %+v, want shop/web-0 from c2", regs)
 	}
 }

@@ -1,6 +1,13 @@
 package nft
 
-import "github.com/bulkhead-dev/bulkhead/internal/netns"
+import (
+	"errors"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/bulkhead-dev/bulkhead/internal/netns"
+)
 
 // NetNS identifies the network namespace this dataplane enforces in: the
 // one Options.NetNS named, or the process's own. The agent compares it
@@ -11,4 +18,32 @@ func (d *Dataplane) NetNS() (netns.ID, error) {
 		return netns.IDOfFD(d.nsFd)
 	}
 	return netns.Self()
+}
+
+// HasInterface reports whether the namespace this dataplane enforces in
+// has an interface named name: the agent asks it of a registration's
+// host interface to tell an attachment that is gone (its workload's
+// namespace was removed without a CNI DEL) from one that is live.
+func (d *Dataplane) HasInterface(name string) (bool, error) {
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if d.nsFd >= 0 {
+		h, err = netlink.NewHandleAt(vnetns.NsHandle(d.nsFd))
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return false, errorf("open netlink to look for interface %s: %w", name, err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName(name); err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return false, nil
+		}
+		return false, errorf("look for interface %s: %w", name, err)
+	}
+	return true, nil
 }
