@@ -2,6 +2,7 @@ package manager_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,6 +22,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
+	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
 var testKeys sync.Map // *testing.T → the manager key of its first manager
@@ -421,4 +423,53 @@ func mustPair(t *testing.T, creds *client.Credentials) *tls.Certificate {
 		t.Fatal(err)
 	}
 	return &c
+}
+
+// slowAuthStore is a store whose listings of the access records, after
+// the first (the manager's own at New), wait until release is closed, as
+// a slow store does while a manager starts following it.
+type slowAuthStore struct {
+	store.Store
+	release chan struct{}
+	lists   *atomic.Int32
+}
+
+func (s slowAuthStore) List(ctx context.Context, prefix string) ([]store.KV, int64, error) {
+	if prefix == "auth/" && s.lists.Add(1) > 1 {
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+	return s.Store.List(ctx, prefix)
+}
+
+// A request that comes before the manager has read the access records
+// waits for them, rather than be refused as unknown.
+func TestRequestsWaitForTheAccessRecords(t *testing.T) {
+	dir := t.TempDir()
+	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	release := make(chan struct{})
+	m, err := manager.Start(ctx(t), manager.Config{Store: slowAuthStore{st, release, new(atomic.Int32)}, DataDir: dir, Listen: "127.0.0.1:0", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	e := &env{t: t, m: m, st: st, dir: dir}
+	done := make(chan error, 1)
+	go func() { _, err := e.client(m.AdminToken()).Tokens(ctx(t)); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("answered before the access records were read: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the first admin request: %v", err)
+	}
 }

@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -309,4 +311,29 @@ func (m *Manager) readSealed(ctx context.Context, key string, rec sealed) (store
 	}
 	m.holdFinal(key, rec)
 	return kv, nil
+}
+
+// accessWait bounds how long a request waits, while the manager starts,
+// for its copy of the access records.
+const accessWait = 10 * time.Second
+
+// waitAccess waits until this manager has read the access records once:
+// before that every token would look unknown. Past accessWait it answers
+// 503, which a client retries, never 401.
+func (m *Manager) waitAccess(ctx context.Context) error {
+	select {
+	case <-m.auth.ready:
+		return nil
+	default:
+	}
+	t := time.NewTimer(accessWait)
+	defer t.Stop()
+	select {
+	case <-m.auth.ready:
+		return nil
+	case <-t.C:
+		return errorf(http.StatusServiceUnavailable, "not ready: the manager has not read its access records yet; try again")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
