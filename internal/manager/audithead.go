@@ -36,6 +36,7 @@ type heads struct {
 	mu      sync.Mutex
 	last    audit.Head // the highest this manager appended or read at start
 	written audit.Head
+	logged  time.Time // when the head was last logged
 	// broken is set once the log was found not to pass through last: the
 	// anchor then stays where it was, rather than move on to the rewritten
 	// log and stop finding the break.
@@ -93,8 +94,20 @@ func (m *Manager) saveHead() {
 	}
 	h.mu.Lock()
 	h.written = last
+	logNow := m.now().Sub(h.logged) >= headLogEvery
+	if logNow {
+		h.logged = m.now()
+	}
 	h.mu.Unlock()
+	if logNow {
+		// The log goes elsewhere (a journal, a SIEM): one more place the
+		// head is kept outside the store.
+		m.log.Info("audit head", "seq", sh.Seq, "hash", sh.Hash, "keyId", sh.KeyID, "signature", sh.Signature, "time", sh.Time)
+	}
 }
+
+// headLogEvery bounds how often the manager logs its signed audit head.
+const headLogEvery = time.Minute
 
 // saveOutside writes what the manager keeps outside the store: its audit
 // head and the final states of access records.

@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -36,12 +38,17 @@ type managerKey struct {
 	id    string // a fingerprint that reveals nothing of the key
 	mac   []byte
 	audit ed25519.PrivateKey
+	// legacy is the last policy revision (seq) from before the key, which
+	// the operator adopted: those revisions carry no seal.
+	legacy int64
 }
 
-// keyRecord is what the store keeps of the manager key.
+// keyRecord is what the store keeps of the manager key, sealed by it.
 type keyRecord struct {
-	ID       string `json:"id"`
-	AuditKey string `json:"auditKey"` // base64 Ed25519 public key
+	ID              string `json:"id"`
+	AuditKey        string `json:"auditKey"`                  // base64 Ed25519 public key
+	LegacyRevisions int64  `json:"legacyRevisions,omitempty"` // revisions up to this seq predate the key
+	Seal            string `json:"seal,omitempty"`
 }
 
 func deriveKey(seed []byte) *managerKey {
@@ -57,8 +64,19 @@ func deriveKey(seed []byte) *managerKey {
 
 func (k *managerKey) auditPublic() ed25519.PublicKey { return k.audit.Public().(ed25519.PublicKey) }
 
-func (k *managerKey) record() keyRecord {
-	return keyRecord{ID: k.id, AuditKey: base64.StdEncoding.EncodeToString(k.audit.Public().(ed25519.PublicKey))}
+// record returns the sealed key record to store.
+func (k *managerKey) record() []byte {
+	rec := keyRecord{ID: k.id, AuditKey: base64.StdEncoding.EncodeToString(k.auditPublic()), LegacyRevisions: k.legacy}
+	return k.seal(keyManagerKey, &rec)
+}
+
+// checkRevision verifies a policy revision record's seal; the revisions
+// from before the key (adopted) are trusted as they are.
+func (k *managerKey) checkRevision(rec *revRecord) error {
+	if rec.Seq <= k.legacy {
+		return nil
+	}
+	return k.check(revisionSealKey, rec)
 }
 
 // sealed is an access record that carries its seal.
@@ -67,6 +85,12 @@ type sealed interface{ sealField() *string }
 func (t *tokenRecord) sealField() *string { return &t.Seal }
 func (j *joinRecord) sealField() *string  { return &j.Seal }
 func (c *certRecord) sealField() *string  { return &c.Seal }
+func (r *keyRecord) sealField() *string   { return &r.Seal }
+func (r *revRecord) sealField() *string   { return &r.Seal }
+
+// revisionSealKey stands for the store key in a revision record's seal:
+// one record is stored twice, as revisions/SEQ and as the head.
+const revisionSealKey = "revisions"
 
 // sum is the seal of rec (its Seal field empty) stored under key.
 func (k *managerKey) sum(key string, rec sealed) string {
@@ -123,6 +147,10 @@ func (m *Manager) loadKey(ctx context.Context) error {
 	case key != nil && rec.ID != "" && rec.ID != key.id:
 		return fmt.Errorf("manager: the key in %s (id %s) is not the key this store was sealed with (id %s): give this manager the %s of the managers that share the store", path, key.id, rec.ID, KeyFile)
 	case key != nil && rec.ID != "":
+		if err := key.check(keyManagerKey, &rec); err != nil {
+			return fmt.Errorf("manager: %w", err)
+		}
+		key.legacy = rec.LegacyRevisions
 		m.key = key
 		return nil
 	case rec.ID != "":
@@ -201,12 +229,17 @@ func (m *Manager) sealStore(ctx context.Context, key *managerKey) error {
 	if err := flush(); err != nil {
 		return err
 	}
-	value, _ := json.Marshal(key.record())
+	legacy, err := m.legacyRevisions(ctx, key)
+	if err != nil {
+		return err
+	}
+	key.legacy = legacy
+	value := key.record()
 	conds, ops = []store.Cond{store.Absent(keyManagerKey)}, []store.Op{store.Put(keyManagerKey, value)}
 	var ok bool
-	if adopted > 0 {
+	if adopted > 0 || legacy > 0 {
 		_, ok, err = m.commitAudited(ctx, conds, ops, auditEntry{actor: system, action: "records.adopt", object: keyManagerKey,
-			detail: map[string]any{"key": key.id, "records": adopted}})
+			detail: map[string]any{"key": key.id, "records": adopted, "revisions": legacy}})
 	} else {
 		_, ok, err = m.st.Txn(ctx, conds, ops)
 	}
@@ -217,6 +250,30 @@ func (m *Manager) sealStore(ctx context.Context, key *managerKey) error {
 		return fmt.Errorf("manager: another manager sealed this store at the same moment; give this one its %s", KeyFile)
 	}
 	return nil
+}
+
+// legacyRevisions returns the seq of the head, if the store holds policy
+// revisions from before the manager key (unsealed): they are adopted as
+// they are (their records cannot be rewritten, since a revision is named
+// by its record's store revision) only if Config.AdoptRecords says so.
+func (m *Manager) legacyRevisions(ctx context.Context, key *managerKey) (int64, error) {
+	kv, err := m.st.Get(ctx, keyHead)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	} else if err != nil {
+		return 0, fmt.Errorf("manager: read the head: %w", err)
+	}
+	var rec revRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return 0, fmt.Errorf("manager: the head: %w", err)
+	}
+	if key.check(revisionSealKey, &rec) == nil {
+		return 0, nil
+	}
+	if !m.cfg.AdoptRecords {
+		return 0, fmt.Errorf("manager: the store holds policy revisions (up to %d) that the manager key does not seal, from before it: start once with --adopt-unsealed-records (Config.AdoptRecords) if you trust them, or start on a new store", rec.Seq)
+	}
+	return rec.Seq, nil
 }
 
 // decodeSealed decodes an access record for the auth mirror, which keeps
@@ -254,4 +311,29 @@ func (m *Manager) readSealed(ctx context.Context, key string, rec sealed) (store
 	}
 	m.holdFinal(key, rec)
 	return kv, nil
+}
+
+// accessWait bounds how long a request waits, while the manager starts,
+// for its copy of the access records.
+const accessWait = 10 * time.Second
+
+// waitAccess waits until this manager has read the access records once:
+// before that every token would look unknown. Past accessWait it answers
+// 503, which a client retries, never 401.
+func (m *Manager) waitAccess(ctx context.Context) error {
+	select {
+	case <-m.auth.ready:
+		return nil
+	default:
+	}
+	t := time.NewTimer(accessWait)
+	defer t.Stop()
+	select {
+	case <-m.auth.ready:
+		return nil
+	case <-t.C:
+		return errorf(http.StatusServiceUnavailable, "not ready: the manager has not read its access records yet; try again")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

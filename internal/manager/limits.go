@@ -452,10 +452,8 @@ func (m *Manager) fits(prev *policyState, objects map[string]object, c change) e
 			return errorf(http.StatusRequestEntityTooLarge, "the revision's list of objects is too large for the store: %v", err)
 		}
 	}
-	value, err := json.Marshal(m.newRecord(prev, objects, order, c))
-	if err != nil {
-		return err
-	}
+	rec := m.newRecord(prev, objects, order, c)
+	value := m.key.seal(revisionSealKey, &rec) // as commit will store it
 	detail, err := json.Marshal(c.detail)
 	if err != nil {
 		return fmt.Errorf("manager: audit detail: %w", err)

@@ -44,6 +44,9 @@ type revRecord struct {
 	Objects    int       `json:"objects"`
 	Manifest   []string  `json:"manifest"` // blob hashes of the manifest chunks
 	RollbackOf int64     `json:"rollbackOf,omitempty"`
+	// Seal is an HMAC under the manager key (keys.go): a revision written
+	// into the store by hand names objects the manager will not load.
+	Seal string `json:"seal,omitempty"`
 }
 
 func (r *revRecord) api() api.Revision {
@@ -226,6 +229,11 @@ func (m *Manager) loadState(ctx context.Context, rec *revRecord) (*policyState, 
 		return c, nil
 	}
 	m.stateMu.Unlock()
+	if err := m.key.checkRevision(rec); err != nil {
+		key := revisionKey(rec.Seq)
+		m.raise("revision-seal", key, "the policy revision's seal does not verify: it was written or changed outside the manager; its objects are not served")
+		return nil, fmt.Errorf("manager: revision %d: %w", rec.Rev, &TamperedError{Key: key, Reason: "its seal does not verify: it was written or changed outside the manager, and the manager will not serve it"})
+	}
 	for _, h := range rec.Manifest {
 		data, err := m.blobs.get(ctx, h)
 		if err != nil {
@@ -338,10 +346,7 @@ func (m *Manager) commit(ctx context.Context, base store.KV, prev *policyState, 
 		return 0, false, err
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value, err := json.Marshal(rec)
-	if err != nil {
-		return 0, false, err
-	}
+	value := m.key.seal(revisionSealKey, &rec)
 	conds := []store.Cond{store.Unchanged(base)}
 	ops := []store.Op{store.Put(keyHead, value), store.Put(revisionKey(rec.Seq), value)}
 	return m.commitAudited(ctx, conds, ops, auditEntry{actor: c.actor, action: c.action, object: "revision", detail: c.detail})

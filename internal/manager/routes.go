@@ -90,6 +90,10 @@ func (m *Manager) wrap(rt route) http.Handler {
 		var p principal
 		if !rt.access.public {
 			var err error
+			if err := m.waitAccess(r.Context()); err != nil {
+				m.writeError(w, r, err)
+				return
+			}
 			if p, err = m.authenticate(r); err != nil {
 				m.refused(r, p, err, "")
 				m.writeError(w, r, err)
