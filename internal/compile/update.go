@@ -27,6 +27,7 @@ func (c *Compiler) SetPolicies(set *policy.Set) error {
 	}
 	prev := c.State()
 	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), outcomes: prev.Outcomes, fullCompiles: c.fullCompiles + 1}
+	n.shared = c.shared
 	if err := n.reset(set); err != nil {
 		return err
 	}
@@ -229,7 +230,7 @@ func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange
 	var cp *cpolicy
 	if ch.at >= 0 {
 		var err error
-		if cp, err = pr.compilePolicy(snapshotOf(set.Policies[ch.at]), c.alloc); err != nil {
+		if cp, err = pr.compilePolicy(snapshotFor(set.Policies[ch.at], c.shared), c.alloc); err != nil {
 			panic("compile: a planned policy does not compile: " + err.Error()) // footprintKept checked
 		}
 		plan.order[ch.at] = cp
