@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -27,7 +28,7 @@ type object struct {
 	ref   api.ObjectRef
 	doc   *document
 	set   *policy.Set
-	canon []byte
+	canon string // shares its bytes with doc.data when the document is the canonical form (Sync)
 }
 
 func refString(r api.ObjectRef) string { return objects.String(r) }
@@ -47,13 +48,17 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 }
 
 func newObject(d *document, o *objects.Object) *object {
-	return &object{ref: o.Ref, doc: d, set: o.Set, canon: o.Canon}
+	canon := d.data // one copy, not two
+	if string(o.Canon) != d.data {
+		canon = string(o.Canon)
+	}
+	return &object{ref: o.Ref, doc: d, set: o.Set, canon: canon}
 }
 
 // jsonValue reads canonical JSON as JSON values, for `get`.
-func jsonValue(canon []byte) map[string]any {
+func jsonValue(canon string) map[string]any {
 	var v map[string]any
-	if err := json.Unmarshal(canon, &v); err != nil {
+	if err := json.Unmarshal([]byte(canon), &v); err != nil {
 		panic("agent: canonical JSON does not read back: " + err.Error())
 	}
 	return v
@@ -78,6 +83,68 @@ func sortedObjects(objs map[api.ObjectRef]*object) []*object {
 	return out
 }
 
+// objectsAfter is the object set a planned change makes: the set in force
+// with the change laid over it, so that planning a change of one object
+// costs that object, not a copy of every object held. The set in force is
+// changed only by commit, once the change is enforced and recorded.
+type objectsAfter struct {
+	base map[api.ObjectRef]*object // in force; read-only until commit
+	put  map[api.ObjectRef]*object // created or updated
+	del  map[api.ObjectRef]bool    // deleted (unless in put)
+	n    int                       // len of the resulting set
+}
+
+func newObjectsAfter(base map[api.ObjectRef]*object) *objectsAfter {
+	return &objectsAfter{base: base, put: map[api.ObjectRef]*object{}, del: map[api.ObjectRef]bool{}, n: len(base)}
+}
+
+func (v *objectsAfter) get(ref api.ObjectRef) (*object, bool) {
+	if o, ok := v.put[ref]; ok {
+		return o, true
+	}
+	if v.del[ref] {
+		return nil, false
+	}
+	o, ok := v.base[ref]
+	return o, ok
+}
+
+func (v *objectsAfter) set(o *object) {
+	if _, ok := v.get(o.ref); !ok {
+		v.n++
+	}
+	v.put[o.ref] = o
+}
+
+func (v *objectsAfter) delete(ref api.ObjectRef) {
+	if _, ok := v.get(ref); ok {
+		v.n--
+	}
+	delete(v.put, ref)
+	v.del[ref] = true
+}
+
+// all is the resulting set as a map of its own.
+func (v *objectsAfter) all() map[api.ObjectRef]*object {
+	m := make(map[api.ObjectRef]*object, v.n)
+	for ref, o := range v.base {
+		if !v.del[ref] {
+			m[ref] = o
+		}
+	}
+	maps.Copy(m, v.put)
+	return m
+}
+
+// commit makes the change in base, the set in force, and returns it.
+func (v *objectsAfter) commit() map[api.ObjectRef]*object {
+	for ref := range v.del {
+		delete(v.base, ref)
+	}
+	maps.Copy(v.base, v.put)
+	return v.base
+}
+
 // maxPatch is the largest change merged into the sorted lists in force;
 // a larger one sorts the whole set again.
 const maxPatch = 64
@@ -85,14 +152,15 @@ const maxPatch = 64
 // changedList is the sorted list of next, the object set a change made
 // of the one whose sorted list is prev: a copy of prev with the change
 // merged in, without going through every object.
-func changedList(prev []*object, next map[api.ObjectRef]*object, res api.ApplyResult) []*object {
+func changedList(prev []*object, next *objectsAfter, res api.ApplyResult) []*object {
 	if len(res.Created)+len(res.Updated)+len(res.Deleted) > maxPatch {
-		return sortedObjects(next)
+		return sortedObjects(next.all())
 	}
 	var upserted []*object
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
-			upserted = append(upserted, next[ref])
+			o, _ := next.get(ref)
+			upserted = append(upserted, o)
 		}
 	}
 	return patchSorted(prev, func(o *object) api.ObjectRef { return o.ref }, res.Deleted, upserted)
@@ -101,7 +169,7 @@ func changedList(prev []*object, next map[api.ObjectRef]*object, res api.ApplyRe
 // changedSet is the policy set of the objects in nextList, for a change
 // of policies alone to the objects whose set is prev: it shares all but
 // the list of policies with prev, and that list is patched, not rebuilt.
-func changedSet(prev *policy.Set, next map[api.ObjectRef]*object, nextList []*object, res api.ApplyResult) *policy.Set {
+func changedSet(prev *policy.Set, next *objectsAfter, nextList []*object, res api.ApplyResult) *policy.Set {
 	n := len(res.Created) + len(res.Updated) + len(res.Deleted)
 	if n > maxPatch || !policiesOnly(res) {
 		return objectSet(nextList)
@@ -109,7 +177,8 @@ func changedSet(prev *policy.Set, next map[api.ObjectRef]*object, nextList []*ob
 	var upserted []*policy.Policy
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
-			upserted = append(upserted, next[ref].set.Policies[0])
+			o, _ := next.get(ref)
+			upserted = append(upserted, o.set.Policies[0])
 		}
 	}
 	set := *prev
