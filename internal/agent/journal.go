@@ -62,7 +62,7 @@ func changeRecord(rev int64, next *objectsAfter, res api.ApplyResult) journalRec
 	for _, d := range docs {
 		refs := byDoc[d]
 		sortRefs(refs)
-		rec.Upsert = append(rec.Upsert, storedDocument{Name: d.name, Data: d.data, Objects: refs})
+		rec.Upsert = append(rec.Upsert, storedDocument{Name: d.name, Data: d.text(), Objects: refs})
 	}
 	return rec
 }

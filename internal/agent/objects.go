@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bytes"
+	"compress/flate"
 	"encoding/json"
+	"io"
 	"maps"
 	"slices"
 
@@ -16,8 +19,44 @@ import (
 // them cites the file, line and column the user wrote, also after a
 // restart: the state dir stores documents whole.
 type document struct {
-	name, data string
-	seq        int64 // orders documents in the state file: first applied first
+	name string
+	data string // the text, unless packed
+	// packed is the text of a large document, compressed (pack): it is
+	// needed again only to write the state file, and held as long as any
+	// object it defines is in force.
+	packed []byte
+	seq    int64 // orders documents in the state file: first applied first
+}
+
+// packMin is the size from which a document's text is held compressed.
+const packMin = 64 << 10
+
+// text is the document as the client sent it.
+func (d *document) text() string {
+	if d.packed == nil {
+		return d.data
+	}
+	b, err := io.ReadAll(flate.NewReader(bytes.NewReader(d.packed)))
+	if err != nil {
+		panic("agent: a packed document does not read back: " + err.Error())
+	}
+	return string(b)
+}
+
+// pack compresses the text of a large document once it was read, before
+// it is shared; a document that does not shrink by half stays as it is.
+func (d *document) pack() {
+	if d.packed != nil || len(d.data) < packMin {
+		return
+	}
+	var b bytes.Buffer
+	w, _ := flate.NewWriter(&b, flate.BestSpeed) // a valid level: no error
+	_, _ = w.Write([]byte(d.data))               // a bytes.Buffer does not fail
+	_ = w.Close()
+	if b.Len() > len(d.data)/2 {
+		return
+	}
+	d.packed, d.data = bytes.Clone(b.Bytes()), ""
 }
 
 // object is one stored object: its name, the model object it decoded to
@@ -36,7 +75,7 @@ func refString(r api.ObjectRef) string { return objects.String(r) }
 // parseDocument reads every object of one document with internal/objects,
 // the reader `bulkhead check` and the manager use.
 func parseDocument(d *document) ([]*object, source.Errors) {
-	objs, errs := objects.Read(d.name, []byte(d.data))
+	objs, errs := objects.Read(d.name, []byte(d.text()))
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -44,6 +83,7 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 	for i, o := range objs {
 		out[i] = newObject(d, o)
 	}
+	d.pack()
 	return out, nil
 }
 
