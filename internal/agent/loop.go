@@ -230,7 +230,7 @@ func (a *Agent) plan(r *request) (*objectsAfter, api.ApplyResult) {
 		case !ok:
 			next.set(o)
 			res.Created = append(res.Created, o.ref)
-		case old.canon == o.canon:
+		case old.hash == o.hash:
 			res.Unchanged = append(res.Unchanged, o.ref)
 		default:
 			next.set(o)

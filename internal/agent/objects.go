@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"compress/flate"
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"maps"
@@ -25,6 +26,9 @@ type document struct {
 	// needed again only to write the state file, and held as long as any
 	// object it defines is in force.
 	packed []byte
+	// canons holds, for a packed document, the canonical forms of its
+	// objects, concatenated and compressed; each object knows its place.
+	canons []byte
 	seq    int64 // orders documents in the state file: first applied first
 }
 
@@ -36,38 +40,76 @@ func (d *document) text() string {
 	if d.packed == nil {
 		return d.data
 	}
-	b, err := io.ReadAll(flate.NewReader(bytes.NewReader(d.packed)))
-	if err != nil {
-		panic("agent: a packed document does not read back: " + err.Error())
-	}
-	return string(b)
+	return string(inflate(d.packed))
 }
 
-// pack compresses the text of a large document once it was read, before
-// it is shared; a document that does not shrink by half stays as it is.
-func (d *document) pack() {
+// pack compresses a large document once it was read, before it is
+// shared: its text and the canonical forms of objs, its objects, which
+// then know where theirs is. A text that does not shrink by half stays
+// as it is.
+func (d *document) pack(objs []*object) {
 	if d.packed != nil || len(d.data) < packMin {
 		return
 	}
-	var b bytes.Buffer
-	w, _ := flate.NewWriter(&b, flate.BestSpeed) // a valid level: no error
-	_, _ = w.Write([]byte(d.data))               // a bytes.Buffer does not fail
-	_ = w.Close()
-	if b.Len() > len(d.data)/2 {
+	packed := deflate([]byte(d.data))
+	if len(packed) > len(d.data)/2 {
 		return
 	}
-	d.packed, d.data = bytes.Clone(b.Bytes()), ""
+	var all []byte
+	for _, o := range objs {
+		o.at = [2]uint32{uint32(len(all)), uint32(len(o.canon))}
+		all = append(all, o.canon...)
+	}
+	d.packed, d.canons, d.data = packed, deflate(all), ""
+	for _, o := range objs {
+		o.canon = ""
+	}
+}
+
+func deflate(b []byte) []byte {
+	var out bytes.Buffer
+	w, _ := flate.NewWriter(&out, flate.BestSpeed) // a valid level: no error
+	_, _ = w.Write(b)                              // a bytes.Buffer does not fail
+	_ = w.Close()
+	return bytes.Clone(out.Bytes())
+}
+
+func inflate(b []byte) []byte {
+	out, err := io.ReadAll(flate.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		panic("agent: a packed document does not read back: " + err.Error())
+	}
+	return out
 }
 
 // object is one stored object: its name, the model object it decoded to
-// (a Set holding exactly one object) and its canonical form
-// (internal/objects), which `get` prints and apply compares to tell an
-// update from no change.
+// (a Set holding exactly one object), its canonical form
+// (internal/objects), which `get` prints, and the hash of that form,
+// which apply compares to tell an update from no change.
 type object struct {
-	ref   api.ObjectRef
-	doc   *document
-	set   *policy.Set
-	canon string // shares its bytes with doc.data when the document is the canonical form (Sync)
+	ref api.ObjectRef
+	doc *document
+	set *policy.Set
+	// canon shares its bytes with doc.data when the document is the
+	// canonical form (Sync); it is empty when doc is packed, and at says
+	// where in doc.canons it is then.
+	canon string
+	at    [2]uint32 // offset and length
+	hash  [sha256.Size]byte
+}
+
+// canonical is the object's canonical form; unpacked keeps the canonical
+// forms of the packed documents met, for a listing of many objects.
+func (o *object) canonical(unpacked map[*document][]byte) string {
+	if o.doc == nil || o.doc.canons == nil {
+		return o.canon
+	}
+	b, ok := unpacked[o.doc]
+	if !ok {
+		b = inflate(o.doc.canons)
+		unpacked[o.doc] = b
+	}
+	return string(b[o.at[0] : o.at[0]+o.at[1]])
 }
 
 func refString(r api.ObjectRef) string { return objects.String(r) }
@@ -83,7 +125,7 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 	for i, o := range objs {
 		out[i] = newObject(d, o)
 	}
-	d.pack()
+	d.pack(out)
 	return out, nil
 }
 
@@ -92,7 +134,7 @@ func newObject(d *document, o *objects.Object) *object {
 	if string(o.Canon) != d.data {
 		canon = string(o.Canon)
 	}
-	return &object{ref: o.Ref, doc: d, set: o.Set, canon: canon}
+	return &object{ref: o.Ref, doc: d, set: o.Set, canon: canon, hash: sha256.Sum256(o.Canon)}
 }
 
 // jsonValue reads canonical JSON as JSON values, for `get`.
