@@ -63,6 +63,7 @@ func TestAgentMemory(t *testing.T) {
 
 func measureMemory(t *testing.T, n int, out string) {
 	ctx := context.Background()
+	base := liveHeap() // before the documents, which the agent keeps
 	sh := benchcompile.Shape{Workloads: n, Namespaces: max(n/200, 5), Hosts: max(n/100, 1), Rules: n, Seed: 1}
 	s := Generate(sh)
 	s.Walls = nil // the generator's random rules breach its walls; the agent would refuse them
@@ -70,7 +71,6 @@ func measureMemory(t *testing.T, n int, out string) {
 	docs := documents(s)
 	nrules, nwl, docBytes := CountRules(s), len(s.Workloads), len(docs)
 	s = nil
-	base := liveHeap()
 
 	var logBuf syncBuffer
 	a, err := agent.Start(ctx, agent.Options{StateDir: filepath.Join(t.TempDir(), "state"), Host: BenchHost,
@@ -94,6 +94,10 @@ func measureMemory(t *testing.T, n int, out string) {
 	}
 	heap := liveHeap() - base
 	rss, hwm := procMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("runtime: heap in use %d MiB (of spans), idle not released %d MiB, stacks %d MiB, other runtime %d MiB",
+		ms.HeapInuse>>20, (ms.HeapIdle-ms.HeapReleased)>>20, ms.StackInuse>>20, (ms.Sys-ms.HeapSys-ms.StackSys)>>20)
 	writeHeapProfile(t, filepath.Join(out, fmt.Sprintf("agent-heap-%d", n)))
 
 	var times, own []time.Duration
