@@ -86,6 +86,7 @@ func TestLargeDocumentIsPacked(t *testing.T) {
 	if d.text() != data {
 		t.Fatal("the packed text does not read back")
 	}
+	t.Logf("%d bytes of text held as %d, their canonical forms as %d", len(data), len(d.packed), len(d.canons))
 	plain, _ := objects.Read("big.yaml", []byte(data))
 	unpacked := map[*document][]byte{}
 	for i, o := range objs {
