@@ -117,3 +117,30 @@ func TestLargeDocumentIsPacked(t *testing.T) {
 		t.Fatalf("the same document again: %d unchanged, %v", len(res.Unchanged), err)
 	}
 }
+
+// Equal label maps of the objects of one document are one map.
+func TestEqualLabelsAreShared(t *testing.T) {
+	data := `---
+{"apiVersion":"bulkhead.dev/v1","kind":"Workload","metadata":{"name":"w1","namespace":"ns","labels":{"app":"a","tier":"api"}},"spec":{"host":"h1","ips":["10.0.0.1"]}}
+---
+{"apiVersion":"bulkhead.dev/v1","kind":"Workload","metadata":{"name":"w2","namespace":"ns","labels":{"tier":"api","app":"a"}},"spec":{"host":"h1","ips":["10.0.0.2"]}}
+---
+{"apiVersion":"bulkhead.dev/v1","kind":"Workload","metadata":{"name":"w3","namespace":"ns","labels":{"app":"b","tier":"api"}},"spec":{"host":"h1","ips":["10.0.0.3"]}}
+---
+{"apiVersion":"bulkhead.dev/v1","kind":"Policy","metadata":{"name":"p","namespace":"ns"},"spec":{"appliesTo":{"selector":{"matchLabels":{"app":"a","tier":"api"}}},"ingress":[{"action":"allow","from":[{"selector":{"matchLabels":{"app":"b","tier":"api"}}}]}]}}
+`
+	objs, errs := parseDocument(&document{name: "w.yaml", data: data})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	ptr := func(m map[string]string) uintptr { return reflect.ValueOf(m).Pointer() }
+	w := func(i int) map[string]string { return objs[i].set.Workloads[0].Labels }
+	p := objs[3].set.Policies[0]
+	if ptr(w(0)) != ptr(w(1)) || ptr(w(0)) == ptr(w(2)) || ptr(p.Subject.Workloads.MatchLabels) != ptr(w(0)) ||
+		ptr(p.Ingress[0].Peers[0].Workloads.MatchLabels) != ptr(w(2)) {
+		t.Fatal("equal label maps are not one map, or unequal ones are")
+	}
+	if !reflect.DeepEqual(w(2), map[string]string{"app": "b", "tier": "api"}) {
+		t.Fatalf("labels changed: %v", w(2))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
@@ -122,11 +123,72 @@ func parseDocument(d *document) ([]*object, source.Errors) {
 		return nil, errs
 	}
 	out := make([]*object, len(objs))
+	pool := labelPool{}
 	for i, o := range objs {
+		pool.shareSet(o.Set)
 		out[i] = newObject(d, o)
 	}
 	d.pack(out)
 	return out, nil
+}
+
+// labelPool makes the equal label maps of the objects of one document one
+// map: the replicas of an app carry the same labels and rules name the
+// same selectors, so most maps are copies. It is sound because nothing
+// writes a decoded label map: the model is read-only once decoded.
+type labelPool map[string]map[string]string
+
+func (p labelPool) share(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return m
+	}
+	keys := slices.Sorted(maps.Keys(m))
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	key := b.String()
+	if s, ok := p[key]; ok {
+		return s
+	}
+	p[key] = m
+	return m
+}
+
+func (p labelPool) selector(s *policy.Selector) {
+	if s != nil {
+		s.MatchLabels = p.share(s.MatchLabels)
+	}
+}
+
+// shareSet shares the label maps of set's workloads, namespaces,
+// segments and policies.
+func (p labelPool) shareSet(set *policy.Set) {
+	for _, w := range set.Workloads {
+		w.Labels = p.share(w.Labels)
+	}
+	for _, ns := range set.Namespaces {
+		ns.Labels = p.share(ns.Labels)
+	}
+	for _, sg := range set.Segments {
+		p.selector(sg.Namespaces.Selector)
+		p.selector(sg.Workloads)
+	}
+	for _, pol := range set.Policies {
+		p.selector(pol.Subject.Namespaces.Selector)
+		p.selector(pol.Subject.Workloads)
+		for _, rules := range [][]policy.Rule{pol.Ingress, pol.Egress} {
+			for i := range rules {
+				for j := range rules[i].Peers {
+					p.selector(rules[i].Peers[j].Namespaces.Selector)
+					p.selector(rules[i].Peers[j].Workloads)
+				}
+			}
+		}
+	}
 }
 
 func newObject(d *document, o *objects.Object) *object {

@@ -64,7 +64,7 @@ func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
 	seen := 0
 	for i, p := range set.Policies {
 		var old *cpolicy
-		if i < len(pr.order) && sameName(pr.order[i].p, p) {
+		if i < len(pr.order) && (pr.order[i].p == p || sameName(pr.order[i].p, p)) {
 			old = pr.order[i]
 		} else {
 			old = pr.pols[p.Key()]
