@@ -286,7 +286,7 @@ func policiesStillValid(next *objectsAfter, res api.ApplyResult, objSet *policy.
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
 			o, _ := next.get(ref)
-			p := o.set.Policies[0]
+			p := o.policy()
 			if p.Subject.Segment != "" && !segment(p.Subject.Segment) {
 				return false
 			}
@@ -395,7 +395,7 @@ func (a *Agent) stage(r *request, regs map[string]*registration) (func(), error)
 	key := r.reg.key
 	ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
 	if o, ok := l.objects[ref]; ok {
-		return nil, newError(fault.Conflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)
+		return nil, newError(fault.Conflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.workload().Pos)
 	}
 	old := regs[key]
 	if old != nil && sameRegistration(old.api, r.reg.api) {

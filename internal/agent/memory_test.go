@@ -134,8 +134,8 @@ func TestEqualLabelsAreShared(t *testing.T) {
 		t.Fatal(errs)
 	}
 	ptr := func(m map[string]string) uintptr { return reflect.ValueOf(m).Pointer() }
-	w := func(i int) map[string]string { return objs[i].set.Workloads[0].Labels }
-	p := objs[3].set.Policies[0]
+	w := func(i int) map[string]string { return objs[i].workload().Labels }
+	p := objs[3].policy()
 	if ptr(w(0)) != ptr(w(1)) || ptr(w(0)) == ptr(w(2)) || ptr(p.Subject.Workloads.MatchLabels) != ptr(w(0)) ||
 		ptr(p.Ingress[0].Peers[0].Workloads.MatchLabels) != ptr(w(2)) {
 		t.Fatal("equal label maps are not one map, or unequal ones are")

@@ -90,6 +90,11 @@ func inflate(b []byte) []byte {
 type object struct {
 	ref api.ObjectRef
 	doc *document
+	// one is the model object the object decoded to (*policy.Policy,
+	// *policy.Workload, ...) when it is exactly one, as for every kind
+	// today; set holds them otherwise. A Set per object would cost 150
+	// bytes each.
+	one any
 	set *policy.Set
 	// canon shares its bytes with doc.data when the document is the
 	// canonical form (Sync); it is empty when doc is packed, and at says
@@ -196,7 +201,64 @@ func newObject(d *document, o *objects.Object) *object {
 	if string(o.Canon) != d.data {
 		canon = string(o.Canon)
 	}
-	return &object{ref: o.Ref, doc: d, set: o.Set, canon: canon, hash: sha256.Sum256(o.Canon)}
+	one, set := compactSet(o.Set)
+	return &object{ref: o.Ref, doc: d, one: one, set: set, canon: canon, hash: sha256.Sum256(o.Canon)}
+}
+
+// compactSet is the one model object of s, or s when it holds more.
+func compactSet(s *policy.Set) (any, *policy.Set) {
+	if len(s.Namespaces)+len(s.Workloads)+len(s.Segments)+len(s.Policies)+len(s.Walls)+len(s.ConflictClasses) != 1 {
+		return nil, s
+	}
+	switch {
+	case len(s.Namespaces) == 1:
+		return s.Namespaces[0], nil
+	case len(s.Workloads) == 1:
+		return s.Workloads[0], nil
+	case len(s.Segments) == 1:
+		return s.Segments[0], nil
+	case len(s.Policies) == 1:
+		return s.Policies[0], nil
+	case len(s.Walls) == 1:
+		return s.Walls[0], nil
+	}
+	return s.ConflictClasses[0], nil
+}
+
+// mergeInto appends the object's model objects to set.
+func (o *object) mergeInto(set *policy.Set) {
+	switch m := o.one.(type) {
+	case *policy.Namespace:
+		set.Namespaces = append(set.Namespaces, m)
+	case *policy.Workload:
+		set.Workloads = append(set.Workloads, m)
+	case *policy.Segment:
+		set.Segments = append(set.Segments, m)
+	case *policy.Policy:
+		set.Policies = append(set.Policies, m)
+	case *policy.Wall:
+		set.Walls = append(set.Walls, m)
+	case *policy.ConflictClass:
+		set.ConflictClasses = append(set.ConflictClasses, m)
+	default:
+		set.Merge(o.set)
+	}
+}
+
+// policy is the policy of an object of a policy kind.
+func (o *object) policy() *policy.Policy {
+	if p, ok := o.one.(*policy.Policy); ok {
+		return p
+	}
+	return o.set.Policies[0]
+}
+
+// workload is the workload of a Workload object.
+func (o *object) workload() *policy.Workload {
+	if w, ok := o.one.(*policy.Workload); ok {
+		return w
+	}
+	return o.set.Workloads[0]
 }
 
 // jsonValue reads canonical JSON as JSON values, for `get`.
@@ -213,7 +275,7 @@ func jsonValue(canon string) map[string]any {
 func objectSet(objs []*object) *policy.Set {
 	set := &policy.Set{}
 	for _, o := range objs {
-		set.Merge(o.set)
+		o.mergeInto(set)
 	}
 	return set
 }
@@ -322,7 +384,7 @@ func changedSet(prev *policy.Set, next *objectsAfter, nextList []*object, res ap
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
 			o, _ := next.get(ref)
-			upserted = append(upserted, o.set.Policies[0])
+			upserted = append(upserted, o.policy())
 		}
 	}
 	set := *prev
