@@ -166,7 +166,7 @@ func measureAgent(t *testing.T, s *policy.Set, report *strings.Builder, x *extra
 	big.Workloads = slices.DeleteFunc(slices.Clone(s.Workloads), func(w *policy.Workload) bool { return w.Namespace == "bench" })
 	docs := documents(&big)
 	start := time.Now()
-	res, err := p.c.Apply(ctx, api.ApplyRequest{Documents: []api.Document{{Name: "bench.yaml", Data: docs}}})
+	res, err := p.c.Apply(ctx, api.ApplyRequest{Documents: chunks("bench", docs, 16<<20)}) // one document may hold 64 MiB
 	if err != nil {
 		fmt.Fprintf(report, "agent: NOT MEASURED: apply of %d rules failed after %v: %v\n", CountRules(s), time.Since(start).Round(time.Millisecond), err)
 		t.Errorf("agent: apply %d rules: %v", CountRules(s), err)

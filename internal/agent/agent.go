@@ -285,9 +285,10 @@ func (a *Agent) Objects(kinds ...string) api.ObjectList {
 		want[k] = true
 	}
 	l := api.ObjectList{Revision: s.rev, Items: []map[string]any{}}
+	unpacked := map[*document][]byte{}
 	for _, o := range s.objects {
 		if len(want) == 0 || want[o.ref.Kind] {
-			l.Items = append(l.Items, jsonValue(o.canon))
+			l.Items = append(l.Items, jsonValue(o.canonical(unpacked)))
 		}
 	}
 	return l

@@ -44,13 +44,14 @@ type journalRecord struct {
 }
 
 // changeRecord is the record of a planned change.
-func changeRecord(rev int64, next map[api.ObjectRef]*object, res api.ApplyResult) journalRecord {
+func changeRecord(rev int64, next *objectsAfter, res api.ApplyResult) journalRecord {
 	rec := journalRecord{Revision: rev, Delete: res.Deleted}
 	byDoc := map[*document][]api.ObjectRef{}
 	var docs []*document
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
-			d := next[ref].doc
+			o, _ := next.get(ref)
+			d := o.doc
 			if _, ok := byDoc[d]; !ok {
 				docs = append(docs, d)
 			}
@@ -61,7 +62,7 @@ func changeRecord(rev int64, next map[api.ObjectRef]*object, res api.ApplyResult
 	for _, d := range docs {
 		refs := byDoc[d]
 		sortRefs(refs)
-		rec.Upsert = append(rec.Upsert, storedDocument{Name: d.name, Data: d.data, Objects: refs})
+		rec.Upsert = append(rec.Upsert, storedDocument{Name: d.name, Data: d.text(), Objects: refs})
 	}
 	return rec
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -171,7 +170,7 @@ func (a *Agent) objectsChange(r *request) reply {
 		return reply{err: newError(fault.Internal, nil, "%v; the change was rolled back", err)}
 	}
 	l.rev++
-	l.objects, l.objList, l.objSet, l.state = next, nextList, objSet, st
+	l.objects, l.objList, l.objSet, l.state = next.commit(), nextList, objSet, st
 	a.publish(full)
 	res.Revision = l.rev
 	res.EnforcedMicros = t2.Sub(r.start).Microseconds()
@@ -196,9 +195,9 @@ func (a *Agent) compactIfDue() {
 }
 
 // plan computes the object set a request makes, and what it changes.
-func (a *Agent) plan(r *request) (map[api.ObjectRef]*object, api.ApplyResult) {
+func (a *Agent) plan(r *request) (*objectsAfter, api.ApplyResult) {
 	l := &a.l
-	next := maps.Clone(l.objects)
+	next := newObjectsAfter(l.objects)
 	res := api.ApplyResult{Revision: l.rev}
 	deleted := r.deleted
 	if r.replace {
@@ -213,28 +212,28 @@ func (a *Agent) plan(r *request) (map[api.ObjectRef]*object, api.ApplyResult) {
 		}
 	}
 	for _, ref := range deleted {
-		if _, ok := next[ref]; ok {
-			delete(next, ref)
+		if _, ok := next.get(ref); ok {
+			next.delete(ref)
 			res.Deleted = append(res.Deleted, ref)
 		} else {
 			res.NotFound = append(res.NotFound, ref)
 		}
 	}
 	for _, o := range r.objs {
-		old, ok := next[o.ref]
+		old, ok := next.get(o.ref)
 		switch {
 		case r.op == opDelete && ok:
-			delete(next, o.ref)
+			next.delete(o.ref)
 			res.Deleted = append(res.Deleted, o.ref)
 		case r.op == opDelete:
 			res.NotFound = append(res.NotFound, o.ref)
 		case !ok:
-			next[o.ref] = o
+			next.set(o)
 			res.Created = append(res.Created, o.ref)
-		case bytes.Equal(old.canon, o.canon):
+		case old.hash == o.hash:
 			res.Unchanged = append(res.Unchanged, o.ref)
 		default:
-			next[o.ref] = o
+			next.set(o)
 			res.Updated = append(res.Updated, o.ref)
 		}
 	}
@@ -276,17 +275,18 @@ func validate(op opKind, full *policy.Set) error {
 // there is nothing to prove, so only the segments the changed policies
 // name must exist. Any other change, or a missing segment, is checked
 // whole by validate, which also words the errors.
-func policiesStillValid(next map[api.ObjectRef]*object, res api.ApplyResult, objSet *policy.Set) bool {
+func policiesStillValid(next *objectsAfter, res api.ApplyResult, objSet *policy.Set) bool {
 	if len(objSet.Walls) > 0 || !policiesOnly(res) {
 		return false
 	}
 	segment := func(name string) bool {
-		_, ok := next[api.ObjectRef{Kind: "Segment", Name: name}]
+		_, ok := next.get(api.ObjectRef{Kind: "Segment", Name: name})
 		return ok
 	}
 	for _, refs := range [][]api.ObjectRef{res.Created, res.Updated} {
 		for _, ref := range refs {
-			p := next[ref].set.Policies[0]
+			o, _ := next.get(ref)
+			p := o.policy()
 			if p.Subject.Segment != "" && !segment(p.Subject.Segment) {
 				return false
 			}
@@ -395,7 +395,7 @@ func (a *Agent) stage(r *request, regs map[string]*registration) (func(), error)
 	key := r.reg.key
 	ref := api.ObjectRef{Kind: "Workload", Namespace: r.reg.w.Namespace, Name: r.reg.w.Name}
 	if o, ok := l.objects[ref]; ok {
-		return nil, newError(fault.Conflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.set.Workloads[0].Pos)
+		return nil, newError(fault.Conflict, nil, "agent: register workload %s: an applied Workload object has that name (%s); delete it or register under another name", key, o.workload().Pos)
 	}
 	old := regs[key]
 	if old != nil && sameRegistration(old.api, r.reg.api) {
@@ -441,7 +441,7 @@ func withWorkloads(objSet *policy.Set, regs []*registration) *policy.Set {
 // the dataplane refused (the compiler had already taken it).
 func (a *Agent) recompile() {
 	l := &a.l
-	c, err := compile.New(withWorkloads(l.objSet, l.regList), a.host, l.state)
+	c, err := compile.NewShared(withWorkloads(l.objSet, l.regList), a.host, l.state)
 	if err != nil {
 		// It compiled before; failing now is a bug. Keep serving the
 		// state in force and say so.
@@ -523,7 +523,7 @@ func (a *Agent) restore(ctx context.Context) error {
 	if err := policy.Validate(full); err != nil {
 		return fmt.Errorf("agent: the state in %s does not validate: %w", a.state.dir, err)
 	}
-	if l.comp, err = compile.New(full, a.host, nil); err != nil {
+	if l.comp, err = compile.NewShared(full, a.host, nil); err != nil {
 		return fmt.Errorf("agent: compile the state in %s: %w", a.state.dir, err)
 	}
 	l.state = l.comp.State()

@@ -51,11 +51,11 @@ func TestChangedListIsTheSortedSet(t *testing.T) {
 		for _, refs := range [][]api.ObjectRef{res.Created, res.Updated, res.Deleted} {
 			sortRefs(refs)
 		}
-		got, want := changedList(prev, next, res), sortedObjects(next)
+		got, want := changedList(prev, &objectsAfter{base: next}, res), sortedObjects(next)
 		if !slices.Equal(got, want) {
 			t.Fatalf("round %d: %d objects, want %d (change %+v)", round, len(got), len(want), res)
 		}
-		gotSet, wantSet := changedSet(objectSet(prev), next, got, res), objectSet(want)
+		gotSet, wantSet := changedSet(objectSet(prev), &objectsAfter{base: next}, got, res), objectSet(want)
 		if !slices.Equal(gotSet.Policies, wantSet.Policies) || !slices.Equal(gotSet.Segments, wantSet.Segments) {
 			t.Fatalf("round %d: %d policies, want %d (change %+v)", round, len(gotSet.Policies), len(wantSet.Policies), res)
 		}

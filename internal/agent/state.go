@@ -177,7 +177,7 @@ func encodeObjects(rev int64, objs []*object) objectsState {
 	sort.Slice(docs, func(i, j int) bool { return docs[i].seq < docs[j].seq })
 	st := objectsState{Format: stateFormat, Revision: rev, Documents: make([]storedDocument, 0, len(docs))}
 	for _, d := range docs {
-		st.Documents = append(st.Documents, storedDocument{Name: d.name, Data: d.data, Objects: byDoc[d]})
+		st.Documents = append(st.Documents, storedDocument{Name: d.name, Data: d.text(), Objects: byDoc[d]})
 	}
 	return st
 }

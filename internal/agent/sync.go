@@ -37,6 +37,7 @@ func (a *Agent) Sync(ctx context.Context, req SyncRequest) (api.ApplyResult, err
 		objs    []*object
 		details []string
 		seen    = map[api.ObjectRef]bool{}
+		pool    = labelPool{}
 	)
 	for _, o := range req.Objects {
 		if seen[o.Ref] {
@@ -47,6 +48,7 @@ func (a *Agent) Sync(ctx context.Context, req SyncRequest) (api.ApplyResult, err
 		// Stored for a restart as its canonical form, the form the
 		// manager validated: the text it reads back from is that.
 		d := &document{name: "manager: " + refString(o.Ref), data: string(o.Canon), seq: a.docSeq.Add(1)}
+		pool.shareSet(o.Set)
 		objs = append(objs, newObject(d, o))
 	}
 	for _, d := range req.Documents {

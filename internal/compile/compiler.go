@@ -57,6 +57,7 @@ type Compiler struct {
 	byPtr      map[*policy.Workload]*wlInfo
 	wlList     []*policy.Workload // the set's workloads when wlDirty is false
 	wlDirty    bool               // workloads changed since (Upsert, Delete)
+	shared     bool               // NewShared: policies are never edited in place
 	wlEpoch    uint64
 	polEpoch   uint64
 	identEpoch uint64
@@ -104,6 +105,22 @@ func New(set *policy.Set, host string, prev *State) (*Compiler, error) {
 	return c, nil
 }
 
+// NewShared is New for a caller that never edits a policy of the sets it
+// gives in place (a changed policy is a new *policy.Policy): the Compiler
+// keeps the caller's policies instead of a deep copy of each, and
+// SetPolicies tells an unchanged policy by its pointer instead of
+// comparing it field by field. The agent, whose objects are immutable
+// once decoded, uses it: it halves what the policies hold and makes a
+// one-policy change cost the change, not a comparison of every policy.
+func NewShared(set *policy.Set, host string, prev *State) (*Compiler, error) {
+	c := &Compiler{host: host, alloc: newAllocBuilder(prev), shared: true}
+	c.inheritOutcomes(prev)
+	if err := c.reset(set); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 // Compile is New followed by State.
 func Compile(set *policy.Set, host string, prev *State) (*State, error) {
 	c, err := New(set, host, prev)
@@ -114,7 +131,7 @@ func Compile(set *policy.Set, host string, prev *State) (*State, error) {
 }
 
 func (c *Compiler) reset(set *policy.Set) error {
-	pr, err := newProgram(set, c.alloc)
+	pr, err := newProgram(set, c.alloc, c.shared)
 	if err != nil {
 		return err
 	}

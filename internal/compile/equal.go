@@ -171,6 +171,7 @@ func ruleListEqual(a, b []policy.Rule, labels *[]string) bool {
 type snapshot struct {
 	p      *policy.Policy
 	labels []string
+	shared bool // p is the caller's own (NewShared): compared by pointer
 }
 
 func snapshotOf(p *policy.Policy) snapshot {
@@ -195,6 +196,9 @@ func sameName(a, b *policy.Policy) bool {
 
 // equal reports whether b is the policy s copied, unchanged.
 func (s *snapshot) equal(b *policy.Policy) bool {
+	if s.shared {
+		return s.p == b
+	}
 	a, labels := s.p, s.labels
 	return sameName(a, b) && a.Tier == b.Tier && a.Priority == b.Priority && a.Mode == b.Mode &&
 		a.Isolate == b.Isolate && a.Pos == b.Pos && a.Subject.Segment == b.Subject.Segment &&
@@ -262,4 +266,13 @@ func eqPtrs[T any](have []T, got []*T, eq func(a, b *T) bool) bool {
 		}
 	}
 	return true
+}
+
+// snapshotFor is snapshotOf, or for a Compiler made by NewShared the
+// policy itself: its caller never edits it in place.
+func snapshotFor(p *policy.Policy, shared bool) snapshot {
+	if shared {
+		return snapshot{p: p, shared: true}
+	}
+	return snapshotOf(p)
 }

@@ -133,7 +133,7 @@ type crule struct {
 }
 
 type cpolicy struct {
-	p       *policy.Policy // a copy: callers may edit theirs in place
+	p       *policy.Policy // a copy: callers may edit theirs in place (unless snap.shared)
 	snap    snapshot       // of p, to compare
 	id      int32
 	key     string
@@ -146,7 +146,7 @@ type cpolicy struct {
 
 // newProgram compiles the policy objects of set; a numbers peers and rules
 // so that unchanged ones keep the numbers of a previous compile.
-func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
+func newProgram(set *policy.Set, a *allocBuilder, shared bool) (*program, error) {
 	pr := &program{namespaces: map[string]*policy.Namespace{}, segIndex: map[string]int{},
 		cidrPeers: map[int32][]int32{}, atomPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
 		uses: uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}}
@@ -172,7 +172,7 @@ func newProgram(set *policy.Set, a *allocBuilder) (*program, error) {
 	}
 	pr.rules, pr.ruleEdits, pr.ruleLog = []policy.RuleRef{{}}, nil, nil
 	for _, p := range set.Policies {
-		cp, err := pr.compilePolicy(snapshotOf(p), a)
+		cp, err := pr.compilePolicy(snapshotFor(p, shared), a)
 		if err != nil {
 			return nil, err
 		}

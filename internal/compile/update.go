@@ -28,6 +28,7 @@ func (c *Compiler) SetPolicies(set *policy.Set) error {
 	prev := c.State()
 	n := &Compiler{host: c.host, alloc: newAllocBuilder(prev), fullCompiles: c.fullCompiles + 1}
 	n.inheritOutcomes(prev)
+	n.shared = c.shared
 	if err := n.reset(set); err != nil {
 		return err
 	}
@@ -64,7 +65,7 @@ func (c *Compiler) planPolicies(set *policy.Set) (*policyPlan, bool) {
 	seen := 0
 	for i, p := range set.Policies {
 		var old *cpolicy
-		if i < len(pr.order) && sameName(pr.order[i].p, p) {
+		if i < len(pr.order) && (pr.order[i].p == p || sameName(pr.order[i].p, p)) {
 			old = pr.order[i]
 		} else {
 			old = pr.pols[p.Key()]
@@ -231,7 +232,7 @@ func (c *Compiler) swapPolicy(set *policy.Set, plan *policyPlan, ch policyChange
 	var cp *cpolicy
 	if ch.at >= 0 {
 		var err error
-		if cp, err = pr.compilePolicy(snapshotOf(set.Policies[ch.at]), c.alloc); err != nil {
+		if cp, err = pr.compilePolicy(snapshotFor(set.Policies[ch.at], c.shared), c.alloc); err != nil {
 			panic("compile: a planned policy does not compile: " + err.Error()) // footprintKept checked
 		}
 		plan.order[ch.at] = cp
