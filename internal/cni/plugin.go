@@ -115,6 +115,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := at.conf.RequestIPs("CNI_ARGS IP", w.IPs, CodeInvalidEnv); err != nil {
+		return err
+	}
 	if err := checkNetNS(args.Netns); err != nil {
 		return err
 	}
