@@ -15,6 +15,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/runtimes"
 )
 
 // DefaultDataDir is where IPAM state lives unless dataDir says otherwise:
@@ -38,7 +39,10 @@ type Config struct {
 	PrevResult map[string]any
 	// ValidAttachments is cni.dev/valid-attachments (GC only).
 	ValidAttachments []types.GCAttachment
-	Args             Args
+	// LabelsFrom, when set, names the runtime whose API tells a
+	// container's labels when args give none.
+	LabelsFrom *LabelsFrom
+	Args       Args
 }
 
 // Args is what args (and runtimeConfig) carry for one attachment.
@@ -107,7 +111,7 @@ func (c *Config) Subnets() []netip.Prefix {
 	return out
 }
 
-const validFields = "agentSocket, subnet, subnet6, mtu, dataDir, and the CNI keys cniVersion, name, type, " +
+const validFields = "agentSocket, subnet, subnet6, mtu, dataDir, labelsFrom, and the CNI keys cniVersion, name, type, " +
 	"capabilities, runtimeConfig, args, dns, prevResult"
 
 // problems collects every problem of a configuration, so that one run
@@ -145,7 +149,7 @@ func ParseDelConfig(data []byte) (*Config, error) { return parseConfig(data, tru
 
 // addOnly are the keys only ADD (and CHECK, GC) read.
 var addOnly = map[string]bool{"runtimeConfig": true, "args": true, "prevResult": true, "dns": true, "ipam": true, "ipMasq": true,
-	"plugins": true, "subnet": true, "subnet6": true, "mtu": true, "cni.dev/valid-attachments": true}
+	"plugins": true, "subnet": true, "subnet6": true, "mtu": true, "cni.dev/valid-attachments": true, "labelsFrom": true}
 
 func parseConfig(data []byte, forDel bool) (*Config, error) {
 	var raw map[string]json.RawMessage
@@ -210,6 +214,8 @@ func parseConfig(data []byte, forDel bool) (*Config, error) {
 			if decode(&p, k, v, &c.DataDir, "an absolute directory path") && !filepath.IsAbs(c.DataDir) {
 				p.add(CodeInvalidConfig, "dataDir %q: want an absolute directory path such as %q", c.DataDir, DefaultDataDir)
 			}
+		case "labelsFrom":
+			c.LabelsFrom = parseLabelsFrom(&p, v)
 		case "cni.dev/valid-attachments":
 			decodeStrict(&p, k, v, &c.ValidAttachments, `a list of {"containerID": "...", "ifname": "..."}`)
 		default:
@@ -325,6 +331,25 @@ func parseSubnet(p *problems, field string, v json.RawMessage, v6 bool) netip.Pr
 		return pfx
 	}
 	return netip.Prefix{}
+}
+
+func parseLabelsFrom(p *problems, v json.RawMessage) *LabelsFrom {
+	var lf LabelsFrom
+	if !decodeStrict(p, "labelsFrom", v, &lf, `{"runtime": "podman", "socket": "/run/podman/podman.sock"}`) {
+		return nil
+	}
+	if lf.Runtime != "podman" {
+		p.add(CodeInvalidConfig, `labelsFrom.runtime %q: want "podman"`, lf.Runtime)
+		return nil
+	}
+	if lf.Socket == "" {
+		lf.Socket = runtimes.DefaultPodmanSocket
+	}
+	if path := strings.TrimPrefix(lf.Socket, "unix://"); !filepath.IsAbs(path) {
+		p.add(CodeInvalidConfig, "labelsFrom.socket %q: want an absolute socket path such as %q (or unix:///path)", lf.Socket, runtimes.DefaultPodmanSocket)
+		return nil
+	}
+	return &lf
 }
 
 func parseRuntimeConfig(p *problems, v json.RawMessage) []netip.Addr {
@@ -473,7 +498,9 @@ func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
 // addresses it requests (IP, as `podman run --ip` sends it).
 type Workload struct {
 	Namespace, Name string
-	IPs             []netip.Addr
+	// NamespaceGiven says that CNI_ARGS named the namespace.
+	NamespaceGiven bool
+	IPs            []netip.Addr
 }
 
 // knownCNIArgs are the CNI_ARGS keys the plugin understands; the rest
@@ -498,7 +525,7 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		}
 		switch k {
 		case "K8S_POD_NAMESPACE":
-			w.Namespace = v
+			w.Namespace, w.NamespaceGiven = v, true
 		case "K8S_POD_NAME":
 			w.Name = v
 		case "IgnoreUnknown":

@@ -118,6 +118,11 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err := at.conf.RequestIPs("CNI_ARGS IP", w.IPs, CodeInvalidEnv); err != nil {
 		return err
 	}
+	if lf := at.conf.LabelsFrom; lf != nil && at.conf.Args.Labels == nil {
+		if err := p.fromRuntime(at, lf.source(), &w); err != nil {
+			return err
+		}
+	}
 	if err := checkNetNS(args.Netns); err != nil {
 		return err
 	}

@@ -44,13 +44,14 @@ type Source interface {
 // ErrNotFound is wrapped by a Source that has no container of the id.
 var ErrNotFound = errors.New("no such container")
 
-// Fake is a Source that answers from a map, for tests.
+// Fake is a Source that answers from a map, for tests. Its zero value
+// holds no container.
 type Fake struct {
 	mu         sync.Mutex
 	containers map[string]Container
 	// Err, when set, is what every lookup fails with.
 	Err error
-	// Asked counts the lookups, per id.
+	// asked counts the lookups, per id.
 	asked map[string]int
 }
 
@@ -67,6 +68,9 @@ func NewFake(cs ...Container) *Fake {
 func (f *Fake) Container(ctx context.Context, id string) (Container, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.asked == nil {
+		f.asked = map[string]int{}
+	}
 	f.asked[id]++
 	if f.Err != nil {
 		return Container{}, f.Err
