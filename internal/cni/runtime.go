@@ -71,7 +71,7 @@ func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload) e
 		at.conf.Args.Ports = id.ports
 	}
 	at.conf.Args.Labels = id.labels
-	p.log.Info("labels from the runtime", "container", at.containerID, "name", c.Name, "image", c.ImageDigest,
+	p.log.Info("labels from the runtime", "container", at.containerID, "name", c.Name, "image", c.Image,
 		"source", src.String(), "labels", len(id.labels), "namespace", w.Namespace)
 	return nil
 }

@@ -2,6 +2,7 @@ package cni
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -101,15 +102,21 @@ func startFakePodman(t *testing.T) (*fakePodman, string) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.asked++
-		id, ok := strings.CutPrefix(r.URL.Path, "/v4.0.0/libpod/containers/")
-		id, ok2 := strings.CutSuffix(id, "/json")
-		labels, found := f.containers[id]
-		if !ok || !ok2 || !found {
-			writeJSON(w, 404, map[string]any{"cause": "no such container", "message": "no container with name or ID \"" + id + "\" found: no such container", "response": 404})
+		var filter struct {
+			Container []string `json:"container"`
+		}
+		if r.URL.Path != "/v4.0.0/libpod/events" || json.Unmarshal([]byte(r.URL.Query().Get("filters")), &filter) != nil || len(filter.Container) != 1 {
+			writeJSON(w, 400, map[string]any{"cause": "bad request", "message": "bad request", "response": 400})
 			return
 		}
-		writeJSON(w, 200, map[string]any{"Id": id, "Name": id + "_ctr", "ImageDigest": "sha256:0123",
-			"Config": map[string]any{"Labels": labels}})
+		for id, labels := range f.containers {
+			if strings.HasPrefix(id, filter.Container[0]) {
+				attrs := map[string]string{"image": "localhost/img:1", "name": id + "_ctr", "podId": "", "containerExitCode": "0"}
+				maps.Copy(attrs, labels)
+				json.NewEncoder(w).Encode(map[string]any{"Type": "container", "Action": "create", "from": "localhost/img:1",
+					"Actor": map[string]any{"ID": id, "Attributes": attrs}})
+			}
+		}
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -144,6 +151,7 @@ func TestLabelsFromPodmanThroughTheBinary(t *testing.T) {
 		stdin    []byte
 	}{
 		{"gone", "no such container", conf},
+		{"we", "no such container", conf}, // a prefix of web's id
 		{"bad", `label description="has spaces"`, conf},
 		{"web", "connect", e.conf(map[string]any{"labelsFrom": map[string]any{"runtime": "podman", "socket": filepath.Join(t.TempDir(), "none.sock")}})},
 	} {

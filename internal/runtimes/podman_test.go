@@ -2,10 +2,13 @@ package runtimes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,29 +31,46 @@ func servePodman(t *testing.T, h http.HandlerFunc) string {
 
 const webID = "3f2a9c7d5e1b4a6f8c0d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a1b3c5d7e9f1a2b"
 
-func TestPodmanInspect(t *testing.T) {
+// podmanCreateEvent is a create event as Podman 4.3 answers it.
+func podmanCreateEvent(id, name string, labels map[string]string) string {
+	attrs := map[string]string{"containerExitCode": "0", "image": "localhost/web:1", "name": name, "podId": ""}
+	for k, v := range labels {
+		attrs[k] = v
+	}
+	b, _ := json.Marshal(map[string]any{"status": "create", "id": id, "from": "localhost/web:1", "Type": "container", "Action": "create",
+		"Actor": map[string]any{"ID": id, "Attributes": attrs}, "scope": "local", "time": 1796180683})
+	return string(b) + "\n"
+}
+
+// TestPodmanEvents reads containers as Podman 4.3's events endpoint
+// answers, including its container filter's name matches.
+func TestPodmanEvents(t *testing.T) {
 	sock := servePodman(t, func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v4.0.0/libpod/containers/" + webID + "/json":
-			w.Write([]byte(`{"Id": "` + webID + `", "Name": "frosty_pare", "ImageDigest": "sha256:abc",
-				"Config": {"Labels": {"app": "web", "bulkhead.dev/namespace": "shop"}, "Env": ["A=B"]}, "State": {"Status": "created"}}`))
-		case "/v4.0.0/libpod/containers/3f2a/json", "/v4.0.0/libpod/containers/frosty_pare/json":
-			// Podman resolves an id prefix or a name to the container.
-			w.Write([]byte(`{"Id": "` + webID + `", "Name": "frosty_pare", "Config": {"Labels": {"app": "web"}}}`))
-		case "/v4.0.0/libpod/containers/huge/json":
-			w.Write([]byte(`{"Id": "huge", "Name": "` + strings.Repeat("x", maxInspectBytes) + `"}`))
-		case "/v4.0.0/libpod/containers/broken/json":
-			w.Write([]byte(`{"Id": "broken", `))
-		case "/v4.0.0/libpod/containers/noconfig/json":
-			w.Write([]byte(`{"Id": "noconfig"}`))
-		case "/v4.0.0/libpod/containers/failing/json":
+		var f struct {
+			Container, Event, Type []string
+		}
+		if r.URL.Path != "/v4.0.0/libpod/events" || r.URL.Query().Get("stream") != "false" ||
+			json.Unmarshal([]byte(r.URL.Query().Get("filters")), &f) != nil || len(f.Container) != 1 ||
+			!slices.Equal(f.Event, []string{"create"}) || !slices.Equal(f.Type, []string{"container"}) {
+			w.WriteHeader(400)
+			w.Write([]byte(`{"cause": "bad", "message": "bad request", "response": 400}`))
+			return
+		}
+		web := podmanCreateEvent(webID, "frosty_pare", map[string]string{"app": "web", "bulkhead.dev/namespace": "shop"})
+		switch id := f.Container[0]; id {
+		case webID:
+			w.Write([]byte(web))
+		case "frosty_pare": // Podman matches names too
+			w.Write([]byte(web))
+		case "huge":
+			w.Write([]byte(podmanCreateEvent("huge", strings.Repeat("x", maxEventBytes), nil)))
+		case "broken":
+			w.Write([]byte(web + `{"Type": `))
+		case "failing":
 			w.WriteHeader(500)
 			w.Write([]byte(`{"cause": "x", "message": "database is locked", "response": 500}`))
-		case "/v4.0.0/libpod/containers/slow/json":
+		case "slow":
 			<-r.Context().Done()
-		default:
-			w.WriteHeader(404)
-			w.Write([]byte(`{"cause": "no such container", "message": "no container with name or ID \"x\" found: no such container", "response": 404}`))
 		}
 	})
 	p := NewPodman("unix://" + sock)
@@ -59,22 +79,20 @@ func TestPodmanInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ID != webID || c.Name != "frosty_pare" || c.ImageDigest != "sha256:abc" || c.Labels["app"] != "web" || c.Labels["bulkhead.dev/namespace"] != "shop" {
-		t.Errorf("inspect = %+v", c)
+	if c.ID != webID || c.Name != "frosty_pare" || c.Image != "localhost/web:1" ||
+		!maps.Equal(c.Labels, map[string]string{"app": "web", "bulkhead.dev/namespace": "shop"}) {
+		t.Errorf("events = %+v; want the labels without Podman's own attributes", c)
 	}
 	for _, c := range []struct {
 		id, want string
 		notFound bool
 	}{
-		{"3f2a", "not for exactly this id", true},
-		{"frosty_pare", "not for exactly this id", true},
-		{"gone", "no container with name or ID", true},
+		{"frosty_pare", "no create event for exactly this id", true},
+		{"gone", "no create event", true},
 		{"", "empty id", true},
 		{"huge", "exceeds", false},
-		{"broken", "decode", false},
-		{"noconfig", "no Config", false},
+		{"broken", "decode event 1", false},
 		{"failing", "HTTP 500: database is locked", false},
-		{"../../v4.0.0/libpod/containers/" + webID, "no container", true},
 	} {
 		_, err := p.Container(ctx, c.id)
 		if err == nil || !strings.Contains(err.Error(), c.want) || IsNotFound(err) != c.notFound {

@@ -24,10 +24,12 @@ type Container struct {
 	// Name is the runtime's name for it, as the runtime shows it.
 	Name string
 	// Labels are the container's labels, as the runtime holds them
-	// (with Podman, the image's labels and those of `--label`).
+	// (with Podman, the image's labels and those of `--label`, except
+	// ReservedLabels).
 	Labels map[string]string
-	// ImageDigest is the digest of the image it runs, when known.
-	ImageDigest string
+	// Image is the image it runs, as the runtime names it (with Podman,
+	// the name it was created from), when known.
+	Image string
 }
 
 // Source looks containers up by id.
