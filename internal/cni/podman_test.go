@@ -55,6 +55,26 @@ func TestLabelsFromRealPodman(t *testing.T) {
 		t.Fatalf("the agent holds %+v; want shop/%s with app=web and port http 8080 (all: %+v)", got, name, a.Workloads())
 	}
 
+	// A restart (DEL, then ADD without the original CNI_ARGS) keeps the
+	// identity: the labels come from Podman again.
+	store := &Store{Dir: filepath.Join(e.dataDir, pm.net)}
+	before := pm.allocation(store, got.ContainerID)
+	if out, err := pm.inHost("restart", "--time", "0", name); err != nil {
+		t.Fatalf("podman restart: %v\n%s", err, out)
+	}
+	got = nil
+	for _, r := range a.Workloads() {
+		if r.Namespace == "shop" && r.Name == name {
+			got = &r
+		}
+	}
+	if after := pm.allocation(store, before.ContainerID); !after.Created.After(before.Created) {
+		t.Errorf("podman restart did not attach again: allocation created %v, before %v", after.Created, before.Created)
+	}
+	if got == nil || !maps.Equal(got.Labels, map[string]string{"app": "web"}) {
+		t.Errorf("after podman restart the agent holds %+v; want shop/%s with app=web (all: %+v)", got, name, a.Workloads())
+	}
+
 	bad := nstest.Name("bhcvbad")
 	out, err = pm.run("--name", bad, "--label", "note=has spaces")
 	if err == nil || !strings.Contains(out, `label note="has spaces"`) {
@@ -138,6 +158,20 @@ cni_plugin_dirs = ["%[1]s/bin"]
 	return pm
 }
 
+// allocation is the IPAM allocation of the container's eth0.
+func (pm *podmanEnv) allocation(store *Store, containerID string) *Allocation {
+	pm.t.Helper()
+	st, err := store.Read()
+	if err != nil {
+		pm.t.Fatal(err)
+	}
+	a := st.Allocations[allocKey(containerID, "eth0")]
+	if a == nil {
+		pm.t.Fatalf("no allocation for container %s: %+v", containerID, st.Allocations)
+	}
+	return a
+}
+
 func (pm *podmanEnv) socket() string { return filepath.Join(pm.dir, "podman.sock") }
 
 func (pm *podmanEnv) cmd(argv ...string) *exec.Cmd {
@@ -153,11 +187,15 @@ func (pm *podmanEnv) podman(argv ...string) (string, error) {
 }
 
 // run starts a container on the test's network in the test's host
-// namespace (nsenter keeps Podman's /run/netns bind mounts visible; ip
-// netns exec would hide them).
+// namespace.
 func (pm *podmanEnv) run(args ...string) (string, error) {
 	argv := append([]string{"run", "-d", "--network", pm.net}, args...)
-	argv = append(argv, "--entrypoint", "/sleep", "localhost/bhcv-sleep:1")
+	return pm.inHost(append(argv, "--entrypoint", "/sleep", "localhost/bhcv-sleep:1")...)
+}
+
+// inHost runs podman in the test's host namespace (nsenter keeps
+// Podman's /run/netns bind mounts visible; ip netns exec would hide them).
+func (pm *podmanEnv) inHost(argv ...string) (string, error) {
 	c := pm.cmd(argv...)
 	c.Args = append([]string{"nsenter", "--net=" + pm.hostNS, c.Path}, c.Args[1:]...)
 	c.Path = mustLook(pm.t, "nsenter")
