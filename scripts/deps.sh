@@ -4,7 +4,8 @@
 # nft (nftables: only to cross-check the test harness against a ruleset
 # written by hand; Bulkhead itself programs the kernel through netlink),
 # etcd (etcd-server: the store's tests run against a separately started
-# etcd server as well as the embedded one).
+# etcd server as well as the embedded one), podman and runc (the CNI
+# plugin's test with the real Podman; crun refuses this machine's cgroups).
 # Without root it only reports what is missing; the tests that need it
 # skip with a clear reason (in CI, where CI=true, they fail instead).
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 command -v nft >/dev/null || need+=(nftables)
 command -v etcd >/dev/null || need+=(etcd-server)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi

@@ -15,6 +15,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/client"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
+	"github.com/bulkhead-dev/bulkhead/internal/runtimes"
 )
 
 // DefaultDataDir is where IPAM state lives unless dataDir says otherwise:
@@ -38,15 +39,62 @@ type Config struct {
 	PrevResult map[string]any
 	// ValidAttachments is cni.dev/valid-attachments (GC only).
 	ValidAttachments []types.GCAttachment
-	Args             Args
+	// LabelsFrom, when set, names the runtime whose API tells a
+	// container's labels when args give none.
+	LabelsFrom *LabelsFrom
+	Args       Args
 }
 
 // Args is what args (and runtimeConfig) carry for one attachment.
 type Args struct {
 	Labels map[string]string
-	// IPs are the requested addresses: args.cni.ips, else runtimeConfig.ips.
-	IPs   []netip.Addr
-	Ports []api.NamedPort
+	// IPs are the requested addresses, at most one per family: those of
+	// args.cni.ips and runtimeConfig.ips (and CNI_ARGS IP, added by
+	// RequestIPs), which must agree.
+	IPs []netip.Addr
+	// ipFrom says where each of IPs was requested, for errors.
+	ipFrom map[netip.Addr]string
+	Ports  []api.NamedPort
+}
+
+// RequestIPs adds the addresses requested in source to c.Args.IPs: an
+// address of a family already requested elsewhere must be the same one
+// (else code conflict), and the network must have a subnet of its
+// family (else code 100).
+func (c *Config) RequestIPs(source string, ips []netip.Addr, conflict uint) error {
+	var p problems
+	c.requestIPs(&p, source, ips, conflict)
+	c.checkFamilies(&p)
+	return p.err()
+}
+
+func (c *Config) requestIPs(p *problems, source string, ips []netip.Addr, conflict uint) {
+	if c.Args.ipFrom == nil {
+		c.Args.ipFrom = map[netip.Addr]string{}
+	}
+	for _, a := range ips {
+		i := slices.IndexFunc(c.Args.IPs, func(b netip.Addr) bool { return b.Is4() == a.Is4() })
+		switch {
+		case i < 0:
+			c.Args.IPs = append(c.Args.IPs, a)
+			c.Args.ipFrom[a] = source
+		case c.Args.IPs[i] != a:
+			have := c.Args.IPs[i]
+			p.add(conflict, "%s %v and %s %v request different %s addresses; a workload has one address per family: request one",
+				c.Args.ipFrom[have], have, source, a, family(a))
+		}
+	}
+}
+
+// checkFamilies refuses a requested address of a family the network
+// has no subnet for.
+func (c *Config) checkFamilies(p *problems) {
+	for _, a := range c.Args.IPs {
+		if !slices.ContainsFunc(c.Subnets(), func(s netip.Prefix) bool { return s.Addr().Is4() == a.Is4() }) {
+			p.add(CodeAddressUnavailable, "%s: %v: this network has no %s subnet; configure %s or request another address",
+				c.Args.ipFrom[a], a, family(a), map[bool]string{true: "subnet", false: "subnet6"}[a.Is4()])
+		}
+	}
 }
 
 // StateDir is the network's IPAM directory.
@@ -63,7 +111,7 @@ func (c *Config) Subnets() []netip.Prefix {
 	return out
 }
 
-const validFields = "agentSocket, subnet, subnet6, mtu, dataDir, and the CNI keys cniVersion, name, type, " +
+const validFields = "agentSocket, subnet, subnet6, mtu, dataDir, labelsFrom, and the CNI keys cniVersion, name, type, " +
 	"capabilities, runtimeConfig, args, dns, prevResult"
 
 // problems collects every problem of a configuration, so that one run
@@ -101,7 +149,7 @@ func ParseDelConfig(data []byte) (*Config, error) { return parseConfig(data, tru
 
 // addOnly are the keys only ADD (and CHECK, GC) read.
 var addOnly = map[string]bool{"runtimeConfig": true, "args": true, "prevResult": true, "dns": true, "ipam": true, "ipMasq": true,
-	"plugins": true, "subnet": true, "subnet6": true, "mtu": true, "cni.dev/valid-attachments": true}
+	"plugins": true, "subnet": true, "subnet6": true, "mtu": true, "cni.dev/valid-attachments": true, "labelsFrom": true}
 
 func parseConfig(data []byte, forDel bool) (*Config, error) {
 	var raw map[string]json.RawMessage
@@ -166,6 +214,8 @@ func parseConfig(data []byte, forDel bool) (*Config, error) {
 			if decode(&p, k, v, &c.DataDir, "an absolute directory path") && !filepath.IsAbs(c.DataDir) {
 				p.add(CodeInvalidConfig, "dataDir %q: want an absolute directory path such as %q", c.DataDir, DefaultDataDir)
 			}
+		case "labelsFrom":
+			c.LabelsFrom = parseLabelsFrom(&p, v)
 		case "cni.dev/valid-attachments":
 			decodeStrict(&p, k, v, &c.ValidAttachments, `a list of {"containerID": "...", "ifname": "..."}`)
 		default:
@@ -175,10 +225,8 @@ func parseConfig(data []byte, forDel bool) (*Config, error) {
 			p.add(CodeUnsupportedField, "unknown field %q (value %s); valid fields: %s", k, short(v), validFields)
 		}
 	}
-	c.Args.IPs = argIPs
-	if argIPs == nil {
-		c.Args.IPs = rtIPs
-	}
+	c.requestIPs(&p, "args.cni.ips", argIPs, CodeInvalidConfig)
+	c.requestIPs(&p, "runtimeConfig.ips", rtIPs, CodeInvalidConfig)
 	if raw["name"] == nil {
 		p.add(CodeInvalidConfig, `name: required: the network's name, such as "bulkhead"`)
 	}
@@ -211,12 +259,7 @@ func (c *Config) validate(p *problems, subnetGiven bool) {
 	case c.Subnet6.IsValid() && c.MTU < 1280:
 		p.add(CodeInvalidConfig, "mtu %d: IPv6 (subnet6) needs at least 1280", c.MTU)
 	}
-	for _, a := range c.Args.IPs {
-		if !slices.ContainsFunc(c.Subnets(), func(s netip.Prefix) bool { return s.Addr().Is4() == a.Is4() }) {
-			p.add(CodeAddressUnavailable, "args.cni.ips: %v: this network has no %s subnet; configure %s or request another address",
-				a, family(a), map[bool]string{true: "subnet", false: "subnet6"}[a.Is4()])
-		}
-	}
+	c.checkFamilies(p)
 }
 
 func family(a netip.Addr) string {
@@ -288,6 +331,25 @@ func parseSubnet(p *problems, field string, v json.RawMessage, v6 bool) netip.Pr
 		return pfx
 	}
 	return netip.Prefix{}
+}
+
+func parseLabelsFrom(p *problems, v json.RawMessage) *LabelsFrom {
+	var lf LabelsFrom
+	if !decodeStrict(p, "labelsFrom", v, &lf, `{"runtime": "podman", "socket": "/run/podman/podman.sock"}`) {
+		return nil
+	}
+	if lf.Runtime != "podman" {
+		p.add(CodeInvalidConfig, `labelsFrom.runtime %q: want "podman"`, lf.Runtime)
+		return nil
+	}
+	if lf.Socket == "" {
+		lf.Socket = runtimes.DefaultPodmanSocket
+	}
+	if path := strings.TrimPrefix(lf.Socket, "unix://"); !filepath.IsAbs(path) {
+		p.add(CodeInvalidConfig, "labelsFrom.socket %q: want an absolute socket path such as %q (or unix:///path)", lf.Socket, runtimes.DefaultPodmanSocket)
+		return nil
+	}
+	return &lf
 }
 
 func parseRuntimeConfig(p *problems, v json.RawMessage) []netip.Addr {
@@ -367,17 +429,11 @@ func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
 	}
 	out := []netip.Addr{}
 	for i, s := range list {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			var pfx netip.Prefix
-			pfx, err = netip.ParsePrefix(s)
-			a = pfx.Addr()
-		}
-		if err != nil || a.Zone() != "" {
+		a, ok := parseRequestedIP(s)
+		if !ok {
 			p.add(CodeInvalidConfig, "%s[%d] %q: want an address such as \"10.0.0.5\" or \"10.0.0.5/16\"", field, i, s)
 			continue
 		}
-		a = a.Unmap()
 		if slices.ContainsFunc(out, func(b netip.Addr) bool { return b.Is4() == a.Is4() }) {
 			p.add(CodeInvalidConfig, "%s[%d] %q: one address per family (IPv4, IPv6) at most", field, i, s)
 			continue
@@ -385,6 +441,21 @@ func parseIPs(p *problems, field string, v json.RawMessage) []netip.Addr {
 		out = append(out, a)
 	}
 	return out
+}
+
+// parseRequestedIP reads a requested address, with or without a prefix
+// length (ignored: the workload always gets /32 or /128).
+func parseRequestedIP(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		var pfx netip.Prefix
+		pfx, err = netip.ParsePrefix(s)
+		a = pfx.Addr()
+	}
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
 }
 
 // maxPorts is the agent's bound on the named ports of one workload.
@@ -423,15 +494,22 @@ func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
 	return out
 }
 
-// Workload is the identity CNI_ARGS gives an attachment.
-type Workload struct{ Namespace, Name string }
+// Workload is what CNI_ARGS gives an attachment: its identity, and the
+// addresses it requests (IP, as `podman run --ip` sends it).
+type Workload struct {
+	Namespace, Name string
+	// NamespaceGiven says that CNI_ARGS named the namespace.
+	NamespaceGiven bool
+	IPs            []netip.Addr
+}
 
 // knownCNIArgs are the CNI_ARGS keys the plugin understands; the rest
 // are refused unless IgnoreUnknown is set, as the CNI conventions have it.
-var knownCNIArgs = []string{"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+var knownCNIArgs = []string{"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP"}
 
-// ParseWorkload reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS.
-// Without them the namespace is "default" and the name is the container
+// ParseWorkload reads K8S_POD_NAMESPACE, K8S_POD_NAME and IP (requested
+// addresses, separated by ',', at most one per family) from CNI_ARGS.
+// Only ADD reads CNI_ARGS. Without the names the namespace is "default" and the name is the container
 // id, lowercased with '_' turned into '-'.
 func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 	w := Workload{Namespace: "default"}
@@ -447,11 +525,17 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		}
 		switch k {
 		case "K8S_POD_NAMESPACE":
-			w.Namespace = v
+			w.Namespace, w.NamespaceGiven = v, true
 		case "K8S_POD_NAME":
 			w.Name = v
 		case "IgnoreUnknown":
 			ignoreUnknown = v == "1" || strings.EqualFold(v, "true")
+		case "IP":
+			ips, err := parseCNIArgsIP(v)
+			if err != nil {
+				return w, err
+			}
+			w.IPs = append(w.IPs, ips...)
 		case "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID":
 		default:
 			unknown = append(unknown, k)
@@ -460,6 +544,9 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 	if len(unknown) > 0 && !ignoreUnknown {
 		return w, cniError(CodeInvalidEnv, "CNI_ARGS: unknown keys %s; known: %s (add IgnoreUnknown=1 to pass others)",
 			strings.Join(unknown, ", "), strings.Join(knownCNIArgs, ", "))
+	}
+	if len(w.IPs) > 2 || len(w.IPs) == 2 && w.IPs[0].Is4() == w.IPs[1].Is4() {
+		return w, cniError(CodeInvalidEnv, "CNI_ARGS: IP %v: one address per family (IPv4, IPv6) at most", w.IPs)
 	}
 	// The policy's rules for names, as the agent checks them.
 	if msg := policy.DNSLabelProblem(w.Namespace); msg != "" {
@@ -474,4 +561,19 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME: %s", msg)
 	}
 	return w, nil
+}
+
+// parseCNIArgsIP reads CNI_ARGS IP: addresses separated by ',' (as the
+// reference host-local plugin reads it), each with or without a prefix
+// length.
+func parseCNIArgsIP(v string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for item := range strings.SplitSeq(v, ",") {
+		a, ok := parseRequestedIP(strings.TrimSpace(item))
+		if !ok {
+			return nil, cniError(CodeInvalidEnv, "CNI_ARGS: IP %q: want an address such as IP=10.0.0.5 (or IPv4 and IPv6 separated by ',', such as IP=10.0.0.5,fd00:10::5)", v)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }

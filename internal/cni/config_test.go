@@ -27,9 +27,9 @@ func TestParseConfigDefaultsAndArgs(t *testing.T) {
 	if c.AgentSocket != "/run/bulkhead/agent.sock" || c.DataDir != DefaultDataDir || c.StateDir() != DefaultDataDir+"/net1" {
 		t.Errorf("defaults: socket %q dataDir %q", c.AgentSocket, c.DataDir)
 	}
-	// args.cni.ips wins over runtimeConfig.ips.
-	if !slices.Equal(c.Args.IPs, []netip.Addr{netip.MustParseAddr("fd01::9")}) {
-		t.Errorf("IPs = %v, want args.cni.ips", c.Args.IPs)
+	// args.cni.ips and runtimeConfig.ips together: one address per family.
+	if !slices.Equal(c.Args.IPs, []netip.Addr{netip.MustParseAddr("fd01::9"), netip.MustParseAddr("10.1.0.7")}) {
+		t.Errorf("IPs = %v, want args.cni.ips and runtimeConfig.ips", c.Args.IPs)
 	}
 	if c.Args.Labels["app.kubernetes.io/name"] != "db" || len(c.Args.Ports) != 1 || c.Args.Ports[0].Protocol != "tcp" {
 		t.Errorf("args = %+v", c.Args)
@@ -64,13 +64,21 @@ func TestParseWorkload(t *testing.T) {
 		want     Workload
 		err      string
 	}{
-		{"", "0123abcd", Workload{"default", "0123abcd"}, ""},
-		{"", "My_Container", Workload{"default", "my-container"}, ""},
-		{"K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u", "x", Workload{"shop", "web-0"}, ""},
-		{"IgnoreUnknown=true;Foo=1;K8S_POD_NAME=a.b", "x", Workload{"default", "a.b"}, ""},
+		{"", "0123abcd", Workload{Namespace: "default", Name: "0123abcd"}, ""},
+		{"", "My_Container", Workload{Namespace: "default", Name: "my-container"}, ""},
+		{"K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u", "x", Workload{Namespace: "shop", Name: "web-0"}, ""},
+		{"IgnoreUnknown=true;Foo=1;K8S_POD_NAME=a.b", "x", Workload{Namespace: "default", Name: "a.b"}, ""},
 		{"Foo=1", "x", Workload{}, "unknown keys Foo"},
 		{"K8S_POD_NAMESPACE=", "x", Workload{}, "K8S_POD_NAMESPACE"},
 		{"", "-dash.", Workload{}, "pass K8S_POD_NAME"},
+		{"IP=10.0.0.5", "x", Workload{Namespace: "default", Name: "x", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5")}}, ""},
+		{"IP=10.0.0.5/24, fd00::5", "x", Workload{Namespace: "default", Name: "x",
+			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}}, ""},
+		{"IP=::ffff:10.0.0.5", "x", Workload{Namespace: "default", Name: "x", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5")}}, ""},
+		{"IP=10.0.0.5,10.0.0.6", "x", Workload{}, "one address per family"},
+		{"IP=10.0.0.5;IP=10.0.0.6", "x", Workload{}, "one address per family"},
+		{"IP=fe80::1%eth0", "x", Workload{}, `IP "fe80::1%eth0"`},
+		{"IP=", "x", Workload{}, `IP ""`},
 	}
 	for _, c := range cases {
 		w, err := ParseWorkload(c.args, c.id)
@@ -80,8 +88,38 @@ func TestParseWorkload(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || w != c.want {
+		if err != nil || w.Namespace != c.want.Namespace || w.Name != c.want.Name || !slices.Equal(w.IPs, c.want.IPs) {
 			t.Errorf("ParseWorkload(%q, %q) = %v, %v; want %v", c.args, c.id, w, err, c.want)
 		}
+	}
+}
+
+// Requested addresses from several sources must agree, family by family;
+// one that disagrees is refused naming both, never dropped silently.
+func TestRequestedAddressSourcesAgree(t *testing.T) {
+	conf := func(extra string) string {
+		return `{"cniVersion": "1.1.0", "name": "n", "subnet": "10.1.0.0/24"` + extra + `}`
+	}
+	_, err := ParseConfig([]byte(conf(`, "args": {"cni": {"ips": ["10.1.0.5"]}}, "runtimeConfig": {"ips": ["10.1.0.6"]}`)))
+	if errorCode(err) != CodeInvalidConfig || err == nil || !strings.Contains(err.Error(), "args.cni.ips 10.1.0.5 and runtimeConfig.ips 10.1.0.6") {
+		t.Errorf("disagreeing args.cni.ips and runtimeConfig.ips = %v, want code 7 naming both", err)
+	}
+	_, err = ParseConfig([]byte(conf(`, "runtimeConfig": {"ips": ["fd00::6"]}`)))
+	if errorCode(err) != CodeAddressUnavailable || err == nil || !strings.Contains(err.Error(), "runtimeConfig.ips: fd00::6: this network has no IPv6 subnet") {
+		t.Errorf("runtimeConfig.ips of a family without subnet = %v, want code 100 naming runtimeConfig.ips", err)
+	}
+	c, err := ParseConfig([]byte(conf(`, "runtimeConfig": {"ips": ["10.1.0.6/24"]}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RequestIPs("CNI_ARGS IP", []netip.Addr{netip.MustParseAddr("10.1.0.6")}, CodeInvalidEnv); err != nil {
+		t.Errorf("the same address twice: %v", err)
+	}
+	err = c.RequestIPs("CNI_ARGS IP", []netip.Addr{netip.MustParseAddr("10.1.0.7")}, CodeInvalidEnv)
+	if errorCode(err) != CodeInvalidEnv || !strings.Contains(err.Error(), "runtimeConfig.ips 10.1.0.6 and CNI_ARGS IP 10.1.0.7") {
+		t.Errorf("disagreeing CNI_ARGS IP = %v, want code 4 naming both", err)
+	}
+	if !slices.Equal(c.Args.IPs, []netip.Addr{netip.MustParseAddr("10.1.0.6")}) {
+		t.Errorf("IPs = %v, want [10.1.0.6]", c.Args.IPs)
 	}
 }

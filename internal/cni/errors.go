@@ -48,6 +48,10 @@ const (
 	// than the one the plugin attaches in (where the runtime runs it), so
 	// the workload would not be enforced.
 	CodeWrongNamespace uint = 107
+	// CodeRuntime: labelsFrom is configured and the runtime's API could
+	// not tell the container's labels, or they break the conventions or
+	// the policy's rules; the workload is not attached without them.
+	CodeRuntime uint = 108
 )
 
 // cniError returns a CNI error with a code, a message (what went wrong)
@@ -94,6 +98,8 @@ func codeMessage(code uint) string {
 		return "IPAM state unusable"
 	case CodeWrongNamespace:
 		return "the agent does not enforce in this network namespace"
+	case CodeRuntime:
+		return "the container's labels are not known"
 	}
 	return "bulkhead-cni error"
 }

@@ -44,8 +44,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	if os.Geteuid() == 0 {
-		if err := netns.DeleteAll(nsPrefix); err != nil {
-			fmt.Fprintln(os.Stderr, "remove leftover namespaces:", err)
+		for _, prefix := range []string{nsPrefix, verPrefix} {
+			if err := netns.DeleteAll(prefix); err != nil {
+				fmt.Fprintln(os.Stderr, "remove leftover namespaces:", err)
+			}
 		}
 	}
 	code := m.Run()

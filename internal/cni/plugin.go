@@ -2,8 +2,11 @@
 // workload's network namespace to the host by a routed veth pair
 // (internal/attach), with addresses from the network's own IPAM, and
 // registers the workload with the local agent, returning only once the
-// agent enforces the workload's policy. DEL, CHECK, STATUS, GC and VERSION
-// follow the spec; docs/cni.md is the reference for users.
+// agent enforces the workload's policy. The workload's labels come from
+// the network configuration's args or, with labelsFrom, from its
+// runtime's API (internal/runtimes). DEL, CHECK, STATUS, GC and VERSION
+// follow the spec, and results are in the configuration's cniVersion;
+// docs/cni.md is the reference for users.
 //
 // The plugin runs in the host's network namespace, as runtimes call it.
 // cmd/bulkhead-cni is its main.
@@ -114,6 +117,14 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	w, err := ParseWorkload(args.Args, args.ContainerID)
 	if err != nil {
 		return err
+	}
+	if err := at.conf.RequestIPs("CNI_ARGS IP", w.IPs, CodeInvalidEnv); err != nil {
+		return err
+	}
+	if lf := at.conf.LabelsFrom; lf != nil && at.conf.Args.Labels == nil {
+		if err := p.fromRuntime(at, lf.source(), &w); err != nil {
+			return err
+		}
 	}
 	if err := checkNetNS(args.Netns); err != nil {
 		return err
