@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 	"go.yaml.in/yaml/v3"
@@ -205,7 +206,31 @@ type fieldInfo struct {
 	name  string
 }
 
+// decodedFields is what fields found of a struct type; the callers only
+// read it.
+type decodedFields struct {
+	byName   map[string]fieldInfo
+	posIndex []int
+}
+
+// decodeFieldCache keeps fields' answer per type: the reflection it does is a
+// fifth of reading a large document otherwise.
+var decodeFieldCache sync.Map // reflect.Type → *decodedFields
+
+// fields maps the json names of t's fields to their indexes, and gives
+// the index of its Pos field (nil when none). The map is shared: read it
+// only.
 func fields(t reflect.Type) (map[string]fieldInfo, []int) {
+	if c, ok := decodeFieldCache.Load(t); ok {
+		sf := c.(*decodedFields)
+		return sf.byName, sf.posIndex
+	}
+	byName, posIndex := structFieldsOf(t)
+	decodeFieldCache.Store(t, &decodedFields{byName: byName, posIndex: posIndex})
+	return byName, posIndex
+}
+
+func structFieldsOf(t reflect.Type) (map[string]fieldInfo, []int) {
 	out := map[string]fieldInfo{}
 	var posIndex []int
 	for i := 0; i < t.NumField(); i++ {
