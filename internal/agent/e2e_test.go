@@ -102,9 +102,6 @@ func (w *e2eWorkload) connects(t *testing.T, to *e2eWorkload, port int) bool {
 // registers them through the client and checks real connections.
 func TestEndToEndWithTheKernel(t *testing.T) {
 	nstest.RequireRoot(t)
-	if err := netns.DeleteAll("bhag"); err != nil {
-		t.Fatal(err)
-	}
 	host := nstest.NS(t, "bhag")
 	t.Cleanup(func() { nft.Cleanup(host.Path()) })
 	web := attachWorkload(t, host, "web", "10.77.0.1", map[string]string{"app": "web"})

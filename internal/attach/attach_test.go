@@ -81,7 +81,6 @@ func TestAttachRouted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = netns.DeleteAll("bhat-")
 }
 
 // A host namespace made by `ip netns add` has lo down; TCP between its

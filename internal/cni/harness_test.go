@@ -43,13 +43,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build bulkhead-cni: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	if os.Geteuid() == 0 {
-		for _, prefix := range []string{nsPrefix, verPrefix} {
-			if err := netns.DeleteAll(prefix); err != nil {
-				fmt.Fprintln(os.Stderr, "remove leftover namespaces:", err)
-			}
-		}
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -70,9 +70,6 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "ip")
-	if err := netns.DeleteAll(prefix); err != nil {
-		t.Fatal(err)
-	}
 	c := &cluster{t: t, dir: t.TempDir(), hosts: map[string]*node{}, wls: map[string]*workload{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if testing.Verbose() {

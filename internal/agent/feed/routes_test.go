@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bulkhead-dev/bulkhead/internal/netns"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
@@ -13,9 +12,6 @@ import (
 // and leaves every other route alone.
 func TestRoutes(t *testing.T) {
 	nstest.RequireRoot(t)
-	if err := netns.DeleteAll("bhupr"); err != nil {
-		t.Fatal(err)
-	}
 	ns := nstest.NS(t, "bhupr")
 	nstest.Run(t, ns, "ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
 	nstest.Run(t, ns, "ip", "link", "set", "under1", "up")
