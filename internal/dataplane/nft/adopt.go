@@ -122,16 +122,26 @@ func (d *Dataplane) newGeneration(want dataplane.Desired) (*tx, *model, error) {
 	}
 	m.create(t, want)
 	t.rules = append(t.rules, b.baseRules()...)
+	// The old generation goes in a transaction of its own, after the
+	// switch: rules are consistent per generation for a packet's whole
+	// walk, but map lookups see the maps as they are at that moment, so a
+	// packet still walking the old chains when the switch commits would
+	// miss the elements of maps deleted by the switch and fall through to
+	// a drop (TestAdoptionHasNoWindow caught it about once in ten runs).
+	old := &tx{table: t.table}
 	for _, n := range f.chains {
 		if !isPersistent(n) && genOf(n) != b.gen {
-			t.sweepRules = append(t.sweepRules, n)
-			t.delChains = append(t.delChains, n)
+			old.sweepRules = append(old.sweepRules, n)
+			old.delChains = append(old.delChains, n)
 		}
 	}
 	for _, n := range f.sets {
 		if !isPersistent(n) && genOf(n) != b.gen {
-			t.delSets = append(t.delSets, n)
+			old.delSets = append(old.delSets, n)
 		}
+	}
+	if !old.empty() {
+		t.post = old
 	}
 	if f.exists {
 		d.log.Info("adopting table", "table", TableName, "previous generation", f.maxGen, "generation", b.gen)

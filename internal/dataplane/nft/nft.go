@@ -258,6 +258,22 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 			ph.main = time.Since(t1)
 		}
 	}
+	if t.post != nil {
+		// The state is in force; what is left of the old generation is
+		// garbage. Should it stay (the deletion failed), the next Apply
+		// writes a new generation, which sweeps it.
+		err := t.post.send(d.conn)
+		if err == nil {
+			err = d.conn.Flush()
+		} else {
+			d.redial()
+		}
+		if err != nil {
+			d.log.Warn("remove the previous generation; the next apply tries again", "err", err)
+			d.model, d.broken = m, true
+			return nil
+		}
+	}
 	d.phases = ph
 	d.last = map[string]int{}
 	t.pre.perSet(d.last)

@@ -35,6 +35,7 @@ type conn interface {
 type tx struct {
 	table      *nftables.Table
 	pre        *tx  // the preparatory transaction, sent first (nil in pre itself)
+	post       *tx  // sent after the switch: what only packets already on their way may still use (nil when none)
 	base       bool // create the table and its base chains (no-ops when they exist)
 	counters   []string
 	chains     []string
