@@ -21,7 +21,8 @@ vet:
 # Each fuzzer for 30 s; the seed corpora also run in `make test`.
 fuzz:
 	$(GO) test ./internal/load -run '^$$' -fuzz FuzzLoad -fuzztime 30s
-	$(GO) test ./internal/k8s -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./internal/objects/k8s -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./internal/objects -run '^$$' -fuzz FuzzCanonical -fuzztime 30s
 
 bench:
 	$(GO) test ./bench/... -run '^$$' -bench . -benchmem -timeout 30m
