@@ -1,33 +1,16 @@
 package manager
 
 import (
-	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
-	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
 // TestCollectIdentities: an identity no workload uses is removed, and its
 // labels get a new number when they come back; an identity a report uses
 // while the collector decides is kept.
 func TestCollectIdentities(t *testing.T) {
-	dir := t.TempDir()
-	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := New(ctx, Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, st, ctx := newInternal(t, Config{})
 	m.run()
 	defer m.Close()
 	report := func(host string, ws ...api.HostWorkload) []api.HostWorkload {

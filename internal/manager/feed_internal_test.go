@@ -2,40 +2,23 @@ package manager
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
-	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
 // TestSlowReaderIsCutOff: a reader that leaves its queue full is cut off
 // with a "cutoff" line naming where to resume, while the store's writers
 // go on unhindered.
 func TestSlowReaderIsCutOff(t *testing.T) {
-	dir := t.TempDir()
-	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := New(ctx, Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WatchBuffer: 4, SlowReaderCutoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, st, ctx := newInternal(t, Config{WatchBuffer: 4, SlowReaderCutoff: 50 * time.Millisecond})
 	put := func(i int) int64 {
 		v, _ := json.Marshal(api.Identity{ID: uint32(1000 + i), Namespace: "ns"})
 		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identityKey(uint32(1000+i)), v)})

@@ -5,16 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
-	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
 // TestFeedHubAndStoreAgree: watches that start before the hub's log,
@@ -23,18 +19,7 @@ import (
 // order, with its lines: from the store while behind the log, from the
 // log otherwise.
 func TestFeedHubAndStoreAgree(t *testing.T) {
-	dir := t.TempDir()
-	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := New(ctx, Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, st, ctx := newInternal(t, Config{})
 	m.hub.max = 2 << 10 // a dozen revisions
 	put := func(i int) int64 {
 		v, _ := json.Marshal(api.Identity{ID: uint32(1000 + i), Namespace: "ns"})

@@ -1,18 +1,12 @@
 package manager
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/store"
-	"github.com/bulkhead-dev/bulkhead/internal/store/boltstore"
 )
 
 // TestMirrorSkipsValuesOfAnotherType: a value under a prefix that is not
@@ -22,18 +16,7 @@ import (
 // raised once per key as an alert that counts every skip; it never
 // panics, and it authenticates nobody.
 func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
-	dir := t.TempDir()
-	st, err := boltstore.Open(filepath.Join(dir, "bulkhead.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := New(ctx, Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, st, ctx := newInternal(t, Config{})
 	// The values enter the way every value does, through the mirror's
 	// decoder, which for these keys yields a record of another kind.
 	wrong := map[string]any{
