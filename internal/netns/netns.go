@@ -13,8 +13,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Dir is where named namespaces are bound.
@@ -33,6 +35,9 @@ func (n *NS) Path() string { return filepath.Join(Dir, n.Name) }
 func Create(name string) (*NS, error) {
 	if name == "" || strings.ContainsAny(name, "/ ") || len(name) > 64 {
 		return nil, fmt.Errorf("netns: create %q: a name is 1 to 64 characters without / or spaces", name)
+	}
+	if err := sharedDir(); err != nil {
+		return nil, fmt.Errorf("netns: create %q: %w", name, err)
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -58,6 +63,39 @@ func Create(name string) (*NS, error) {
 		return nil, fmt.Errorf("netns: create %q: restore thread: %w", name, err)
 	}
 	return &NS{Name: name}, nil
+}
+
+var dirOnce struct {
+	sync.Mutex
+	done bool
+}
+
+// sharedDir makes Dir a shared mount point of its own, as `ip netns add`
+// and Podman do before they bind a namespace under it. Were a namespace
+// bound first, on the plain directory, the first Podman (or ip) to run
+// would bind Dir over itself and hide that namespace's mount, which no
+// one could then remove (unlink says EBUSY). Seen on a fresh machine: the
+// first Podman test left its host namespace behind.
+func sharedDir() error {
+	dirOnce.Lock()
+	defer dirOnce.Unlock()
+	if dirOnce.done {
+		return nil
+	}
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", Dir, err)
+	}
+	err := unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err = unix.Mount(Dir, Dir, "none", unix.MS_BIND|unix.MS_REC, ""); err == nil {
+			err = unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount point: %w", Dir, err)
+	}
+	dirOnce.done = true
+	return nil
 }
 
 // Open returns the existing namespace name.

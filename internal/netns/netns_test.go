@@ -1,7 +1,9 @@
 package netns_test
 
 import (
+	"os"
 	"runtime"
+	"strings"
 	"testing"
 
 	vnetns "github.com/vishvananda/netns"
@@ -32,4 +34,21 @@ func TestCreateExistingKeepsTheThread(t *testing.T) {
 	if !before.Equal(after) {
 		t.Fatal("a failed Create left the thread in another namespace")
 	}
+}
+
+// A namespace is bound under a /run/netns that is a mount point of its
+// own, as ip and Podman make it, so that neither can later hide the bind
+// mount by binding the directory over itself.
+func TestDirIsAMountPoint(t *testing.T) {
+	nstest.NS(t, "bhhe")
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == netns.Dir {
+			return
+		}
+	}
+	t.Fatalf("%s is not a mount point after Create:\n%s", netns.Dir, data)
 }
