@@ -96,6 +96,10 @@ type WorkloadRegistration struct {
 	Interface string `json:"interface"`
 	// ContainerID is the runtime's id, kept for garbage collection.
 	ContainerID string `json:"containerID,omitempty"`
+	// RuntimeName is the container's name as its runtime shows it, when
+	// Name had to be normalised from it (Podman's `frosty_pare` is
+	// registered as frosty-pare); shown, never matched by a policy.
+	RuntimeName string `json:"runtimeName,omitempty"`
 }
 
 // AgentStatus answers GET /v1/status.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
@@ -25,6 +26,7 @@ const (
 	maxAddrs       = 16
 	maxPorts       = 64
 	maxContainerID = 256
+	maxRuntimeName = 253
 )
 
 // workload checks a registration and converts it to the model: a workload
@@ -49,6 +51,9 @@ func workload(r api.WorkloadRegistration, host string) (*policy.Workload, []stri
 	}
 	if len(r.ContainerID) > maxContainerID {
 		errs = append(errs, fmt.Sprintf("containerID: %d characters; at most %d", len(r.ContainerID), maxContainerID))
+	}
+	if len(r.RuntimeName) > maxRuntimeName || strings.IndexFunc(r.RuntimeName, unicode.IsControl) >= 0 {
+		errs = append(errs, fmt.Sprintf("runtimeName: %q: at most %d characters, none of them control characters", r.RuntimeName, maxRuntimeName))
 	}
 	w, werrs := objects.CheckWorkload(api.InventoryWorkload{Namespace: r.Namespace, Name: r.Name, Labels: r.Labels,
 		IPs: r.IPs, Ports: r.Ports, Host: host}, "")
@@ -82,6 +87,7 @@ func sortedRegistrations(regs map[string]*registration) []*registration {
 // sameRegistration reports whether two registrations say the same.
 func sameRegistration(a, b api.WorkloadRegistration) bool {
 	if a.Namespace != b.Namespace || a.Name != b.Name || a.Interface != b.Interface || a.ContainerID != b.ContainerID ||
+		a.RuntimeName != b.RuntimeName ||
 		len(a.Labels) != len(b.Labels) || len(a.IPs) != len(b.IPs) || len(a.Ports) != len(b.Ports) {
 		return false
 	}
@@ -133,7 +139,8 @@ func (a *Agent) RegisterWorkload(ctx context.Context, w api.WorkloadRegistration
 	}
 	switch {
 	case !had:
-		a.log.Info("workload registered", "workload", key, "ips", w.IPs, "interface", w.Interface, "container", w.ContainerID, "labels", len(w.Labels))
+		a.log.Info("workload registered", "workload", key, "ips", w.IPs, "interface", w.Interface, "container", w.ContainerID,
+			"runtimeName", w.RuntimeName, "labels", len(w.Labels))
 	case !sameRegistration(old, w):
 		a.log.Info("workload updated", "workload", key, "ips", w.IPs, "interface", w.Interface, "container", w.ContainerID, "labels", len(w.Labels))
 	}

@@ -246,8 +246,11 @@ func registeredObject(r api.WorkloadRegistration) map[string]any {
 	if len(r.Ports) > 0 {
 		spec["ports"] = r.Ports
 	}
-	meta := map[string]any{"name": r.Name, "namespace": r.Namespace,
-		"annotations": map[string]any{"bulkhead.dev/registered": "true", "bulkhead.dev/interface": r.Interface}}
+	annotations := map[string]any{"bulkhead.dev/registered": "true", "bulkhead.dev/interface": r.Interface}
+	if r.RuntimeName != "" {
+		annotations["bulkhead.dev/runtime-name"] = r.RuntimeName
+	}
+	meta := map[string]any{"name": r.Name, "namespace": r.Namespace, "annotations": annotations}
 	if len(r.Labels) > 0 {
 		meta["labels"] = r.Labels
 	}
@@ -290,7 +293,11 @@ func printObjects(w io.Writer, output string, l api.ObjectList, regs []api.Workl
 		fmt.Fprintf(tw, "%v\t%v\t%v\t%s\n", it["kind"], orDash(meta["namespace"]), meta["name"], detail(it))
 	}
 	for _, r := range regs {
-		fmt.Fprintf(tw, "Workload\t%s\t%s\tregistered on %s: %s\n", r.Namespace, r.Name, r.Interface, strings.Join(r.IPs, ", "))
+		shown := ""
+		if r.RuntimeName != "" {
+			shown = fmt.Sprintf(" (runtime name %q)", r.RuntimeName)
+		}
+		fmt.Fprintf(tw, "Workload\t%s\t%s\tregistered on %s: %s%s\n", r.Namespace, r.Name, r.Interface, strings.Join(r.IPs, ", "), shown)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

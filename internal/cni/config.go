@@ -498,6 +498,10 @@ func parsePorts(p *problems, ports []api.NamedPort) []api.NamedPort {
 // addresses it requests (IP, as `podman run --ip` sends it).
 type Workload struct {
 	Namespace, Name string
+	// RuntimeName is the name the runtime gave (K8S_POD_NAME, or the
+	// container id) when Name had to be normalised from it; empty when
+	// Name is that name.
+	RuntimeName string
 	// NamespaceGiven says that CNI_ARGS named the namespace.
 	NamespaceGiven bool
 	IPs            []netip.Addr
@@ -510,7 +514,12 @@ var knownCNIArgs = []string{"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME"
 // ParseWorkload reads K8S_POD_NAMESPACE, K8S_POD_NAME and IP (requested
 // addresses, separated by ',', at most one per family) from CNI_ARGS.
 // Only ADD reads CNI_ARGS. Without the names the namespace is "default" and the name is the container
-// id, lowercased with '_' turned into '-'.
+// id. A name that is not a valid workload name as given — Podman sends
+// its container names as K8S_POD_NAME, and its generated names hold '_'
+// (`frosty_pare`), chosen ones may hold upper case — is lowercased with
+// '_' turned into '-', and the name as given is kept in RuntimeName.
+// Two names that normalise alike are two registrations of one name: the
+// agent refuses the second while the first is attached.
 func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 	w := Workload{Namespace: "default"}
 	var unknown []string
@@ -553,14 +562,35 @@ func ParseWorkload(cniArgs, containerID string) (Workload, error) {
 		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAMESPACE: %s", msg)
 	}
 	if w.Name == "" {
-		w.Name = strings.ReplaceAll(strings.ToLower(containerID), "_", "-")
-		if msg := policy.SubdomainProblem(w.Name); msg != "" {
-			return w, cniError(CodeInvalidEnv, "CNI_CONTAINERID %q cannot serve as the workload's name (%s); pass K8S_POD_NAME in CNI_ARGS", containerID, msg)
+		name, ok := normaliseName(containerID)
+		if !ok {
+			return w, cniError(CodeInvalidEnv, "CNI_CONTAINERID %q cannot serve as the workload's name (%s); pass K8S_POD_NAME in CNI_ARGS",
+				containerID, policy.SubdomainProblem(name))
 		}
-	} else if msg := policy.SubdomainProblem(w.Name); msg != "" {
-		return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME: %s", msg)
+		w.Name = name
+	} else {
+		name, ok := normaliseName(w.Name)
+		if !ok {
+			return w, cniError(CodeInvalidEnv, "CNI_ARGS: K8S_POD_NAME %q: %s (upper case and '_' are turned into lower case and '-'; nothing else is changed)",
+				w.Name, policy.SubdomainProblem(name))
+		}
+		if name != w.Name {
+			w.RuntimeName, w.Name = w.Name, name
+		}
 	}
 	return w, nil
+}
+
+// normaliseName turns a runtime's container name or id into a workload
+// name: lowercased, '_' turned into '-'. ok says whether the result is a
+// valid name (policy.SubdomainProblem); nothing else is changed, so that
+// no two unlike names are made alike beyond case and '_'.
+func normaliseName(s string) (string, bool) {
+	if policy.SubdomainProblem(s) == "" {
+		return s, true
+	}
+	n := strings.ReplaceAll(strings.ToLower(s), "_", "-")
+	return n, policy.SubdomainProblem(n) == ""
 }
 
 // parseCNIArgsIP reads CNI_ARGS IP: addresses separated by ',' (as the

@@ -79,6 +79,14 @@ func TestParseWorkload(t *testing.T) {
 		{"IP=10.0.0.5;IP=10.0.0.6", "x", Workload{}, "one address per family"},
 		{"IP=fe80::1%eth0", "x", Workload{}, `IP "fe80::1%eth0"`},
 		{"IP=", "x", Workload{}, `IP ""`},
+		// Podman sends its container's name as K8S_POD_NAME: generated
+		// names have '_', chosen ones may have upper case. They are
+		// normalised as the container id is, and the original is kept.
+		{"IgnoreUnknown=1;K8S_POD_NAME=frosty_pare", "x", Workload{Namespace: "default", Name: "frosty-pare", RuntimeName: "frosty_pare"}, ""},
+		{"K8S_POD_NAME=Web_1", "x", Workload{Namespace: "default", Name: "web-1", RuntimeName: "Web_1"}, ""},
+		{"K8S_POD_NAME=web-1", "x", Workload{Namespace: "default", Name: "web-1"}, ""},
+		{"K8S_POD_NAME=web_", "x", Workload{}, `K8S_POD_NAME "web_"`},
+		{"K8S_POD_NAME=a b", "x", Workload{}, `K8S_POD_NAME "a b"`},
 	}
 	for _, c := range cases {
 		w, err := ParseWorkload(c.args, c.id)
@@ -88,7 +96,8 @@ func TestParseWorkload(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || w.Namespace != c.want.Namespace || w.Name != c.want.Name || !slices.Equal(w.IPs, c.want.IPs) {
+		if err != nil || w.Namespace != c.want.Namespace || w.Name != c.want.Name || w.RuntimeName != c.want.RuntimeName ||
+			!slices.Equal(w.IPs, c.want.IPs) {
 			t.Errorf("ParseWorkload(%q, %q) = %v, %v; want %v", c.args, c.id, w, err, c.want)
 		}
 	}

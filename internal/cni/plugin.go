@@ -143,7 +143,8 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return err
 	}
 	reg := api.WorkloadRegistration{Namespace: w.Namespace, Name: w.Name, Labels: at.conf.Args.Labels,
-		IPs: addrStrings(a.IPs), Ports: at.conf.Args.Ports, Interface: at.hostIf, ContainerID: args.ContainerID}
+		IPs: addrStrings(a.IPs), Ports: at.conf.Args.Ports, Interface: at.hostIf, ContainerID: args.ContainerID,
+		RuntimeName: w.RuntimeName}
 	ctx, cancel := context.WithTimeout(p.ctx, p.registerTimeout)
 	_, err = at.agent.RegisterWorkload(ctx, reg)
 	cancel()
