@@ -78,7 +78,24 @@ func TestPodmanEnforcedInTheKernel(t *testing.T) {
 			}
 		}
 	}
+	// The README finds a container's address this way.
+	if got := pm.inspect(dbName, "{{.NetworkSettings.Networks."+pm.net+".IPAddress}}"); got != dbAddr {
+		t.Errorf("podman inspect shows db at %q; the agent holds %s", got, dbAddr)
+	}
 	check("first start")
+
+	if out, err := pm.inHost("network", "reload", dbName); err != nil {
+		t.Fatalf("podman network reload: %v\n%s", err, out)
+	}
+	if r := pm.registered(a, dbName); r.Namespace != "shop" || r.Labels["app"] != "db" || len(r.Ports) != 1 {
+		t.Errorf("after podman network reload db is registered as %+v; want shop/%s with app=db and port pg", r, db.Name)
+	}
+	// The same network namespace, so the listeners stay, on the same
+	// address if the plugin gave it again.
+	if again := pm.registered(a, dbName).IPs[0]; again != dbAddr {
+		dbAddr = serve()
+	}
+	check("after podman network reload")
 
 	if out, err := pm.inHost("restart", "--time", "0", dbName); err != nil {
 		t.Fatalf("podman restart: %v\n%s", err, out)

@@ -3,6 +3,7 @@ package cni
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
@@ -127,9 +128,7 @@ network_backend = "cni"
 network_config_dir = "%[1]s/net.d"
 cni_plugin_dirs = ["%[1]s/bin"]
 `, dir)
-	list := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q,
- "plugins": [{"type": "bulkhead-cni", "agentSocket": %q, "subnet": "10.89.77.0/24", "dataDir": %q,
-              "labelsFrom": {"runtime": "podman", "socket": %q}}]}`, pm.net, e.socket, e.dataDir, pm.socket())
+	list := podmanNetwork(t, pm.net, e, pm.socket())
 	for path, data := range map[string]string{"containers.conf": conf, "net.d/bhcvnet.conflist": list,
 		"src/main.go": "package main\n\nimport \"time\"\n\nfunc main() { time.Sleep(time.Hour) }\n",
 		"src/go.mod":  "module sleeper\n\ngo 1.22\n"} {
@@ -156,6 +155,29 @@ cni_plugin_dirs = ["%[1]s/bin"]
 		}
 	})
 	return pm
+}
+
+// podmanNetwork is the README's network configuration for Podman
+// (examples/podman/bulkhead.conflist) with the test's names and paths.
+func podmanNetwork(t *testing.T, name string, e *hostEnv, podmanSocket string) string {
+	t.Helper()
+	data, err := os.ReadFile("../../examples/podman/bulkhead.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list map[string]any
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatalf("examples/podman/bulkhead.conflist: %v", err)
+	}
+	list["name"] = name
+	plugin := list["plugins"].([]any)[0].(map[string]any)
+	plugin["agentSocket"], plugin["dataDir"], plugin["subnet"] = e.socket, e.dataDir, "10.89.77.0/24"
+	plugin["labelsFrom"].(map[string]any)["socket"] = podmanSocket
+	out, err := json.Marshal(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }
 
 // allocation is the IPAM allocation of the container's eth0.
