@@ -138,9 +138,13 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	valid := map[string]bool{}
+	valid, containers := map[string]bool{}, map[string]bool{}
 	for _, v := range at.conf.ValidAttachments {
 		valid[allocKey(v.ContainerID, v.IfName)] = true
+		containers[v.ContainerID] = true
+	}
+	if err := at.store.ForgetNamespaces(containers); err != nil {
+		return err
 	}
 	st, err := at.store.Read()
 	if err != nil {

@@ -1,13 +1,16 @@
 package cni
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,7 +40,23 @@ type State struct {
 	// their addresses stay reserved until the agent has forgotten the
 	// workload, so that no new workload inherits a stale identity.
 	Pending []*Allocation `json:"pending,omitempty"`
+	// Namespaces are the namespaces runtimes named (CNI_ARGS
+	// K8S_POD_NAMESPACE) in the ADDs of their containers, by container
+	// id: a later ADD of the same container without one (Podman's
+	// restart) keeps it. At most maxNamespaces; the oldest go first.
+	Namespaces map[string]*KnownNamespace `json:"namespaces,omitempty"`
 }
+
+// KnownNamespace is the namespace a container's runtime last named.
+type KnownNamespace struct {
+	Namespace string    `json:"namespace"`
+	Seen      time.Time `json:"seen"`
+}
+
+// maxNamespaces bounds State.Namespaces: far more containers than one
+// network on one host attaches at a time, so that only containers long
+// gone are forgotten.
+const maxNamespaces = 4096
 
 // Allocation is the addresses of one attachment and what the plugin
 // registered for it.
@@ -365,14 +384,62 @@ func (st *State) next(sub netip.Prefix, used map[netip.Addr]holder) (netip.Addr,
 	return netip.Addr{}, cniError(CodePoolExhausted, "subnet %v: no free address found", sub)
 }
 
-// Complete marks key's allocation as registered.
-func (s *Store) Complete(key string) error {
-	return s.Update(func(st *State) (bool, error) {
+// Complete marks key's allocation as registered. A namespace the
+// runtime named (given) is remembered for the container; the oldest
+// remembered ones beyond maxNamespaces are forgotten, and how many is
+// returned, for the log.
+func (s *Store) Complete(key string, given bool) (forgotten int, err error) {
+	err = s.Update(func(st *State) (bool, error) {
 		a, ok := st.Allocations[key]
-		if ok {
-			a.Complete = true
+		if !ok {
+			return false, nil
 		}
-		return ok, nil
+		a.Complete = true
+		if given {
+			if st.Namespaces == nil {
+				st.Namespaces = map[string]*KnownNamespace{}
+			}
+			st.Namespaces[a.ContainerID] = &KnownNamespace{Namespace: a.Namespace, Seen: time.Now().UTC()}
+			forgotten = st.forgetOldNamespaces(maxNamespaces)
+		}
+		return true, nil
+	})
+	return forgotten, err
+}
+
+// forgetOldNamespaces keeps the newest max remembered namespaces.
+func (st *State) forgetOldNamespaces(max int) int {
+	n := len(st.Namespaces) - max
+	if n <= 0 {
+		return 0
+	}
+	ids := slices.Collect(maps.Keys(st.Namespaces))
+	slices.SortFunc(ids, func(x, y string) int {
+		return cmp.Or(st.Namespaces[x].Seen.Compare(st.Namespaces[y].Seen), strings.Compare(x, y))
+	})
+	for _, id := range ids[:n] {
+		delete(st.Namespaces, id)
+	}
+	return n
+}
+
+// KnownNamespace is the namespace the runtime named at an earlier ADD of
+// containerID, or "".
+func (s *Store) KnownNamespace(containerID string) (string, error) {
+	st, err := s.Read()
+	if err != nil || st.Namespaces[containerID] == nil {
+		return "", err
+	}
+	return st.Namespaces[containerID].Namespace, nil
+}
+
+// ForgetNamespaces forgets the remembered namespaces of the containers
+// not in keep (GC: the runtime says those are all that exist).
+func (s *Store) ForgetNamespaces(keep map[string]bool) error {
+	return s.Update(func(st *State) (bool, error) {
+		n := len(st.Namespaces)
+		maps.DeleteFunc(st.Namespaces, func(id string, _ *KnownNamespace) bool { return !keep[id] })
+		return len(st.Namespaces) != n, nil
 	})
 }
 

@@ -180,3 +180,25 @@ func TestReserveAvoidsAddressesHeldElsewhere(t *testing.T) {
 		t.Errorf("a full subnet: %v, want 101", err)
 	}
 }
+
+// The remembered namespaces are bounded: the oldest are forgotten first,
+// and how many is told.
+func TestRememberedNamespacesAreBounded(t *testing.T) {
+	st := &State{Namespaces: map[string]*KnownNamespace{}}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 10 {
+		st.Namespaces[fmt.Sprintf("c%d", i)] = &KnownNamespace{Namespace: "shop", Seen: base.Add(time.Duration(i) * time.Second)}
+	}
+	if n := st.forgetOldNamespaces(7); n != 3 {
+		t.Fatalf("forgot %d, want 3", n)
+	}
+	for i := range 10 {
+		_, kept := st.Namespaces[fmt.Sprintf("c%d", i)]
+		if kept != (i >= 3) {
+			t.Errorf("c%d kept = %v; want the 7 newest kept", i, kept)
+		}
+	}
+	if n := st.forgetOldNamespaces(7); n != 0 {
+		t.Errorf("forgot %d within the bound", n)
+	}
+}

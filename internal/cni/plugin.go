@@ -121,6 +121,16 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err := at.conf.RequestIPs("CNI_ARGS IP", w.IPs, CodeInvalidEnv); err != nil {
 		return err
 	}
+	if !w.NamespaceGiven {
+		ns, err := at.store.KnownNamespace(args.ContainerID)
+		if err != nil {
+			return err
+		}
+		if ns != "" {
+			w.Namespace = ns
+			p.log.Info("namespace kept from an earlier ADD of the container", "container", args.ContainerID, "namespace", ns)
+		}
+	}
 	if lf := at.conf.LabelsFrom; lf != nil && at.conf.Args.Labels == nil {
 		if err := p.fromRuntime(at, lf.source(), &w); err != nil {
 			return err
@@ -152,9 +162,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		p.undoRegistered(at, err)
 		return agentError(at.agent.Socket(), "register workload "+w.Namespace+"/"+w.Name, err)
 	}
-	if err := at.store.Complete(at.key); err != nil {
+	forgotten, err := at.store.Complete(at.key, w.NamespaceGiven)
+	if err != nil {
 		p.undoRegistered(at, nil)
 		return err
+	}
+	if forgotten > 0 {
+		p.log.Info("forgot the namespaces of the longest-gone containers", "count", forgotten, "kept", maxNamespaces)
 	}
 	p.log.Info("attached", "workload", w.Namespace+"/"+w.Name, "ips", a.IPs, "interface", at.hostIf)
 	return types.PrintResult(buildResult(a, args, res, at.conf.DNS), at.conf.CNIVersion)
