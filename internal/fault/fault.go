@@ -118,11 +118,20 @@ func Message(err error) string {
 // the outermost Error in its chain (a cause of another kind wrapped
 // inside does not change it), else HTTPStatus.
 func StatusOf(err error) int {
-	var e *Error
-	if errors.As(err, &e) {
-		return HTTPStatus(e.Kind)
+	if k := KindOf(err); k != nil {
+		return HTTPStatus(k)
 	}
 	return HTTPStatus(err)
+}
+
+// KindOf is the kind of the outermost Error in err's chain, or nil if
+// there is none: what err says it is, whatever its causes are.
+func KindOf(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return nil
 }
 
 // HTTPStatus is the status an edge answers an error with, by the first

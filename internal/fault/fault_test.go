@@ -54,3 +54,13 @@ func TestStatusOfKindNotCause(t *testing.T) {
 		t.Errorf("StatusOf(plain) = %d, want 500", got)
 	}
 }
+
+func TestKindOf(t *testing.T) {
+	err := fmt.Errorf("op: %w", fault.New(fault.Unauthenticated, nil, "who?"))
+	if k := fault.KindOf(err); !errors.Is(k, fault.Forbidden) || k != fault.Unauthenticated {
+		t.Errorf("KindOf = %v, want unauthenticated", k)
+	}
+	if k := fault.KindOf(errors.New("plain")); k != nil {
+		t.Errorf("KindOf(plain) = %v, want nil", k)
+	}
+}
