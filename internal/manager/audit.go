@@ -11,6 +11,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -67,7 +68,7 @@ func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []s
 		rev, ok, err := m.st.Txn(ctx, allConds, allOps)
 		if err != nil {
 			if errors.Is(err, store.ErrTooLarge) {
-				return 0, false, errorf(http.StatusRequestEntityTooLarge, "the change is too large for one store transaction: %v", err)
+				return 0, false, fault.New(fault.TooLarge, nil, "the change is too large for one store transaction: %w", err)
 			}
 			return 0, false, fmt.Errorf("manager: commit %s: %w", e.action, err)
 		}
@@ -79,7 +80,7 @@ func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []s
 			return 0, false, err
 		}
 	}
-	return 0, false, errorf(http.StatusServiceUnavailable, "the audit log is too busy; try again")
+	return 0, false, fault.New(fault.Unavailable, nil, "the audit log is too busy; try again")
 }
 
 // holds reports whether every condition still holds.
@@ -107,14 +108,14 @@ func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) 
 	if s := q.Get("from"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return errorf(http.StatusBadRequest, "from: %q: want an entry number", s)
+			return fault.New(fault.BadRequest, nil, "from: %q: want an entry number", s)
 		}
 		from = n
 	}
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 10000 {
-			return errorf(http.StatusBadRequest, "limit: %q: want 1 to 10000", s)
+			return fault.New(fault.BadRequest, nil, "limit: %q: want 1 to 10000", s)
 		}
 		limit = n
 	}
@@ -144,7 +145,7 @@ func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ princ
 		seq, hash, ok := strings.Cut(s, ":")
 		n, err := strconv.ParseUint(seq, 10, 64)
 		if !ok || err != nil || len(hash) != 64 {
-			return errorf(http.StatusBadRequest, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
+			return fault.New(fault.BadRequest, nil, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
 		}
 		anchor = &audit.Head{Seq: n, Hash: hash}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 )
 
 // The audit log's anchors outside the store. The chain alone cannot show
@@ -170,7 +171,7 @@ func (m *Manager) getAuditHead(w http.ResponseWriter, r *http.Request, _ princip
 	entries, err := m.verifiedLog(r.Context(), nil)
 	var broken *audit.BrokenError
 	if errors.As(err, &broken) {
-		return errorf(http.StatusConflict, "the audit log does not verify, so the manager signs no head of it: %v", err)
+		return fault.New(fault.Conflict, nil, "the audit log does not verify, so the manager signs no head of it: %w", err)
 	} else if err != nil {
 		return err
 	}

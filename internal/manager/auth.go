@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -152,12 +153,12 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		secret, ok := bearer(h)
 		if !ok {
-			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
+			return principal{}, fault.New(fault.Unauthenticated, nil, "Authorization: want \"Bearer TOKEN\"")
 		}
 		hash := hashSecret(secret)
 		t, ok := lookup[*tokenRecord](m.auth, prefixTokens+hash)
 		if !ok {
-			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
+			return principal{}, fault.New(fault.Unauthenticated, nil, "the bearer token is unknown or revoked")
 		}
 		return principal{kind: "token", name: t.Name, role: t.Role, hash: hash}, nil
 	}
@@ -165,23 +166,23 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 		cert := r.TLS.PeerCertificates[0]
 		host, err := pki.HostOf(cert)
 		if err != nil {
-			return principal{}, errorf(http.StatusForbidden, "client certificate: %v", err)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate: %w", err)
 		}
 		serial := pki.Serial(cert)
 		c, ok := lookup[*certRecord](m.auth, prefixCerts+serial)
 		if !ok {
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s is not in this manager's records", serial, host)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s of host %s is not in this manager's records", serial, host)
 		}
 		switch {
 		case c.Revoked != nil:
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",
 				serial, host, c.Revoked.Format(time.RFC3339), c.RevokedBy)
 		case c.Host != host:
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s names host %s, but was issued to host %s", serial, host, c.Host)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s names host %s, but was issued to host %s", serial, host, c.Host)
 		}
 		return principal{kind: "host", name: host, role: "agent", serial: serial}, nil
 	}
-	return principal{}, errorf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
+	return principal{}, fault.New(fault.Unauthenticated, nil, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
 }
 
 // bearer reads the token of an Authorization header. The scheme is
@@ -199,7 +200,7 @@ func bearer(h string) (string, bool) {
 // sameHost refuses an agent acting for another host.
 func sameHost(p principal, host string) error {
 	if p.kind == "host" && p.name != host {
-		return errorf(http.StatusForbidden, "this client certificate names host %s; it may not act for host %s", p.name, host)
+		return fault.New(fault.Forbidden, nil, "this client certificate names host %s; it may not act for host %s", p.name, host)
 	}
 	return nil
 }
@@ -226,10 +227,10 @@ func validRole(role string) bool {
 // returns its secret; the audit entry is in the same Txn.
 func (m *Manager) createToken(ctx context.Context, by principal, name, role string, extraConds []store.Cond, extraOps []store.Op) (api.Token, int64, error) {
 	if err := pki.ValidHost(name); err != nil {
-		return api.Token{}, 0, errorf(http.StatusBadRequest, "name: %q: want lowercase letters, digits, '-' and '.', beginning and ending with a letter or digit", name)
+		return api.Token{}, 0, fault.New(fault.BadRequest, nil, "name: %q: want lowercase letters, digits, '-' and '.', beginning and ending with a letter or digit", name)
 	}
 	if !validRole(role) {
-		return api.Token{}, 0, errorf(http.StatusBadRequest, "role: %q; valid: admin, operator, auditor", role)
+		return api.Token{}, 0, fault.New(fault.BadRequest, nil, "role: %q; valid: admin, operator, auditor", role)
 	}
 	secret, err := newSecret(tokenPrefix)
 	if err != nil {
@@ -245,7 +246,7 @@ func (m *Manager) createToken(ctx context.Context, by principal, name, role stri
 		return api.Token{}, 0, err
 	}
 	if !ok {
-		return api.Token{}, 0, errorf(http.StatusConflict, "a token named %q exists; revoke it first or choose another name", name)
+		return api.Token{}, 0, fault.New(fault.Conflict, nil, "a token named %q exists; revoke it first or choose another name", name)
 	}
 	return api.Token{Name: name, Role: role, Created: rec.Created, CreatedBy: rec.CreatedBy, Secret: secret}, rev, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -52,7 +53,7 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 	serial := r.PathValue("serial")
 	var c certRecord
 	if _, err := m.readSealed(r.Context(), prefixCerts+serial, &c); errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
+		return fault.New(fault.NotFound, nil, "no certificate with serial %q; GET /v1/certificates lists them", serial)
 	} else if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal
 		}
 	})
 	if len(serials) == 0 && len(joins) == 0 {
-		return errorf(http.StatusNotFound, "host %q has no certificates or join tokens; GET /v1/certificates lists them", host)
+		return fault.New(fault.NotFound, nil, "host %q has no certificates or join tokens; GET /v1/certificates lists them", host)
 	}
 	sort.Strings(serials)
 	sort.Strings(joins)
@@ -165,7 +166,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 		return nil, err
 	}
 	if !ok {
-		return nil, errorf(http.StatusConflict, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
+		return nil, fault.New(fault.Conflict, nil, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
 	}
 	return revoked, m.auth.waitRev(ctx, rev)
 }
@@ -196,7 +197,7 @@ func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host stri
 		wait := recent[len(recent)-renewBurst].Add(renewWindow).Sub(now)
 		secs := max(1, int(wait.Seconds()+0.999))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		return store.Cond{}, store.Op{}, errorf(http.StatusTooManyRequests, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
+		return store.Cond{}, store.Op{}, fault.New(fault.TooMany, nil, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
 			host, len(recent), renewWindow, secs)
 	}
 	value, _ := json.Marshal(append(recent, now))

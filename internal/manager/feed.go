@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -46,7 +47,7 @@ func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) 
 	if s := r.URL.Query().Get("from"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 0 {
-			return errorf(http.StatusBadRequest, "from: %q: want a revision (the last \"rev\" line's rev + 1), or 0 for a snapshot", s)
+			return fault.New(fault.BadRequest, nil, "from: %q: want a revision (the last \"rev\" line's rev + 1), or 0 for a snapshot", s)
 		}
 		from = n
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -23,14 +24,13 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 		return err
 	}
 	if req.Token == "" {
-		return errorf(http.StatusBadRequest, "token: required: a join token from `bulkhead token create --join --host NAME`")
+		return fault.New(fault.BadRequest, nil, "token: required: a join token from `bulkhead token create --join --host NAME`")
 	}
 	if req.CSR == "" {
-		return errorf(http.StatusBadRequest, "csr: required: a PEM certificate request")
+		return fault.New(fault.BadRequest, nil, "csr: required: a PEM certificate request")
 	}
 	if err := m.join(w, r, req); err != nil {
-		var he *httpError
-		if errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden) {
+		if errors.Is(fault.KindOf(err), fault.Forbidden) { // also fault.Unauthenticated
 			m.refused(r, principal{}, err, "join token sha256:"+hashSecret(strings.TrimSpace(req.Token))[:16])
 		}
 		return err
@@ -46,20 +46,20 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 	var jt joinRecord
 	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusUnauthorized, "token: unknown join token")
+		return fault.New(fault.Unauthenticated, nil, "token: unknown join token")
 	} else if err != nil {
 		return err
 	}
 	now := m.now().UTC()
 	switch {
 	case jt.Used != nil:
-		return errorf(http.StatusForbidden, "token: the join token for host %s was already used at %s; a join token is good for one join", jt.Host, jt.Used.Format(time.RFC3339))
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was already used at %s; a join token is good for one join", jt.Host, jt.Used.Format(time.RFC3339))
 	case now.After(jt.Expires):
-		return errorf(http.StatusForbidden, "token: the join token for host %s expired at %s", jt.Host, jt.Expires.Format(time.RFC3339))
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s expired at %s", jt.Host, jt.Expires.Format(time.RFC3339))
 	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), jt.Host, now, m.cfg.ClientValidity)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "csr: %v", err)
+		return fault.New(fault.BadRequest, nil, "csr: %w", err)
 	}
 	jt.Used = &now
 	used := m.key.seal(key, &jt)
@@ -69,7 +69,7 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusForbidden, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err
@@ -86,7 +86,7 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 		return err
 	}
 	if req.Token != "" {
-		return errorf(http.StatusBadRequest, "token: not used to renew; the client certificate says which host this is")
+		return fault.New(fault.BadRequest, nil, "token: not used to renew; the client certificate says which host this is")
 	}
 	countCond, countOp, err := m.renewals(r.Context(), w, p.name)
 	if err != nil {
@@ -102,18 +102,18 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 		return err
 	}
 	if parent.Revoked != nil {
-		return errorf(http.StatusForbidden, "renew: certificate %s was revoked", p.serial)
+		return fault.New(fault.Forbidden, nil, "renew: certificate %s was revoked", p.serial)
 	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), p.name, m.now(), m.cfg.ClientValidity)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "csr: %v", err)
+		return fault.New(fault.BadRequest, nil, "csr: %w", err)
 	}
 	res, rev, ok, err := m.issue(r.Context(), p, "host.renew", cert, []store.Cond{store.Unchanged(parentKV), countCond}, []store.Op{countOp})
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
+		return fault.New(fault.Conflict, nil, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
 	}
 	if err := m.auth.waitRev(r.Context(), rev); err != nil {
 		return err

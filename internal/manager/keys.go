@@ -12,11 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -332,7 +332,7 @@ func (m *Manager) waitAccess(ctx context.Context) error {
 	case <-m.auth.ready:
 		return nil
 	case <-t.C:
-		return errorf(http.StatusServiceUnavailable, "not ready: the manager has not read its access records yet; try again")
+		return fault.New(fault.Unavailable, nil, "not ready: the manager has not read its access records yet; try again")
 	case <-ctx.Done():
 		return ctx.Err()
 	}

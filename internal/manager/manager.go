@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -263,8 +264,7 @@ func (m *Manager) bootstrap(ctx context.Context) error {
 	}
 	tok, _, err := m.createToken(ctx, system, "admin", api.RoleAdmin,
 		[]store.Cond{store.Absent(keyBootstrap)}, []store.Op{store.Put(keyBootstrap, []byte(m.cfg.Now().UTC().Format(time.RFC3339)))})
-	var he *httpError
-	if errors.As(err, &he) && he.status == http.StatusConflict {
+	if fault.KindOf(err) == fault.Conflict {
 		return nil // another manager bootstrapped the store at the same moment
 	}
 	if err != nil {

@@ -2,13 +2,13 @@ package manager
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 )
 
@@ -66,13 +66,13 @@ func (l *refusalLimiter) giveBack(n uint64) {
 // and why (cred, else what the request carries). It never fails the
 // request: a refusal the store cannot take is logged.
 func (m *Manager) refused(r *http.Request, p principal, err error, cred string) {
+	// The entry records the status the refusal was answered with.
 	status := http.StatusInternalServerError
-	var he *httpError
-	if errors.As(err, &he) {
-		status = he.status
+	if fault.KindOf(err) != nil {
+		status = fault.StatusOf(err)
 	}
 	action := "access.refused"
-	if status == http.StatusUnauthorized {
+	if fault.KindOf(err) == fault.Unauthenticated {
 		action = "auth.refused"
 	}
 	now := m.now()

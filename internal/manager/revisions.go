@@ -7,12 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -153,7 +153,7 @@ func (b *blobs) stage(ctx context.Context, items map[string][]byte) error {
 		}
 		if _, _, err := b.st.Txn(ctx, nil, ops); err != nil {
 			if errors.Is(err, store.ErrTooLarge) {
-				return errorf(http.StatusRequestEntityTooLarge, "an object is too large for the store: %v", err)
+				return fault.New(fault.TooLarge, nil, "an object is too large for the store: %w", err)
 			}
 			return fmt.Errorf("manager: write objects: %w", err)
 		}
@@ -307,7 +307,7 @@ func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 			return decodeRecord(kv)
 		}
 	}
-	return nil, errorf(http.StatusNotFound, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
+	return nil, fault.New(fault.NotFound, nil, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
 }
 
 // change is what a commit records besides the objects.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -45,7 +46,7 @@ func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principa
 	ctx := r.Context()
 	nameKV, err := m.st.Get(ctx, prefixTokenNames+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no token named %q; GET /v1/tokens lists them", name)
+		return fault.New(fault.NotFound, nil, "no token named %q; GET /v1/tokens lists them", name)
 	} else if err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principa
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "token %q changed meanwhile; try again", name)
+		return fault.New(fault.Conflict, nil, "token %q changed meanwhile; try again", name)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err
@@ -84,13 +85,13 @@ func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p princi
 		return err
 	}
 	if err := pki.ValidHost(req.Host); err != nil {
-		return errorf(http.StatusBadRequest, "host: %v", err)
+		return fault.New(fault.BadRequest, nil, "host: %w", err)
 	}
 	ttl := DefaultJoinTTL
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d < time.Second || d > MaxJoinTTL {
-			return errorf(http.StatusBadRequest, "ttl: %q: want a Go duration between 1s and %s, such as 15m", req.TTL, MaxJoinTTL)
+			return fault.New(fault.BadRequest, nil, "ttl: %q: want a Go duration between 1s and %s, such as 15m", req.TTL, MaxJoinTTL)
 		}
 		ttl = d
 	}
@@ -117,7 +118,7 @@ func (m *Manager) CreateJoinToken(ctx context.Context, host string, ttl time.Dur
 
 func (m *Manager) createJoinToken(ctx context.Context, by principal, host string, ttl time.Duration) (api.JoinToken, int64, error) {
 	if err := pki.ValidHost(host); err != nil {
-		return api.JoinToken{}, 0, errorf(http.StatusBadRequest, "host: %v", err)
+		return api.JoinToken{}, 0, fault.New(fault.BadRequest, nil, "host: %w", err)
 	}
 	secret, err := newSecret(joinPrefix)
 	if err != nil {
@@ -171,13 +172,13 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 		}
 	})
 	if len(id) != 16 || key == "" {
-		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
+		return fault.New(fault.NotFound, nil, "no join token with id %q; GET /v1/jointokens lists them", id)
 	}
 	ctx := r.Context()
 	var jt joinRecord
 	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
+		return fault.New(fault.NotFound, nil, "no join token with id %q; GET /v1/jointokens lists them", id)
 	} else if err != nil {
 		return err
 	}
@@ -187,7 +188,7 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "join token %s changed meanwhile; try again", id)
+		return fault.New(fault.Conflict, nil, "join token %s changed meanwhile; try again", id)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err
