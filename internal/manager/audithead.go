@@ -69,7 +69,7 @@ func (m *Manager) loadHead() error {
 		return fmt.Errorf("manager: read %s: %w", path, err)
 	}
 	var sh audit.SignedHead
-	if err := json.Unmarshal(data, &sh); err != nil || sh.Check() != nil || sh.KeyID != audit.KeyID(m.key.auditPublic()) {
+	if err := json.Unmarshal(data, &sh); err != nil || sh.Check() != nil || sh.KeyID != audit.KeyID(m.key.AuditPublic()) {
 		m.raise("audit-head", path, "the audit head this manager kept does not verify under its key: it was changed; it anchors nothing")
 		return nil
 	}
@@ -87,7 +87,7 @@ func (m *Manager) saveHead() {
 	if last == written {
 		return
 	}
-	sh := audit.SignHead(last, m.now(), m.key.audit)
+	sh := audit.SignHead(last, m.now(), m.key.Audit())
 	data, _ := json.MarshalIndent(sh, "", "  ")
 	if err := writeFile(filepath.Join(m.cfg.DataDir, HeadFile), append(data, '\n'), 0o600); err != nil {
 		m.log.Error("audit head not kept", "err", err)
@@ -114,7 +114,7 @@ const headLogEvery = time.Minute
 // head and the final states of access records.
 func (m *Manager) saveOutside() {
 	m.saveHead()
-	if err := m.final.save(m.finalPath()); err != nil {
+	if err := m.final.Save(m.finalPath()); err != nil {
 		m.log.Error("revocations and used join tokens not kept", "err", err)
 	}
 }
@@ -179,7 +179,7 @@ func (m *Manager) getAuditHead(w http.ResponseWriter, r *http.Request, _ princip
 	if n := len(entries); n > 0 {
 		head = audit.Head{Seq: entries[n-1].Seq, Hash: entries[n-1].Hash}
 	}
-	writeJSON(w, http.StatusOK, api.AuditHead(audit.SignHead(head, m.now(), m.key.audit)))
+	writeJSON(w, http.StatusOK, api.AuditHead(audit.SignHead(head, m.now(), m.key.Audit())))
 	return nil
 }
 

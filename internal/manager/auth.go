@@ -238,7 +238,7 @@ func (m *Manager) createToken(ctx context.Context, by principal, name, role stri
 	}
 	hash := hashSecret(secret)
 	rec := tokenRecord{Name: name, Role: role, Created: m.now().UTC(), CreatedBy: by.String()}
-	value := m.key.seal(prefixTokens+hash, &rec)
+	value := m.key.Seal(prefixTokens+hash, &rec)
 	conds := append([]store.Cond{store.Absent(prefixTokenNames + name)}, extraConds...)
 	ops := append([]store.Op{store.Put(prefixTokens+hash, value), store.Put(prefixTokenNames+name, []byte(hash))}, extraOps...)
 	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: "token.create", object: "token/" + name, detail: map[string]string{"role": role}})

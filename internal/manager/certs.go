@@ -140,7 +140,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 		}
 		c.Revoked, c.RevokedBy = &now, p.String()
 		conds = append(conds, store.Unchanged(kv))
-		ops = append(ops, store.Put(kv.Key, m.key.seal(kv.Key, &c)))
+		ops = append(ops, store.Put(kv.Key, m.key.Seal(kv.Key, &c)))
 		revoked = append(revoked, c)
 		done = append(done, s)
 	}

@@ -62,7 +62,7 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 		return fault.New(fault.BadRequest, nil, "csr: %w", err)
 	}
 	jt.Used = &now
-	used := m.key.seal(key, &jt)
+	used := m.key.Seal(key, &jt)
 	by := principal{kind: "host", name: jt.Host}
 	res, rev, ok, err := m.issue(ctx, by, "host.join", cert, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(key, used)})
 	if err != nil {
@@ -131,7 +131,7 @@ func (m *Manager) issue(ctx context.Context, by principal, action string, cert *
 	if action == "host.renew" {
 		rec.RenewedFrom = by.serial
 	}
-	value := m.key.seal(prefixCerts+serial, &rec)
+	value := m.key.Seal(prefixCerts+serial, &rec)
 	conds = append(conds, store.Absent(prefixCerts+serial))
 	ops = append(ops, store.Put(prefixCerts+serial, value))
 	detail := map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}

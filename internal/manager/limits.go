@@ -457,7 +457,7 @@ func (m *Manager) fits(prev *policyState, objects map[string]object, c change) e
 		}
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value := m.key.seal(revisionSealKey, &rec) // as commit will store it
+	value := m.key.Seal(revisionSealKey, &rec) // as commit will store it
 	detail, err := json.Marshal(c.detail)
 	if err != nil {
 		return fmt.Errorf("manager: audit detail: %w", err)

@@ -34,6 +34,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -126,7 +127,7 @@ type Manager struct {
 	st    store.Store
 	log   *slog.Logger
 	ca    *pki.CA
-	key   *managerKey
+	key   *seal.Key
 	blobs blobs
 
 	stateMu sync.Mutex
@@ -148,7 +149,7 @@ type Manager struct {
 	alerts                       *alerts
 	refusals                     refusalLimiter
 	heads                        heads
-	final                        finalStates
+	final                        seal.Final
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
@@ -189,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadHead(); err != nil {
 		return nil, err
 	}
-	if err := m.final.load(m.finalPath()); err != nil {
+	if err := m.final.Load(m.finalPath()); err != nil {
 		return nil, err
 	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {

@@ -229,7 +229,7 @@ func (m *Manager) loadState(ctx context.Context, rec *revRecord) (*policyState, 
 		return c, nil
 	}
 	m.stateMu.Unlock()
-	if err := m.key.checkRevision(rec); err != nil {
+	if err := m.checkRevision(rec); err != nil {
 		key := revisionKey(rec.Seq)
 		m.raise("revision-seal", key, "the policy revision's seal does not verify: it was written or changed outside the manager; its objects are not served")
 		return nil, fmt.Errorf("manager: revision %d: %w", rec.Rev, &TamperedError{Key: key, Reason: "its seal does not verify: it was written or changed outside the manager, and the manager will not serve it"})
@@ -346,7 +346,7 @@ func (m *Manager) commit(ctx context.Context, base store.KV, prev *policyState, 
 		return 0, false, err
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value := m.key.seal(revisionSealKey, &rec)
+	value := m.key.Seal(revisionSealKey, &rec)
 	conds := []store.Cond{store.Unchanged(base)}
 	ops := []store.Op{store.Put(keyHead, value), store.Put(revisionKey(rec.Seq), value)}
 	return m.commitAudited(ctx, conds, ops, auditEntry{actor: c.actor, action: c.action, object: "revision", detail: c.detail})

@@ -127,7 +127,7 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 	now := m.now().UTC()
 	rec := joinRecord{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
 	key := prefixJoin + hashSecret(secret)
-	value := m.key.seal(key, &rec)
+	value := m.key.Seal(key, &rec)
 	rev, _, err := m.commitAudited(ctx, []store.Cond{store.Absent(key)}, []store.Op{store.Put(key, value)},
 		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"id": joinTokenID(hashSecret(secret)), "expires": rec.Expires.Format(time.RFC3339)}})
 	if err != nil {
