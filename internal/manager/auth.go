@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -249,4 +250,70 @@ func (m *Manager) createToken(ctx context.Context, by principal, name, role stri
 		return api.Token{}, 0, fault.New(fault.Conflict, nil, "a token named %q exists; revoke it first or choose another name", name)
 	}
 	return api.Token{Name: name, Role: role, Created: rec.Created, CreatedBy: rec.CreatedBy, Secret: secret}, rev, nil
+}
+
+// refused audits a refused request: action auth.refused (401, who could
+// not be told) or access.refused (403), object the route, actor who it
+// was as far as known, and in detail where from, the credential offered
+// and why (cred, else what the request carries). It never fails the
+// request: a refusal the store cannot take is logged.
+func (m *Manager) refused(r *http.Request, p principal, err error, cred string) {
+	// The entry records the status the refusal was answered with.
+	status := http.StatusInternalServerError
+	if fault.KindOf(err) != nil {
+		status = fault.StatusOf(err)
+	}
+	action := "access.refused"
+	if fault.KindOf(err) == fault.Unauthenticated {
+		action = "auth.refused"
+	}
+	now := m.now()
+	ok, suppressed := m.auditLog.TakeRefusal(now)
+	if !ok {
+		return
+	}
+	actor := p
+	if actor.kind == "" {
+		actor = principal{kind: "anonymous", name: remoteHost(r)}
+	}
+	detail := map[string]any{"remote": remoteHost(r), "status": status, "reason": err.Error()}
+	if cred == "" {
+		cred = credential(r)
+	}
+	if cred != "" {
+		detail["credential"] = cred
+	}
+	if suppressed > 0 {
+		detail["suppressedBefore"] = suppressed
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	if _, _, werr := m.commitAudited(ctx, nil, nil, auditEntry{actor: actor, action: action, object: r.Method + " " + r.URL.Path, detail: detail}); werr != nil {
+		m.auditLog.GiveBackRefusals(suppressed + 1)
+		m.log.Error("refusal not audited", "method", r.Method, "path", r.URL.Path, "remote", remoteHost(r), "err", werr)
+	}
+}
+
+func remoteHost(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// credential describes what the client offered, never the secret: a
+// bearer token by a prefix of its hash (which the token list does not
+// show, but which tells repeated tries of one token apart), a client
+// certificate by serial and the host it names.
+func credential(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, secret, _ := strings.Cut(h, " ")
+		return scheme + " sha256:" + hashSecret(strings.TrimSpace(secret))[:16]
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cert := r.TLS.PeerCertificates[0]
+		host, _ := pki.HostOf(cert)
+		return "certificate " + pki.Serial(cert) + " host:" + host
+	}
+	return ""
 }

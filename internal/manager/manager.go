@@ -33,6 +33,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -129,12 +130,14 @@ type Manager struct {
 	ca    *pki.CA
 	key   *seal.Key
 	blobs blobs
+	// auditLog commits every change with its audit entry and anchors the
+	// log outside the store (internal/manager/auditlog).
+	auditLog *auditlog.Log
 
 	stateMu sync.Mutex
 	states  map[int64]*policyState
 	sets    setCache
 	feedC   feedCache
-	auditMu sync.Mutex // serializes this manager's audited commits
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
 	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
 
@@ -147,8 +150,6 @@ type Manager struct {
 	hub                          *feedHub
 	limiter                      *limiter
 	alerts                       *alerts
-	refusals                     refusalLimiter
-	heads                        heads
 	final                        seal.Final
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
@@ -175,6 +176,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
 		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
+	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
 	m.blobs.st = cfg.Store
 	m.blobs.onMismatch = func(key, got string) {
 		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
@@ -187,7 +189,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadKey(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.loadHead(); err != nil {
+	if err := m.auditLog.LoadHead(m.key.Audit()); err != nil {
 		return nil, err
 	}
 	if err := m.final.Load(m.finalPath()); err != nil {
@@ -199,7 +201,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
-	m.checkAuditAtStart(ctx)
+	m.auditLog.CheckAtStart(ctx)
 	m.auth = newMirror(m.st, prefixAuth, m.log, m.decodeSealed)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
@@ -376,7 +378,7 @@ func (m *Manager) run() {
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
 	m.wg.Add(1)
-	go func() { defer m.wg.Done(); m.refusalLoop(ctx) }()
+	go func() { defer m.wg.Done(); m.auditLog.RefusalLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
 	if m.srv != nil {
