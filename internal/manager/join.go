@@ -10,6 +10,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -31,7 +32,7 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 	}
 	if err := m.join(w, r, req); err != nil {
 		if errors.Is(fault.KindOf(err), fault.Forbidden) { // also fault.Unauthenticated
-			m.refused(r, principal{}, err, "join token sha256:"+hashSecret(strings.TrimSpace(req.Token))[:16])
+			m.refused(r, principal{}, err, "join token sha256:"+credentials.HashSecret(strings.TrimSpace(req.Token))[:16])
 		}
 		return err
 	}
@@ -42,8 +43,8 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 // are audited by postJoin.
 func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinRequest) error {
 	ctx := r.Context()
-	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
-	var jt joinRecord
+	key := credentials.PrefixJoin + credentials.HashSecret(strings.TrimSpace(req.Token))
+	var jt credentials.Join
 	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
 		return fault.New(fault.Unauthenticated, nil, "token: unknown join token")
@@ -96,8 +97,8 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 	// The renewal is conditioned on the certificate it renews being as
 	// read, unrevoked: a revocation that commits first (and revokes its
 	// descendants) makes this Txn fail rather than leave a live child.
-	var parent certRecord
-	parentKV, err := m.readSealed(r.Context(), prefixCerts+p.serial, &parent)
+	var parent credentials.Cert
+	parentKV, err := m.readSealed(r.Context(), credentials.PrefixCerts+p.serial, &parent)
 	if err != nil {
 		return err
 	}
@@ -127,13 +128,13 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 func (m *Manager) issue(ctx context.Context, by principal, action string, cert *x509.Certificate, conds []store.Cond, ops []store.Op) (api.JoinResult, int64, bool, error) {
 	host, _ := pki.HostOf(cert)
 	serial := pki.Serial(cert)
-	rec := certRecord{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
+	rec := credentials.Cert{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
 	if action == "host.renew" {
 		rec.RenewedFrom = by.serial
 	}
-	value := m.key.Seal(prefixCerts+serial, &rec)
-	conds = append(conds, store.Absent(prefixCerts+serial))
-	ops = append(ops, store.Put(prefixCerts+serial, value))
+	value := m.key.Seal(credentials.PrefixCerts+serial, &rec)
+	conds = append(conds, store.Absent(credentials.PrefixCerts+serial))
+	ops = append(ops, store.Put(credentials.PrefixCerts+serial, value))
 	detail := map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}
 	if rec.RenewedFrom != "" {
 		detail["renewedFrom"] = rec.RenewedFrom

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -30,10 +31,8 @@ type TamperedError = seal.TamperedError
 // sealed is an access record that carries its seal.
 type sealed = seal.Sealed
 
-func (t *tokenRecord) SealField() *string { return &t.Seal }
-func (j *joinRecord) SealField() *string  { return &j.Seal }
-func (c *certRecord) SealField() *string  { return &c.Seal }
-func (r *revRecord) SealField() *string   { return &r.Seal }
+// The access records (internal/manager/access) carry their seals too.
+func (r *revRecord) SealField() *string { return &r.Seal }
 
 // revisionSealKey stands for the store key in a revision record's seal:
 // one record is stored twice, as revisions/SEQ and as the head.
@@ -101,7 +100,7 @@ func (m *Manager) loadKey(ctx context.Context) error {
 // bounded size, only if Config.AdoptRecords says they are trusted; the
 // adoption is audited with the key's record.
 func (m *Manager) sealStore(ctx context.Context, key *seal.Key) error {
-	kvs, _, err := m.st.List(ctx, prefixAuth)
+	kvs, _, err := m.st.List(ctx, credentials.PrefixAuth)
 	if err != nil {
 		return fmt.Errorf("manager: list access records: %w", err)
 	}
@@ -123,7 +122,7 @@ func (m *Manager) sealStore(ctx context.Context, key *seal.Key) error {
 		return nil
 	}
 	for _, kv := range kvs {
-		v, err := decodeAuth(kv)
+		v, err := credentials.Decode(kv)
 		if err != nil {
 			return fmt.Errorf("manager: access record %s: %w", kv.Key, err)
 		}
@@ -197,7 +196,7 @@ func (m *Manager) legacyRevisions(ctx context.Context, key *seal.Key) (int64, er
 // only what verifies: a record whose seal does not is left out (so that
 // it authenticates nothing) and raises an alert.
 func (m *Manager) decodeSealed(kv store.KV) (any, error) {
-	v, err := decodeAuth(kv)
+	v, err := credentials.Decode(kv)
 	if err != nil {
 		return nil, err
 	}
@@ -262,11 +261,11 @@ func (m *Manager) holdFinal(key string, rec sealed) {
 	now := m.now().UTC()
 	held := false
 	switch r := rec.(type) {
-	case *certRecord:
+	case *credentials.Cert:
 		if held = m.final.Revoked(r.Serial, r.Revoked != nil); held {
 			r.Revoked, r.RevokedBy = &now, "this manager's record: the store's copy was rolled back"
 		}
-	case *joinRecord:
+	case *credentials.Join:
 		if held = m.final.Used(key, r.Used != nil); held {
 			r.Used = &now
 		}
