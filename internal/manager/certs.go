@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -167,7 +166,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 // credentials.RenewWindow, saying when
 // to try again. The record is conditioned on as read, so that renewals at
 // the same moment, on any manager, cannot all pass the count.
-func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host string) (store.Cond, store.Op, error) {
+func (m *Manager) renewals(ctx context.Context, host string) (store.Cond, store.Op, error) {
 	key := credentials.PrefixRenewals + host
 	kv, err := m.st.Get(ctx, key)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -181,9 +180,8 @@ func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host stri
 	recent, wait := credentials.Renewals(times, now)
 	if wait > 0 {
 		secs := max(1, int(wait.Seconds()+0.999))
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		return store.Cond{}, store.Op{}, fault.New(fault.TooMany, nil, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
-			host, len(recent), credentials.RenewWindow, secs)
+		return store.Cond{}, store.Op{}, &retryLater{after: secs, err: fault.New(fault.TooMany, nil, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
+			host, len(recent), credentials.RenewWindow, secs)}
 	}
 	value, _ := json.Marshal(append(recent, now))
 	return store.Cond{Key: key, ModRev: kv.ModRev}, store.Put(key, value), nil

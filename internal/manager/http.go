@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -22,6 +23,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
+// retryLater is an error that a client may retry after a number of
+// seconds: writeError answers it with Retry-After.
+type retryLater struct {
+	after int
+	err   error
+}
+
+func (e *retryLater) Error() string { return e.err.Error() }
+func (e *retryLater) Unwrap() error { return e.err }
+
 // writeError is the one place a handler's error becomes a status code.
 // Errors are typed where they arise (internal/fault) and wrapped with %w
 // on their way here; the kind of the outermost fault.Error gives the
@@ -30,6 +41,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if m.storeUnavailable(w, err) {
 		return
+	}
+	if rl := (*retryLater)(nil); errors.As(err, &rl) {
+		w.Header().Set("Retry-After", strconv.Itoa(rl.after))
 	}
 	var fe *fault.Error
 	if !errors.As(err, &fe) {

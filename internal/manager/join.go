@@ -89,7 +89,7 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 	if req.Token != "" {
 		return fault.New(fault.BadRequest, nil, "token: not used to renew; the client certificate says which host this is")
 	}
-	countCond, countOp, err := m.renewals(r.Context(), w, p.name)
+	countCond, countOp, err := m.renewals(r.Context(), p.name)
 	if err != nil {
 		m.refused(r, p, err, "")
 		return err
