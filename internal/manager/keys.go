@@ -31,7 +31,8 @@ type TamperedError = seal.TamperedError
 // sealed is an access record that carries its seal.
 type sealed = seal.Sealed
 
-// The access records (internal/manager/access) carry their seals too.
+// A policy revision record carries its seal, as the access records
+// (internal/manager/credentials) do.
 func (r *revRecord) SealField() *string { return &r.Seal }
 
 // revisionSealKey stands for the store key in a revision record's seal:
