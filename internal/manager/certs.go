@@ -46,16 +46,9 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 	} else if err != nil {
 		return err
 	}
-	children := map[string][]string{}
-	eachOf(m.auth, credentials.PrefixCerts, func(_ string, rc *credentials.Cert) {
-		if rc.RenewedFrom != "" {
-			children[rc.RenewedFrom] = append(children[rc.RenewedFrom], rc.Serial)
-		}
-	})
-	serials := []string{serial}
-	for i := 0; i < len(serials); i++ {
-		serials = append(serials, children[serials[i]]...)
-	}
+	var certs []*credentials.Cert
+	eachOf(m.auth, credentials.PrefixCerts, func(_ string, rc *credentials.Cert) { certs = append(certs, rc) })
+	serials := credentials.Descendants(serial, certs)
 	revoked, err := m.revoke(r.Context(), p, "certificate.revoke", "host/"+c.Host, serials, nil)
 	if err != nil {
 		return err

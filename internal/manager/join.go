@@ -52,11 +52,8 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 		return err
 	}
 	now := m.now().UTC()
-	switch {
-	case jt.Used != nil:
-		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was already used at %s; a join token is good for one join", jt.Host, jt.Used.Format(time.RFC3339))
-	case now.After(jt.Expires):
-		return fault.New(fault.Forbidden, nil, "token: the join token for host %s expired at %s", jt.Host, jt.Expires.Format(time.RFC3339))
+	if err := jt.Usable(now); err != nil {
+		return err
 	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), jt.Host, now, m.cfg.ClientValidity)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -70,6 +71,35 @@ type Cert struct {
 	// with; "" for one issued at a join.
 	RenewedFrom string `json:"renewedFrom,omitempty"`
 	Seal        string `json:"seal,omitempty"`
+}
+
+// Usable refuses a join token that was used or has expired at now, with
+// a fault.Forbidden that says which; a join token is good for one join.
+func (j *Join) Usable(now time.Time) error {
+	switch {
+	case j.Used != nil:
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was already used at %s; a join token is good for one join", j.Host, j.Used.Format(time.RFC3339))
+	case now.After(j.Expires):
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s expired at %s", j.Host, j.Expires.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Descendants returns serial and the serials of every certificate renewed
+// from it, at any depth, in certs: what a revocation of serial revokes,
+// since whoever held it could have renewed it.
+func Descendants(serial string, certs []*Cert) []string {
+	children := map[string][]string{}
+	for _, c := range certs {
+		if c.RenewedFrom != "" {
+			children[c.RenewedFrom] = append(children[c.RenewedFrom], c.Serial)
+		}
+	}
+	serials := []string{serial}
+	for i := 0; i < len(serials); i++ {
+		serials = append(serials, children[serials[i]]...)
+	}
+	return serials
 }
 
 // SealField makes the records seal.Sealed.

@@ -1,11 +1,14 @@
 package credentials_test
 
 import (
+	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -64,5 +67,35 @@ func TestRenewalsBound(t *testing.T) {
 	recent, wait = credentials.Renewals(append(recent, now), now)
 	if len(recent) != credentials.RenewBurst || wait != time.Minute {
 		t.Fatalf("a burst within the window: %d kept, wait %s; want %d and 1m", len(recent), wait, credentials.RenewBurst)
+	}
+}
+
+func TestJoinTokenUsable(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	j := credentials.Join{Host: "node-1", Expires: now.Add(time.Hour)}
+	if err := j.Usable(now); err != nil {
+		t.Fatalf("an unused join token within its time: %v", err)
+	}
+	if err := j.Usable(now.Add(2 * time.Hour)); !errors.Is(err, fault.Forbidden) || !strings.Contains(err.Error(), "expired at") {
+		t.Errorf("an expired join token: %v", err)
+	}
+	j.Used = &now
+	if err := j.Usable(now); !errors.Is(err, fault.Forbidden) || !strings.Contains(err.Error(), "already used") {
+		t.Errorf("a used join token: %v", err)
+	}
+}
+
+func TestDescendants(t *testing.T) {
+	certs := []*credentials.Cert{
+		{Serial: "a"}, {Serial: "b", RenewedFrom: "a"}, {Serial: "c", RenewedFrom: "b"},
+		{Serial: "d", RenewedFrom: "a"}, {Serial: "e"}, {Serial: "f", RenewedFrom: "e"},
+	}
+	got := credentials.Descendants("a", certs)
+	sort.Strings(got)
+	if strings.Join(got, ",") != "a,b,c,d" {
+		t.Errorf("Descendants(a) = %v, want a, b, c, d", got)
+	}
+	if got := credentials.Descendants("c", certs); len(got) != 1 {
+		t.Errorf("Descendants(c) = %v, want c alone", got)
 	}
 }
