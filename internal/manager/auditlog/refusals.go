@@ -11,7 +11,7 @@ import (
 // flood of refused requests must not fill the store. Up to refusalBurst
 // are written at once, then one per refusalEvery; the rest are counted,
 // and the count is written with the next refusal audited (detail
-// "suppressedBefore") or, if none comes, by refusalLoop in an entry of its
+// "suppressedBefore") or, if none comes, by RefusalLoop in an entry of its
 // own ("auth.refused.suppressed"). Nothing is lost silently: every refusal
 // is either an entry or in a count. What a refusal records (who, from
 // where, why) is the HTTP edge's to say: it calls TakeRefusal, then

@@ -18,7 +18,7 @@ import (
 // manager remembers, outside the store (FinalFile in its data
 // directory), every serial it has seen revoked and every join token it
 // has seen used; a record that comes back without them is held to them
-// and raises an alert.
+// (and the manager raises an alert).
 const FinalFile = "final.json"
 
 // Final is the set of one-way states a manager has seen. Its methods are
