@@ -28,6 +28,28 @@ var (
 	Internal    = errors.New("internal error") // a fault of Bulkhead's own
 )
 
+// Refined kinds: each has a status of its own at the HTTP edge and also
+// matches the kind it refines (errors.Is(err, Forbidden) holds for an
+// Unauthenticated err), so that a caller asking the broader question gets
+// the same answer.
+var (
+	Unauthenticated = refine(Forbidden, "unauthenticated")     // the caller is not known
+	TooMany         = refine(Unavailable, "too many requests") // over a rate or a count of requests; come back later
+	Unsupported     = refine(BadRequest, "unsupported media")  // the body is not in a form the edge takes
+	Timeout         = refine(BadRequest, "request timeout")    // the request did not arrive in time
+)
+
+// kind is a refined kind: its own sentinel, which unwraps to its parent.
+type kind struct {
+	name   string
+	parent error
+}
+
+func refine(parent error, name string) error { return &kind{name: name, parent: parent} }
+
+func (k *kind) Error() string { return k.name }
+func (k *kind) Unwrap() error { return k.parent }
+
 // Error is a failure of one kind: a message for people, the details that
 // list every problem (each with its place), and the cause.
 type Error struct {
@@ -92,12 +114,37 @@ func Message(err error) string {
 	return err.Error()
 }
 
-// HTTPStatus is the status an edge answers an error with.
+// StatusOf is the status an edge answers err with: that of the kind of
+// the outermost Error in its chain (a cause of another kind wrapped
+// inside does not change it), else HTTPStatus.
+func StatusOf(err error) int {
+	if k := KindOf(err); k != nil {
+		return HTTPStatus(k)
+	}
+	return HTTPStatus(err)
+}
+
+// KindOf is the kind of the outermost Error in err's chain, or nil if
+// there is none: what err says it is, whatever its causes are.
+func KindOf(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return nil
+}
+
+// HTTPStatus is the status an edge answers an error with, by the first
+// kind it matches; refined kinds come before the kinds they refine.
 func HTTPStatus(err error) int {
 	for _, m := range []struct {
 		kind   error
 		status int
 	}{
+		{Unauthenticated, http.StatusUnauthorized},
+		{TooMany, http.StatusTooManyRequests},
+		{Unsupported, http.StatusUnsupportedMediaType},
+		{Timeout, http.StatusRequestTimeout},
 		{BadRequest, http.StatusBadRequest},
 		{Invalid, http.StatusUnprocessableEntity},
 		{NotFound, http.StatusNotFound},
@@ -124,11 +171,15 @@ func FromHTTPStatus(status int) error {
 		return NotFound
 	case http.StatusConflict:
 		return Conflict
-	case http.StatusForbidden, http.StatusUnauthorized:
+	case http.StatusUnauthorized:
+		return Unauthenticated
+	case http.StatusForbidden:
 		return Forbidden
 	case http.StatusRequestEntityTooLarge:
 		return TooLarge
-	case http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusGatewayTimeout:
+	case http.StatusTooManyRequests:
+		return TooMany
+	case http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return Unavailable
 	}
 	return Internal

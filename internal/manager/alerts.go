@@ -109,13 +109,3 @@ func (m *Manager) getAlerts(w http.ResponseWriter, _ *http.Request, _ principal)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
-
-// TamperedError is a record in the store that is not as the manager wrote
-// it: a blob whose content does not match its name, an access record
-// whose seal does not verify. The manager does not use it.
-type TamperedError struct {
-	Key    string // the store key
-	Reason string
-}
-
-func (e *TamperedError) Error() string { return "store key " + e.Key + ": " + e.Reason }

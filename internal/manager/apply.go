@@ -37,7 +37,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 		return err
 	}
 	if len(req.Documents) == 0 {
-		return errorf(http.StatusBadRequest, "documents: at least one document is required")
+		return fault.New(fault.BadRequest, nil, "documents: at least one document is required")
 	}
 	var docs []parsedDoc
 	var errs source.Errors
@@ -312,7 +312,7 @@ func waitParam(r *http.Request, body string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < 0 || d > MaxWait {
-		return 0, errorf(http.StatusBadRequest, "wait: %q: want a Go duration up to %s, such as 30s", s, MaxWait)
+		return 0, fault.New(fault.BadRequest, nil, "wait: %q: want a Go duration up to %s, such as 30s", s, MaxWait)
 	}
 	return d, nil
 }

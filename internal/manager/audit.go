@@ -2,17 +2,22 @@ package manager
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
+
+// HeadFile is where the manager keeps the last audit head it wrote, in
+// its data directory (auditlog.HeadFile).
+const HeadFile = auditlog.HeadFile
 
 // auditEntry is what a change records in the audit log (internal/audit),
 // in the same Txn as the change.
@@ -36,64 +41,9 @@ func (p principal) actor() audit.Actor {
 }
 
 // commitAudited commits conds and ops with the audit entry for them, at
-// one revision. When the Txn fails only because another entry was
-// appended meanwhile, it chains onto that one and tries again; ok is
-// false when one of conds no longer holds.
+// one revision (auditlog.Log.Commit).
 func (m *Manager) commitAudited(ctx context.Context, conds []store.Cond, ops []store.Op, e auditEntry) (int64, bool, error) {
-	var detail json.RawMessage
-	if e.detail != nil {
-		d, err := json.Marshal(e.detail)
-		if err != nil {
-			return 0, false, fmt.Errorf("manager: audit detail: %w", err)
-		}
-		detail = d
-	}
-	// One writer at a time in this process: the chain's head is a single
-	// key, and local writers queueing here do not waste Txns on conflicts.
-	m.auditMu.Lock()
-	defer m.auditMu.Unlock()
-	for attempt := 0; attempt < 20; attempt++ {
-		head, err := audit.ReadHead(ctx, m.st)
-		if err != nil {
-			return 0, false, err
-		}
-		sealed, aconds, aops, err := audit.Append(head, audit.Entry{Time: m.now(), Actor: e.actor.actor(),
-			Action: e.action, Object: e.object, Detail: detail})
-		if err != nil {
-			return 0, false, err
-		}
-		allConds := append(append([]store.Cond(nil), conds...), aconds...)
-		allOps := append(append([]store.Op(nil), ops...), aops...)
-		rev, ok, err := m.st.Txn(ctx, allConds, allOps)
-		if err != nil {
-			if errors.Is(err, store.ErrTooLarge) {
-				return 0, false, errorf(http.StatusRequestEntityTooLarge, "the change is too large for one store transaction: %v", err)
-			}
-			return 0, false, fmt.Errorf("manager: commit %s: %w", e.action, err)
-		}
-		if ok {
-			m.heads.note(audit.Head{Seq: sealed.Seq, Hash: sealed.Hash})
-			return rev, true, nil
-		}
-		if held, err := m.holds(ctx, conds); err != nil || !held {
-			return 0, false, err
-		}
-	}
-	return 0, false, errorf(http.StatusServiceUnavailable, "the audit log is too busy; try again")
-}
-
-// holds reports whether every condition still holds.
-func (m *Manager) holds(ctx context.Context, conds []store.Cond) (bool, error) {
-	for _, c := range conds {
-		kv, err := m.st.Get(ctx, c.Key)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return false, fmt.Errorf("manager: read %s: %w", c.Key, err)
-		}
-		if kv.ModRev != c.ModRev {
-			return false, nil
-		}
-	}
-	return true, nil
+	return m.auditLog.Commit(ctx, conds, ops, auditlog.Entry{Actor: e.actor.actor(), Action: e.action, Object: e.object, Detail: e.detail})
 }
 
 func toAPI(e audit.Entry) api.AuditEntry {
@@ -107,14 +57,14 @@ func (m *Manager) getAudit(w http.ResponseWriter, r *http.Request, _ principal) 
 	if s := q.Get("from"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return errorf(http.StatusBadRequest, "from: %q: want an entry number", s)
+			return fault.New(fault.BadRequest, nil, "from: %q: want an entry number", s)
 		}
 		from = n
 	}
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 10000 {
-			return errorf(http.StatusBadRequest, "limit: %q: want 1 to 10000", s)
+			return fault.New(fault.BadRequest, nil, "limit: %q: want 1 to 10000", s)
 		}
 		limit = n
 	}
@@ -144,11 +94,11 @@ func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ princ
 		seq, hash, ok := strings.Cut(s, ":")
 		n, err := strconv.ParseUint(seq, 10, 64)
 		if !ok || err != nil || len(hash) != 64 {
-			return errorf(http.StatusBadRequest, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
+			return fault.New(fault.BadRequest, nil, "anchor: %q: want SEQ:HASH, as a verify answered it in head", s)
 		}
 		anchor = &audit.Head{Seq: n, Hash: hash}
 	}
-	entries, err := m.verifiedLog(r.Context(), anchor)
+	entries, err := m.auditLog.Verified(r.Context(), anchor)
 	out := api.AuditVerify{Entries: uint64(len(entries))}
 	var broken *audit.BrokenError
 	switch {
@@ -164,4 +114,46 @@ func (m *Manager) getAuditVerify(w http.ResponseWriter, r *http.Request, _ princ
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// getAuditHead signs the head of the log, once it verifies.
+func (m *Manager) getAuditHead(w http.ResponseWriter, r *http.Request, _ principal) error {
+	entries, err := m.auditLog.Verified(r.Context(), nil)
+	var broken *audit.BrokenError
+	if errors.As(err, &broken) {
+		return fault.New(fault.Conflict, nil, "the audit log does not verify, so the manager signs no head of it: %w", err)
+	} else if err != nil {
+		return err
+	}
+	var head audit.Head
+	if n := len(entries); n > 0 {
+		head = audit.Head{Seq: entries[n-1].Seq, Hash: entries[n-1].Hash}
+	}
+	writeJSON(w, http.StatusOK, api.AuditHead(m.auditLog.Sign(head)))
+	return nil
+}
+
+// saveOutside writes what the manager keeps outside the store: its audit
+// head and the final states of access records.
+func (m *Manager) saveOutside() {
+	m.auditLog.SaveHead()
+	if err := m.final.Save(m.finalPath()); err != nil {
+		m.log.Error("revocations and used join tokens not kept", "err", err)
+	}
+}
+
+// headLoop keeps the data directory's head, and the final states, at most
+// a second behind.
+func (m *Manager) headLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.saveOutside()
+			return
+		case <-t.C:
+			m.saveOutside()
+		}
+	}
 }

@@ -2,83 +2,18 @@ package manager
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
-
-// Keys of the access records. Secrets are never stored: a token or join
-// token is kept under the SHA-256 of its secret.
-const (
-	prefixAuth       = "auth/"
-	prefixTokens     = "auth/tokens/"     // hash → tokenRecord
-	prefixTokenNames = "auth/tokennames/" // name → hash
-	prefixJoin       = "auth/join/"       // hash → joinRecord
-	prefixCerts      = "auth/certs/"      // serial → certRecord
-	prefixRenewals   = "auth/renewals/"   // host → its recent renewals' times
-	tokenPrefix      = "bh_"
-	joinPrefix       = "bhj_"
-)
-
-// The access records carry a seal under the manager key (keys.go), which
-// the manager checks before it uses one.
-type tokenRecord struct {
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	Created   time.Time `json:"created"`
-	CreatedBy string    `json:"createdBy"`
-	Seal      string    `json:"seal,omitempty"`
-}
-
-type joinRecord struct {
-	Host      string     `json:"host"`
-	Expires   time.Time  `json:"expires"`
-	Created   time.Time  `json:"created"`
-	CreatedBy string     `json:"createdBy"`
-	Used      *time.Time `json:"used,omitempty"`
-	Seal      string     `json:"seal,omitempty"`
-}
-
-type certRecord struct {
-	Serial    string     `json:"serial"`
-	Host      string     `json:"host"`
-	Issued    time.Time  `json:"issued"`
-	NotAfter  time.Time  `json:"notAfter"`
-	Revoked   *time.Time `json:"revoked,omitempty"`
-	RevokedBy string     `json:"revokedBy,omitempty"`
-	// RenewedFrom is the serial of the certificate this one was renewed
-	// with; "" for one issued at a join.
-	RenewedFrom string `json:"renewedFrom,omitempty"`
-	Seal        string `json:"seal,omitempty"`
-}
-
-func decodeAuth(kv store.KV) (any, error) {
-	var v any
-	switch {
-	case strings.HasPrefix(kv.Key, prefixTokens):
-		v = &tokenRecord{}
-	case strings.HasPrefix(kv.Key, prefixJoin):
-		v = &joinRecord{}
-	case strings.HasPrefix(kv.Key, prefixCerts):
-		v = &certRecord{}
-	default:
-		return string(kv.Value), nil
-	}
-	if err := json.Unmarshal(kv.Value, v); err != nil {
-		return nil, err
-	}
-	return v, nil
-}
 
 // principal is who made a request: a token's holder or a host's agent.
 type principal struct {
@@ -150,14 +85,14 @@ func (a access) String() string {
 // or unknown certificate with 403.
 func (m *Manager) authenticate(r *http.Request) (principal, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
-		secret, ok := bearer(h)
+		secret, ok := credentials.Bearer(h)
 		if !ok {
-			return principal{}, errorf(http.StatusUnauthorized, "Authorization: want \"Bearer TOKEN\"")
+			return principal{}, fault.New(fault.Unauthenticated, nil, "Authorization: want \"Bearer TOKEN\"")
 		}
-		hash := hashSecret(secret)
-		t, ok := lookup[*tokenRecord](m.auth, prefixTokens+hash)
+		hash := credentials.HashSecret(secret)
+		t, ok := lookup[*credentials.Token](m.auth, credentials.PrefixTokens+hash)
 		if !ok {
-			return principal{}, errorf(http.StatusUnauthorized, "the bearer token is unknown or revoked")
+			return principal{}, fault.New(fault.Unauthenticated, nil, "the bearer token is unknown or revoked")
 		}
 		return principal{kind: "token", name: t.Name, role: t.Role, hash: hash}, nil
 	}
@@ -165,87 +100,123 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 		cert := r.TLS.PeerCertificates[0]
 		host, err := pki.HostOf(cert)
 		if err != nil {
-			return principal{}, errorf(http.StatusForbidden, "client certificate: %v", err)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate: %w", err)
 		}
 		serial := pki.Serial(cert)
-		c, ok := lookup[*certRecord](m.auth, prefixCerts+serial)
+		c, ok := lookup[*credentials.Cert](m.auth, credentials.PrefixCerts+serial)
 		if !ok {
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s is not in this manager's records", serial, host)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s of host %s is not in this manager's records", serial, host)
 		}
 		switch {
 		case c.Revoked != nil:
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s of host %s was revoked at %s by %s; join again with a new join token",
 				serial, host, c.Revoked.Format(time.RFC3339), c.RevokedBy)
 		case c.Host != host:
-			return principal{}, errorf(http.StatusForbidden, "client certificate %s names host %s, but was issued to host %s", serial, host, c.Host)
+			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s names host %s, but was issued to host %s", serial, host, c.Host)
 		}
 		return principal{kind: "host", name: host, role: "agent", serial: serial}, nil
 	}
-	return principal{}, errorf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
-}
-
-// bearer reads the token of an Authorization header. The scheme is
-// matched without regard to case and followed by one or more spaces
-// (RFC 7235 section 2.1, RFC 6750 section 2.1).
-func bearer(h string) (string, bool) {
-	scheme, rest, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	secret := strings.TrimLeft(rest, " ")
-	return secret, secret != "" && !strings.ContainsAny(secret, " \t")
+	return principal{}, fault.New(fault.Unauthenticated, nil, "authentication required: send Authorization: Bearer TOKEN, or an agent's client certificate")
 }
 
 // sameHost refuses an agent acting for another host.
 func sameHost(p principal, host string) error {
 	if p.kind == "host" && p.name != host {
-		return errorf(http.StatusForbidden, "this client certificate names host %s; it may not act for host %s", p.name, host)
+		return fault.New(fault.Forbidden, nil, "this client certificate names host %s; it may not act for host %s", p.name, host)
 	}
 	return nil
-}
-
-func hashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
-
-// newSecret returns prefix followed by 32 random bytes, base64url.
-func newSecret(prefix string) (string, error) {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("manager: random: %w", err)
-	}
-	return prefix + base64.RawURLEncoding.EncodeToString(b), nil
-}
-
-func validRole(role string) bool {
-	return role == api.RoleAdmin || role == api.RoleOperator || role == api.RoleAuditor
 }
 
 // createToken stores a new token (failing if the name is taken) and
 // returns its secret; the audit entry is in the same Txn.
 func (m *Manager) createToken(ctx context.Context, by principal, name, role string, extraConds []store.Cond, extraOps []store.Op) (api.Token, int64, error) {
 	if err := pki.ValidHost(name); err != nil {
-		return api.Token{}, 0, errorf(http.StatusBadRequest, "name: %q: want lowercase letters, digits, '-' and '.', beginning and ending with a letter or digit", name)
+		return api.Token{}, 0, fault.New(fault.BadRequest, nil, "name: %q: want lowercase letters, digits, '-' and '.', beginning and ending with a letter or digit", name)
 	}
-	if !validRole(role) {
-		return api.Token{}, 0, errorf(http.StatusBadRequest, "role: %q; valid: admin, operator, auditor", role)
+	if !credentials.ValidRole(role) {
+		return api.Token{}, 0, fault.New(fault.BadRequest, nil, "role: %q; valid: admin, operator, auditor", role)
 	}
-	secret, err := newSecret(tokenPrefix)
+	secret, err := credentials.NewSecret(credentials.TokenPrefix)
 	if err != nil {
 		return api.Token{}, 0, err
 	}
-	hash := hashSecret(secret)
-	rec := tokenRecord{Name: name, Role: role, Created: m.now().UTC(), CreatedBy: by.String()}
-	value := m.key.seal(prefixTokens+hash, &rec)
-	conds := append([]store.Cond{store.Absent(prefixTokenNames + name)}, extraConds...)
-	ops := append([]store.Op{store.Put(prefixTokens+hash, value), store.Put(prefixTokenNames+name, []byte(hash))}, extraOps...)
+	hash := credentials.HashSecret(secret)
+	rec := credentials.Token{Name: name, Role: role, Created: m.now().UTC(), CreatedBy: by.String()}
+	value := m.key.Seal(credentials.PrefixTokens+hash, &rec)
+	conds := append([]store.Cond{store.Absent(credentials.PrefixTokenNames + name)}, extraConds...)
+	ops := append([]store.Op{store.Put(credentials.PrefixTokens+hash, value), store.Put(credentials.PrefixTokenNames+name, []byte(hash))}, extraOps...)
 	rev, ok, err := m.commitAudited(ctx, conds, ops, auditEntry{actor: by, action: "token.create", object: "token/" + name, detail: map[string]string{"role": role}})
 	if err != nil {
 		return api.Token{}, 0, err
 	}
 	if !ok {
-		return api.Token{}, 0, errorf(http.StatusConflict, "a token named %q exists; revoke it first or choose another name", name)
+		return api.Token{}, 0, fault.New(fault.Conflict, nil, "a token named %q exists; revoke it first or choose another name", name)
 	}
 	return api.Token{Name: name, Role: role, Created: rec.Created, CreatedBy: rec.CreatedBy, Secret: secret}, rev, nil
+}
+
+// refused audits a refused request: action auth.refused (401, who could
+// not be told) or access.refused (403), object the route, actor who it
+// was as far as known, and in detail where from, the credential offered
+// and why (cred, else what the request carries). It never fails the
+// request: a refusal the store cannot take is logged.
+func (m *Manager) refused(r *http.Request, p principal, err error, cred string) {
+	// The entry records the status the refusal was answered with.
+	status := http.StatusInternalServerError
+	if fault.KindOf(err) != nil {
+		status = fault.StatusOf(err)
+	}
+	action := "access.refused"
+	if fault.KindOf(err) == fault.Unauthenticated {
+		action = "auth.refused"
+	}
+	now := m.now()
+	ok, suppressed := m.auditLog.TakeRefusal(now)
+	if !ok {
+		return
+	}
+	actor := p
+	if actor.kind == "" {
+		actor = principal{kind: "anonymous", name: remoteHost(r)}
+	}
+	detail := map[string]any{"remote": remoteHost(r), "status": status, "reason": err.Error()}
+	if cred == "" {
+		cred = credential(r)
+	}
+	if cred != "" {
+		detail["credential"] = cred
+	}
+	if suppressed > 0 {
+		detail["suppressedBefore"] = suppressed
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	if _, _, werr := m.commitAudited(ctx, nil, nil, auditEntry{actor: actor, action: action, object: r.Method + " " + r.URL.Path, detail: detail}); werr != nil {
+		m.auditLog.GiveBackRefusals(suppressed + 1)
+		m.log.Error("refusal not audited", "method", r.Method, "path", r.URL.Path, "remote", remoteHost(r), "err", werr)
+	}
+}
+
+func remoteHost(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// credential describes what the client offered, never the secret: a
+// bearer token by a prefix of its hash (which the token list does not
+// show, but which tells repeated tries of one token apart), a client
+// certificate by serial and the host it names.
+func credential(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, secret, _ := strings.Cut(h, " ")
+		return scheme + " sha256:" + credentials.HashSecret(strings.TrimSpace(secret))[:16]
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cert := r.TLS.PeerCertificates[0]
+		host, _ := pki.HostOf(cert)
+		return "certificate " + pki.Serial(cert) + " host:" + host
+	}
+	return ""
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -370,7 +371,7 @@ func (m *Manager) putHostBounds(w http.ResponseWriter, r *http.Request, p princi
 		details = m.boundsBroken(host, rec)
 	}
 	if len(details) > 0 {
-		return &httpError{status: http.StatusUnprocessableEntity, msg: "the bounds of host " + host + " are invalid; nothing was changed", details: details}
+		return fault.New(fault.Invalid, details, "the bounds of host %s are invalid; nothing was changed", host)
 	}
 	value, _ := json.Marshal(rec)
 	ctx := r.Context()
@@ -496,26 +497,27 @@ func (rl *refusalLog) due(host string, now time.Time) (bool, int) {
 // error in the log): a host claiming what it may not is how a
 // compromised host shows itself.
 func (m *Manager) refusedReport(ctx context.Context, p principal, host string, err error) {
-	var he *httpError
-	if !errors.As(err, &he) {
+	var fe *fault.Error
+	if !errors.As(err, &fe) {
 		return
 	}
 	// The alert (GET /v1/alerts) is raised once per host and counts the
 	// repeats; the audit entries below are rate-limited on their own.
-	m.raise("report-refused", "host/"+host, he.msg)
+	m.raise("report-refused", "host/"+host, fe.Msg)
 	ok, suppressed := m.reportRefusals.due(host, m.now())
 	if !ok {
 		return
 	}
-	details := he.details
+	details := fe.Details
 	if len(details) > 20 {
-		details = append(details[:20:20], fmt.Sprintf("… and %d more", len(he.details)-20))
+		details = append(details[:20:20], fmt.Sprintf("… and %d more", len(fe.Details)-20))
 	}
-	m.log.Error("ALERT: a host's workload report was refused", "host", host, "by", p.String(), "reason", he.msg,
+	m.log.Error("ALERT: a host's workload report was refused", "host", host, "by", p.String(), "reason", fe.Msg,
 		"details", strings.Join(details, "; "), "refused_unaudited_since_last", suppressed)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	detail := map[string]any{"status": he.status, "reason": he.msg, "details": details, "suppressed": suppressed}
+	// The audit entry records the status the report was answered with.
+	detail := map[string]any{"status": fault.StatusOf(fe), "reason": fe.Msg, "details": details, "suppressed": suppressed}
 	if _, _, err := m.commitAudited(ctx, nil, nil, auditEntry{actor: p, action: "workloads.refused", object: "host/" + host, detail: detail}); err != nil {
 		m.log.Error("audit a refused report", "host", host, "err", err)
 	}

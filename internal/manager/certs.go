@@ -7,34 +7,24 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
 // A host's certificates form chains: the one it joined with, then each
-// renewed from the one before (certRecord.RenewedFrom). Revoking one
+// renewed from the one before (credentials.Cert.RenewedFrom). Revoking one
 // revokes its descendants with it, since whoever held it could have
 // renewed it; revoking a host revokes all of its certificates and its
-// unused join tokens. Renewal is bounded per host: at most renewBurst
-// certificates within renewWindow, counted from the records in the store
-// so that every manager counts the same.
-const (
-	renewBurst  = 3
-	renewWindow = 10 * time.Minute
-)
-
-func (c *certRecord) api() api.Certificate {
-	return api.Certificate{Serial: c.Serial, Host: c.Host, Issued: c.Issued, NotAfter: c.NotAfter, Revoked: c.Revoked,
-		RevokedBy: c.RevokedBy, RenewedFrom: c.RenewedFrom}
-}
+// unused join tokens. Renewal is bounded per host (credentials.Renewals).
 
 func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Certificate{}
-	eachOf(m.auth, prefixCerts, func(_ string, c *certRecord) {
-		out = append(out, c.api())
+	eachOf(m.auth, credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
+		out = append(out, c.API())
 	})
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Host != out[j].Host {
@@ -50,32 +40,25 @@ func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ prin
 // from it, at any depth.
 func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p principal) error {
 	serial := r.PathValue("serial")
-	var c certRecord
-	if _, err := m.readSealed(r.Context(), prefixCerts+serial, &c); errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no certificate with serial %q; GET /v1/certificates lists them", serial)
+	var c credentials.Cert
+	if _, err := m.readSealed(r.Context(), credentials.PrefixCerts+serial, &c); errors.Is(err, store.ErrNotFound) {
+		return fault.New(fault.NotFound, nil, "no certificate with serial %q; GET /v1/certificates lists them", serial)
 	} else if err != nil {
 		return err
 	}
-	children := map[string][]string{}
-	eachOf(m.auth, prefixCerts, func(_ string, rc *certRecord) {
-		if rc.RenewedFrom != "" {
-			children[rc.RenewedFrom] = append(children[rc.RenewedFrom], rc.Serial)
-		}
-	})
-	serials := []string{serial}
-	for i := 0; i < len(serials); i++ {
-		serials = append(serials, children[serials[i]]...)
-	}
+	var certs []*credentials.Cert
+	eachOf(m.auth, credentials.PrefixCerts, func(_ string, rc *credentials.Cert) { certs = append(certs, rc) })
+	serials := credentials.Descendants(serial, certs)
 	revoked, err := m.revoke(r.Context(), p, "certificate.revoke", "host/"+c.Host, serials, nil)
 	if err != nil {
 		return err
 	}
 	if len(revoked) > 0 {
 		c = revoked[0]
-	} else if _, err := m.readSealed(r.Context(), prefixCerts+serial, &c); err != nil {
+	} else if _, err := m.readSealed(r.Context(), credentials.PrefixCerts+serial, &c); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, c.api())
+	writeJSON(w, http.StatusOK, c.API())
 	return nil
 }
 
@@ -84,20 +67,20 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal) error {
 	host := r.PathValue("host")
 	var serials, joins []string
-	eachOf(m.auth, prefixAuth, func(key string, v any) {
+	eachOf(m.auth, credentials.PrefixAuth, func(key string, v any) {
 		switch rec := v.(type) {
-		case *certRecord:
+		case *credentials.Cert:
 			if rec.Host == host {
 				serials = append(serials, rec.Serial)
 			}
-		case *joinRecord:
+		case *credentials.Join:
 			if rec.Host == host && rec.Used == nil {
 				joins = append(joins, key)
 			}
 		}
 	})
 	if len(serials) == 0 && len(joins) == 0 {
-		return errorf(http.StatusNotFound, "host %q has no certificates or join tokens; GET /v1/certificates lists them", host)
+		return fault.New(fault.NotFound, nil, "host %q has no certificates or join tokens; GET /v1/certificates lists them", host)
 	}
 	sort.Strings(serials)
 	sort.Strings(joins)
@@ -107,10 +90,10 @@ func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal
 	}
 	out := api.HostRevocation{Host: host, Certificates: []api.Certificate{}, JoinTokens: []string{}}
 	for _, c := range revoked {
-		out.Certificates = append(out.Certificates, c.api())
+		out.Certificates = append(out.Certificates, c.API())
 	}
 	for _, k := range joins {
-		out.JoinTokens = append(out.JoinTokens, joinTokenID(k[len(prefixJoin):]))
+		out.JoinTokens = append(out.JoinTokens, credentials.JoinTokenID(k[len(credentials.PrefixJoin):]))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -120,15 +103,15 @@ func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal
 // deletes the join token records joins, in one audited Txn, and waits
 // until this manager's copy has it. It returns the certificates it
 // revoked.
-func (m *Manager) revoke(ctx context.Context, p principal, action, object string, serials, joins []string) ([]certRecord, error) {
+func (m *Manager) revoke(ctx context.Context, p principal, action, object string, serials, joins []string) ([]credentials.Cert, error) {
 	now := m.now().UTC()
 	var conds []store.Cond
 	var ops []store.Op
-	var revoked []certRecord
+	var revoked []credentials.Cert
 	var done []string
 	for _, s := range serials {
-		var c certRecord
-		kv, err := m.readSealed(ctx, prefixCerts+s, &c)
+		var c credentials.Cert
+		kv, err := m.readSealed(ctx, credentials.PrefixCerts+s, &c)
 		if errors.Is(err, store.ErrNotFound) {
 			continue // revoked with its record gone, or tampered with: it authenticates nothing
 		} else if err != nil {
@@ -139,7 +122,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 		}
 		c.Revoked, c.RevokedBy = &now, p.String()
 		conds = append(conds, store.Unchanged(kv))
-		ops = append(ops, store.Put(kv.Key, m.key.seal(kv.Key, &c)))
+		ops = append(ops, store.Put(kv.Key, m.key.Seal(kv.Key, &c)))
 		revoked = append(revoked, c)
 		done = append(done, s)
 	}
@@ -156,7 +139,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 	if len(joins) > 0 {
 		ids := make([]string, len(joins))
 		for i, k := range joins {
-			ids[i] = joinTokenID(k[len(prefixJoin):])
+			ids[i] = credentials.JoinTokenID(k[len(credentials.PrefixJoin):])
 		}
 		detail["joinTokens"] = ids
 	}
@@ -165,18 +148,19 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 		return nil, err
 	}
 	if !ok {
-		return nil, errorf(http.StatusConflict, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
+		return nil, fault.New(fault.Conflict, nil, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
 	}
 	return revoked, m.auth.waitRev(ctx, rev)
 }
 
 // renewals returns the condition and op that record a renewal of host
 // now in its renewal record (auth/renewals/HOST: the times of its recent
-// renewals), or refuses it past renewBurst within renewWindow, saying when
+// renewals), or refuses it past credentials.RenewBurst within
+// credentials.RenewWindow, saying when
 // to try again. The record is conditioned on as read, so that renewals at
 // the same moment, on any manager, cannot all pass the count.
-func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host string) (store.Cond, store.Op, error) {
-	key := prefixRenewals + host
+func (m *Manager) renewals(ctx context.Context, host string) (store.Cond, store.Op, error) {
+	key := credentials.PrefixRenewals + host
 	kv, err := m.st.Get(ctx, key)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Cond{}, store.Op{}, fmt.Errorf("manager: read %s: %w", key, err)
@@ -186,18 +170,11 @@ func (m *Manager) renewals(ctx context.Context, w http.ResponseWriter, host stri
 		_ = json.Unmarshal(kv.Value, &times) // a record that does not decode counts nothing: it only bounds
 	}
 	now := m.now().UTC()
-	recent := times[:0]
-	for _, t := range times {
-		if now.Sub(t) < renewWindow {
-			recent = append(recent, t)
-		}
-	}
-	if len(recent) >= renewBurst {
-		wait := recent[len(recent)-renewBurst].Add(renewWindow).Sub(now)
+	recent, wait := credentials.Renewals(times, now)
+	if wait > 0 {
 		secs := max(1, int(wait.Seconds()+0.999))
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		return store.Cond{}, store.Op{}, errorf(http.StatusTooManyRequests, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
-			host, len(recent), renewWindow, secs)
+		return store.Cond{}, store.Op{}, &retryLater{after: secs, err: fault.New(fault.TooMany, nil, "renew: host %s renewed %d times in the last %s, the most allowed; try again in %ds",
+			host, len(recent), credentials.RenewWindow, secs)}
 	}
 	value, _ := json.Marshal(append(recent, now))
 	return store.Cond{Key: key, ModRev: kv.ModRev}, store.Put(key, value), nil

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -46,7 +48,7 @@ func (m *Manager) getWatch(w http.ResponseWriter, r *http.Request, p principal) 
 	if s := r.URL.Query().Get("from"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 0 {
-			return errorf(http.StatusBadRequest, "from: %q: want a revision (the last \"rev\" line's rev + 1), or 0 for a snapshot", s)
+			return fault.New(fault.BadRequest, nil, "from: %q: want a revision (the last \"rev\" line's rev + 1), or 0 for a snapshot", s)
 		}
 		from = n
 	}
@@ -185,14 +187,14 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 func (m *Manager) stillValid(p principal) error {
 	switch p.kind {
 	case "token":
-		if _, ok := lookup[*tokenRecord](m.auth, prefixTokens+p.hash); !ok {
+		if _, ok := lookup[*credentials.Token](m.auth, credentials.PrefixTokens+p.hash); !ok {
 			return fmt.Errorf("token %s was revoked", p.name)
 		}
 		return nil
 	case "":
 		return nil
 	}
-	c, ok := lookup[*certRecord](m.auth, prefixCerts+p.serial)
+	c, ok := lookup[*credentials.Cert](m.auth, credentials.PrefixCerts+p.serial)
 	if !ok {
 		return fmt.Errorf("client certificate %s of host %s is no longer in the records", p.serial, p.name)
 	}

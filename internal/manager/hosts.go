@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -246,7 +247,7 @@ func (m *Manager) hostList() []api.Host {
 		hosts[name] = h
 		return h
 	}
-	eachOf(m.auth, prefixCerts, func(_ string, c *certRecord) {
+	eachOf(m.auth, credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
 		if c.Revoked == nil {
 			get(c.Host)
 		}

@@ -4,45 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
-	"github.com/bulkhead-dev/bulkhead/internal/source"
 	"github.com/bulkhead-dev/bulkhead/internal/strict"
 )
-
-// httpError is an error with the status it answers with and, when the
-// input had several problems, each of them.
-type httpError struct {
-	status  int
-	msg     string
-	details []string
-}
-
-func (e *httpError) Error() string { return e.msg }
-
-func errorf(status int, format string, args ...any) *httpError {
-	return &httpError{status: status, msg: fmt.Sprintf(format, args...)}
-}
-
-// invalid turns input errors into a 422 that lists each with its place.
-func invalid(msg string, err error) *httpError {
-	e := &httpError{status: http.StatusUnprocessableEntity, msg: msg}
-	var list source.Errors
-	if errors.As(err, &list) {
-		for _, le := range list {
-			e.details = append(e.details, le.Error())
-		}
-	} else {
-		e.details = []string{err.Error()}
-	}
-	return e
-}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -52,27 +23,39 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
+// retryLater is an error that a client may retry after a number of
+// seconds: writeError answers it with Retry-After.
+type retryLater struct {
+	after int
+	err   error
+}
+
+func (e *retryLater) Error() string { return e.err.Error() }
+func (e *retryLater) Unwrap() error { return e.err }
+
+// writeError is the one place a handler's error becomes a status code.
+// Errors are typed where they arise (internal/fault) and wrapped with %w
+// on their way here; the kind of the outermost fault.Error gives the
+// status, its message and details the body. An untyped error is the
+// manager's own fault: a 500, logged.
 func (m *Manager) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if m.storeUnavailable(w, err) {
 		return
 	}
-	var (
-		he *httpError
-		fe *fault.Error
-	)
-	switch {
-	case errors.As(err, &he):
-	case errors.As(err, &fe):
-		// Typed where it arose (internal/fault); this edge gives it its status.
-		he = &httpError{status: fault.HTTPStatus(fe), msg: fe.Msg, details: fe.Details}
-	default:
-		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		he = &httpError{status: http.StatusInternalServerError, msg: "manager: " + err.Error()}
+	if rl := (*retryLater)(nil); errors.As(err, &rl) {
+		w.Header().Set("Retry-After", strconv.Itoa(rl.after))
 	}
-	if he.status == http.StatusInternalServerError && fe != nil {
+	var fe *fault.Error
+	if !errors.As(err, &fe) {
+		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeJSON(w, http.StatusInternalServerError, api.APIError{Error: "manager: " + err.Error()})
+		return
+	}
+	status := fault.StatusOf(fe)
+	if status == http.StatusInternalServerError {
 		m.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, he.status, api.APIError{Error: he.msg, Details: he.details})
+	writeJSON(w, status, api.APIError{Error: fe.Msg, Details: fe.Details})
 }
 
 // decode reads a JSON body into v strictly (decodeStrict), within the
@@ -88,19 +71,19 @@ func (m *Manager) decodeOptional(w http.ResponseWriter, r *http.Request, v any) 
 
 func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errorf(http.StatusUnsupportedMediaType, "request body: Content-Type %q; send application/json", ct)
+		return fault.New(fault.Unsupported, nil, "request body: Content-Type %q; send application/json", ct)
 	}
 	// admit bounds the body (http.MaxBytesReader) and the time to read it.
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return errorf(http.StatusRequestEntityTooLarge, "request body: larger than the limit of %d bytes", tooBig.Limit)
+			return fault.New(fault.TooLarge, nil, "request body: larger than the limit of %d bytes", tooBig.Limit)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return errorf(http.StatusRequestTimeout, "request body: not received in time (the limits are in docs/manager.md)")
+			return fault.New(fault.Timeout, nil, "request body: not received in time (the limits are in docs/manager.md)")
 		}
-		return errorf(http.StatusBadRequest, "request body: %v", err)
+		return fault.New(fault.BadRequest, nil, "request body: %w", err)
 	}
 	bodyRead(w)
 	if optional && len(bytes.TrimSpace(data)) == 0 {
@@ -114,7 +97,7 @@ func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, opti
 // goes through it.
 func decodeStrict(data []byte, v any) error {
 	if err := strict.JSON(data, v); err != nil {
-		return errorf(http.StatusBadRequest, "request body: %v", err)
+		return fault.New(fault.BadRequest, nil, "request body: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -187,7 +188,7 @@ func (m *Manager) allocate(ctx context.Context, lks []string, want map[string]ap
 			return err
 		}
 		if time.Now().After(deadline) {
-			return errorf(http.StatusServiceUnavailable, "identity allocation kept losing to other managers for %s; try again", casDeadline)
+			return fault.New(fault.Unavailable, nil, "identity allocation kept losing to other managers for %s; try again", casDeadline)
 		}
 		sleep(ctx, jitter(attempt))
 	}

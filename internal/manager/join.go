@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -23,15 +25,14 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 		return err
 	}
 	if req.Token == "" {
-		return errorf(http.StatusBadRequest, "token: required: a join token from `bulkhead token create --join --host NAME`")
+		return fault.New(fault.BadRequest, nil, "token: required: a join token from `bulkhead token create --join --host NAME`")
 	}
 	if req.CSR == "" {
-		return errorf(http.StatusBadRequest, "csr: required: a PEM certificate request")
+		return fault.New(fault.BadRequest, nil, "csr: required: a PEM certificate request")
 	}
 	if err := m.join(w, r, req); err != nil {
-		var he *httpError
-		if errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden) {
-			m.refused(r, principal{}, err, "join token sha256:"+hashSecret(strings.TrimSpace(req.Token))[:16])
+		if errors.Is(fault.KindOf(err), fault.Forbidden) { // also fault.Unauthenticated
+			m.refused(r, principal{}, err, "join token sha256:"+credentials.HashSecret(strings.TrimSpace(req.Token))[:16])
 		}
 		return err
 	}
@@ -42,34 +43,31 @@ func (m *Manager) postJoin(w http.ResponseWriter, r *http.Request, _ principal) 
 // are audited by postJoin.
 func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinRequest) error {
 	ctx := r.Context()
-	key := prefixJoin + hashSecret(strings.TrimSpace(req.Token))
-	var jt joinRecord
+	key := credentials.PrefixJoin + credentials.HashSecret(strings.TrimSpace(req.Token))
+	var jt credentials.Join
 	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusUnauthorized, "token: unknown join token")
+		return fault.New(fault.Unauthenticated, nil, "token: unknown join token")
 	} else if err != nil {
 		return err
 	}
 	now := m.now().UTC()
-	switch {
-	case jt.Used != nil:
-		return errorf(http.StatusForbidden, "token: the join token for host %s was already used at %s; a join token is good for one join", jt.Host, jt.Used.Format(time.RFC3339))
-	case now.After(jt.Expires):
-		return errorf(http.StatusForbidden, "token: the join token for host %s expired at %s", jt.Host, jt.Expires.Format(time.RFC3339))
+	if err := jt.Usable(now); err != nil {
+		return err
 	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), jt.Host, now, m.cfg.ClientValidity)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "csr: %v", err)
+		return fault.New(fault.BadRequest, nil, "csr: %w", err)
 	}
 	jt.Used = &now
-	used := m.key.seal(key, &jt)
+	used := m.key.Seal(key, &jt)
 	by := principal{kind: "host", name: jt.Host}
 	res, rev, ok, err := m.issue(ctx, by, "host.join", cert, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(key, used)})
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusForbidden, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
+		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err
@@ -86,9 +84,9 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 		return err
 	}
 	if req.Token != "" {
-		return errorf(http.StatusBadRequest, "token: not used to renew; the client certificate says which host this is")
+		return fault.New(fault.BadRequest, nil, "token: not used to renew; the client certificate says which host this is")
 	}
-	countCond, countOp, err := m.renewals(r.Context(), w, p.name)
+	countCond, countOp, err := m.renewals(r.Context(), p.name)
 	if err != nil {
 		m.refused(r, p, err, "")
 		return err
@@ -96,24 +94,24 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 	// The renewal is conditioned on the certificate it renews being as
 	// read, unrevoked: a revocation that commits first (and revokes its
 	// descendants) makes this Txn fail rather than leave a live child.
-	var parent certRecord
-	parentKV, err := m.readSealed(r.Context(), prefixCerts+p.serial, &parent)
+	var parent credentials.Cert
+	parentKV, err := m.readSealed(r.Context(), credentials.PrefixCerts+p.serial, &parent)
 	if err != nil {
 		return err
 	}
 	if parent.Revoked != nil {
-		return errorf(http.StatusForbidden, "renew: certificate %s was revoked", p.serial)
+		return fault.New(fault.Forbidden, nil, "renew: certificate %s was revoked", p.serial)
 	}
 	cert, err := m.ca.SignCSR([]byte(req.CSR), p.name, m.now(), m.cfg.ClientValidity)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "csr: %v", err)
+		return fault.New(fault.BadRequest, nil, "csr: %w", err)
 	}
 	res, rev, ok, err := m.issue(r.Context(), p, "host.renew", cert, []store.Cond{store.Unchanged(parentKV), countCond}, []store.Op{countOp})
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
+		return fault.New(fault.Conflict, nil, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
 	}
 	if err := m.auth.waitRev(r.Context(), rev); err != nil {
 		return err
@@ -127,13 +125,13 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 func (m *Manager) issue(ctx context.Context, by principal, action string, cert *x509.Certificate, conds []store.Cond, ops []store.Op) (api.JoinResult, int64, bool, error) {
 	host, _ := pki.HostOf(cert)
 	serial := pki.Serial(cert)
-	rec := certRecord{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
+	rec := credentials.Cert{Serial: serial, Host: host, Issued: m.now().UTC(), NotAfter: cert.NotAfter}
 	if action == "host.renew" {
 		rec.RenewedFrom = by.serial
 	}
-	value := m.key.seal(prefixCerts+serial, &rec)
-	conds = append(conds, store.Absent(prefixCerts+serial))
-	ops = append(ops, store.Put(prefixCerts+serial, value))
+	value := m.key.Seal(credentials.PrefixCerts+serial, &rec)
+	conds = append(conds, store.Absent(credentials.PrefixCerts+serial))
+	ops = append(ops, store.Put(credentials.PrefixCerts+serial, value))
 	detail := map[string]string{"serial": serial, "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}
 	if rec.RenewedFrom != "" {
 		detail["renewedFrom"] = rec.RenewedFrom

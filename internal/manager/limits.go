@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -266,7 +267,7 @@ func (h *holding) idle() bool { return h.requests == 0 && h.streams == 0 }
 // tooMany is a 429: the error says which bound, and Retry-After when to
 // come back.
 type tooMany struct {
-	*httpError
+	err        *fault.Error // of kind fault.TooMany
 	retryAfter int
 	// log is set on the first refusal of a key in refusalLogEvery, with
 	// the count since the last log line.
@@ -274,11 +275,14 @@ type tooMany struct {
 	count int
 }
 
+func (e *tooMany) Error() string { return e.err.Error() }
+func (e *tooMany) Unwrap() error { return e.err }
+
 func (l *limiter) refuse(key string, h *holding, retry int, format string, args ...any) error {
 	if h.idle() {
 		delete(l.held, key)
 	}
-	e := &tooMany{httpError: errorf(http.StatusTooManyRequests, format, args...), retryAfter: retry}
+	e := &tooMany{err: fault.New(fault.TooMany, nil, format, args...), retryAfter: retry}
 	rf := l.refused[key]
 	if rf == nil {
 		if len(l.refused) >= 10_000 {
@@ -318,7 +322,7 @@ func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p prin
 		if anonymous && r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
-		m.writeError(w, r, errorf(http.StatusRequestEntityTooLarge, "request body: %d bytes, larger than the limit of %d bytes for %s %s",
+		m.writeError(w, r, fault.New(fault.TooLarge, nil, "request body: %d bytes, larger than the limit of %d bytes for %s %s",
 			r.ContentLength, limit, rt.method, rt.path))
 		release()
 		return w, nil, false
@@ -333,13 +337,13 @@ func (m *Manager) admit(w http.ResponseWriter, r *http.Request, rt route, p prin
 // a body nobody will use.
 func (m *Manager) answerTooMany(w http.ResponseWriter, r *http.Request, e *tooMany, anonymous bool) {
 	if e.log {
-		m.log.Warn("refused requests over a limit", "method", r.Method, "path", r.URL.Path, "err", e.msg, "refused", e.count)
+		m.log.Warn("refused requests over a limit", "method", r.Method, "path", r.URL.Path, "err", e.err.Msg, "refused", e.count)
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
 	if anonymous && r.ProtoMajor == 1 {
 		w.Header().Set("Connection", "close")
 	}
-	m.writeError(w, r, e.httpError)
+	m.writeError(w, r, e.err)
 }
 
 // bulkRoutes take documents or workload reports, and so bodies of up to
@@ -435,7 +439,7 @@ const MaxMessageBytes = 4 << 10
 // change that cannot is refused before anything is staged.
 func (m *Manager) fits(prev *policyState, objects map[string]object, c change) error {
 	if len(c.message) > MaxMessageBytes {
-		return errorf(http.StatusRequestEntityTooLarge, "message: %d bytes; the limit is %d", len(c.message), MaxMessageBytes)
+		return fault.New(fault.TooLarge, nil, "message: %d bytes; the limit is %d", len(c.message), MaxMessageBytes)
 	}
 	lim := storeLimits(m.st)
 	for k, o := range objects {
@@ -443,17 +447,17 @@ func (m *Manager) fits(prev *policyState, objects map[string]object, c change) e
 			continue // in the store already
 		}
 		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+o.Hash, o.JSON)}); err != nil {
-			return errorf(http.StatusRequestEntityTooLarge, "%s %s is %d bytes as JSON, too large for the store: %v", o.Ref.Kind, nsName(o.Ref), len(o.JSON), err)
+			return fault.New(fault.TooLarge, nil, "%s %s is %d bytes as JSON, too large for the store: %w", o.Ref.Kind, nsName(o.Ref), len(o.JSON), err)
 		}
 	}
 	chunks, order := manifest(objects)
 	for h, v := range chunks {
 		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+h, v)}); err != nil {
-			return errorf(http.StatusRequestEntityTooLarge, "the revision's list of objects is too large for the store: %v", err)
+			return fault.New(fault.TooLarge, nil, "the revision's list of objects is too large for the store: %w", err)
 		}
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value := m.key.seal(revisionSealKey, &rec) // as commit will store it
+	value := m.key.Seal(revisionSealKey, &rec) // as commit will store it
 	detail, err := json.Marshal(c.detail)
 	if err != nil {
 		return fmt.Errorf("manager: audit detail: %w", err)
@@ -468,7 +472,7 @@ func (m *Manager) fits(prev *policyState, objects map[string]object, c change) e
 	conds := append([]store.Cond{{Key: keyHead, ModRev: math.MaxInt64}}, aconds...)
 	ops := append([]store.Op{store.Put(keyHead, value), store.Put(revisionKey(math.MaxInt64), value)}, aops...)
 	if err := lim.CheckTxn(conds, ops); err != nil {
-		return errorf(http.StatusRequestEntityTooLarge, "the change is too large for one store transaction (%d objects changed): %v", len(objects), err)
+		return fault.New(fault.TooLarge, nil, "the change is too large for one store transaction (%d objects changed): %w", len(objects), err)
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package manager
 import (
 	"testing"
 	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 )
 
 // The request rate of one key is bounded by a token bucket; other keys
@@ -24,7 +26,7 @@ func TestLimiterRate(t *testing.T) {
 	}
 	err := take("token:a")
 	tm, ok := err.(*tooMany)
-	if !ok || tm.retryAfter != 1 || tm.status != 429 {
+	if !ok || tm.retryAfter != 1 || fault.StatusOf(tm) != 429 {
 		t.Fatalf("the third at once: %v", err)
 	}
 	if err := take("token:b"); err != nil {

@@ -32,6 +32,11 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -124,14 +129,16 @@ type Manager struct {
 	st    store.Store
 	log   *slog.Logger
 	ca    *pki.CA
-	key   *managerKey
+	key   *seal.Key
 	blobs blobs
+	// auditLog commits every change with its audit entry and anchors the
+	// log outside the store (internal/manager/auditlog).
+	auditLog *auditlog.Log
 
 	stateMu sync.Mutex
 	states  map[int64]*policyState
 	sets    setCache
 	feedC   feedCache
-	auditMu sync.Mutex // serializes this manager's audited commits
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
 	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
 
@@ -144,9 +151,7 @@ type Manager struct {
 	hub                          *feedHub
 	limiter                      *limiter
 	alerts                       *alerts
-	refusals                     refusalLimiter
-	heads                        heads
-	final                        finalStates
+	final                        seal.Final
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
@@ -172,6 +177,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
 		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
+	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
 	m.blobs.st = cfg.Store
 	m.blobs.onMismatch = func(key, got string) {
 		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
@@ -184,10 +190,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadKey(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.loadHead(); err != nil {
+	if err := m.auditLog.LoadHead(m.key.Audit()); err != nil {
 		return nil, err
 	}
-	if err := m.final.load(m.finalPath()); err != nil {
+	if err := m.final.Load(m.finalPath()); err != nil {
 		return nil, err
 	}
 	if err := writeFile(filepath.Join(cfg.DataDir, CAFile), ca.CertPEM(), 0o644); err != nil {
@@ -196,8 +202,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.bootstrap(ctx); err != nil {
 		return nil, err
 	}
-	m.checkAuditAtStart(ctx)
-	m.auth = newMirror(m.st, prefixAuth, m.log, m.decodeSealed)
+	m.auditLog.CheckAtStart(ctx)
+	m.auth = newMirror(m.st, credentials.PrefixAuth, m.log, m.decodeSealed)
 	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
 	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
 	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
@@ -263,8 +269,7 @@ func (m *Manager) bootstrap(ctx context.Context) error {
 	}
 	tok, _, err := m.createToken(ctx, system, "admin", api.RoleAdmin,
 		[]store.Cond{store.Absent(keyBootstrap)}, []store.Op{store.Put(keyBootstrap, []byte(m.cfg.Now().UTC().Format(time.RFC3339)))})
-	var he *httpError
-	if errors.As(err, &he) && he.status == http.StatusConflict {
+	if fault.KindOf(err) == fault.Conflict {
 		return nil // another manager bootstrapped the store at the same moment
 	}
 	if err != nil {
@@ -374,7 +379,7 @@ func (m *Manager) run() {
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.alertLoop(ctx) }()
 	m.wg.Add(1)
-	go func() { defer m.wg.Done(); m.refusalLoop(ctx) }()
+	go func() { defer m.wg.Done(); m.auditLog.RefusalLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
 	if m.srv != nil {
@@ -438,17 +443,7 @@ func (m *Manager) Close() error {
 func (m *Manager) now() time.Time { return m.cfg.Now() }
 
 func writeFile(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return fmt.Errorf("manager: write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return fmt.Errorf("manager: chmod %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("manager: write %s: %w", path, err)
-	}
-	return nil
+	return datadir.WriteFile(path, data, mode)
 }
 
 func trimNL(b []byte) []byte {

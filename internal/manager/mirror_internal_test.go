@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -20,14 +21,14 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 	// The values enter the way every value does, through the mirror's
 	// decoder, which for these keys yields a record of another kind.
 	wrong := map[string]any{
-		prefixHosts + "bhtm-h1":                      &certRecord{Serial: "bhtm-c0", Host: "bhtm-h1"},
-		prefixCerts + "bhtmc1":                       &hostRecord{},
-		prefixTokens + hashSecret("bhtm-secret"):     &certRecord{Serial: "bhtm-t1"},
-		prefixJoin + "bhtmj1":                        &hostRecord{},
-		workloadKey("bhtm-h1", "bhtm-ns", "bhtm-w1"): &hostRecord{},
-		identityKey(4242):                            &certRecord{},
-		keyHead:                                      &hostRecord{},
-		prefixRevisions + "bhtm-r1":                  &certRecord{},
+		prefixHosts + "bhtm-h1":                                          &credentials.Cert{Serial: "bhtm-c0", Host: "bhtm-h1"},
+		credentials.PrefixCerts + "bhtmc1":                               &hostRecord{},
+		credentials.PrefixTokens + credentials.HashSecret("bhtm-secret"): &credentials.Cert{Serial: "bhtm-t1"},
+		credentials.PrefixJoin + "bhtmj1":                                &hostRecord{},
+		workloadKey("bhtm-h1", "bhtm-ns", "bhtm-w1"):                     &hostRecord{},
+		identityKey(4242):                                                &credentials.Cert{},
+		keyHead:                                                          &hostRecord{},
+		prefixRevisions + "bhtm-r1":                                      &credentials.Cert{},
 	}
 	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
 		decode := mi.decode

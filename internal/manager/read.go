@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -79,7 +80,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 	if s := r.URL.Query().Get("cursor"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 1 || n > seq {
-			return errorf(http.StatusBadRequest, "cursor: %q: pass the next of the page before, unchanged", s)
+			return fault.New(fault.BadRequest, nil, "cursor: %q: pass the next of the page before, unchanged", s)
 		}
 		seq = n
 	}
@@ -103,7 +104,7 @@ func pageLimit(r *http.Request) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxPage {
-		return 0, errorf(http.StatusBadRequest, "limit: %q: want 1 to %d", s, maxPage)
+		return 0, fault.New(fault.BadRequest, nil, "limit: %q: want 1 to %d", s, maxPage)
 	}
 	return n, nil
 }
@@ -111,7 +112,7 @@ func pageLimit(r *http.Request) (int, error) {
 func revParam(s, name string) (int64, error) {
 	rev, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || rev < 0 {
-		return 0, errorf(http.StatusBadRequest, "%s: %q: want a revision number (GET /v1/revisions lists them)", name, s)
+		return 0, fault.New(fault.BadRequest, nil, "%s: %q: want a revision number (GET /v1/revisions lists them)", name, s)
 	}
 	return rev, nil
 }

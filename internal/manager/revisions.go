@@ -7,12 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -153,7 +153,7 @@ func (b *blobs) stage(ctx context.Context, items map[string][]byte) error {
 		}
 		if _, _, err := b.st.Txn(ctx, nil, ops); err != nil {
 			if errors.Is(err, store.ErrTooLarge) {
-				return errorf(http.StatusRequestEntityTooLarge, "an object is too large for the store: %v", err)
+				return fault.New(fault.TooLarge, nil, "an object is too large for the store: %w", err)
 			}
 			return fmt.Errorf("manager: write objects: %w", err)
 		}
@@ -229,7 +229,7 @@ func (m *Manager) loadState(ctx context.Context, rec *revRecord) (*policyState, 
 		return c, nil
 	}
 	m.stateMu.Unlock()
-	if err := m.key.checkRevision(rec); err != nil {
+	if err := m.checkRevision(rec); err != nil {
 		key := revisionKey(rec.Seq)
 		m.raise("revision-seal", key, "the policy revision's seal does not verify: it was written or changed outside the manager; its objects are not served")
 		return nil, fmt.Errorf("manager: revision %d: %w", rec.Rev, &TamperedError{Key: key, Reason: "its seal does not verify: it was written or changed outside the manager, and the manager will not serve it"})
@@ -307,7 +307,7 @@ func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 			return decodeRecord(kv)
 		}
 	}
-	return nil, errorf(http.StatusNotFound, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
+	return nil, fault.New(fault.NotFound, nil, "revision %d is not a policy revision; GET /v1/revisions lists them", rev)
 }
 
 // change is what a commit records besides the objects.
@@ -346,7 +346,7 @@ func (m *Manager) commit(ctx context.Context, base store.KV, prev *policyState, 
 		return 0, false, err
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value := m.key.seal(revisionSealKey, &rec)
+	value := m.key.Seal(revisionSealKey, &rec)
 	conds := []store.Cond{store.Unchanged(base)}
 	ops := []store.Op{store.Put(keyHead, value), store.Put(revisionKey(rec.Seq), value)}
 	return m.commitAudited(ctx, conds, ops, auditEntry{actor: c.actor, action: c.action, object: "revision", detail: c.detail})

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 )
 
@@ -100,7 +101,7 @@ func (m *Manager) wrap(rt route) http.Handler {
 				return
 			}
 			if !rt.access.allows(p) {
-				err := errorf(http.StatusForbidden, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p)
+				err := fault.New(fault.Forbidden, nil, "%s %s needs %s; %s may not", rt.method, rt.path, rt.access, p)
 				m.refused(r, p, err, "")
 				m.writeError(w, r, err)
 				return
@@ -125,10 +126,12 @@ func (m *Manager) healthz(w http.ResponseWriter, _ *http.Request, _ principal) e
 
 func (m *Manager) readyz(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	if !m.ready() {
-		return errorf(http.StatusServiceUnavailable, "not ready: the store has not been read yet")
+		return fault.New(fault.Unavailable, nil, "not ready: the store has not been read yet")
 	}
 	if err := m.storeOK.get(); err != nil {
-		return errorf(http.StatusServiceUnavailable, "not ready: %v", err)
+		// %v, not %w: the cause is the store's, and writeError would then
+		// answer it as a request the store failed, not as "not ready".
+		return fault.New(fault.Unavailable, nil, "not ready: %v", err)
 	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 	return nil

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -30,7 +32,7 @@ func (m *Manager) postToken(w http.ResponseWriter, r *http.Request, p principal)
 
 func (m *Manager) getTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Token{}
-	eachOf(m.auth, prefixTokens, func(_ string, t *tokenRecord) {
+	eachOf(m.auth, credentials.PrefixTokens, func(_ string, t *credentials.Token) {
 		out = append(out, api.Token{Name: t.Name, Role: t.Role, Created: t.Created, CreatedBy: t.CreatedBy})
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -43,21 +45,21 @@ func (m *Manager) getTokens(w http.ResponseWriter, _ *http.Request, _ principal)
 func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principal) error {
 	name := r.PathValue("name")
 	ctx := r.Context()
-	nameKV, err := m.st.Get(ctx, prefixTokenNames+name)
+	nameKV, err := m.st.Get(ctx, credentials.PrefixTokenNames+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no token named %q; GET /v1/tokens lists them", name)
+		return fault.New(fault.NotFound, nil, "no token named %q; GET /v1/tokens lists them", name)
 	} else if err != nil {
 		return err
 	}
 	hash := string(nameKV.Value)
 	rev, ok, err := m.commitAudited(ctx, []store.Cond{store.Unchanged(nameKV)},
-		[]store.Op{store.Delete(prefixTokenNames + name), store.Delete(prefixTokens + hash)},
+		[]store.Op{store.Delete(credentials.PrefixTokenNames + name), store.Delete(credentials.PrefixTokens + hash)},
 		auditEntry{actor: p, action: "token.revoke", object: "token/" + name})
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "token %q changed meanwhile; try again", name)
+		return fault.New(fault.Conflict, nil, "token %q changed meanwhile; try again", name)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err
@@ -74,23 +76,19 @@ const (
 	MaxJoinTTL     = 24 * time.Hour
 )
 
-// joinTokenID names a join token in lists and revocations: a prefix of
-// the hash it is stored under, which reveals nothing of the secret.
-func joinTokenID(hash string) string { return hash[:16] }
-
 func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p principal) error {
 	var req api.JoinTokenRequest
 	if err := m.decode(w, r, &req); err != nil {
 		return err
 	}
 	if err := pki.ValidHost(req.Host); err != nil {
-		return errorf(http.StatusBadRequest, "host: %v", err)
+		return fault.New(fault.BadRequest, nil, "host: %w", err)
 	}
 	ttl := DefaultJoinTTL
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d < time.Second || d > MaxJoinTTL {
-			return errorf(http.StatusBadRequest, "ttl: %q: want a Go duration between 1s and %s, such as 15m", req.TTL, MaxJoinTTL)
+			return fault.New(fault.BadRequest, nil, "ttl: %q: want a Go duration between 1s and %s, such as 15m", req.TTL, MaxJoinTTL)
 		}
 		ttl = d
 	}
@@ -117,29 +115,29 @@ func (m *Manager) CreateJoinToken(ctx context.Context, host string, ttl time.Dur
 
 func (m *Manager) createJoinToken(ctx context.Context, by principal, host string, ttl time.Duration) (api.JoinToken, int64, error) {
 	if err := pki.ValidHost(host); err != nil {
-		return api.JoinToken{}, 0, errorf(http.StatusBadRequest, "host: %v", err)
+		return api.JoinToken{}, 0, fault.New(fault.BadRequest, nil, "host: %w", err)
 	}
-	secret, err := newSecret(joinPrefix)
+	secret, err := credentials.NewSecret(credentials.JoinPrefix)
 	if err != nil {
 		return api.JoinToken{}, 0, err
 	}
 	now := m.now().UTC()
-	rec := joinRecord{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
-	key := prefixJoin + hashSecret(secret)
-	value := m.key.seal(key, &rec)
+	rec := credentials.Join{Host: host, Expires: now.Add(ttl), Created: now, CreatedBy: by.String()}
+	key := credentials.PrefixJoin + credentials.HashSecret(secret)
+	value := m.key.Seal(key, &rec)
 	rev, _, err := m.commitAudited(ctx, []store.Cond{store.Absent(key)}, []store.Op{store.Put(key, value)},
-		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"id": joinTokenID(hashSecret(secret)), "expires": rec.Expires.Format(time.RFC3339)}})
+		auditEntry{actor: by, action: "jointoken.create", object: "host/" + host, detail: map[string]string{"id": credentials.JoinTokenID(credentials.HashSecret(secret)), "expires": rec.Expires.Format(time.RFC3339)}})
 	if err != nil {
 		return api.JoinToken{}, 0, err
 	}
-	return api.JoinToken{ID: joinTokenID(hashSecret(secret)), Host: host, Expires: rec.Expires, Secret: secret, CAHash: m.ca.Hash()}, rev, nil
+	return api.JoinToken{ID: credentials.JoinTokenID(credentials.HashSecret(secret)), Host: host, Expires: rec.Expires, Secret: secret, CAHash: m.ca.Hash()}, rev, nil
 }
 
 func (m *Manager) getJoinTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.JoinTokenInfo{}
 	now := m.now()
-	eachOf(m.auth, prefixJoin, func(key string, j *joinRecord) {
-		info := api.JoinTokenInfo{ID: joinTokenID(key[len(prefixJoin):]), Host: j.Host, Created: j.Created, CreatedBy: j.CreatedBy,
+	eachOf(m.auth, credentials.PrefixJoin, func(key string, j *credentials.Join) {
+		info := api.JoinTokenInfo{ID: credentials.JoinTokenID(key[len(credentials.PrefixJoin):]), Host: j.Host, Created: j.Created, CreatedBy: j.CreatedBy,
 			Expires: j.Expires, Used: j.Used, State: "unused"}
 		switch {
 		case j.Used != nil:
@@ -165,19 +163,19 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 	id := r.PathValue("id")
 	var key string
 	var host string
-	eachOf(m.auth, prefixJoin, func(k string, j *joinRecord) {
-		if joinTokenID(k[len(prefixJoin):]) == id {
+	eachOf(m.auth, credentials.PrefixJoin, func(k string, j *credentials.Join) {
+		if credentials.JoinTokenID(k[len(credentials.PrefixJoin):]) == id {
 			key, host = k, j.Host
 		}
 	})
 	if len(id) != 16 || key == "" {
-		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
+		return fault.New(fault.NotFound, nil, "no join token with id %q; GET /v1/jointokens lists them", id)
 	}
 	ctx := r.Context()
-	var jt joinRecord
+	var jt credentials.Join
 	kv, err := m.readSealed(ctx, key, &jt)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "no join token with id %q; GET /v1/jointokens lists them", id)
+		return fault.New(fault.NotFound, nil, "no join token with id %q; GET /v1/jointokens lists them", id)
 	} else if err != nil {
 		return err
 	}
@@ -187,7 +185,7 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 		return err
 	}
 	if !ok {
-		return errorf(http.StatusConflict, "join token %s changed meanwhile; try again", id)
+		return fault.New(fault.Conflict, nil, "join token %s changed meanwhile; try again", id)
 	}
 	if err := m.auth.waitRev(ctx, rev); err != nil {
 		return err

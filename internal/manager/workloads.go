@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -40,7 +41,7 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 		return err
 	}
 	if replace && len(req.Deleted) > 0 {
-		return errorf(http.StatusBadRequest, "deleted: PUT replaces the host's whole set; list deletions only with POST")
+		return fault.New(fault.BadRequest, nil, "deleted: PUT replaces the host's whole set; list deletions only with POST")
 	}
 	if err := m.checkWorkloads(host, req.Workloads, req.Deleted, replace); err != nil {
 		m.refusedReport(r.Context(), p, host, err)
@@ -75,7 +76,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
 	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.hostCounts()[host] > maxHostWorkloads+len(deleted)) {
-		return errorf(http.StatusRequestEntityTooLarge, "workloads: a host may hold at most %d workloads; this report would give host %s more", maxHostWorkloads, host)
+		return fault.New(fault.TooLarge, nil, "workloads: a host may hold at most %d workloads; this report would give host %s more", maxHostWorkloads, host)
 	}
 	for i, wl := range ws {
 		if wl.Host != "" && wl.Host != host {
@@ -100,7 +101,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		details = m.checkClaims(host, ws, deleted, replace)
 	}
 	if len(details) > 0 {
-		return &httpError{status: http.StatusUnprocessableEntity, msg: "the workload report of host " + host + " is refused; nothing was stored", details: details}
+		return fault.New(fault.Invalid, details, "the workload report of host %s is refused; nothing was stored", host)
 	}
 	return nil
 }
@@ -182,7 +183,7 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 		// An identity was removed under the report (the collector found
 		// it unused a moment before): resolve again.
 		if attempt == 10 {
-			return 0, nil, errorf(http.StatusServiceUnavailable, "the identities of host %s's workloads keep being removed under the report; try again", host)
+			return 0, nil, fault.New(fault.Unavailable, nil, "the identities of host %s's workloads keep being removed under the report; try again", host)
 		}
 		sleep(ctx, jitter(attempt))
 	}

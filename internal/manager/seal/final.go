@@ -1,14 +1,14 @@
-package manager
+package seal
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
-	"time"
+
+	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 )
 
 // A seal proves a record was written by a manager, not that it is the
@@ -18,10 +18,12 @@ import (
 // manager remembers, outside the store (FinalFile in its data
 // directory), every serial it has seen revoked and every join token it
 // has seen used; a record that comes back without them is held to them
-// and raises an alert.
+// (and the manager raises an alert).
 const FinalFile = "final.json"
 
-type finalStates struct {
+// Final is the set of one-way states a manager has seen. Its methods are
+// safe for concurrent use.
+type Final struct {
 	mu      sync.Mutex
 	revoked map[string]bool // certificate serials
 	used    map[string]bool // join token store keys
@@ -33,7 +35,8 @@ type finalFile struct {
 	Used    []string `json:"used"`
 }
 
-func (f *finalStates) load(path string) error {
+// Load reads the states kept at path; a missing file is an empty set.
+func (f *Final) Load(path string) error {
 	f.revoked, f.used = map[string]bool{}, map[string]bool{}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -54,35 +57,34 @@ func (f *finalStates) load(path string) error {
 	return nil
 }
 
-// hold records what rec says is final, and holds rec to what was seen
-// before; it reports whether rec had to be held (a rollback).
-func (f *finalStates) hold(key string, rec sealed, now time.Time) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	const by = "this manager's record: the store's copy was rolled back"
-	switch r := rec.(type) {
-	case *certRecord:
-		if r.Revoked != nil {
-			f.dirty = f.dirty || !f.revoked[r.Serial]
-			f.revoked[r.Serial] = true
-		} else if f.revoked[r.Serial] {
-			r.Revoked, r.RevokedBy = &now, by
-			return true
-		}
-	case *joinRecord:
-		if r.Used != nil {
-			f.dirty = f.dirty || !f.used[key]
-			f.used[key] = true
-		} else if f.used[key] {
-			r.Used = &now
-			return true
-		}
-	}
-	return false
+// Revoked records that the certificate serial is revoked if revoked, and
+// otherwise reports whether it was seen revoked before: a record that
+// says it is not was rolled back, and must be held revoked.
+func (f *Final) Revoked(serial string, revoked bool) (rolledBack bool) {
+	return f.hold(&f.revoked, serial, revoked)
 }
 
-// save writes the final states to path if they grew.
-func (f *finalStates) save(path string) error {
+// Used is Revoked for the join token at store key key, and its use.
+func (f *Final) Used(key string, used bool) (rolledBack bool) {
+	return f.hold(&f.used, key, used)
+}
+
+func (f *Final) hold(seen *map[string]bool, id string, reached bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if reached {
+		if *seen == nil {
+			*seen = map[string]bool{}
+		}
+		f.dirty = f.dirty || !(*seen)[id]
+		(*seen)[id] = true
+		return false
+	}
+	return (*seen)[id]
+}
+
+// Save writes the states to path if they grew.
+func (f *Final) Save(path string) error {
 	f.mu.Lock()
 	if !f.dirty {
 		f.mu.Unlock()
@@ -100,7 +102,7 @@ func (f *finalStates) save(path string) error {
 	sort.Strings(v.Revoked)
 	sort.Strings(v.Used)
 	data, _ := json.MarshalIndent(v, "", "  ")
-	if err := writeFile(path, append(data, '\n'), 0o600); err != nil {
+	if err := datadir.WriteFile(path, append(data, '\n'), 0o600); err != nil {
 		f.mu.Lock()
 		f.dirty = true
 		f.mu.Unlock()
@@ -108,12 +110,3 @@ func (f *finalStates) save(path string) error {
 	}
 	return nil
 }
-
-// holdFinal applies finalStates to an access record read from key.
-func (m *Manager) holdFinal(key string, rec sealed) {
-	if m.final.hold(key, rec, m.now().UTC()) {
-		m.raise("record-rollback", key, "the access record was put back as it was before a revocation or a use: the manager holds it revoked or used")
-	}
-}
-
-func (m *Manager) finalPath() string { return filepath.Join(m.cfg.DataDir, FinalFile) }
