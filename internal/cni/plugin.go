@@ -122,7 +122,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return err
 	}
 	if lf := at.conf.LabelsFrom; lf != nil && at.conf.Args.Labels == nil {
-		if err := p.fromRuntime(at, lf.source(), &w); err != nil {
+		if err := p.fromRuntime(at, lf.source(), &w, lf.waitFor()); err != nil {
 			return err
 		}
 	}
