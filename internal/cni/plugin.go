@@ -138,6 +138,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	p.sweepGone(at)
 	a, res, err := p.attach(at, args, w, elsewhere)
 	if err != nil {
 		return err
