@@ -138,7 +138,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	p.sweepGone(at)
+	p.sweepGone(at, true)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		p.sweepGone(at, false)
+	}()
+	defer func() { <-swept }()
 	a, res, err := p.attach(at, args, w, elsewhere)
 	if err != nil {
 		return err
