@@ -87,7 +87,7 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 	cd.ctr("task", "kill", "-s", "SIGKILL", "web")
 	cd.waitStopped("web")
 	cd.ctr("task", "rm", "web")
-	cd.ctr("task", "start", "-d", "web")
+	cd.ctr("task", "start", "-d", "--fifo-dir", filepath.Join(cd.dir, "fifo"), "web")
 	if _, err := cd.libcniAdd("web"); err != nil {
 		t.Fatalf("ADD after the restart: %v", err)
 	}
@@ -389,7 +389,7 @@ func (cd *containerdEnv) run(id string, flags []string, ports ...string) (string
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// --rootfs makes the first argument a directory, not an image.
-	argv := append(append([]string{"-n", cd.ns, "run", "-d", "--cni", "--fifo-dir", filepath.Join(cd.dir, "fifo")}, flags...), "--rootfs", filepath.Join(cd.dir, "rootfs"), id, "/box")
+	argv := append(append([]string{"-n", cd.ns, "run", "-d", "--cni", "--fifo-dir", filepath.Join(cd.dir, "fifo"), "--runc-root", filepath.Join(cd.dir, "runc")}, flags...), "--rootfs", filepath.Join(cd.dir, "rootfs"), id, "/box")
 	out, err := cd.command(ctx, append(argv, ports...)...).CombinedOutput()
 	return string(out), err
 }
@@ -405,7 +405,7 @@ func (cd *containerdEnv) mustRun(id string, flags []string, ports ...string) {
 // channel is closed when ctr ends.
 func (cd *containerdEnv) runForeground(id string, flags []string, ports ...string) <-chan struct{} {
 	cd.t.Helper()
-	argv := append(append([]string{"-n", cd.ns, "run", "--cni", "--null-io", "--fifo-dir", filepath.Join(cd.dir, "fifo")}, flags...), "--rootfs", filepath.Join(cd.dir, "rootfs"), id, "/box")
+	argv := append(append([]string{"-n", cd.ns, "run", "--cni", "--null-io", "--fifo-dir", filepath.Join(cd.dir, "fifo"), "--runc-root", filepath.Join(cd.dir, "runc")}, flags...), "--rootfs", filepath.Join(cd.dir, "rootfs"), id, "/box")
 	c := cd.command(context.Background(), append(argv, ports...)...)
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
