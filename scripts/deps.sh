@@ -7,7 +7,8 @@
 # etcd server as well as the embedded one), podman and runc (the CNI
 # plugin's test with the real Podman; crun refuses this machine's cgroups),
 # containerd (containerd, ctr and the runc shim: the CNI plugin's test with
-# the real containerd), unshare, nsenter and mount (util-linux, mount).
+# the real containerd; its CRI also runs the loopback plugin of
+# containernetworking-plugins), unshare, nsenter and mount (util-linux, mount).
 # Without root it only reports what is missing; the tests that need it
 # skip with a clear reason (in CI, where CI=true, they fail instead).
 set -euo pipefail
@@ -22,6 +23,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v containerd >/dev/null || need+=(containerd)
 command -v ctr >/dev/null || need+=(containerd)
 command -v containerd-shim-runc-v2 >/dev/null || need+=(containerd)
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || need+=(mount)

@@ -2,6 +2,7 @@ package cni
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -153,6 +154,11 @@ type containerdEnv struct {
 	t                       *testing.T
 	dir, ns, hostNS, net    string
 	netD, otherNetD, binDir string
+	// daemon is containerd's command line (default: containerd with the
+	// directory's config.toml); cgroup the name of the cgroups its
+	// containers make (default: ns), removed at the end.
+	daemon []string
+	cgroup string
 }
 
 // containerdBox is the containers' program: it accepts (and closes)
@@ -196,7 +202,16 @@ const ctrWrapper = `#!/bin/sh
 set -e
 netd=$1 bin=$2 cache=$3 work=$4 host=$5 sock=$6
 shift 6
-see() {
+` + mountSee + `
+see "$netd" /etc/cni/net.d
+see "$bin" /opt/cni/bin
+see "$cache" /var/lib/cni
+exec nsenter --net="$host" ctr --address "$sock" "$@"
+`
+
+// mountSee is the shell function "see SRC DST": DST shows SRC in this
+// mount namespace.
+const mountSee = `see() {
 	if [ ! -d "$2" ]; then
 		a=$(dirname "$2")
 		while [ ! -d "$a" ]; do a=$(dirname "$a"); done
@@ -206,12 +221,7 @@ see() {
 		mkdir -p "$2"
 	fi
 	mount --bind "$1" "$2"
-}
-see "$netd" /etc/cni/net.d
-see "$bin" /opt/cni/bin
-see "$cache" /var/lib/cni
-exec nsenter --net="$host" ctr --address "$sock" "$@"
-`
+}`
 
 func newContainerdEnv(t *testing.T, dir string, e *hostEnv) *containerdEnv {
 	t.Helper()
@@ -261,14 +271,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 			t.Fatal(err)
 		}
 	}
-	// The root file system: one static binary (no registry is reachable).
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "rootfs", "box"), ".")
-	build.Dir, build.Env = filepath.Join(dir, "src"), append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the containers' binary: %v\n%s", err, out)
-	}
+	buildBox(t, filepath.Join(dir, "src"), filepath.Join(dir, "rootfs", "box"))
 	cd.start()
 	return cd
+}
+
+// buildBox builds containerdBox, whose source is in src, as a static
+// binary: the containers' root file system (no registry is reachable).
+func buildBox(t *testing.T, src, out string) {
+	t.Helper()
+	build := exec.Command("go", "build", "-o", out, ".")
+	build.Dir, build.Env = src, append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the containers' binary: %v\n%s", err, b)
+	}
 }
 
 func (cd *containerdEnv) socket() string { return filepath.Join(cd.dir, "containerd.sock") }
@@ -278,12 +294,16 @@ func (cd *containerdEnv) fullID(id string) string { return cd.ns + "-" + id }
 
 // start runs containerd until the test ends, and waits until it answers.
 // At the end it removes every task and container of the test's
-// namespace, stops containerd and removes what runc left named after
-// the namespace (its state directory and empty cgroups).
+// namespace, stops containerd and removes the empty cgroups runc left
+// (runc's state and ctr's FIFOs are in the test's directory).
 func (cd *containerdEnv) start() {
 	t := cd.t
 	t.Helper()
-	daemon := exec.Command("containerd", "--config", filepath.Join(cd.dir, "config.toml"))
+	argv := cd.daemon
+	if argv == nil {
+		argv = []string{"containerd", "--config", filepath.Join(cd.dir, "config.toml")}
+	}
+	daemon := exec.Command(argv[0], argv[1:]...)
 	var log bytes.Buffer
 	daemon.Stdout, daemon.Stderr = &log, &log
 	if err := daemon.Start(); err != nil {
@@ -300,9 +320,9 @@ func (cd *containerdEnv) start() {
 			daemon.Process.Kill()
 			<-done
 		}
-		os.RemoveAll(filepath.Join("/run/containerd/runc", cd.ns))
-		cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", cd.ns))
-		if unified := filepath.Join("/sys/fs/cgroup", cd.ns); dirExists(unified) {
+		group := cmp.Or(cd.cgroup, cd.ns)
+		cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", group))
+		if unified := filepath.Join("/sys/fs/cgroup", group); dirExists(unified) {
 			cgroups = append(cgroups, unified)
 		}
 		for _, g := range cgroups {
