@@ -58,13 +58,27 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 	}
 	a := startRealAgent(t, e, dp)
 	cd := newContainerdEnv(t, dir, e)
-	shop := []string{"--label", "bulkhead.dev/namespace=shop"}
+	regs, db := cd.attachShop(a)
+	cd.restartKeepsIdentity(a, regs["web"], regs["db"].IPs[0])
+	cd.removal(a, e, db)
+	cd.unreadable(a, e)
+}
 
+// shopLabel is the ctr flag giving a container the namespace shop.
+var shopLabel = []string{"--label", "bulkhead.dev/namespace=shop"}
+
+// attachShop runs db (under a foreground `ctr run --cni`, which calls
+// DEL when its task ends; the channel closes when it ends), web and
+// other (detached), checks their registrations and the policy between
+// them.
+func (cd *containerdEnv) attachShop(a *agent.Agent) (map[string]api.WorkloadRegistration, <-chan struct{}) {
+	t := cd.t
+	t.Helper()
 	// db under a foreground `ctr run --cni`, which calls DEL when its
 	// task ends; web and other detached.
-	db := cd.runForeground("db", append(shop, "--label", "app=db", "--label", "bulkhead.dev/ports=pg:5432/tcp"), "5432", "8080")
-	cd.mustRun("web", append(shop, "--label", "app=web"))
-	cd.mustRun("other", append(shop, "--label", "app=other"))
+	db := cd.runForeground("db", append(shopLabel, "--label", "app=db", "--label", "bulkhead.dev/ports=pg:5432/tcp"), "5432", "8080")
+	cd.mustRun("web", append(shopLabel, "--label", "app=web"))
+	cd.mustRun("other", append(shopLabel, "--label", "app=other"))
 	regs := map[string]api.WorkloadRegistration{}
 	for _, id := range []string{"db", "web", "other"} {
 		regs[id] = cd.registered(a, id)
@@ -79,7 +93,13 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 	cd.wantDial("web", dbAddr, "5432", true)
 	cd.wantDial("web", dbAddr, "8080", false)
 	cd.wantDial("other", dbAddr, "5432", false)
+	return regs, db
+}
 
+// restartKeepsIdentity restarts web's task.
+func (cd *containerdEnv) restartKeepsIdentity(a *agent.Agent, web api.WorkloadRegistration, dbAddr string) {
+	t := cd.t
+	t.Helper()
 	// Restart: ctr cannot start a task with CNI again, so the ADD after
 	// the new task starts is made as ctr's library (go-cni over libcni)
 	// makes it: CNI_CONTAINERID NAMESPACE-ID, no CNI_ARGS. The identity
@@ -92,11 +112,16 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 	if _, err := cd.libcniAdd("web"); err != nil {
 		t.Fatalf("ADD after the restart: %v", err)
 	}
-	if r := cd.registered(a, "web"); r.Namespace != "shop" || !maps.Equal(r.Labels, map[string]string{"app": "web"}) || r.Interface != regs["web"].Interface {
-		t.Errorf("after the restart web is %+v; want shop/%s with app=web on %s", r, cd.fullID("web"), regs["web"].Interface)
+	if r := cd.registered(a, "web"); r.Namespace != "shop" || !maps.Equal(r.Labels, map[string]string{"app": "web"}) || r.Interface != web.Interface {
+		t.Errorf("after the restart web is %+v; want shop/%s with app=web on %s", r, cd.fullID("web"), web.Interface)
 	}
 	cd.wantDial("web", dbAddr, "5432", true)
+}
 
+// removal removes db, whose ctr run calls DEL, and other, whose does not.
+func (cd *containerdEnv) removal(a *agent.Agent, e *hostEnv, db <-chan struct{}) {
+	t := cd.t
+	t.Helper()
 	// Removal with DEL: the foreground ctr run ends with its task.
 	cd.ctr("task", "kill", "-s", "SIGKILL", "db")
 	select {
@@ -112,7 +137,7 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 	cd.waitStopped("other")
 	cd.ctr("task", "rm", "other")
 	cd.ctr("container", "rm", "other")
-	cd.mustRun("late", append(shop, "--label", "app=late"))
+	cd.mustRun("late", append(shopLabel, "--label", "app=late"))
 	cd.unregistered(a, "other")
 	st := e.state()
 	for _, id := range []string{"db", "other"} {
@@ -120,7 +145,12 @@ func TestLabelsFromRealContainerd(t *testing.T) {
 			t.Errorf("%s is removed, its allocation %+v is not", id, al)
 		}
 	}
+}
 
+// unreadable runs containers whose labels cannot be read.
+func (cd *containerdEnv) unreadable(a *agent.Agent, e *hostEnv) {
+	t := cd.t
+	t.Helper()
 	// Labels that cannot be read: an invalid one, and a container the
 	// configured containerd namespace does not hold.
 	out, err := cd.run("bad", []string{"--label", "note=has spaces"})
