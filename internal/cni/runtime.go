@@ -90,6 +90,7 @@ func lookup(ctx context.Context, src runtimes.Source, id string, wait time.Durat
 // fails ADD before anything is created: a workload whose labels are not
 // known has no identity a policy could allow, so it is never attached.
 func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload, wait time.Duration) error {
+	start := time.Now()
 	c, err := lookup(p.ctx, src, at.containerID, wait)
 	if err != nil {
 		return cniError(CodeRuntime, "labels of container %s from %s: %v; the workload is not attached without them "+
@@ -114,7 +115,7 @@ func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload, w
 	}
 	at.conf.Args.Labels = id.labels
 	p.log.Info("labels from the runtime", "container", at.containerID, "runtimeNamespace", c.Namespace, "name", c.Name, "image", c.Image,
-		"source", src.String(), "labels", len(id.labels), "namespace", w.Namespace)
+		"source", src.String(), "labels", len(id.labels), "namespace", w.Namespace, "took", time.Since(start).Round(time.Microsecond))
 	return nil
 }
 
