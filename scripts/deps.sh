@@ -5,7 +5,10 @@
 # written by hand; Bulkhead itself programs the kernel through netlink),
 # etcd (etcd-server: the store's tests run against a separately started
 # etcd server as well as the embedded one), podman and runc (the CNI
-# plugin's test with the real Podman; crun refuses this machine's cgroups).
+# plugin's test with the real Podman; crun refuses this machine's cgroups),
+# containerd (containerd, ctr and the runc shim: the CNI plugin's test with
+# the real containerd; its CRI also runs the loopback plugin of
+# containernetworking-plugins), unshare, nsenter and mount (util-linux, mount).
 # Without root it only reports what is missing; the tests that need it
 # skip with a clear reason (in CI, where CI=true, they fail instead).
 set -euo pipefail
@@ -17,6 +20,13 @@ command -v nft >/dev/null || need+=(nftables)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
+command -v containerd >/dev/null || need+=(containerd)
+command -v ctr >/dev/null || need+=(containerd)
+command -v containerd-shim-runc-v2 >/dev/null || need+=(containerd)
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v mount >/dev/null || need+=(mount)
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi

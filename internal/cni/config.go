@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -335,18 +336,42 @@ func parseSubnet(p *problems, field string, v json.RawMessage, v6 bool) netip.Pr
 
 func parseLabelsFrom(p *problems, v json.RawMessage) *LabelsFrom {
 	var lf LabelsFrom
-	if !decodeStrict(p, "labelsFrom", v, &lf, `{"runtime": "podman", "socket": "/run/podman/podman.sock"}`) {
+	before := len(p.msgs)
+	if !decodeStrict(p, "labelsFrom", v, &lf, `{"runtime": "podman", "socket": "/run/podman/podman.sock"} or `+
+		`{"runtime": "containerd", "socket": "/run/containerd/containerd.sock", "namespace": "default"}`) {
 		return nil
 	}
-	if lf.Runtime != "podman" {
-		p.add(CodeInvalidConfig, `labelsFrom.runtime %q: want "podman"`, lf.Runtime)
+	var defaultSocket string
+	switch lf.Runtime {
+	case "podman":
+		defaultSocket = runtimes.DefaultPodmanSocket
+		if lf.Namespace != "" {
+			p.add(CodeInvalidConfig, "labelsFrom.namespace %q: podman has no namespaces; it is for runtime \"containerd\"", lf.Namespace)
+		}
+	case "containerd":
+		defaultSocket = runtimes.DefaultContainerdSocket
+		if msg := runtimes.IdentifierProblem(lf.Namespace); lf.Namespace != "" && msg != "" {
+			p.add(CodeInvalidConfig, "labelsFrom.namespace %q: %s (such as \"default\" for ctr, \"k8s.io\" for the CRI)", lf.Namespace, msg)
+		}
+	default:
+		p.add(CodeInvalidConfig, `labelsFrom.runtime %q: want "podman" or "containerd"`, lf.Runtime)
 		return nil
 	}
 	if lf.Socket == "" {
-		lf.Socket = runtimes.DefaultPodmanSocket
+		lf.Socket = defaultSocket
 	}
 	if path := strings.TrimPrefix(lf.Socket, "unix://"); !filepath.IsAbs(path) {
-		p.add(CodeInvalidConfig, "labelsFrom.socket %q: want an absolute socket path such as %q (or unix:///path)", lf.Socket, runtimes.DefaultPodmanSocket)
+		p.add(CodeInvalidConfig, "labelsFrom.socket %q: want an absolute socket path such as %q (or unix:///path)", lf.Socket, defaultSocket)
+	}
+	lf.wait = defaultRuntimeWait
+	if lf.Timeout != "" {
+		d, err := time.ParseDuration(lf.Timeout)
+		if err != nil || d <= 0 || d > maxRuntimeWait {
+			p.add(CodeInvalidConfig, "labelsFrom.timeout %q: want a duration above 0 and at most %v, such as \"10s\"", lf.Timeout, maxRuntimeWait)
+		}
+		lf.wait = d
+	}
+	if len(p.msgs) > before {
 		return nil
 	}
 	return &lf

@@ -132,7 +132,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		}
 	}
 	if lf := at.conf.LabelsFrom; lf != nil && at.conf.Args.Labels == nil {
-		if err := p.fromRuntime(at, lf.source(), &w); err != nil {
+		if err := p.fromRuntime(at, lf.source(), &w, lf.waitFor()); err != nil {
 			return err
 		}
 	}
@@ -148,6 +148,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	p.sweepGone(at, true)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		p.sweepGone(at, false)
+	}()
+	defer func() { <-swept }()
 	a, res, err := p.attach(at, args, w, elsewhere)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,16 +29,59 @@ const (
 // LabelsFrom is the configuration's labelsFrom: the runtime whose API
 // tells a container's labels when args give none.
 type LabelsFrom struct {
+	// Runtime is "podman" or "containerd".
 	Runtime string `json:"runtime"`
-	Socket  string `json:"socket"`
+	// Socket is the runtime API's unix socket.
+	Socket string `json:"socket"`
+	// Namespace is containerd's namespace of the containers ("": read
+	// it from ctr's NAMESPACE-ID).
+	Namespace string `json:"namespace"`
+	// Timeout bounds how long ADD waits for the labels, as a duration
+	// ("10s"); wait is it parsed.
+	Timeout string `json:"timeout"`
+	wait    time.Duration
 }
 
-// runtimeLookupTimeout bounds ADD's wait for the runtime's answer.
-const runtimeLookupTimeout = 10 * time.Second
+// defaultRuntimeWait is how long ADD waits for the runtime's answer
+// unless labelsFrom.timeout says otherwise; maxRuntimeWait bounds that.
+const (
+	defaultRuntimeWait = 10 * time.Second
+	maxRuntimeWait     = 2 * time.Minute
+)
 
 // source is the runtime API that lf names.
 func (lf *LabelsFrom) source() runtimes.Source {
+	if lf.Runtime == "containerd" {
+		return runtimes.NewContainerd(lf.Socket, lf.Namespace)
+	}
 	return runtimes.NewPodman(lf.Socket)
+}
+
+// waitFor is how long ADD waits for the labels.
+func (lf *LabelsFrom) waitFor() time.Duration { return cmp.Or(lf.wait, defaultRuntimeWait) }
+
+// lookup asks src for the container until it answers, retrying while
+// the runtime does not know the container yet or cannot be reached,
+// for at most wait: ADD is held until the labels arrive, so that the
+// workload's policy is in force before its first packet.
+func lookup(ctx context.Context, src runtimes.Source, id string, wait time.Duration) (runtimes.Container, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	delay := 20 * time.Millisecond
+	for {
+		c, err := src.Container(ctx, id)
+		if err == nil || !runtimes.IsNotFound(err) && !runtimes.IsUnavailable(err) {
+			return c, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return c, fmt.Errorf("%w (still so after waiting %v)", err, wait)
+		case <-t.C:
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
 }
 
 // fromRuntime completes w and at.conf.Args with what the runtime says
@@ -45,10 +89,9 @@ func (lf *LabelsFrom) source() runtimes.Source {
 // named ports (LabelPorts). A container the runtime cannot tell about
 // fails ADD before anything is created: a workload whose labels are not
 // known has no identity a policy could allow, so it is never attached.
-func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload) error {
-	ctx, cancel := context.WithTimeout(p.ctx, runtimeLookupTimeout)
-	defer cancel()
-	c, err := src.Container(ctx, at.containerID)
+func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload, wait time.Duration) error {
+	start := time.Now()
+	c, err := lookup(p.ctx, src, at.containerID, wait)
 	if err != nil {
 		return cniError(CodeRuntime, "labels of container %s from %s: %v; the workload is not attached without them "+
 			"(start the runtime's API service, or give the labels in args.cni.labels)", at.containerID, src, err)
@@ -71,8 +114,8 @@ func (p *plugin) fromRuntime(at *attachment, src runtimes.Source, w *Workload) e
 		at.conf.Args.Ports = id.ports
 	}
 	at.conf.Args.Labels = id.labels
-	p.log.Info("labels from the runtime", "container", at.containerID, "name", c.Name, "image", c.Image,
-		"source", src.String(), "labels", len(id.labels), "namespace", w.Namespace)
+	p.log.Info("labels from the runtime", "container", at.containerID, "runtimeNamespace", c.Namespace, "name", c.Name, "image", c.Image,
+		"source", src.String(), "labels", len(id.labels), "namespace", w.Namespace, "took", time.Since(start).Round(time.Microsecond))
 	return nil
 }
 

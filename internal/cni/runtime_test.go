@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
@@ -35,7 +37,7 @@ func TestIdentityFromLabels(t *testing.T) {
 	)
 	at := &attachment{conf: &Config{}, containerID: "web"}
 	w := Workload{Namespace: "default", Name: "web"}
-	if err := p.fromRuntime(at, src, &w); err != nil {
+	if err := p.fromRuntime(at, src, &w, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	wantPorts := []api.NamedPort{{Name: "http", Port: 8080, Protocol: "tcp"}, {Name: "pg", Port: 5432, Protocol: "tcp"}, {Name: "dns", Port: 53, Protocol: "udp"}}
@@ -45,7 +47,7 @@ func TestIdentityFromLabels(t *testing.T) {
 
 	// No labels at all is a known identity: none.
 	at = &attachment{conf: &Config{}, containerID: "bare"}
-	if err := p.fromRuntime(at, src, &Workload{Namespace: "default"}); err != nil || at.conf.Args.Labels == nil || len(at.conf.Args.Labels) != 0 {
+	if err := p.fromRuntime(at, src, &Workload{Namespace: "default"}, time.Second); err != nil || at.conf.Args.Labels == nil || len(at.conf.Args.Labels) != 0 {
 		t.Errorf("no labels: %v, %v", at.conf.Args.Labels, err)
 	}
 
@@ -59,14 +61,14 @@ func TestIdentityFromLabels(t *testing.T) {
 		{"bad", Workload{Namespace: "default"}, Config{}, src, []string{
 			`label org.opencontainers.image.description="a web server"`, `label key "-x"`, `label bulkhead.dev/namespace="Shop"`,
 			`"pg:99999": want NAME:PORT`, `"http": want NAME:PORT`, `label bulkhead.dev/ports: ports[0].name: invalid port name ""`}},
-		{"gone", Workload{Namespace: "default"}, Config{}, src, []string{"no such container", "not attached without them"}},
+		{"gone", Workload{Namespace: "default"}, Config{}, src, []string{"no such container", "not attached without them", "after waiting 200ms"}},
 		{"web", Workload{Namespace: "other", NamespaceGiven: true}, Config{}, src, []string{"K8S_POD_NAMESPACE=\"other\" disagree"}},
 		{"web", Workload{Namespace: "default"}, Config{Args: Args{Ports: []api.NamedPort{{Name: "x", Port: 1}}}}, src, []string{"both give named ports"}},
 		{"web", Workload{Namespace: "default"}, Config{}, &runtimes.Fake{Err: errors.New("connection refused")}, []string{"connection refused"}},
 	} {
 		conf := c.conf
 		at := &attachment{conf: &conf, containerID: c.id}
-		err := p.fromRuntime(at, c.src, &c.w)
+		err := p.fromRuntime(at, c.src, &c.w, 200*time.Millisecond)
 		if errorCode(err) != CodeRuntime {
 			t.Errorf("%s: %v, want code 108", c.id, err)
 			continue
@@ -128,7 +130,7 @@ func TestLabelsFromPodmanThroughTheBinary(t *testing.T) {
 	pod, sock := startFakePodman(t)
 	pod.containers["web"] = map[string]string{"app": "web", "io.buildah.version": "1.28.2", LabelNamespace: "shop", LabelPorts: "http:8080"}
 	pod.containers["bad"] = map[string]string{"description": "has spaces"}
-	conf := e.conf(map[string]any{"labelsFrom": map[string]any{"runtime": "podman", "socket": "unix://" + sock}})
+	conf := e.conf(map[string]any{"labelsFrom": map[string]any{"runtime": "podman", "socket": "unix://" + sock, "timeout": "500ms"}})
 	args := func(name string) string { return "IgnoreUnknown=1;K8S_POD_NAME=" + name }
 
 	w := nstest.NS(t, verPrefix)
@@ -153,7 +155,7 @@ func TestLabelsFromPodmanThroughTheBinary(t *testing.T) {
 		{"gone", "no such container", conf},
 		{"we", "no such container", conf}, // a prefix of web's id
 		{"bad", `label description="has spaces"`, conf},
-		{"web", "connect", e.conf(map[string]any{"labelsFrom": map[string]any{"runtime": "podman", "socket": filepath.Join(t.TempDir(), "none.sock")}})},
+		{"web", "connect", e.conf(map[string]any{"labelsFrom": map[string]any{"runtime": "podman", "socket": filepath.Join(t.TempDir(), "none.sock"), "timeout": "500ms"}})},
 	} {
 		ce := e.run(call{Command: "ADD", ContainerID: c.id, NetNS: w.Path(), IfName: "eth0", Args: args(c.id), Stdin: c.stdin}).cniErr(t)
 		if ce.Code != CodeRuntime || !strings.Contains(ce.Details, c.want) {
@@ -181,8 +183,18 @@ func TestLabelsFromConfig(t *testing.T) {
 	if err != nil || c.LabelsFrom == nil || c.LabelsFrom.Socket != runtimes.DefaultPodmanSocket {
 		t.Errorf("labelsFrom podman = %+v, %v; want the default socket", c, err)
 	}
+	c, err = ParseConfig([]byte(base + `{"runtime": "containerd", "namespace": "k8s.io", "timeout": "30s"}}`))
+	if err != nil || c.LabelsFrom == nil || c.LabelsFrom.Socket != runtimes.DefaultContainerdSocket ||
+		c.LabelsFrom.Namespace != "k8s.io" || c.LabelsFrom.waitFor() != 30*time.Second {
+		t.Errorf("labelsFrom containerd = %+v, %v; want the default socket, namespace k8s.io, 30 s", c.LabelsFrom, err)
+	}
 	for _, bad := range []struct{ v, want string }{
-		{`{"runtime": "docker"}`, `labelsFrom.runtime "docker": want "podman"`},
+		{`{"runtime": "docker"}`, `labelsFrom.runtime "docker": want "podman" or "containerd"`},
+		{`{"runtime": "podman", "namespace": "default"}`, `labelsFrom.namespace "default": podman has no namespaces`},
+		{`{"runtime": "containerd", "namespace": "a/b"}`, `labelsFrom.namespace "a/b": want letters and digits`},
+		{`{"runtime": "containerd", "socket": "c.sock"}`, `labelsFrom.socket "c.sock": want an absolute socket path such as "/run/containerd/containerd.sock"`},
+		{`{"runtime": "containerd", "timeout": "forever"}`, `labelsFrom.timeout "forever": want a duration`},
+		{`{"runtime": "containerd", "timeout": "10m"}`, `at most 2m0s`},
 		{`{"runtime": "podman", "socket": "podman.sock"}`, "labelsFrom.socket"},
 		{`{"runtime": "podman", "sokcet": "/x"}`, `unknown field "sokcet"`},
 		{`"podman"`, "labelsFrom: want"},
@@ -195,5 +207,42 @@ func TestLabelsFromConfig(t *testing.T) {
 	// DEL does not read it.
 	if _, err := ParseDelConfig([]byte(base + `{"runtime": "docker"}}`)); err != nil {
 		t.Errorf("DEL with a bad labelsFrom: %v", err)
+	}
+}
+
+// TestLabelsWaitForTheRuntime: ADD is held while the runtime does not
+// know the container yet or cannot be reached, and goes on as soon as
+// the labels arrive; never without them.
+func TestLabelsWaitForTheRuntime(t *testing.T) {
+	p := &plugin{ctx: context.Background(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	web := runtimes.Container{ID: "web", Labels: map[string]string{"app": "web"}}
+	for name, arrange := range map[string]func(f *runtimes.Fake) func(){
+		"not yet known": func(f *runtimes.Fake) func() { return func() { f.Add(web) } },
+		"unreachable": func(f *runtimes.Fake) func() {
+			f.Add(web)
+			f.SetErr(fmt.Errorf("dial: %w", runtimes.ErrUnavailable))
+			return func() { f.SetErr(nil) }
+		},
+	} {
+		f := runtimes.NewFake()
+		later := arrange(f)
+		time.AfterFunc(300*time.Millisecond, later)
+		at := &attachment{conf: &Config{}, containerID: "web"}
+		start := time.Now()
+		err := p.fromRuntime(at, f, &Workload{Namespace: "default"}, 5*time.Second)
+		if took := time.Since(start); err != nil || at.conf.Args.Labels["app"] != "web" || took < 300*time.Millisecond || took > 3*time.Second {
+			t.Errorf("%s: %v after %v, labels %v; want app=web once it arrives (after 300ms)", name, err, took, at.conf.Args.Labels)
+		}
+		if f.Asked("web") < 2 {
+			t.Errorf("%s: asked %d times, want retries", name, f.Asked("web"))
+		}
+	}
+	// Bounded: never arriving fails closed after the wait.
+	f := runtimes.NewFake()
+	f.SetErr(fmt.Errorf("dial: %w", runtimes.ErrUnavailable))
+	start := time.Now()
+	err := p.fromRuntime(&attachment{conf: &Config{}, containerID: "web"}, f, &Workload{}, 400*time.Millisecond)
+	if took := time.Since(start); errorCode(err) != CodeRuntime || took < 400*time.Millisecond || took > 2*time.Second {
+		t.Errorf("runtime never answering: %v after %v; want error 108 after 400ms", err, took)
 	}
 }

@@ -97,7 +97,7 @@ func (p *Podman) Container(ctx context.Context, id string) (Container, error) {
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return Container{}, fmt.Errorf("%s: %w", op, err)
+		return Container{}, fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxEventBytes+1))

@@ -4,7 +4,8 @@
 // (`podman run --label`) rather than from one CNI network per label set.
 //
 // Source is the interface the CNI plugin uses; Podman reads Podman's
-// libpod REST API on its unix socket, and Fake stands beside it in tests.
+// libpod REST API on its unix socket, Containerd containerd's gRPC API on
+// its, and Fake stands beside them in tests.
 // The conventions for the label keys that carry a workload's namespace
 // and named ports are in docs/cni.md.
 package runtimes
@@ -21,7 +22,11 @@ import (
 type Container struct {
 	// ID is the runtime's full container id.
 	ID string
-	// Name is the runtime's name for it, as the runtime shows it.
+	// Namespace is the runtime's namespace the container lives in
+	// (containerd's; "" for Podman).
+	Namespace string
+	// Name is the runtime's name for it, as the runtime shows it (with
+	// containerd, which has no names, its id within its namespace).
 	Name string
 	// Labels are the container's labels, as the runtime holds them
 	// (with Podman, the image's labels and those of `--label`, except
@@ -45,6 +50,10 @@ type Source interface {
 
 // ErrNotFound is wrapped by a Source that has no container of the id.
 var ErrNotFound = errors.New("no such container")
+
+// ErrUnavailable is wrapped by a Source whose runtime API cannot be
+// reached (no socket, nobody listening, the runtime restarting).
+var ErrUnavailable = errors.New("runtime API unavailable")
 
 // Fake is a Source that answers from a map, for tests. Its zero value
 // holds no container.
@@ -83,6 +92,23 @@ func (f *Fake) Container(ctx context.Context, id string) (Container, error) {
 	}
 	c.Labels = maps.Clone(c.Labels)
 	return c, nil
+}
+
+// Add holds c from now on (a container the runtime learns of later).
+func (f *Fake) Add(c Container) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.containers == nil {
+		f.containers = map[string]Container{}
+	}
+	f.containers[c.ID] = c
+}
+
+// SetErr makes every lookup fail with err (nil: answer again).
+func (f *Fake) SetErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Err = err
 }
 
 // Asked says how often id was looked up.
