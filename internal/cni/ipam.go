@@ -197,6 +197,10 @@ func (s *Store) Update(fn func(*State) (changed bool, err error)) error {
 
 // Read returns the state, read under a shared lock.
 func (s *Store) Read() (*State, error) {
+	if _, err := os.Stat(s.Dir); errors.Is(err, os.ErrNotExist) {
+		// Nothing was ever written: reading leaves no trace either.
+		return &State{Version: stateVersion, Allocations: map[string]*Allocation{}}, nil
+	}
 	unlock, err := s.lock(false)
 	if err != nil {
 		return nil, err
