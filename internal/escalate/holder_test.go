@@ -395,6 +395,7 @@ func TestRemembered(t *testing.T) {
 		t.Errorf("remembered %+v, want only identity 10's", l)
 	}
 }
+
 // A kernel queue that overflowed is counted from the kernel's own count.
 func TestQueueFullCountedFromKernel(t *testing.T) {
 	h, q := newTestHolder(t, Options{Decider: AllowAll(0)})
