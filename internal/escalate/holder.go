@@ -14,7 +14,7 @@ import (
 const (
 	DefaultTimeout             = 30 * time.Second
 	DefaultMaxPending          = 1024
-	DefaultMaxPendingPerSource = 64
+	DefaultMaxPendingPerSource = 256
 	DefaultMaxRemembered       = 65536
 )
 
@@ -101,6 +101,7 @@ type counts struct {
 type held struct {
 	conn      Conn
 	id        uint32 // the packet held now; older copies were dropped
+	seq       uint32 // its TCP sequence number
 	since     time.Time
 	onTimeout Verdict
 	timer     *time.Timer
@@ -150,7 +151,7 @@ func newHolder(opts Options, q queue) (*Holder, error) {
 // admit takes one packet from the queue. It runs on the queue's receive
 // goroutine and never blocks on a Decider.
 func (h *Holder) admit(id uint32, payload []byte) {
-	conn, perr := parse(payload)
+	conn, seq, perr := parseSeq(payload)
 	now := time.Now()
 	h.mu.Lock()
 	h.n.queued++
@@ -160,7 +161,7 @@ func (h *Holder) admit(id uint32, payload []byte) {
 	case h.closed:
 		h.failLocked(CauseStopped)
 	default:
-		if v, ok := h.settled.get(conn, now); ok {
+		if v, ok := h.settled.get(conn, seq, now); ok {
 			h.n.settled++
 			h.countVerdictLocked(v)
 			h.mu.Unlock()
@@ -169,7 +170,7 @@ func (h *Holder) admit(id uint32, payload []byte) {
 		}
 		if p := h.pending[conn]; p != nil {
 			old := p.id
-			p.id = id
+			p.id, p.seq = id, seq
 			h.n.replaced++
 			h.mu.Unlock()
 			h.send(old, Deny)
@@ -183,7 +184,7 @@ func (h *Holder) admit(id uint32, payload []byte) {
 			h.failLocked(CausePendingFull)
 			break
 		}
-		h.holdLocked(conn, id, now)
+		h.holdLocked(conn, id, seq, now)
 		h.mu.Unlock()
 		return
 	}
@@ -192,9 +193,9 @@ func (h *Holder) admit(id uint32, payload []byte) {
 }
 
 // holdLocked starts holding a new connection and asks about it.
-func (h *Holder) holdLocked(conn Conn, id uint32, now time.Time) {
+func (h *Holder) holdLocked(conn Conn, id, seq uint32, now time.Time) {
 	ctx, cancel := context.WithCancel(h.ctx)
-	p := &held{conn: conn, id: id, since: now, cancel: cancel}
+	p := &held{conn: conn, id: id, seq: seq, since: now, cancel: cancel}
 	p.timer = time.AfterFunc(h.opts.Timeout, func() { h.finish(p, Deny, outcome{timeout: true}) })
 	h.pending[conn] = p
 	h.perSource[conn.Src]++
@@ -322,7 +323,7 @@ func (h *Holder) endLocked(p *held, v Verdict, how outcome) answer {
 		return answer{p.id, Deny}
 	case how.cause != "":
 		h.failLocked(how.cause)
-		h.settled.put(p.conn, Deny, now.Add(settleFailed))
+		h.settled.put(p.conn, p.seq, Deny, now.Add(settleFailed))
 		return answer{p.id, Deny}
 	case how.timeout:
 		h.n.timedOut++
@@ -334,7 +335,7 @@ func (h *Holder) endLocked(p *held, v Verdict, how outcome) answer {
 	if v == Allow {
 		ttl = settleAllowed
 	}
-	h.settled.put(p.conn, v, now.Add(ttl))
+	h.settled.put(p.conn, p.seq, v, now.Add(ttl))
 	return answer{p.id, v}
 }
 

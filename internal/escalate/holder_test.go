@@ -3,6 +3,7 @@ package escalate
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -404,5 +405,35 @@ func TestQueueFullCountedFromKernel(t *testing.T) {
 	q.mu.Unlock()
 	if c := h.Counters(); c.FailedClosed[CauseQueueFull] != 7 {
 		t.Errorf("counters %+v, want 7 queue-full", c)
+	}
+}
+
+// A new TCP connection on the ports of one just decided (another initial
+// sequence number) is asked, not answered as a copy of the old one.
+func TestNewConnectionOnSamePortsIsAsked(t *testing.T) {
+	n := 0
+	var mu sync.Mutex
+	d := DeciderFunc(func(context.Context, Request) (Decision, error) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+		return Decision{Verdict: Allow}, nil
+	})
+	h, q := newTestHolder(t, Options{Decider: d})
+	synSeq := func(seq uint32) []byte {
+		l4 := ports(40000, 5432, 16)
+		binary.BigEndian.PutUint32(l4[4:], seq)
+		return ip4(protoTCP, srcA.String(), dst.String(), 5, l4)
+	}
+	h.admit(1, synSeq(1000))
+	q.wait(1, time.Second)
+	h.admit(2, synSeq(1000)) // a late copy: settled
+	h.admit(3, synSeq(5000)) // a new connection: asked
+	q.wait(2, time.Second)
+	q.wait(3, time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if c := h.Counters(); n != 2 || c.Settled != 1 {
+		t.Errorf("asked %d, counters %+v; want asked twice, one copy settled", n, c)
 	}
 }

@@ -3,8 +3,10 @@ package escalate
 import "time"
 
 // settledSet keeps the verdicts of recently decided connections by their
-// 5-tuple, so that a copy their client resends is answered unasked. It
-// holds at most its capacity, the oldest going first.
+// 5-tuple, so that a copy their client resends is answered unasked. A TCP
+// connection is also known by its first sequence number: a SYN with
+// another is a new connection on the same ports, and is asked. It holds
+// at most its capacity, the oldest going first.
 type settledSet struct {
 	byConn map[Conn]settledEntry
 	ring   []settledSlot // insertion order, a circular buffer
@@ -15,6 +17,7 @@ type settledSet struct {
 
 type settledEntry struct {
 	v       Verdict
+	tcpSeq  uint32
 	expires time.Time
 	seq     uint64
 }
@@ -28,20 +31,20 @@ func newSettledSet(capacity int) settledSet {
 	return settledSet{byConn: map[Conn]settledEntry{}, ring: make([]settledSlot, capacity)}
 }
 
-func (s *settledSet) get(c Conn, now time.Time) (Verdict, bool) {
+func (s *settledSet) get(c Conn, seq uint32, now time.Time) (Verdict, bool) {
 	e, ok := s.byConn[c]
-	if !ok || !now.Before(e.expires) {
+	if !ok || !now.Before(e.expires) || e.tcpSeq != seq {
 		return Deny, false
 	}
 	return e.v, true
 }
 
-func (s *settledSet) put(c Conn, v Verdict, expires time.Time) {
+func (s *settledSet) put(c Conn, seq uint32, v Verdict, expires time.Time) {
 	if s.size == len(s.ring) {
 		s.evictOldest()
 	}
 	s.seq++
-	s.byConn[c] = settledEntry{v: v, expires: expires, seq: s.seq}
+	s.byConn[c] = settledEntry{v: v, tcpSeq: seq, expires: expires, seq: s.seq}
 	s.ring[(s.head+s.size)%len(s.ring)] = settledSlot{conn: c, seq: s.seq}
 	s.size++
 }

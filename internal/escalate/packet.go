@@ -20,36 +20,59 @@ var errShort = errors.New("packet too short")
 // reassembled fragments before any rule sees them, so a later fragment is
 // an error, not a guess.
 func parse(p []byte) (Conn, error) {
-	if len(p) < 1 {
-		return Conn{}, errShort
-	}
-	switch p[0] >> 4 {
-	case 4:
-		return parse4(p)
-	case 6:
-		return parse6(p)
-	}
-	return Conn{}, fmt.Errorf("ip version %d", p[0]>>4)
+	c, _, err := parseSeq(p)
+	return c, err
 }
 
-func parse4(p []byte) (Conn, error) {
+// parseSeq is parse, with a TCP segment's sequence number (0 for other
+// protocols): a retransmitted SYN repeats its connection's, a new
+// connection on the same ports has another.
+func parseSeq(p []byte) (Conn, uint32, error) {
+	if len(p) < 1 {
+		return Conn{}, 0, errShort
+	}
+	var c Conn
+	var l4 []byte
+	var err error
+	switch p[0] >> 4 {
+	case 4:
+		c, l4, err = parse4(p)
+	case 6:
+		c, l4, err = parse6(p)
+	default:
+		return Conn{}, 0, fmt.Errorf("ip version %d", p[0]>>4)
+	}
+	if err == nil {
+		c, err = transport(c, l4)
+	}
+	if err != nil {
+		return Conn{}, 0, err
+	}
+	var seq uint32
+	if c.Proto == protoTCP && len(l4) >= 8 {
+		seq = binary.BigEndian.Uint32(l4[4:])
+	}
+	return c, seq, nil
+}
+
+func parse4(p []byte) (Conn, []byte, error) {
 	if len(p) < 20 {
-		return Conn{}, errShort
+		return Conn{}, nil, errShort
 	}
 	ihl := int(p[0]&0x0f) * 4
 	if ihl < 20 || len(p) < ihl {
-		return Conn{}, fmt.Errorf("ipv4 header length %d of %d bytes", ihl, len(p))
+		return Conn{}, nil, fmt.Errorf("ipv4 header length %d of %d bytes", ihl, len(p))
 	}
 	if binary.BigEndian.Uint16(p[6:])&0x1fff != 0 {
-		return Conn{}, errors.New("ipv4: not the first fragment")
+		return Conn{}, nil, errors.New("ipv4: not the first fragment")
 	}
 	c := Conn{Proto: p[9], Src: netip.AddrFrom4([4]byte(p[12:16])), Dst: netip.AddrFrom4([4]byte(p[16:20]))}
-	return transport(c, p[ihl:])
+	return c, p[ihl:], nil
 }
 
-func parse6(p []byte) (Conn, error) {
+func parse6(p []byte) (Conn, []byte, error) {
 	if len(p) < 40 {
-		return Conn{}, errShort
+		return Conn{}, nil, errShort
 	}
 	c := Conn{Src: netip.AddrFrom16([16]byte(p[8:24])), Dst: netip.AddrFrom16([16]byte(p[24:40]))}
 	next, rest := p[6], p[40:]
@@ -57,36 +80,36 @@ func parse6(p []byte) (Conn, error) {
 		switch next {
 		case 0, 43, 60: // hop-by-hop, routing, destination options
 			if len(rest) < 8 {
-				return Conn{}, errShort
+				return Conn{}, nil, errShort
 			}
 			n := (int(rest[1]) + 1) * 8
 			if len(rest) < n {
-				return Conn{}, errShort
+				return Conn{}, nil, errShort
 			}
 			next, rest = rest[0], rest[n:]
 		case 44: // fragment
 			if len(rest) < 8 {
-				return Conn{}, errShort
+				return Conn{}, nil, errShort
 			}
 			if binary.BigEndian.Uint16(rest[2:])>>3 != 0 {
-				return Conn{}, errors.New("ipv6: not the first fragment")
+				return Conn{}, nil, errors.New("ipv6: not the first fragment")
 			}
 			next, rest = rest[0], rest[8:]
 		case 51: // authentication header
 			if len(rest) < 8 {
-				return Conn{}, errShort
+				return Conn{}, nil, errShort
 			}
 			n := (int(rest[1]) + 2) * 4
 			if len(rest) < n {
-				return Conn{}, errShort
+				return Conn{}, nil, errShort
 			}
 			next, rest = rest[0], rest[n:]
 		default:
 			c.Proto = next
-			return transport(c, rest)
+			return c, rest, nil
 		}
 	}
-	return Conn{}, errors.New("ipv6: too many extension headers")
+	return Conn{}, nil, errors.New("ipv6: too many extension headers")
 }
 
 func transport(c Conn, l4 []byte) (Conn, error) {
