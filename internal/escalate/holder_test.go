@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -435,5 +436,68 @@ func TestNewConnectionOnSamePortsIsAsked(t *testing.T) {
 	defer mu.Unlock()
 	if c := h.Counters(); n != 2 || c.Settled != 1 {
 		t.Errorf("asked %d, counters %+v; want asked twice, one copy settled", n, c)
+	}
+}
+
+// Under concurrent copies, decisions, failures, timeouts, remembered
+// decisions and a Close in the middle, every packet is answered exactly
+// once (fakeQueue fails the test otherwise) and the counts add up.
+func TestEveryPacketAnsweredOnce(t *testing.T) {
+	var seq atomic.Uint32
+	d := DeciderFunc(func(ctx context.Context, r Request) (Decision, error) {
+		n := seq.Add(1)
+		select {
+		case <-time.After(time.Duration(n%7) * time.Millisecond):
+		case <-ctx.Done():
+			return Decision{}, ctx.Err()
+		}
+		switch n % 5 {
+		case 0:
+			return Decision{}, errors.New("unreachable")
+		case 1:
+			return Decision{Verdict: Allow, Remember: 50 * time.Millisecond}, nil
+		case 2:
+			return Decision{Verdict: Deny}, nil
+		}
+		return Decision{Verdict: Allow}, nil
+	})
+	res := resolver()
+	res.Timeout = 4 * time.Millisecond
+	h, q := newTestHolder(t, Options{Decider: d, Resolver: res, MaxPending: 20, MaxPendingPerSource: 8})
+	srcs := []netip.Addr{srcA, srcB, netip.MustParseAddr("10.9.0.50")}
+	var wg sync.WaitGroup
+	var next atomic.Uint32
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				id := next.Add(1)
+				h.admit(id, syn(srcs[(g+i)%3], uint16(1+i%40))) // many copies of 120 connections
+				if i%20 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}()
+	}
+	time.Sleep(15 * time.Millisecond)
+	h.Close()
+	wg.Wait()
+	total := next.Load()
+	for id := uint32(1); id <= total; id++ {
+		q.wait(id, 2*time.Second)
+	}
+	c := h.Counters()
+	var failed uint64
+	for _, n := range c.FailedClosed {
+		failed += n
+	}
+	if c.Queued != uint64(total) || c.Allowed+c.Denied+c.Replaced+failed != c.Queued || c.Pending != 0 {
+		t.Errorf("%d packets, counters %+v: do not add up", total, c)
+	}
+	if c.Replaced == 0 || c.Settled == 0 || c.TimedOut == 0 || c.FailedClosed[CauseStopped] == 0 {
+		t.Logf("counters %+v: not every path taken in this run", c)
+	} else {
+		t.Logf("counters %+v", c)
 	}
 }
