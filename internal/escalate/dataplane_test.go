@@ -68,9 +68,9 @@ func TestThroughNftDataplane(t *testing.T) {
 		t.Fatal("escalated connection opened with nothing listening on the queue")
 	}
 
-	g := newGate()
+	g := NewFakeOperator()
 	hd := h.open(Options{QueueNum: queueNum, Decider: g, Resolver: h.resolverFor()})
-	for _, dst := range []netip.Addr{db.v4, db.v6} {
+	for i, dst := range []netip.Addr{db.v4, db.v6} {
 		done := make(chan error, 1)
 		go func() {
 			conn, err := a.dial(dst, 5432, 5*time.Second)
@@ -80,15 +80,13 @@ func TestThroughNftDataplane(t *testing.T) {
 			}
 			done <- err
 		}()
-		eventually(t, "asked", func() bool { return g.count() > 0 })
-		g.release <- Decision{Verdict: Allow}
+		eventually(t, "asked", func() bool { return g.Count() == i+1 })
+		g.Answer(Decision{Verdict: Allow})
 		if err := <-done; err != nil {
 			t.Fatalf("allowed connection to %s through the nft dataplane: %v", dst, err)
 		}
-		g.mu.Lock()
-		r := g.asked[len(g.asked)-1]
-		g.asked = nil
-		g.mu.Unlock()
+		asked := g.Asked()
+		r := asked[len(asked)-1]
 		want := Conn{Proto: protoTCP, Src: a.v4, Dst: dst, SrcPort: r.Conn.SrcPort, DstPort: 5432}
 		if dst.Is6() {
 			want.Src = a.v6
@@ -98,7 +96,7 @@ func TestThroughNftDataplane(t *testing.T) {
 		}
 	}
 	// A denial and UDP.
-	go func() { g.release <- Decision{Verdict: Deny} }()
+	go g.Answer(Decision{Verdict: Deny})
 	if err := a.udp(db.v4, 5432, 700*time.Millisecond); err == nil {
 		t.Error("a denied datagram was answered")
 	}

@@ -83,3 +83,48 @@ func (f *FakeOffload) Withdrawn() []Key {
 	defer f.mu.Unlock()
 	return append([]Key(nil), f.withdrawn...)
 }
+
+// FakeOperator is a fake Decider that holds every question until the test
+// answers it, as a person would: Answer gives the next decision, taken by
+// whichever question waits (or the next to come). A question whose
+// context ends first returns the context's error.
+type FakeOperator struct {
+	mu      sync.Mutex
+	asked   []Request
+	answers chan Decision
+}
+
+// NewFakeOperator returns a FakeOperator that buffers up to 1,024 answers.
+func NewFakeOperator() *FakeOperator {
+	return &FakeOperator{answers: make(chan Decision, 1024)}
+}
+
+// Decide records r and waits for an answer.
+func (o *FakeOperator) Decide(ctx context.Context, r Request) (Decision, error) {
+	o.mu.Lock()
+	o.asked = append(o.asked, r)
+	o.mu.Unlock()
+	select {
+	case d := <-o.answers:
+		return d, nil
+	case <-ctx.Done():
+		return Decision{}, ctx.Err()
+	}
+}
+
+// Answer gives one question the decision d.
+func (o *FakeOperator) Answer(d Decision) { o.answers <- d }
+
+// Asked returns the questions asked so far, in order.
+func (o *FakeOperator) Asked() []Request {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]Request(nil), o.asked...)
+}
+
+// Count is len(Asked()).
+func (o *FakeOperator) Count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.asked)
+}

@@ -83,34 +83,6 @@ func syn(src netip.Addr, sport uint16) []byte {
 	return ip4(protoTCP, src.String(), dst.String(), 5, ports(sport, 5432, 16))
 }
 
-// gate is a Decider that holds every question until released, as a
-// person would, and counts them.
-type gate struct {
-	mu      sync.Mutex
-	asked   []Request
-	release chan Decision
-}
-
-func newGate() *gate { return &gate{release: make(chan Decision, 100)} }
-
-func (g *gate) Decide(ctx context.Context, r Request) (Decision, error) {
-	g.mu.Lock()
-	g.asked = append(g.asked, r)
-	g.mu.Unlock()
-	select {
-	case d := <-g.release:
-		return d, nil
-	case <-ctx.Done():
-		return Decision{}, ctx.Err()
-	}
-}
-
-func (g *gate) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.asked)
-}
-
 func resolver() *FakeResolver {
 	return &FakeResolver{Endpoints: map[netip.Addr]Endpoint{
 		srcA: {Namespace: "app", Name: "a", Identity: 10, Labels: map[string]string{"app": "a"}},
@@ -146,22 +118,22 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // A held connection waits until the Decider answers, which sees both
 // ends as resolved; its verdict is the Decider's.
 func TestHeldUntilDecided(t *testing.T) {
-	g := newGate()
+	g := NewFakeOperator()
 	h, q := newTestHolder(t, Options{Decider: g})
 	h.admit(1, syn(srcA, 40000))
 	h.admit(2, syn(srcB, 40000))
-	eventually(t, "both asked", func() bool { return g.count() == 2 })
+	eventually(t, "both asked", func() bool { return g.Count() == 2 })
 	time.Sleep(50 * time.Millisecond)
 	if !q.open(1) || !q.open(2) {
 		t.Fatal("a connection was answered before the Decider decided")
 	}
-	g.release <- Decision{Verdict: Allow}
-	g.release <- Decision{Verdict: Deny}
+	g.Answer(Decision{Verdict: Allow})
+	g.Answer(Decision{Verdict: Deny})
 	v1, v2 := q.wait(1, time.Second), q.wait(2, time.Second)
 	if v1 == v2 {
 		t.Fatalf("verdicts %s and %s, want one allow and one deny", v1, v2)
 	}
-	r := g.asked[0]
+	r := g.Asked()[0]
 	if r.Src.Name == "" || r.Dst.Name != "db" || r.Dst.Image != "sha256:00" || r.Rule != "Policy/app/db/ingress/hold" || r.Conn.DstPort != 5432 {
 		t.Errorf("request %+v: ends not resolved", r)
 	}
@@ -178,7 +150,7 @@ func TestHeldUntilDecided(t *testing.T) {
 // copy is dropped, the newest held, and it gets the verdict. No packet is
 // answered twice (fakeQueue fails the test otherwise).
 func TestRetransmitReplacesHeldCopy(t *testing.T) {
-	g := newGate()
+	g := NewFakeOperator()
 	h, q := newTestHolder(t, Options{Decider: g})
 	for id := uint32(1); id <= 5; id++ {
 		h.admit(id, syn(srcA, 40000))
@@ -191,17 +163,17 @@ func TestRetransmitReplacesHeldCopy(t *testing.T) {
 	if c := h.Counters(); c.Pending != 1 || c.Replaced != 4 {
 		t.Errorf("counters %+v, want one held and four replaced", c)
 	}
-	g.release <- Decision{Verdict: Allow}
+	g.Answer(Decision{Verdict: Allow})
 	if v := q.wait(5, time.Second); v != Allow {
 		t.Errorf("newest copy: %s, want allow", v)
 	}
-	if n := g.count(); n != 1 {
+	if n := g.Count(); n != 1 {
 		t.Errorf("asked %d times, want once", n)
 	}
 	// A copy that arrives after the decision gets the same verdict, unasked.
 	h.admit(6, syn(srcA, 40000))
-	if v := q.wait(6, time.Second); v != Allow || g.count() != 1 {
-		t.Errorf("late copy: %s after %d questions, want allow after 1", v, g.count())
+	if v := q.wait(6, time.Second); v != Allow || g.Count() != 1 {
+		t.Errorf("late copy: %s after %d questions, want allow after 1", v, g.Count())
 	}
 }
 
@@ -210,7 +182,7 @@ func TestRetransmitReplacesHeldCopy(t *testing.T) {
 // same way without asking again.
 func TestTimeout(t *testing.T) {
 	for _, onTimeout := range []Verdict{Deny, Allow} {
-		g := newGate()
+		g := NewFakeOperator()
 		res := resolver()
 		res.Timeout, res.OnTimeout = 80*time.Millisecond, onTimeout
 		h, q := newTestHolder(t, Options{Decider: g, Resolver: res})
@@ -223,8 +195,8 @@ func TestTimeout(t *testing.T) {
 			t.Errorf("answered after %v, before the timeout", d)
 		}
 		h.admit(2, syn(srcA, 40000))
-		if v := q.wait(2, time.Second); v != onTimeout || g.count() != 1 {
-			t.Errorf("retransmission after the timeout: %s, asked %d", v, g.count())
+		if v := q.wait(2, time.Second); v != onTimeout || g.Count() != 1 {
+			t.Errorf("retransmission after the timeout: %s, asked %d", v, g.Count())
 		}
 		if c := h.Counters(); c.TimedOut != 1 {
 			t.Errorf("counters %+v, want one timed out", c)
@@ -284,11 +256,11 @@ func TestFailClosed(t *testing.T) {
 // Closing the Holder denies what it holds, ends the Decider's contexts and
 // denies whatever arrives after.
 func TestCloseFailsClosed(t *testing.T) {
-	g := newGate()
+	g := NewFakeOperator()
 	h, q := newTestHolder(t, Options{Decider: g})
 	h.admit(1, syn(srcA, 1))
 	h.admit(2, syn(srcB, 1))
-	eventually(t, "asked", func() bool { return g.count() == 2 })
+	eventually(t, "asked", func() bool { return g.Count() == 2 })
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +280,7 @@ func TestCloseFailsClosed(t *testing.T) {
 // without waiting behind it. The Holder as a whole holds at most
 // MaxPending.
 func TestFairnessAndBounds(t *testing.T) {
-	g := newGate()
+	g := NewFakeOperator()
 	quickB := DeciderFunc(func(ctx context.Context, r Request) (Decision, error) {
 		if r.Conn.Src == srcB {
 			return Decision{Verdict: Allow}, nil
@@ -350,19 +322,19 @@ func TestFairnessAndBounds(t *testing.T) {
 // that key already waiting; it is listed, installed into the Offload,
 // and revoked with immediate effect.
 func TestRemembered(t *testing.T) {
-	g := newGate()
+	g := NewFakeOperator()
 	off := &FakeOffload{}
 	h, q := newTestHolder(t, Options{Decider: g, Offload: off})
 	h.admit(1, syn(srcA, 1))
 	h.admit(2, syn(srcA, 2)) // the same key, another connection
-	eventually(t, "asked", func() bool { return g.count() == 2 })
-	g.release <- Decision{Verdict: Allow, Remember: time.Minute, Reason: "rule office-hours"}
+	eventually(t, "asked", func() bool { return g.Count() == 2 })
+	g.Answer(Decision{Verdict: Allow, Remember: time.Minute, Reason: "rule office-hours"})
 	if v1, v2 := q.wait(1, time.Second), q.wait(2, time.Second); v1 != Allow || v2 != Allow {
 		t.Errorf("the decided connection and the waiting one of the same key: %s, %s, want allow", v1, v2)
 	}
 	h.admit(3, syn(srcA, 3))
-	if v := q.wait(3, time.Second); v != Allow || g.count() != 2 {
-		t.Errorf("remembered: %s after %d questions, want allow after 2", v, g.count())
+	if v := q.wait(3, time.Second); v != Allow || g.Count() != 2 {
+		t.Errorf("remembered: %s after %d questions, want allow after 2", v, g.Count())
 	}
 	list := h.Remembered()
 	key := Key{SrcIdentity: 10, Dst: dst, Proto: protoTCP, Port: 5432}
@@ -380,7 +352,7 @@ func TestRemembered(t *testing.T) {
 		t.Errorf("withdrawn %+v", w)
 	}
 	h.admit(4, syn(srcA, 4))
-	eventually(t, "asked again", func() bool { return g.count() == 3 })
+	eventually(t, "asked again", func() bool { return g.Count() == 3 })
 	if c := h.Counters(); c.FromMemory < 2 || c.Remembered != 0 {
 		t.Errorf("counters %+v", c)
 	}

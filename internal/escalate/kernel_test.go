@@ -29,7 +29,7 @@ func TestKernelHeldUntilAllowed(t *testing.T) {
 	a, s := h.wls["a"], h.wls["s"]
 	s.listen(t, heldPort)
 	h.queueRules(testQueue, heldPort)
-	g := newGate()
+	g := NewFakeOperator()
 	var allowAll atomic.Bool
 	d := DeciderFunc(func(ctx context.Context, r Request) (Decision, error) {
 		if allowAll.Load() {
@@ -47,13 +47,13 @@ func TestKernelHeldUntilAllowed(t *testing.T) {
 			conn = c
 			done <- err
 		}()
-		eventually(t, "asked", func() bool { return g.count() == i+1 })
+		eventually(t, "asked", func() bool { return g.Count() == i+1 })
 		select {
 		case err := <-done:
 			t.Fatalf("connection to %s finished before the decision: %v", dst, err)
 		case <-time.After(300 * time.Millisecond):
 		}
-		g.release <- Decision{Verdict: Allow}
+		g.Answer(Decision{Verdict: Allow})
 		if err := <-done; err != nil {
 			t.Fatalf("connection to %s after allow: %v", dst, err)
 		}
@@ -63,7 +63,7 @@ func TestKernelHeldUntilAllowed(t *testing.T) {
 			}
 		}
 		conn.Close()
-		r := g.asked[i]
+		r := g.Asked()[i]
 		if r.Conn.Proto != protoTCP || r.Conn.DstPort != heldPort || !r.Conn.Dst.IsValid() ||
 			r.Src.Name != "a" || r.Dst.Name != "s" || r.Conn.Src.Is4() != (i == 0) {
 			t.Errorf("request %+v", r)
@@ -109,15 +109,15 @@ func TestKernelDeniedAndTimedOut(t *testing.T) {
 
 	res := h.resolverFor()
 	res.Timeout = 400 * time.Millisecond
-	g := newGate()
+	g := NewFakeOperator()
 	hd = h.open(Options{QueueNum: testQueue, Decider: g, Resolver: res})
 	start := time.Now()
 	if c, err := a.dial(s.v4, heldPort, 2*time.Second); err == nil {
 		c.Close()
 		t.Fatal("a connection opened without a decision")
 	}
-	if c := hd.Counters(); c.TimedOut != 1 || c.Denied < 1 || g.count() != 1 {
-		t.Errorf("counters %+v after %v, asked %d; want one timed out to deny", c, time.Since(start), g.count())
+	if c := hd.Counters(); c.TimedOut != 1 || c.Denied < 1 || g.Count() != 1 {
+		t.Errorf("counters %+v after %v, asked %d; want one timed out to deny", c, time.Since(start), g.Count())
 	}
 }
 
@@ -129,7 +129,7 @@ func TestKernelSlowDecider(t *testing.T) {
 	a, s := h.wls["a"], h.wls["s"]
 	s.listen(t, heldPort)
 	h.queueRules(testQueue, heldPort)
-	g := newGate()
+	g := NewFakeOperator()
 	hd := h.open(Options{QueueNum: testQueue, Decider: g, Resolver: h.resolverFor()})
 	done := make(chan error, 1)
 	go func() {
@@ -140,14 +140,14 @@ func TestKernelSlowDecider(t *testing.T) {
 		}
 		done <- err
 	}()
-	eventually(t, "asked", func() bool { return g.count() == 1 })
+	eventually(t, "asked", func() bool { return g.Count() == 1 })
 	eventually(t, "a retransmission held", func() bool { return hd.Counters().Replaced >= 1 })
-	g.release <- Decision{Verdict: Allow}
+	g.Answer(Decision{Verdict: Allow})
 	if err := <-done; err != nil {
 		t.Fatalf("connection after a slow allow: %v", err)
 	}
-	if c := hd.Counters(); g.count() != 1 || c.Pending != 0 {
-		t.Errorf("asked %d, counters %+v", g.count(), c)
+	if c := hd.Counters(); g.Count() != 1 || c.Pending != 0 {
+		t.Errorf("asked %d, counters %+v", g.Count(), c)
 	}
 }
 
@@ -200,7 +200,7 @@ func TestKernelFailClosed(t *testing.T) {
 	s.listen(t, heldPort)
 	s.listen(t, freePort)
 	h.queueRules(testQueue, heldPort)
-	g := newGate()
+	g := NewFakeOperator()
 	res := h.resolverFor()
 	quickB := DeciderFunc(func(ctx context.Context, r Request) (Decision, error) {
 		if r.Src.Name == "b" {
@@ -276,7 +276,7 @@ func TestKernelQueueFull(t *testing.T) {
 	a, s := h.wls["a"], h.wls["s"]
 	s.listen(t, heldPort)
 	h.queueRules(testQueue, heldPort)
-	g := newGate()
+	g := NewFakeOperator()
 	hd := h.open(Options{QueueNum: testQueue, Decider: g, Resolver: h.resolverFor(), QueueLen: 3})
 	var wg sync.WaitGroup
 	for range 12 {
@@ -334,4 +334,25 @@ func ping(t *testing.T, w *kWorkload, dst netip.Addr) bool {
 			return true
 		}
 	}
+}
+
+// A queue has one reader: a second Holder on it is refused, and the first
+// keeps holding.
+func TestKernelQueueBoundOnce(t *testing.T) {
+	h := newKHost(t, "a", "s")
+	a, s := h.wls["a"], h.wls["s"]
+	s.listen(t, heldPort)
+	h.queueRules(testQueue, heldPort)
+	h.open(Options{QueueNum: testQueue, Decider: AllowAll(0), Resolver: h.resolverFor()})
+	if second, err := Open(Options{NetNS: h.ns.Path(), QueueNum: testQueue, Decider: AllowAll(0), Resolver: h.resolverFor()}); err == nil {
+		second.Close()
+		t.Fatal("a second Holder bound the same queue")
+	} else {
+		t.Logf("refused: %v", err)
+	}
+	c, err := a.dial(s.v4, heldPort, 2*time.Second)
+	if err != nil {
+		t.Fatalf("the first Holder after a refused second: %v", err)
+	}
+	c.Close()
 }
