@@ -177,8 +177,10 @@ var Causes = []Cause{CauseQueueFull, CauseUndelivered, CausePendingFull, CauseSo
 
 // Counters are what a Holder has counted since it opened. Every packet it
 // read is answered exactly once, and counted once among Allowed, Denied,
-// Replaced and the causes of FailedClosed; Queued is their sum, plus
-// Pending.
+// Replaced and FailedClosed; Queued is their sum plus Pending, leaving
+// out CauseQueueFull and CauseUndelivered (packets the kernel dropped
+// before the Holder could read them) and CauseVerdict (counted on top of
+// the verdict that could not be sent).
 type Counters struct {
 	Queued uint64 // packets read from the queue
 	Asked  uint64 // questions to the Decider

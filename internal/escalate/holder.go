@@ -408,8 +408,9 @@ func (h *Holder) Counters() Counters {
 	full, undelivered, kerr := h.q.kernelDrops()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if kerr == nil {
-		h.watch.kernelFull, h.watch.kernelUndelivered = full, undelivered
+	if kerr == nil { // the kernel's counts only grow while the queue is bound, and vanish when it closes
+		h.watch.kernelFull = max(h.watch.kernelFull, full)
+		h.watch.kernelUndelivered = max(h.watch.kernelUndelivered, undelivered)
 	}
 	c := Counters{Queued: h.n.queued, Asked: h.n.asked, Allowed: h.n.allowed, Denied: h.n.denied,
 		FromMemory: h.n.fromMemory, Settled: h.n.settled, TimedOut: h.n.timedOut, Replaced: h.n.replaced,
