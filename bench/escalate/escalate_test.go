@@ -198,6 +198,46 @@ func pct(ds []time.Duration, p int) time.Duration {
 // counted as failed closed, and that nothing is left held.
 func TestRate(t *testing.T) {
 	b := newBed(t, escalate.AllowAll(0))
+	received := b.udpServers(t)
+	rate, seconds := 6000, 1
+	if bench() {
+		seconds = 5
+	}
+	if v := os.Getenv("BULKHEAD_ESCALATE_RATE"); v != "" {
+		fmt.Sscan(v, &rate)
+	}
+	total := rate * seconds
+	elapsed := b.sendPaced(t, total, rate)
+	deadline := time.Now().Add(3 * time.Second)
+	var c escalate.Counters
+	for {
+		c = b.holder.Counters()
+		if c.Pending == 0 && uint64(received.Load())+sumFailed(c) >= uint64(total) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	failed := sumFailed(c)
+	got := received.Load()
+	t.Logf("%d datagrams of distinct connections in %v (%.0f/s offered): delivered %d, failed closed %d %v, held at the end %d; holder %+v",
+		total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), got, failed, c.FailedClosed, c.Pending, c)
+	if c.Pending != 0 {
+		t.Errorf("%d connections still held", c.Pending)
+	}
+	if uint64(got)+failed < uint64(total) {
+		t.Errorf("%d datagrams neither delivered nor counted as failed closed", uint64(total)-uint64(got)-failed)
+	}
+	if c.Queued != c.Allowed+c.Denied+c.Replaced+failed-c.FailedClosed[escalate.CauseQueueFull]-c.FailedClosed[escalate.CauseUndelivered] {
+		t.Errorf("the holder's counts do not add up: %+v", c)
+	}
+	if bench() && float64(got)/elapsed.Seconds() < 5000 {
+		t.Errorf("delivered %.0f/s, goal at least 5,000", float64(got)/elapsed.Seconds())
+	}
+}
+
+// udpServers listens on the escalated UDP ports in db and counts what
+// arrives.
+func (b *bed) udpServers(t *testing.T) *atomic.Int64 {
 	var received atomic.Int64
 	for p := range udpPorts {
 		var c net.PacketConn
@@ -219,18 +259,21 @@ func TestRate(t *testing.T) {
 			}
 		}()
 	}
-	rate, seconds := 6000, 1
-	if bench() {
-		seconds = 5
-	}
-	if v := os.Getenv("BULKHEAD_ESCALATE_RATE"); v != "" {
-		fmt.Sscan(v, &rate)
-	}
-	total := rate * seconds
-	sockets := total/udpPorts + 1
+	return &received
+}
+
+// sendPaced sends total datagrams from a, each of a connection of its own
+// (its own socket and port pair), at rate per second, and returns how
+// long the sending took.
+func (b *bed) sendPaced(t *testing.T, total, rate int) time.Duration {
 	var socks []*net.UDPConn
+	t.Cleanup(func() {
+		for _, s := range socks {
+			s.Close()
+		}
+	})
 	if err := b.a.Do(func() error {
-		for range sockets {
+		for range total/udpPorts + 1 {
 			s, err := net.ListenUDP("udp", &net.UDPAddr{IP: b.a4.AsSlice()})
 			if err != nil {
 				return err
@@ -241,16 +284,10 @@ func TestRate(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		for _, s := range socks {
-			s.Close()
-		}
-	})
 	msg := []byte("escalate")
 	start := time.Now()
-	sent := 0
-	for sent < total {
-		// Pace: as many as the elapsed time allows, in bursts of at most 1 ms.
+	for sent := 0; sent < total; {
+		// As many as the elapsed time allows: bursts of well under 1 ms.
 		due := min(total, int(time.Since(start).Seconds()*float64(rate))+1)
 		for ; sent < due; sent++ {
 			dst := &net.UDPAddr{IP: b.db4.AsSlice(), Port: udpFirst + sent%udpPorts}
@@ -260,37 +297,13 @@ func TestRate(t *testing.T) {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
-	elapsed := time.Since(start)
-	deadline := time.Now().Add(3 * time.Second)
-	var c escalate.Counters
-	for {
-		c = b.holder.Counters()
-		failed := uint64(0)
-		for _, n := range c.FailedClosed {
-			failed += n
-		}
-		if c.Pending == 0 && uint64(received.Load())+failed >= uint64(total) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	return time.Since(start)
+}
+
+func sumFailed(c escalate.Counters) uint64 {
+	var n uint64
+	for _, v := range c.FailedClosed {
+		n += v
 	}
-	failed := uint64(0)
-	for _, n := range c.FailedClosed {
-		failed += n
-	}
-	got := received.Load()
-	t.Logf("%d datagrams of distinct connections in %v (%.0f/s offered): delivered %d, failed closed %d %v, held at the end %d; holder %+v",
-		total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), got, failed, c.FailedClosed, c.Pending, c)
-	if c.Pending != 0 {
-		t.Errorf("%d connections still held", c.Pending)
-	}
-	if uint64(got)+failed < uint64(total) {
-		t.Errorf("%d datagrams neither delivered nor counted as failed closed", uint64(total)-uint64(got)-failed)
-	}
-	if c.Queued != c.Allowed+c.Denied+c.Replaced+failed-c.FailedClosed[escalate.CauseQueueFull]-c.FailedClosed[escalate.CauseUndelivered] {
-		t.Errorf("the holder's counts do not add up: %+v", c)
-	}
-	if bench() && float64(got)/elapsed.Seconds() < 5000 {
-		t.Errorf("delivered %.0f/s, goal at least 5,000", float64(got)/elapsed.Seconds())
-	}
+	return n
 }
