@@ -111,8 +111,9 @@ type Decision struct {
 // Decider decides held connections. The manager's decision engine will
 // implement it (through the agent's client). Decide is called
 // concurrently, once per held connection (never for a retransmission of
-// one already asked), at most Options.MaxPending at once and at most
-// Options.MaxPendingPerSource for one source address. It may block as long
+// one already asked), at most Options.MaxPending at once, and for one
+// source address at most Options.MaxPendingPerSource or half of
+// MaxPending, whichever is more. It may block as long
 // as a person takes; ctx ends at the request's Deadline or when the
 // Holder closes, and a Decider should return then. An error denies the
 // connection (fail closed) and is counted (CauseDecider).
@@ -163,7 +164,7 @@ const (
 	CauseQueueFull   Cause = "queue-full"      // the kernel's queue was full: dropped before the Holder saw it
 	CauseUndelivered Cause = "undelivered"     // the kernel could not deliver it to the Holder's socket (its buffer full)
 	CausePendingFull Cause = "pending-full"    // Options.MaxPending connections were held already
-	CauseSourceLimit Cause = "source-limit"    // its source held Options.MaxPendingPerSource already
+	CauseSourceLimit Cause = "source-limit"    // its source held its share already (Options.MaxPendingPerSource), and half of MaxPending were held
 	CauseResolver    Cause = "resolver-failed" // the Resolver returned an error
 	CauseDecider     Cause = "decider-failed"  // the Decider returned an error (failing, unreachable)
 	CauseStopped     Cause = "stopped"         // the Holder was closed while it was held

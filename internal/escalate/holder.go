@@ -49,8 +49,8 @@ type Options struct {
 	// says nothing (0: DefaultTimeout).
 	Timeout time.Duration
 	// MaxPending bounds the connections held at once, MaxPendingPerSource
-	// those of one source address (0: the defaults). A packet beyond them
-	// fails closed at once.
+	// those of one source address once half of MaxPending are held (0:
+	// the defaults). A packet beyond them fails closed at once.
 	MaxPending, MaxPendingPerSource int
 	// MaxRemembered bounds the remembered decisions (0: the default).
 	MaxRemembered int
@@ -176,7 +176,10 @@ func (h *Holder) admit(id uint32, payload []byte) {
 			h.send(old, Deny)
 			return
 		}
-		if h.perSource[conn.Src] >= h.opts.MaxPendingPerSource {
+		// A source beyond its share is refused, unless the Holder is
+		// mostly idle: it lends the first half of its room to anyone,
+		// keeping the other half for the sources within their share.
+		if h.perSource[conn.Src] >= h.opts.MaxPendingPerSource && len(h.pending) >= h.opts.MaxPending/2 {
 			h.failLocked(CauseSourceLimit)
 			break
 		}

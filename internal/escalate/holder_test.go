@@ -308,12 +308,11 @@ func TestFairnessAndBounds(t *testing.T) {
 	if c.FailedClosed[CauseSourceLimit] != 46 || c.Pending != 4 {
 		t.Errorf("counters %+v, want 46 over the source's limit and 4 held", c)
 	}
-	h.admit(101, syn(srcB, 2))
-	h.admit(102, syn(srcB, 3))
-	h.admit(103, ip4(protoUDP, "10.9.0.7", dst.String(), 5, ports(1, 53, 4)))
-	eventually(t, "answered", func() bool { return !q.open(103) })
-	if c := h.Counters(); c.FailedClosed[CausePendingFull] == 0 {
-		t.Errorf("counters %+v, want pending-full once 6 are held", c)
+	h.admit(101, ip4(protoUDP, "10.9.0.7", dst.String(), 5, ports(1, 53, 4)))
+	h.admit(102, ip4(protoUDP, "10.9.0.8", dst.String(), 5, ports(1, 53, 4)))
+	h.admit(103, ip4(protoUDP, "10.9.0.9", dst.String(), 5, ports(1, 53, 4)))
+	if v := q.wait(103, time.Second); v != Deny || h.Counters().FailedClosed[CausePendingFull] != 1 || h.Counters().Pending != 6 {
+		t.Errorf("%s, counters %+v, want pending-full once 6 are held", v, h.Counters())
 	}
 }
 
@@ -471,5 +470,37 @@ func TestEveryPacketAnsweredOnce(t *testing.T) {
 		t.Logf("counters %+v: not every path taken in this run", c)
 	} else {
 		t.Logf("counters %+v", c)
+	}
+}
+
+// A source may hold more than its share while the Holder is mostly idle
+// (fewer than half of MaxPending held), so that a burst from one client
+// is not refused for nothing; beyond that its share holds, and the other
+// half stays for the other sources.
+func TestIdleRoomLent(t *testing.T) {
+	g := NewFakeOperator()
+	h, q := newTestHolder(t, Options{Decider: g, MaxPending: 20, MaxPendingPerSource: 4})
+	id := uint32(0)
+	burst := func(src netip.Addr, n int) {
+		for i := range n {
+			id++
+			h.admit(id, syn(src, uint16(100+i)))
+		}
+	}
+	burst(srcA, 30)
+	if c := h.Counters(); c.Pending != 10 || c.FailedClosed[CauseSourceLimit] != 20 {
+		t.Fatalf("after a burst of 30 from one source: %+v, want 10 held (half of 20), 20 over its share", c)
+	}
+	burst(srcB, 5)
+	if c := h.Counters(); c.Pending != 14 || c.FailedClosed[CauseSourceLimit] != 21 {
+		t.Fatalf("after 5 from another: %+v, want its 4 held", c)
+	}
+	burst(netip.MustParseAddr("10.9.0.60"), 4)
+	burst(netip.MustParseAddr("10.9.0.61"), 4)
+	if c := h.Counters(); c.Pending != 20 || c.FailedClosed[CausePendingFull] != 2 {
+		t.Fatalf("%+v, want 20 held and 2 beyond MaxPending", c)
+	}
+	if v := q.wait(id, time.Second); v != Deny {
+		t.Errorf("beyond MaxPending: %s", v)
 	}
 }

@@ -208,7 +208,7 @@ func TestKernelFailClosed(t *testing.T) {
 		}
 		return g.Decide(ctx, r)
 	})
-	hd := h.open(Options{QueueNum: testQueue, Decider: quickB, Resolver: res, MaxPendingPerSource: 4})
+	hd := h.open(Options{QueueNum: testQueue, Decider: quickB, Resolver: res, MaxPending: 8, MaxPendingPerSource: 4})
 
 	established, err := b.dial(s.v4, heldPort, 2*time.Second)
 	if err != nil {
