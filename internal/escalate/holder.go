@@ -54,7 +54,7 @@ type Options struct {
 	MaxPending, MaxPendingPerSource int
 	// MaxRemembered bounds the remembered decisions (0: the default).
 	MaxRemembered int
-	// QueueLen is the kernel queue's length (0: MaxPending + 1024, room
+	// QueueLen is the kernel queue's length (0: MaxPending + 4096, room
 	// for the held packets and a burst on its way to the Holder). A
 	// packet beyond it is dropped by the kernel (CauseQueueFull).
 	QueueLen uint32
