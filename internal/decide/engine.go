@@ -1,6 +1,7 @@
 package decide
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -123,8 +124,11 @@ func Compile(rules []*policy.DecisionRule, opts Options) (*Engine, error) {
 	}
 	e := &Engine{opts: opts, rates: opts.Rates, locs: []*time.Location{opts.Location}}
 	set := &policy.Set{DecisionRules: rules}
-	if err := policy.Validate(set); err != nil {
-		errs = append(errs, err.(source.Errors)...)
+	var verrs source.Errors
+	if err := policy.Validate(set); errors.As(err, &verrs) {
+		errs = append(errs, verrs...)
+	} else if err != nil {
+		errs.Add(source.Pos{}, "", "decide: %v", err)
 	}
 	for _, r := range rules {
 		c, cerrs := e.compile(r)
