@@ -175,7 +175,7 @@ func (e *Engine) compile(r *policy.DecisionRule) (*compiled, source.Errors) {
 		return c, append(errs, cerrs...)
 	}
 	env, _ := env()
-	if c.prg, err = env.Program(a, cel.CostLimit(e.opts.CostLimit)); err != nil {
+	if c.prg, err = env.Program(a, cel.CostLimit(e.opts.CostLimit), cel.EvalOptions(cel.OptOptimize)); err != nil {
 		errs.Add(r.ConditionPos, "spec.condition", "decide: program: %v", err)
 	}
 	return c, errs
