@@ -170,14 +170,9 @@ func (e *Engine) compile(r *policy.DecisionRule) (*compiled, source.Errors) {
 	if r.Condition == "" {
 		return c, errs
 	}
-	a, cerrs := checkCondition(r.Condition, r.ConditionPos)
-	if len(cerrs) > 0 {
-		return c, append(errs, cerrs...)
-	}
-	env, _ := env()
-	if c.prg, err = env.Program(a, cel.CostLimit(e.opts.CostLimit), cel.EvalOptions(cel.OptOptimize)); err != nil {
-		errs.Add(r.ConditionPos, "spec.condition", "decide: program: %v", err)
-	}
+	prg, cerrs := program(r.Condition, r.ConditionPos, e.opts.CostLimit)
+	c.prg = prg
+	errs = append(errs, cerrs...)
 	return c, errs
 }
 

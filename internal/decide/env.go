@@ -66,14 +66,16 @@ func Check(r *policy.DecisionRule) source.Errors {
 		errs.Add(r.Pos, "spec.timeZone", "%v", err)
 	}
 	if r.Condition != "" {
-		_, cerrs := checkCondition(r.Condition, r.ConditionPos)
+		_, cerrs := program(r.Condition, r.ConditionPos, DefaultCostLimit)
 		errs = append(errs, cerrs...)
 	}
 	return errs
 }
 
-// checkCondition compiles expr, reporting at pos.
-func checkCondition(expr string, pos source.Pos) (*cel.Ast, source.Errors) {
+// program compiles expr into a program bounded by costLimit, reporting
+// at pos. Constant arguments (a regular expression) are prepared here, so
+// that a bad one is refused when the rule is read.
+func program(expr string, pos source.Pos, costLimit uint64) (cel.Program, source.Errors) {
 	var errs source.Errors
 	if n := len([]rune(expr)); n > MaxConditionLength {
 		errs.Add(pos, "spec.condition", "the condition is %d characters long; at most %d", n, MaxConditionLength)
@@ -101,7 +103,14 @@ func checkCondition(expr string, pos source.Pos) (*cel.Ast, source.Errors) {
 			errs.Add(pos, "spec.condition", "CEL %d:%d: rate(%s): the window must be from 1s to %s", w.line, w.col, w.d, MaxRateWindow)
 		}
 	}
-	return a, errs
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	prg, err := e.Program(a, cel.CostLimit(costLimit), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		errs.Add(pos, "spec.condition", "CEL: %v", err)
+	}
+	return prg, errs
 }
 
 type rateWindow struct {

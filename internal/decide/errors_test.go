@@ -30,6 +30,8 @@ func TestTypeErrorsWithPositions(t *testing.T) {
 			[]string{"rules.yaml:14:14: spec.condition: CEL 1:11: Syntax error"}},
 		{"rate window out of range", "  condition: rate(duration(\"2h\")) > 5\n  outcome: deny\n",
 			[]string{"rules.yaml:14:14: spec.condition: CEL 1:5: rate(2h0m0s): the window must be from 1s to 1h0m0s"}},
+		{"bad regular expression", "  condition: source.name.matches(\"(\")\n  outcome: allow\n",
+			[]string{"rules.yaml:14:14: spec.condition: CEL: error parsing regexp: missing closing ): `(`"}},
 		{"time zone", "  timeZone: Mars/Olympus\n  outcome: allow\n",
 			[]string{`rules.yaml:9:1: spec.timeZone: unknown time zone "Mars/Olympus"`}},
 		{"hold fields without hold", "  outcome: deny\n  holdTimeout: 5m\n",
