@@ -98,6 +98,8 @@ func TestDecide(t *testing.T) {
 			decide.Decision{Outcome: decide.Allow, Rule: "cc", Reason: "rule cc (order 1)"}},
 		{"scope: from a selector does not choose an outside address", rule("web", 1, "  escalations: {from: {selector: {matchLabels: {app: web}}}}\n  outcome: allow\n") + rule("rest", 2, "  outcome: deny\n"),
 			req(winterAM, outside, db, askDB), decide.Decision{Outcome: decide.Deny, Rule: "rest", Reason: "rule rest (order 2)"}},
+		{"scope: a namespace by its name label", rule("ns", 1, "  escalations: {from: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}}}\n  outcome: allow\n"),
+			req(winterAM, web, db, askDB), decide.Decision{Outcome: decide.Allow, Rule: "ns", Reason: "rule ns (order 1)"}},
 		{"history: a binding to the other dataset denies", rule("wall", 1, `  condition: '"payments" in history.bindings && history.bindings["payments"] != escalation.dataset'
   outcome: deny
 `) + rule("rest", 2, "  outcome: allow\n"),

@@ -60,6 +60,8 @@ type Decider interface {
 	Decide(Request) Decision
 }
 
+var _ Decider = (*Engine)(nil)
+
 // DeciderFunc is a Decider of a function, for fakes.
 type DeciderFunc func(Request) Decision
 

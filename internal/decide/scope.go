@@ -35,8 +35,7 @@ func matches(m *policy.EndpointMatch, e *Endpoint, a netip.Addr) bool {
 	if m == nil || (m.Workloads == nil && len(m.CIDRs) == 0) {
 		return true
 	}
-	if m.Workloads != nil && e.Workload && m.Workloads.Matches(e.Labels) &&
-		m.Namespaces.Matches(&policy.Namespace{Name: e.Namespace, Labels: e.NamespaceLabels}) {
+	if m.Workloads != nil && e.Workload && m.Workloads.Matches(e.Labels) && inNamespace(m.Namespaces, e) {
 		return true
 	}
 	if a.IsValid() {
@@ -47,4 +46,18 @@ func matches(m *policy.EndpointMatch, e *Endpoint, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// inNamespace says whether m chooses e's namespace; a namespace carries
+// its name as the label kubernetes.io/metadata.name, as in policies.
+func inNamespace(m policy.NamespaceMatch, e *Endpoint) bool {
+	ns := &policy.Namespace{Name: e.Namespace, Labels: e.NamespaceLabels}
+	if m.Selector != nil && e.NamespaceLabels[policy.MetadataNameLabel] != e.Namespace {
+		ns.Labels = make(map[string]string, len(e.NamespaceLabels)+1)
+		for k, v := range e.NamespaceLabels {
+			ns.Labels[k] = v
+		}
+		ns.Labels[policy.MetadataNameLabel] = e.Namespace
+	}
+	return m.Matches(ns)
 }
