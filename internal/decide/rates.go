@@ -59,13 +59,13 @@ func (r *Rates) Record(key string, t time.Time) {
 			r.lru.Remove(old)
 			r.evicted++
 		}
-		el = r.lru.PushFront(&window{key: key, lastSec: t.Unix()})
+		el = r.lru.PushFront(&window{key: key, lastSec: unixSec(t)})
 		r.sources[key] = el
 	} else {
 		r.lru.MoveToFront(el)
 	}
 	w := el.Value.(*window)
-	s := w.advance(t.Unix())
+	s := w.advance(unixSec(t))
 	w.sec[s%secBuckets]++
 	w.min[(s/60)%minBuckets]++
 }
@@ -97,11 +97,11 @@ func (r *Rates) Count(key string, t time.Time, d time.Duration) int64 {
 		return 0
 	}
 	w := el.Value.(*window)
-	now := max(t.Unix(), w.lastSec)
+	now := max(unixSec(t), w.lastSec)
 	var n int64
 	if d <= time.Minute {
 		k := int64((d + time.Second - 1) / time.Second)
-		for s := now - k; s <= now; s++ {
+		for s := max(now-k, 0); s <= now; s++ {
 			if s <= w.lastSec && w.lastSec-s < secBuckets {
 				n += int64(w.sec[s%secBuckets])
 			}
@@ -109,7 +109,7 @@ func (r *Rates) Count(key string, t time.Time, d time.Duration) int64 {
 		return n
 	}
 	k := int64((d + time.Minute - 1) / time.Minute)
-	for m := now/60 - k; m <= now/60; m++ {
+	for m := max(now/60-k, 0); m <= now/60; m++ {
 		if m <= w.lastSec/60 && w.lastSec/60-m < minBuckets {
 			n += int64(w.min[m%minBuckets])
 		}
@@ -117,7 +117,11 @@ func (r *Rates) Count(key string, t time.Time, d time.Duration) int64 {
 	return n
 }
 
-// Len is the number of sources kept; Evicted the number forgotten for room.
+// unixSec is t in unix seconds, a time before 1970 (a zero time) as 0:
+// bucket indexes are never negative.
+func unixSec(t time.Time) int64 { return max(t.Unix(), 0) }
+
+// Len is the number of sources kept.
 func (r *Rates) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -54,6 +54,16 @@ func TestRatesWindows(t *testing.T) {
 	}
 }
 
+// A request without a time (the zero time) is counted, not a panic.
+func TestRatesZeroTime(t *testing.T) {
+	r := decide.NewRates(0)
+	r.Record("a", time.Time{})
+	r.Record("a", time.Time{})
+	if n := r.Count("a", time.Time{}, time.Minute); n != 2 {
+		t.Errorf("Count = %d, want 2", n)
+	}
+}
+
 // Memory is bounded: beyond its bound the tracker forgets the source seen
 // longest ago, and counts that it did.
 func TestRatesBounded(t *testing.T) {
