@@ -181,3 +181,19 @@ func TestCostLimit(t *testing.T) {
 		t.Errorf("got %+v, want a failed deny over the cost limit", d)
 	}
 }
+
+// A remembered decision is reused for the same source identity,
+// destination and port: another workload of the identity shares it.
+func TestRememberKey(t *testing.T) {
+	a, b := req(winterAM, web, db, askDB), req(winterAM, web, db, askDB)
+	b.Source.Name = "web-1" // same labels, same identity
+	if a.RememberKey() != b.RememberKey() {
+		t.Errorf("two workloads of one identity: %+v and %+v", a.RememberKey(), b.RememberKey())
+	}
+	c := req(winterAM, web, db, askDB)
+	c.Port = 5433
+	o := req(winterAM, outside, db, askDB)
+	if a.RememberKey() == c.RememberKey() || a.RememberKey() == o.RememberKey() || o.RememberKey().Source != "203.0.113.7" {
+		t.Errorf("keys of another port or an outside source must differ: %+v %+v %+v", a.RememberKey(), c.RememberKey(), o.RememberKey())
+	}
+}

@@ -91,3 +91,23 @@ type Request struct {
 	Escalation  Escalation
 	History     History
 }
+
+// RememberKey is what a remembered decision is reused for: the same
+// source identity (an outside source by its address), destination
+// address, protocol and port.
+type RememberKey struct {
+	SourceIdentity int64
+	Source         string // the address of an outside source; "" for a workload
+	Destination    string
+	Protocol       policy.Protocol
+	Port           int
+}
+
+// RememberKey is the key under which a decision about r is remembered.
+func (r *Request) RememberKey() RememberKey {
+	k := RememberKey{SourceIdentity: r.Source.Identity, Destination: r.Destination.Address, Protocol: r.Protocol, Port: r.Port}
+	if !r.Source.Workload {
+		k.SourceIdentity, k.Source = 0, r.Source.Address
+	}
+	return k
+}
