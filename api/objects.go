@@ -177,3 +177,44 @@ type InventoryWorkload struct {
 	Host      string            `json:"host"`
 	Pos       source.Pos
 }
+
+// DecisionRuleSpec decides escalated connections: the rules are tried by
+// order, and the first whose escalations and condition match decides.
+type DecisionRuleSpec struct {
+	Order       *int              `json:"order"`
+	Escalations *EscalationsMatch `json:"escalations"`
+	Condition   string            `json:"condition"`
+	Outcome     string            `json:"outcome"`
+	HoldTimeout string            `json:"holdTimeout"`
+	OnTimeout   string            `json:"onTimeout"`
+	Remember    string            `json:"remember"`
+	TimeZone    string            `json:"timeZone"`
+	Description string            `json:"description"`
+}
+
+// EscalationsMatch chooses the escalations a decision rule applies to.
+type EscalationsMatch struct {
+	Rules           []EscalatingRule `json:"rules"`
+	ConflictClasses []string         `json:"conflictClasses"`
+	From            *EndpointMatch   `json:"from"`
+	To              *EndpointMatch   `json:"to"`
+	Pos             source.Pos
+}
+
+// EscalatingRule names a policy rule whose action is escalate.
+type EscalatingRule struct {
+	Namespace string `json:"namespace"`
+	Policy    string `json:"policy"`
+	Rule      string `json:"rule"`
+	Pos       source.Pos
+}
+
+// EndpointMatch chooses one end of an escalated connection: workloads by
+// namespace and label, addresses by CIDR.
+type EndpointMatch struct {
+	Namespaces        []string  `json:"namespaces"`
+	NamespaceSelector *Selector `json:"namespaceSelector"`
+	Selector          *Selector `json:"selector"`
+	CIDRs             []CIDR    `json:"cidrs"`
+	Pos               source.Pos
+}

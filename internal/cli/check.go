@@ -27,8 +27,8 @@ wrong, so that a policy set that breaches a wall is refused.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "valid: %d policies, %d segments, %d walls, %d conflict classes, %d namespaces, %d workloads\n",
-				len(set.Policies), len(set.Segments), len(set.Walls), len(set.ConflictClasses), len(set.Namespaces), len(set.Workloads))
+			fmt.Fprintf(out, "valid: %d policies, %d segments, %d walls, %d conflict classes, %d decision rules, %d namespaces, %d workloads\n",
+				len(set.Policies), len(set.Segments), len(set.Walls), len(set.ConflictClasses), len(set.DecisionRules), len(set.Namespaces), len(set.Workloads))
 			broken := map[string]bool{}
 			for _, b := range breaches {
 				broken[b.Wall.Name] = true

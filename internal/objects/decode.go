@@ -18,8 +18,8 @@ import (
 // — JSON written from the values the decoder read and the validator
 // checked, so that it decodes to the same model — and it is what the
 // store keeps, the feed sends, `get` prints and Hash names. Set is the
-// model: exactly one namespace, segment, policy, wall, conflict class or
-// workload.
+// model: exactly one namespace, segment, policy, wall, conflict class,
+// decision rule or workload.
 type Object struct {
 	Ref   api.ObjectRef
 	Pos   source.Pos // where it was written; zero for a stored object
@@ -116,6 +116,9 @@ func refOf(s *policy.Set) (api.ObjectRef, bool) {
 	}
 	for _, o := range s.ConflictClasses {
 		refs = append(refs, api.ObjectRef{Kind: "ConflictClass", Name: o.Name})
+	}
+	for _, o := range s.DecisionRules {
+		refs = append(refs, api.ObjectRef{Kind: "DecisionRule", Name: o.Name})
 	}
 	for _, o := range s.Workloads {
 		refs = append(refs, api.ObjectRef{Kind: "Workload", Namespace: o.Namespace, Name: o.Name})

@@ -30,6 +30,7 @@ var kinds = []Kind{
 	{Name: "ClusterNetworkPolicy", APIVersions: []string{"policy.networking.k8s.io/v1alpha2"}, Policy: true, Resource: "clusternetworkpolicies", Aliases: []string{"clusternetworkpolicy", "cnp"}},
 	{Name: "Wall", APIVersions: []string{Version}, Resource: "walls", Aliases: []string{"wall"}},
 	{Name: "ConflictClass", APIVersions: []string{Version}, Resource: "conflictclasses", Aliases: []string{"conflictclass", "cc"}},
+	{Name: "DecisionRule", APIVersions: []string{Version}, Resource: "decisionrules", Aliases: []string{"decisionrule", "dr"}},
 	{Name: "Workload", APIVersions: []string{Version}, Namespaced: true, Reported: true, Resource: "workloads", Aliases: []string{"workload", "wl"}},
 }
 

@@ -56,6 +56,22 @@ spec:
 	"Wall": "apiVersion: bulkhead.dev/v1\nkind: Wall\nmetadata: {name: w}\nspec: {segments: [buy, sell]}\n",
 	"ConflictClass": "apiVersion: bulkhead.dev/v1\nkind: ConflictClass\nmetadata: {name: c}\n" +
 		"spec: {datasets: [{name: cards, segment: card-data}, {name: ledger, segment: ledger-data}]}\n",
+	"DecisionRule": `apiVersion: bulkhead.dev/v1
+kind: DecisionRule
+metadata: {name: office-hours}
+spec:
+  order: 10
+  escalations:
+    rules: [{namespace: shop, policy: db, rule: ask}]
+    from: {namespaces: [shop], selector: {matchLabels: {app: web}}}
+    to: {cidrs: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}
+  condition: now.hour >= 8 && now.hour < 18 && rate(duration("1m")) < 10
+  outcome: hold
+  holdTimeout: 5m
+  onTimeout: deny
+  remember: 1h
+  timeZone: Europe/Zurich
+`,
 	"Workload": "apiVersion: bulkhead.dev/v1\nkind: Workload\nmetadata: {name: db-0, namespace: shop, labels: {app: db}}\n" +
 		"spec: {ips: [10.0.0.5], ports: [{name: pg, port: 5432, protocol: TCP}, {port: 8080, protocol: TCP}]}\n",
 }

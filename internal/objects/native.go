@@ -76,6 +76,14 @@ func decodeNative(file string, doc *yaml.Node) (*policy.Set, *nativeObject, sour
 		c.decode(spec, &s)
 		wire.Spec = &s
 		set.ConflictClasses = append(set.ConflictClasses, c.conflictClass(m, s, obj.Pos))
+	case "DecisionRule":
+		c.noNamespace(m)
+		var s api.DecisionRuleSpec
+		c.decode(spec, &s)
+		wire.Spec = &s
+		if len(c.errs) == 0 { // a spec that did not decode has nothing to check
+			set.DecisionRules = append(set.DecisionRules, c.decisionRule(m, s, obj.Pos, spec))
+		}
 	case "Workload":
 		var s api.WorkloadSpec
 		c.decode(spec, &s)

@@ -397,6 +397,7 @@ type Set struct {
 	Policies        []*Policy
 	Walls           []*Wall
 	ConflictClasses []*ConflictClass
+	DecisionRules   []*DecisionRule
 }
 
 // Merge appends the objects of o to s.
@@ -407,6 +408,7 @@ func (s *Set) Merge(o *Set) {
 	s.Policies = append(s.Policies, o.Policies...)
 	s.Walls = append(s.Walls, o.Walls...)
 	s.ConflictClasses = append(s.ConflictClasses, o.ConflictClasses...)
+	s.DecisionRules = append(s.DecisionRules, o.DecisionRules...)
 }
 
 // Pos is where an object or field was written.

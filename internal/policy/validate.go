@@ -69,6 +69,7 @@ func Validate(s *Set) error {
 		}
 	}
 	validateWorkloads(s.Workloads, &errs)
+	validateDecisionRules(s.DecisionRules, &errs)
 	return errs.Err()
 }
 
