@@ -100,6 +100,7 @@ const (
 var longRoutes = map[string]routeClass{
 	"GET /v1/watch":  stream,
 	"POST /v1/apply": waits, "POST /v1/delete": waits, "POST /v1/revisions/{rev}/rollback": waits,
+	"POST /v1/escalations": waits, "GET /v1/escalations": stream, // until decided (escalations.MaxWait); ?follow=1
 }
 
 func classOf(rt route) routeClass { return longRoutes[rt.method+" "+rt.path] }

@@ -36,6 +36,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/escalations"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -151,6 +152,7 @@ type Manager struct {
 	hub                          *feedHub
 	limiter                      *limiter
 	alerts                       *alerts
+	esc                          *escalations.Service // escalated connections (escalations.go)
 	final                        seal.Final
 	collectHook                  func() // tests: runs between the collector's reads and its removals
 
@@ -211,6 +213,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRevision)
 	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
 		mi.onWrong = func(key, msg string) { m.raise("record-type", key, msg) }
+	}
+	if m.esc, err = m.newEscalations(); err != nil {
+		return nil, err
 	}
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()

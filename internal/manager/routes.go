@@ -76,6 +76,11 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
 		{"GET", "/v1/audit/head", audit, m.getAuditHead},
 		{"GET", "/v1/alerts", read, m.getAlerts},
+
+		{"POST", "/v1/escalations", agents, m.postEscalation},
+		{"GET", "/v1/escalations", read, m.getEscalations},
+		{"POST", "/v1/escalations/{id}/approve", access{roles: operators}, m.postEscalationAnswer(true)},
+		{"POST", "/v1/escalations/{id}/deny", access{roles: operators}, m.postEscalationAnswer(false)},
 	}
 	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})
