@@ -141,4 +141,7 @@ type Counters struct {
 	Rules   map[string]Counter `json:"rules"` // by rule id
 	Walls   map[string]Counter `json:"walls,omitempty"`
 	Spoofed Counter            `json:"spoofed"`
+	// Escalations are the escalate path's counts, on a managed agent
+	// whose dataplane queues escalations (nil otherwise).
+	Escalations *EscalationCounters `json:"escalations,omitempty"`
 }

@@ -107,3 +107,20 @@ type EscalationList struct {
 type EscalationAnswer struct {
 	Reason string `json:"reason,omitempty"`
 }
+
+// EscalationCounters are an agent's counts of escalated packets (its
+// escalate.Holder's; docs/escalate.md): read from the queue, questions
+// asked, verdicts, and what failed closed by cause.
+type EscalationCounters struct {
+	Queued       uint64            `json:"queued"`
+	Asked        uint64            `json:"asked"`
+	Allowed      uint64            `json:"allowed"`
+	Denied       uint64            `json:"denied"`
+	FromMemory   uint64            `json:"fromMemory"`
+	Settled      uint64            `json:"settled"`
+	TimedOut     uint64            `json:"timedOut"`
+	Replaced     uint64            `json:"replaced"`
+	FailedClosed map[string]uint64 `json:"failedClosed,omitempty"`
+	Pending      int               `json:"pending"`
+	Remembered   int               `json:"remembered"`
+}

@@ -86,9 +86,10 @@ type Agent struct {
 	closeErr error
 	closing  sync.Once
 
-	manager string         // Options.Manager
-	changed changeNotifier // for Changed
-	wlocks  keyLocks       // serialise (un)registrations of one workload name
+	manager     string                                        // Options.Manager
+	escCounters atomic.Pointer[func() api.EscalationCounters] // SetEscalationCounters
+	changed     changeNotifier                                // for Changed
+	wlocks      keyLocks                                      // serialise (un)registrations of one workload name
 
 	l loopState // owned by the loop goroutine
 }
@@ -338,7 +339,21 @@ func (a *Agent) Counters(ctx context.Context) (api.Counters, error) {
 			out.Walls[k] = api.Counter(v)
 		}
 	}
+	if f := a.escCounters.Load(); f != nil {
+		ec := (*f)()
+		out.Escalations = &ec
+	}
 	return out, nil
+}
+
+// SetEscalationCounters makes Counters report the escalate path's
+// counters, as f reads them (nil: none).
+func (a *Agent) SetEscalationCounters(f func() api.EscalationCounters) {
+	if f == nil {
+		a.escCounters.Store(nil)
+		return
+	}
+	a.escCounters.Store(&f)
 }
 
 // State is the compiled state in force (for tests and benchmarks).
