@@ -183,7 +183,10 @@ interface's workload's.`,
 				fmt.Fprintf(w, "wall %s\t%d\t%d\n", k, cs.Walls[k].Packets, cs.Walls[k].Bytes)
 			}
 			fmt.Fprintf(w, "spoofed\t%d\t%d\n", cs.Spoofed.Packets, cs.Spoofed.Bytes)
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			return printEscalationCounters(cmd.OutOrStdout(), cs.Escalations)
 		},
 	}
 }

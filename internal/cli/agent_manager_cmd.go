@@ -12,6 +12,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/feed"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
 	"github.com/bulkhead-dev/bulkhead/internal/netns"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -105,6 +106,7 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 		return err
 	}
 	opts.Host, opts.Manager = creds.Host, mf.manager
+	_, queues := opts.Dataplane.(*nft.Dataplane) // the nftables dataplane queues escalations
 	a, err := agent.Start(ctx, opts)
 	opts.Dataplane = nil // the agent owns it now, or has closed it
 	if err != nil {
@@ -119,8 +121,17 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 		a.Close()
 		return err
 	}
+	asker, err := startAsker(a, mf, credDir, netnsPath, queues, opts.Logger)
+	if err != nil {
+		f.Close()
+		a.Close()
+		return err
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "agent for host %s follows %s (underlay address %s)\n", creds.Host, mf.manager, orNone(hostIP))
 	<-ctx.Done()
+	if asker != nil {
+		asker.Close()
+	}
 	f.Close()
 	return a.Close()
 }
