@@ -24,6 +24,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/examples/demo"
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
+	"github.com/bulkhead-dev/bulkhead/internal/agent/ask"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
@@ -109,6 +110,7 @@ type Up struct {
 	admin *client.Client
 	a     *agent.Agent
 	f     *feed.Follower
+	ask   *ask.Asker
 	demo  *demoFloor
 	ready time.Duration
 }
@@ -271,6 +273,11 @@ func (u *Up) startAgent(ctx context.Context) error {
 	}
 	u.f, err = feed.Start(ctx, feed.Options{Agent: u.a, URL: u.m.URL(), Dir: credDir, Version: o.Version,
 		Logger: o.Logger})
+	if err != nil {
+		return err
+	}
+	// The escalated connections are decided by the manager's decision rules.
+	u.ask, err = ask.Start(ask.Options{Agent: u.a, URL: u.m.URL(), Dir: credDir, NetNS: o.NetNS, Logger: o.Logger})
 	return err
 }
 
@@ -281,6 +288,9 @@ func (u *Up) Close() error {
 	var errs []error
 	if u.demo != nil {
 		errs = append(errs, u.demo.close())
+	}
+	if u.ask != nil {
+		errs = append(errs, u.ask.Close())
 	}
 	if u.f != nil {
 		errs = append(errs, u.f.Close())

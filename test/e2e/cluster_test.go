@@ -17,6 +17,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
+	"github.com/bulkhead-dev/bulkhead/internal/agent/ask"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/attach"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
@@ -34,16 +35,20 @@ const prefix = "bhupe"
 // in an underlay namespace, one veth from each host namespace to it.
 type cluster struct {
 	t      *testing.T
-	dir    string
-	log    *slog.Logger
-	st     *boltstore.Store
-	m      *manager.Manager
-	addr   string
-	admin  *client.Client
-	under  *netns.NS
-	hosts  map[string]*node
-	wls    map[string]*workload
-	closer []func()
+	prefix string // names the namespaces this cluster creates
+	// escalateTimeout is how long the agents hold an escalated
+	// connection (0: ask.DefaultTimeout).
+	escalateTimeout time.Duration
+	dir             string
+	log             *slog.Logger
+	st              *boltstore.Store
+	m               *manager.Manager
+	addr            string
+	admin           *client.Client
+	under           *netns.NS
+	hosts           map[string]*node
+	wls             map[string]*workload
+	closer          []func()
 }
 
 // node is one host: its namespace, its underlay address, its agent.
@@ -54,6 +59,7 @@ type node struct {
 	dir    string
 	a      *agent.Agent
 	f      *feed.Follower
+	ask    *ask.Asker
 	online bool
 }
 
@@ -68,9 +74,15 @@ type workload struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
+	return newClusterNamed(t, prefix)
+}
+
+// newClusterNamed is newCluster with its namespaces named by prefix p.
+func newClusterNamed(t *testing.T, p string) *cluster {
+	t.Helper()
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "ip")
-	c := &cluster{t: t, dir: t.TempDir(), hosts: map[string]*node{}, wls: map[string]*workload{},
+	c := &cluster{t: t, prefix: p, dir: t.TempDir(), hosts: map[string]*node{}, wls: map[string]*workload{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if testing.Verbose() {
 		c.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -82,7 +94,7 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c.st = st
 	c.startManager("127.0.0.1:0")
-	c.under = nstest.NS(t, prefix+"u")
+	c.under = nstest.NS(t, c.prefix+"u")
 	nstest.Run(t, c.under, "ip", "link", "add", "br0", "type", "bridge")
 	nstest.Run(t, c.under, "ip", "link", "set", "br0", "up")
 	return c
@@ -128,7 +140,7 @@ func (c *cluster) url() string { return "https://" + c.addr }
 func (c *cluster) addHost(name, ip string) *node {
 	t := c.t
 	t.Helper()
-	h := &node{name: name, ns: nstest.NS(t, prefix+"h"), ip: netip.MustParseAddr(ip), dir: filepath.Join(c.dir, name)}
+	h := &node{name: name, ns: nstest.NS(t, c.prefix+"h"), ip: netip.MustParseAddr(ip), dir: filepath.Join(c.dir, name)}
 	peer := "ul" + name
 	nstest.Run(t, h.ns, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", peer, "netns", c.under.Name)
 	nstest.Run(t, c.under, "ip", "link", "set", peer, "master", "br0", "up")
@@ -168,12 +180,20 @@ func (c *cluster) startAgent(h *node) {
 		a.Close()
 		t.Fatal(err)
 	}
-	h.a, h.f, h.online = a, f, true
+	as, err := ask.Start(ask.Options{Agent: a, URL: c.url(), Dir: filepath.Join(h.dir, "manager"), NetNS: h.ns.Path(),
+		Timeout: c.escalateTimeout, Logger: log})
+	if err != nil {
+		f.Close()
+		a.Close()
+		t.Fatal(err)
+	}
+	h.a, h.f, h.ask, h.online = a, f, as, true
 }
 
 // stopAgent stops the agent; its enforcement stays in the kernel.
 func (c *cluster) stopAgent(h *node) {
 	if h.online {
+		h.ask.Close()
 		h.f.Close()
 		h.a.Close()
 		h.online = false
@@ -186,7 +206,7 @@ func (c *cluster) stopAgent(h *node) {
 func (c *cluster) addWorkload(h *node, namespace, name, ip string, labels map[string]string, ports map[string]int) *workload {
 	t := c.t
 	t.Helper()
-	w := &workload{namespace: namespace, name: name, host: h, ns: nstest.NS(t, prefix+"w"), ip: netip.MustParseAddr(ip)}
+	w := &workload{namespace: namespace, name: name, host: h, ns: nstest.NS(t, c.prefix+"w"), ip: netip.MustParseAddr(ip)}
 	w.iface = attach.HostIfName(w.ns.Name)
 	err := h.ns.Do(func() error {
 		_, err := attach.Add(attach.Spec{HostIf: w.iface, NetNS: w.ns.Path(), IfName: "eth0", Addrs: []netip.Addr{w.ip}})
