@@ -4,7 +4,9 @@
 // processor's two databases, a Kubernetes NetworkPolicy for the web front
 // end — embedded so that the binary carries them. The files are copies
 // of examples/policies (a test keeps them equal); apply them by hand with
-// `bulkhead apply -f examples/demo`.
+// `bulkhead apply -f examples/demo`. decisions/ adds the demo's
+// escalations: a policy rule that escalates and the decision rules that
+// answer (`bulkhead apply -f examples/demo/decisions`).
 package demo
 
 import (
@@ -13,7 +15,7 @@ import (
 	"sort"
 )
 
-//go:embed *.yaml
+//go:embed *.yaml decisions/*.yaml
 var files embed.FS
 
 // Baseline is the default-deny baseline `bulkhead up` installs.
@@ -28,6 +30,20 @@ type File struct {
 // Files returns the demo's policy files in name order.
 func Files() []File {
 	names, _ := fs.Glob(files, "*.yaml")
+	sort.Strings(names)
+	out := make([]File, 0, len(names))
+	for _, n := range names {
+		data, _ := files.ReadFile(n)
+		out = append(out, File{Name: n, Data: data})
+	}
+	return out
+}
+
+// Decisions returns the demo's escalations (decisions/): a policy that
+// escalates, and the decision rules that answer on the manager. They are
+// the demo's own, not a copy of examples/policies.
+func Decisions() []File {
+	names, _ := fs.Glob(files, "decisions/*.yaml")
 	sort.Strings(names)
 	out := make([]File, 0, len(names))
 	for _, n := range names {

@@ -198,7 +198,7 @@ func printUpBanner(out io.Writer, u *up.Up, f upFlags, configs []string) {
 		fmt.Fprintf(out, "  policy:   default-deny baseline; add yours with bulkhead apply -f FILE\n\nCtrl-C stops.\n")
 		return
 	}
-	fmt.Fprintf(out, "  policy:   the demo trading floor (examples/demo): default deny, wall buy-sell, conflict class payment-datasets\n")
+	fmt.Fprintf(out, "  policy:   the demo trading floor (examples/demo): default deny, wall buy-sell, conflict class payment-datasets, escalations decided on the manager\n")
 	fmt.Fprintf(out, "  demo:     workloads, each in its own network namespace:\n%s", u.Demo())
 	fmt.Fprintf(out, "\nConnections as the demo's clients try them (every %s); Ctrl-C stops and removes the demo:\n", f.demoEvery)
 }

@@ -37,6 +37,7 @@ var floor = []demoWorkload{
 	{"trading", "sell-signal", map[string]string{"role": "sell-signal", "side": "sell"}, nil, 12},
 	{"trading", "buy-db", map[string]string{"role": "database", "side": "buy"}, []api.NamedPort{pg}, 21},
 	{"trading", "sell-db", map[string]string{"role": "database", "side": "sell"}, []api.NamedPort{pg}, 22},
+	{"trading", "report", map[string]string{"role": "report"}, nil, 13},
 	{"payments", "payment-processor", map[string]string{"app": "payment-processor"}, []api.NamedPort{{Name: "api", Port: 9000, Protocol: "TCP"}}, 31},
 	{"payments", "cards-db", map[string]string{"app": "cards-db", "dataset": "cards"}, []api.NamedPort{pg}, 32},
 	{"payments", "ledger-db", map[string]string{"app": "ledger-db", "dataset": "ledger"}, []api.NamedPort{pg}, 33},
@@ -49,18 +50,20 @@ type connection struct {
 	from, to string
 	port     int
 	expect   string // allow, deny or escalate
+	decided  string // for escalate: what the decision rules answer (allow, deny; "": a person decides)
 	why      string
 }
 
 var connections = []connection{
-	{"buy-signal", "buy-db", 5432, "allow", "trading/buy-db lets the buy-side signal read it"},
-	{"buy-signal", "sell-db", 5432, "deny", "wall buy-sell"},
-	{"sell-signal", "sell-db", 5432, "allow", "trading/sell-db lets the sell-side signal read it"},
-	{"sell-signal", "buy-db", 5432, "deny", "wall buy-sell"},
-	{"frontend", "payment-processor", 9000, "allow", "the front end's NetworkPolicy and payments/processor"},
-	{"frontend", "cards-db", 5432, "deny", "the front end's NetworkPolicy allows egress to the processor only"},
-	{"payment-processor", "cards-db", 5432, "escalate", "conflict class payment-datasets: a payment binds to one dataset, decided at run time (no decider runs yet: held)"},
-	{"buy-signal", "payment-processor", 9000, "deny", "default-deny baseline"},
+	{"buy-signal", "buy-db", 5432, "allow", "", "trading/buy-db lets the buy-side signal read it"},
+	{"buy-signal", "sell-db", 5432, "deny", "", "wall buy-sell"},
+	{"sell-signal", "sell-db", 5432, "allow", "", "trading/sell-db lets the sell-side signal read it"},
+	{"sell-signal", "buy-db", 5432, "deny", "", "wall buy-sell"},
+	{"frontend", "payment-processor", 9000, "allow", "", "the front end's NetworkPolicy and payments/processor"},
+	{"frontend", "cards-db", 5432, "deny", "", "the front end's NetworkPolicy allows egress to the processor only"},
+	{"report", "buy-db", 5432, "escalate", "allow", "trading/reports escalates it: held in the kernel, the manager's rule reports-within-rate decides"},
+	{"payment-processor", "cards-db", 5432, "escalate", "", "conflict class payment-datasets: held for an operator by the manager's rule payments-by-hand"},
+	{"buy-signal", "payment-processor", 9000, "deny", "", "default-deny baseline"},
 }
 
 // Attempt is the outcome of one demo connection.
@@ -68,14 +71,22 @@ type Attempt struct {
 	From, To string // namespace/name
 	Port     int
 	Expect   string // what the policy says: allow, deny or escalate
+	Decided  string // for escalate: what the decision rules answer ("": a person decides)
 	Outcome  string // connected, refused or dropped
 	Why      string
 	Kernel   string // the NFLOG record the kernel wrote about it ("" none)
+	Manager  string // for escalate: how the manager decided it ("" not known)
 	Time     time.Time
 }
 
-// AsExpected reports whether the kernel did what the policy says.
-func (a Attempt) AsExpected() bool { return (a.Outcome == "connected") == (a.Expect == "allow") }
+// AsExpected reports whether the kernel did what the policy (and, for an
+// escalated connection, the decision rules) says.
+func (a Attempt) AsExpected() bool {
+	if a.Expect == "escalate" {
+		return a.Decided == "" || (a.Outcome == "connected") == (a.Decided == "allow")
+	}
+	return (a.Outcome == "connected") == (a.Expect == "allow")
+}
 
 // demoFloor is the running demo.
 type demoFloor struct {
@@ -276,13 +287,25 @@ func (d *demoFloor) client(ctx context.Context, from *runningWorkload, cs []conn
 	}
 }
 
-const dialTimeout = time.Second
+// dialTimeout bounds a demo connection; an escalated one waits longer,
+// as a client does while a person decides (the demo's hold is 30 s).
+const (
+	dialTimeout         = time.Second
+	escalateDialTimeout = 35 * time.Second
+)
 
 // try makes one connection from inside the source's namespace.
 func (d *demoFloor) try(ctx context.Context, from, to *runningWorkload, c connection) Attempt {
-	a := Attempt{From: from.key(), To: to.key(), Port: c.port, Expect: c.expect, Why: c.why, Time: time.Now()}
+	a := Attempt{From: from.key(), To: to.key(), Port: c.port, Expect: c.expect, Decided: c.decided, Why: c.why, Time: time.Now()}
+	timeout := dialTimeout
+	if c.expect == "escalate" {
+		timeout = escalateDialTimeout
+		stop := d.noticeHeld(ctx, from, to, c.port)
+		defer stop()
+	}
 	err := from.ns.Do(func() error {
-		conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(to.addr, uint16(c.port)).String(), dialTimeout)
+		dl := net.Dialer{Timeout: timeout}
+		conn, err := dl.DialContext(ctx, "tcp", netip.AddrPortFrom(to.addr, uint16(c.port)).String())
 		if err == nil {
 			conn.Close()
 		}
@@ -299,8 +322,11 @@ func (d *demoFloor) try(ctx context.Context, from, to *runningWorkload, c connec
 	default:
 		a.Outcome = "failed: " + err.Error()
 	}
-	if a.Outcome != "connected" && d.logs != nil {
+	if a.Outcome != "connected" && d.logs != nil && c.expect != "escalate" {
 		a.Kernel = d.logs.find(ctx, from.addr, to.addr, c.port, a.Time)
+	}
+	if c.expect == "escalate" {
+		a.Manager = d.decision(ctx, from, to, c.port, a.Time)
 	}
 	return a
 }
@@ -310,15 +336,15 @@ func (d *demoFloor) report(a Attempt) {
 	d.recent[a.From+" → "+a.To+":"+fmt.Sprint(a.Port)] = a
 	d.mu.Unlock()
 	verdict := map[string]string{"connected": "allowed", "refused": "denied", "dropped": "denied"}[a.Outcome]
-	if a.Expect == "escalate" && a.Outcome == "dropped" {
-		verdict = "held"
-	}
 	if verdict == "" {
 		verdict = a.Outcome
 	}
 	line := fmt.Sprintf("%s  %-8s %-27s → %-30s %s", a.Time.Format("15:04:05"), verdict, a.From, fmt.Sprintf("%s:%d", a.To, a.Port), a.Why)
 	if a.Kernel != "" {
 		line += "  [kernel: " + a.Kernel + "]"
+	}
+	if a.Manager != "" {
+		line += "  [manager: " + a.Manager + "]"
 	}
 	if !a.AsExpected() {
 		line += "  UNEXPECTED: the policy says " + a.Expect

@@ -14,7 +14,7 @@ import (
 // decides for the demo's policies and workloads.
 func TestDemoExpectations(t *testing.T) {
 	set := &policy.Set{}
-	for _, f := range demo.Files() {
+	for _, f := range append(demo.Files(), demo.Decisions()...) {
 		s, errs := load.Bytes(f.Name, f.Data)
 		if len(errs) > 0 {
 			t.Fatal(errs.Err())
@@ -34,6 +34,9 @@ func TestDemoExpectations(t *testing.T) {
 	e, err := policy.NewEngine(set)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if breaches, err := policy.ProveWalls(set); err != nil || len(breaches) > 0 {
+		t.Fatalf("the demo's policies breach its walls: %v %v", breaches, err)
 	}
 	for _, c := range connections {
 		from, to := byName[c.from], byName[c.to]

@@ -212,7 +212,7 @@ func (u *Up) startManager(ctx context.Context) error {
 func (u *Up) installPolicies(ctx context.Context) (int64, error) {
 	var files []demo.File
 	if u.opts.Demo {
-		files = demo.Files()
+		files = append(demo.Files(), demo.Decisions()...)
 	} else {
 		objs, err := u.admin.Objects(ctx, "policies")
 		if err != nil {
