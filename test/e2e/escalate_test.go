@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -193,4 +198,76 @@ func (c *cluster) expectWithin(what string, allowed bool, from, to string, port 
 	if allowed != (err == nil) {
 		c.t.Errorf("%s: %s -> %s:%d: %v, want allowed=%v", what, from, to, port, err, allowed)
 	}
+}
+
+// latencyPolicy escalates tcp/5432 to db and allows tcp/80; a decision
+// rule allows every escalation, remembering none, so each is asked.
+const latencyPolicy = `apiVersion: bulkhead.dev/v1
+kind: Policy
+metadata: {name: db, namespace: shop}
+spec:
+  appliesTo: {selector: {matchLabels: {app: db}}}
+  ingress:
+    - {name: ask, action: escalate, from: [{selector: {}}], services: [{protocol: tcp, port: 5432}]}
+    - {name: plain, action: allow, from: [{selector: {}}], services: [{protocol: tcp, port: 80}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: DecisionRule
+metadata: {name: allow-all}
+spec:
+  order: 1
+  condition: source.workload && port == 5432
+  outcome: allow
+`
+
+// TestEscalateLatency measures what an escalation decided by a condition
+// adds to a connection's setup, end to end: the kernel's queue, the
+// agent, the manager over mutual TLS, the decision rule, the audit entry
+// written, the verdict. BULKHEAD_BENCH=1 runs it (docs/benchmarks.md).
+func TestEscalateLatency(t *testing.T) {
+	if os.Getenv("BULKHEAD_BENCH") == "" {
+		t.Skip("a measurement: BULKHEAD_BENCH=1 runs it")
+	}
+	n := 500
+	if s := os.Getenv("BULKHEAD_ESCALATE_N"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	c := newClusterNamed(t, "bhew")
+	c.apply("", api.Document{Name: "latency.yaml", Data: latencyPolicy})
+	h := c.addHost("node-1", "192.168.214.1")
+	db := c.addWorkload(h, "shop", "db", "10.214.1.10", map[string]string{"app": "db"}, map[string]int{"postgres": 5432, "http": 80})
+	cl := c.addWorkload(h, "shop", "client", "10.214.1.11", map[string]string{"app": "client"}, nil)
+	connect := func(port int) time.Duration {
+		var d time.Duration
+		err := cl.ns.Do(func() error {
+			start := time.Now()
+			conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(db.ip, uint16(port)).String(), 5*time.Second)
+			d = time.Since(start)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("connect to %d: %v", port, err)
+		}
+		return d
+	}
+	connect(5432) // the first compiles the manager's engine
+	var escalated, plain []time.Duration
+	for range n {
+		escalated = append(escalated, connect(5432))
+		plain = append(plain, connect(80))
+	}
+	q := func(d []time.Duration, p float64) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[int(p*float64(len(s)-1))]
+	}
+	for _, p := range []float64{0.5, 0.99} {
+		e, a := q(escalated, p), q(plain, p)
+		t.Logf("p%.0f: escalated %s, allowed %s, added %s, ratio %.2f", p*100, e, a, e-a, float64(e)/float64(a))
+	}
+	cs, _ := h.a.Counters(context.Background())
+	t.Logf("%d escalated and %d allowed connections alternating; agent counters %+v", n, n, *cs.Escalations)
 }
