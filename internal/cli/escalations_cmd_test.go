@@ -53,6 +53,19 @@ func TestEscalationsCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The manager vouches for the ends from what the host reported.
+	if _, err := agentClient.ReportWorkloads(ctx, "node-1", []api.HostWorkload{{Host: "node-1", Namespace: "shop", Name: "web", IPs: []string{"10.0.0.1"}},
+		{Host: "node-1", Namespace: "shop", Name: "db", IPs: []string{"10.0.0.2"}}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if l, err := admin.Workloads(ctx, "node-1"); err == nil && len(l.Items) == 2 {
+			break
+		} else if i == 200 {
+			t.Fatalf("the manager does not list the workloads: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	decided := make(chan api.EscalationDecision, 1)
 	go func() {
 		d, _ := agentClient.Escalate(ctx, api.EscalationRequest{Protocol: "tcp", Port: 5432, Deadline: time.Now().Add(20 * time.Second),

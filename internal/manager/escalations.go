@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -19,7 +20,20 @@ import (
 // newEscalations makes the concern over this manager's revisions and
 // audit log.
 func (m *Manager) newEscalations() (*escalations.Service, error) {
-	return escalations.New(escalations.Config{Rules: &decisionRules{m: m}, Audit: m.auditLog, Now: m.cfg.Now, Logger: m.log})
+	return escalations.New(escalations.Config{Rules: &decisionRules{m: m}, Audit: m.auditLog, Inventory: escInventory{m},
+		Now: m.cfg.Now, Logger: m.log})
+}
+
+// escInventory vouches for the ends of an escalation from the workloads
+// the hosts reported.
+type escInventory struct{ m *Manager }
+
+func (i escInventory) Owner(a netip.Addr) (api.HostWorkload, bool) {
+	w := i.m.inv.owner(a)
+	if w == nil {
+		return api.HostWorkload{}, false
+	}
+	return *w, true
 }
 
 // decisionRules reads the DecisionRules of the head revision, decoding

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 )
 
 func init() {
@@ -45,10 +46,35 @@ spec:
   holdTimeout: 1m
 `
 
+// escalationApps are the workloads of host node-1, by app label.
+var escalationApps = map[string]string{"report": "10.1.0.1", "web": "10.1.0.2", "batch": "10.1.0.3", "db": "10.1.0.9"}
+
+// joinWithWorkloads joins node-1 and reports its workloads: the manager
+// vouches for an escalation's ends from them.
+func joinWithWorkloads(t *testing.T, e *env) *client.Client {
+	t.Helper()
+	agent, _ := e.join("node-1")
+	var ws []api.HostWorkload
+	for app, ip := range escalationApps {
+		ws = append(ws, api.HostWorkload{Host: "node-1", Namespace: "shop", Name: app, Labels: map[string]string{"app": app}, IPs: []string{ip}})
+	}
+	if _, err := agent.ReportWorkloads(ctx(t), "node-1", ws, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		if l, err := e.admin.Workloads(ctx(t), "node-1"); err == nil && len(l.Items) == len(ws) {
+			return agent
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the manager does not list node-1's workloads")
+	return nil
+}
+
 func escalation(app string) api.EscalationRequest {
 	return api.EscalationRequest{Protocol: "tcp", Port: 5432,
-		Source:      api.EscalationEndpoint{Address: "10.0.0.1", Namespace: "shop", Name: app, Labels: map[string]string{"app": app}},
-		Destination: api.EscalationEndpoint{Address: "10.0.0.2", Namespace: "shop", Name: "db"},
+		Source:      api.EscalationEndpoint{Address: escalationApps[app], Namespace: "shop", Name: app, Labels: map[string]string{"app": app}},
+		Destination: api.EscalationEndpoint{Address: escalationApps["db"], Namespace: "shop", Name: "db"},
 		Rules:       []api.EscalationRuleRef{{Namespace: "shop", Policy: "db", Rule: "ask"}}, Deadline: time.Now().Add(20 * time.Second)}
 }
 
@@ -59,7 +85,7 @@ func TestEscalationsOverTheAPI(t *testing.T) {
 	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("rules.yaml", escalationRules)}); err != nil {
 		t.Fatal(err)
 	}
-	agent, _ := e.join("node-1")
+	agent := joinWithWorkloads(t, e)
 	operator, auditor := e.token("olga", api.RoleOperator), e.token("audrey", api.RoleAuditor)
 
 	d, err := agent.Escalate(ctx(t), escalation("report"))
@@ -68,6 +94,9 @@ func TestEscalationsOverTheAPI(t *testing.T) {
 	}
 	_, err = operator.Escalate(ctx(t), escalation("report"))
 	wantStatus(t, err, http.StatusForbidden, "agent")
+	other, _ := e.join("node-2")
+	_, err = other.Escalate(ctx(t), escalation("report"))
+	wantStatus(t, err, http.StatusForbidden, "its own workloads")
 
 	held := make(chan api.EscalationDecision, 1)
 	go func() {
@@ -136,7 +165,7 @@ func TestFollowEscalations(t *testing.T) {
 	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("rules.yaml", escalationRules)}); err != nil {
 		t.Fatal(err)
 	}
-	agent, _ := e.join("node-1")
+	agent := joinWithWorkloads(t, e)
 	operator := e.token("olga", api.RoleOperator)
 	fctx, cancel := context.WithTimeout(ctx(t), 10*time.Second)
 	defer cancel()

@@ -78,6 +78,7 @@ func TestEscalateDecided(t *testing.T) {
 		c.addWorkload(h, "shop", app, fmt.Sprintf("10.214.1.%d1", i+1), map[string]string{"app": app}, nil)
 	}
 	ctx := context.Background()
+	c.reported(h, 4)
 	operator, auditor := c.tokenClient("olga", api.RoleOperator), c.tokenClient("audrey", api.RoleAuditor)
 
 	// A condition allows the report at once.
@@ -154,6 +155,16 @@ func TestEscalateDecided(t *testing.T) {
 	if e := cs.Escalations; e.Asked < 3 || e.Allowed < 2 || e.FailedClosed["decider-failed"] == 0 {
 		t.Errorf("escalation counters %+v: want 3 asked, 2 allowed, and the unreachable manager failed closed", *e)
 	}
+}
+
+// reported waits until the manager lists n workloads of host h: it
+// vouches for an escalation's ends from them.
+func (c *cluster) reported(h *node, n int) {
+	c.t.Helper()
+	waitFor(c.t, 10*time.Second, func() bool {
+		l, err := c.admin.Workloads(context.Background(), h.name)
+		return err == nil && len(l.Items) >= n
+	})
 }
 
 // tokenClient is a client of the manager with a new token of role.
@@ -237,6 +248,7 @@ func TestEscalateLatency(t *testing.T) {
 	h := c.addHost("node-1", "192.168.214.1")
 	db := c.addWorkload(h, "shop", "db", "10.214.1.10", map[string]string{"app": "db"}, map[string]int{"postgres": 5432, "http": 80})
 	cl := c.addWorkload(h, "shop", "client", "10.214.1.11", map[string]string{"app": "client"}, nil)
+	c.reported(h, 2)
 	connect := func(port int) time.Duration {
 		var d time.Duration
 		err := cl.ns.Do(func() error {

@@ -60,10 +60,24 @@ func (f RulesFunc) DecisionRules(ctx context.Context) (int64, []*policy.Decision
 	return f(ctx)
 }
 
+// Inventory is what the manager knows of the workloads the hosts
+// reported (and the bounds it held each report to). Owner is safe for
+// concurrent use and answers from memory.
+type Inventory interface {
+	Owner(a netip.Addr) (api.HostWorkload, bool)
+}
+
 // Config configures a Service; Rules and Audit are required.
 type Config struct {
 	Rules Rules
 	Audit auditlog.Committer
+	// Inventory, when set, vouches for the ends of an escalation: an
+	// agent's claims about them (namespace, name, labels) are replaced by
+	// what the manager holds, an address it holds no workload for is an
+	// outside address, and a host may ask only about connections of which
+	// one end is its own workload. nil: the agent's claims are taken as
+	// they are (tests).
+	Inventory Inventory
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -165,6 +179,10 @@ func (s *Service) Ask(ctx context.Context, host string, req api.EscalationReques
 	if err != nil {
 		return api.EscalationDecision{}, err
 	}
+	if req, err = s.vouch(host, req); err != nil {
+		return api.EscalationDecision{}, err
+	}
+	dreq.Source, dreq.Destination = endpoint(req.Source), endpoint(req.Destination)
 	eng, err := s.engine(ctx)
 	if err != nil {
 		return api.EscalationDecision{}, err
@@ -250,6 +268,37 @@ func (s *Service) request(now time.Time, req api.EscalationRequest) (decide.Requ
 		dr.Escalation.Rules = append(dr.Escalation.Rules, decide.RuleRef{Namespace: r.Namespace, Policy: r.Policy, Rule: r.Rule})
 	}
 	return dr, nil
+}
+
+// vouch replaces the agent's claims about both ends by the manager's
+// inventory (Config.Inventory), and refuses a host that asks about
+// connections none of whose ends is its own workload: hosts speak only
+// for themselves.
+func (s *Service) vouch(host string, req api.EscalationRequest) (api.EscalationRequest, error) {
+	if s.cfg.Inventory == nil {
+		return req, nil
+	}
+	own := false
+	for _, e := range []*api.EscalationEndpoint{&req.Source, &req.Destination} {
+		a, _ := netip.ParseAddr(e.Address) // request checked it
+		w, ok := s.cfg.Inventory.Owner(a.Unmap())
+		if !ok {
+			// Not a workload the manager knows: an outside address, whatever the agent says.
+			*e = api.EscalationEndpoint{Address: e.Address, Identity: e.Identity}
+			continue
+		}
+		id := e.Identity
+		if w.Identity != 0 {
+			id = w.Identity
+		}
+		*e = api.EscalationEndpoint{Address: e.Address, Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Identity: id}
+		own = own || w.Host == host
+	}
+	if !own {
+		return req, fault.New(fault.Forbidden, nil, "escalation: host %s asked about %s -> %s, and neither is a workload it reported; a host asks only about its own workloads' connections",
+			host, req.Source.Address, req.Destination.Address)
+	}
+	return req, nil
 }
 
 func endpoint(e api.EscalationEndpoint) decide.Endpoint {

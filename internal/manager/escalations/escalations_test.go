@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -243,5 +244,41 @@ func TestInvalidRequest(t *testing.T) {
 	r.Source.Address = "nowhere"
 	if _, err := f.svc.Ask(context.Background(), "node-1", r); !errors.Is(err, fault.Invalid) {
 		t.Errorf("bad address: %v, want invalid", err)
+	}
+}
+
+type inventory map[netip.Addr]api.HostWorkload
+
+func (i inventory) Owner(a netip.Addr) (api.HostWorkload, bool) { w, ok := i[a]; return w, ok }
+
+// Hosts speak only for themselves: the manager's inventory names the
+// ends, whatever the agent claims, and a host may ask only about its own
+// workloads' connections.
+func TestInventoryVouches(t *testing.T) {
+	inv := inventory{
+		netip.MustParseAddr("10.0.0.1"): {Host: "node-1", Namespace: "shop", Name: "report-1", Labels: map[string]string{"app": "report"}},
+		netip.MustParseAddr("10.0.0.2"): {Host: "node-1", Namespace: "shop", Name: "db-1", Labels: map[string]string{"app": "db"}},
+	}
+	f := newFixture(t, rules, escalations.Config{Inventory: inv})
+	lying := ask("web") // claims to be web; the inventory says report
+	d, err := f.svc.Ask(context.Background(), "node-1", lying)
+	if err != nil || d.Verdict != api.VerdictAllow {
+		t.Fatalf("%+v %v, want allowed as the report the inventory names", d, err)
+	}
+	if rec, _ := f.svc.Get(d.ID); rec.Source.Name != "report-1" || rec.Source.Labels["app"] != "report" {
+		t.Errorf("record %+v, want the inventory's source", rec.Source)
+	}
+	if _, err := f.svc.Ask(context.Background(), "node-2", ask("report")); !errors.Is(err, fault.Forbidden) {
+		t.Errorf("another host asking: %v, want forbidden", err)
+	}
+	unknown := ask("report")
+	unknown.Source.Address = "10.0.0.9" // claims report's labels for an address nobody reported
+	unknown.Deadline = time.Now().Add(100 * time.Millisecond)
+	d, err = f.svc.Ask(context.Background(), "node-1", unknown)
+	if err != nil || d.Verdict != api.VerdictDeny {
+		t.Fatalf("%+v %v, want an outside source: held, then denied", d, err)
+	}
+	if rec, _ := f.svc.Get(d.ID); rec.Source.Name != "" || rec.Source.Labels != nil {
+		t.Errorf("record %+v, want an outside address without the claimed labels", rec.Source)
 	}
 }
