@@ -70,10 +70,16 @@ type testWorkload struct {
 // and fd77::i+1.
 func newTestHost(t *testing.T, names ...string) *testHost {
 	t.Helper()
+	return newTestHostNamed(t, prefix, names...)
+}
+
+// newTestHostNamed is newTestHost with the namespaces named pfx….
+func newTestHostNamed(t *testing.T, pfx string, names ...string) *testHost {
+	t.Helper()
 	nstest.RequireRoot(t)
-	h := &testHost{t: t, ns: nstest.NS(t, prefix+"h"), wls: map[string]*testWorkload{}}
+	h := &testHost{t: t, ns: nstest.NS(t, pfx+"h"), wls: map[string]*testWorkload{}}
 	for i, n := range names {
-		w := &testWorkload{name: n, ns: nstest.NS(t, prefix+n),
+		w := &testWorkload{name: n, ns: nstest.NS(t, pfx+n),
 			v4: netip.AddrFrom4([4]byte{10, 77, 0, byte(i + 1)}),
 			v6: netip.MustParseAddr(fmt.Sprintf("fd77::%d", i+1))}
 		w.hostIf = attach.HostIfName(w.ns.Name)

@@ -227,6 +227,10 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		t = newTx(table())
 		m.update(t, want)
 	}
+	if err == nil && m.err != nil {
+		// The model took in what the kernel will not get: start afresh.
+		err, m.err, d.broken = errorf("apply: %w", m.err), nil, true
+	}
 	if err != nil {
 		return err
 	}

@@ -20,13 +20,16 @@ func TestKeyEncoding(t *testing.T) {
 		name      string
 		got, want []byte
 	}{
-		{"tab key", tabKey(compile.TableKey{Class: 0x01020304, Group: 5, Bucket: 6, Level: 3}),
-			[]byte{1, 2, 3, 4, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 3}},
+		{"tab key: class word (level above the class) . group word (group << 8 | bucket)",
+			tabKey(compile.TableKey{Class: 0x01020304, Group: 5, Bucket: 6, Level: 2}),
+			[]byte{0x21, 2, 3, 4, 0, 0, 5, 6}},
+		{"wildcard tab key", tabKey(compile.TableKey{Group: 5, Level: wildcardLevel}), []byte{0x30, 0, 0, 0, 0, 0, 5, 0}},
 		{"port key (port padded to 4 bytes)", portKey(7, 8080), []byte{0, 0, 0, 7, 0x1f, 0x90, 0, 0}},
 		{"guard key", guardKey([2]compile.GuardID{1, 2}), []byte{0, 0, 0, 1, 0, 0, 0, 2}},
 		{"v4-mapped address is v4", addrKey(netip.MustParseAddr("::ffff:10.1.2.3")), []byte{10, 1, 2, 3}},
 		{"own key", ownKey("bh1", netip.MustParseAddr("10.0.0.1")),
 			append([]byte("bh1\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"), 10, 0, 0, 1)},
+		{"rule key of no rule", ruleKey(""), []byte{0x80, 0, 0, 0}},
 	}
 	for _, c := range cases {
 		if !bytes.Equal(c.got, c.want) {
@@ -37,34 +40,34 @@ func TestKeyEncoding(t *testing.T) {
 	a.Guard = 9
 	a.Class[policy.Ingress] = [3]compile.ClassID{1, 2, 3}
 	a.Class[policy.Egress] = [3]compile.ClassID{4, 5, 6}
-	got := attrsData(a)
-	if len(got) != 4*attrWords {
-		t.Fatalf("attrs are %d bytes, want %d", len(got), 4*attrWords)
+	v := attrValues(a)
+	if v[0] != 9 {
+		t.Errorf("guard word = %d, want 9", v[0])
 	}
-	// The rules read word attrOffset(d, level) as the peer class.
+	// The rules look the class of (direction, level) up in classSet(d, level).
 	for d, classes := range a.Class {
 		for l, cl := range classes {
-			off := 4 * attrOffset(policy.Direction(d), l)
-			if w := got[off : off+4]; !bytes.Equal(w, u32(uint32(cl))) {
-				t.Errorf("class %d/%d at offset %d = %x, want %d", d, l, off, w, cl)
+			i := 1 + d*compile.NumLevels + l
+			if attrSet(i) != classSet(policy.Direction(d), l) {
+				t.Errorf("class %d/%d: map %s, but its word is at %s", d, l, classSet(policy.Direction(d), l), attrSet(i))
+			}
+			if v[i] != classWord(cl, l) {
+				t.Errorf("class %d/%d: word %x, want %x", d, l, v[i], classWord(cl, l))
 			}
 		}
 	}
 }
 
-// The registers of a level's lookup stay within the kernel's 16 and the
-// class lands right before the group.
-func TestLevelRegisters(t *testing.T) {
-	for d := range 2 {
-		for l := range compile.NumLevels {
-			base := regKey - 1 - attrOffset(policy.Direction(d), l)
-			if base < 0 || base+attrWords > 16 {
-				t.Errorf("direction %d level %d: vector at %d..%d, outside the registers", d, l, base, base+attrWords-1)
-			}
+// A rule key always has the top bit, which no group word has: the two
+// share carrier C.
+func TestRuleKeyNeverAGroupWord(t *testing.T) {
+	for _, id := range []string{"", "a", "Policy/app/b-in/ingress/web"} {
+		if k := ruleKey(id); k[0]&0x80 == 0 {
+			t.Errorf("ruleKey(%q) = %x lacks the top bit", id, k)
 		}
 	}
-	if regKey+7 > 16 {
-		t.Errorf("rule key ends at register %d, past the last (15)", regKey+7)
+	if g := groupWord(maxGroup) | 0xff; g&ruleKeyBit != 0 {
+		t.Errorf("group word %x has the rule key bit", g)
 	}
 }
 
