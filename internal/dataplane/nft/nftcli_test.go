@@ -132,3 +132,68 @@ func tail(b []byte) string {
 	}
 	return string(b)
 }
+
+// The carriers are the decision's own: the packet mark another table set
+// before Bulkhead's hook is still on every packet after it, and neither the
+// conntrack mark nor the priority keeps what the decision wrote into them
+// (a conntrack mark written on a new packet stays on the connection).
+func TestCarriersLeaveNoTrace(t *testing.T) {
+	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "nft")
+	h := newTestHostNamed(t, "bhnl", "a", "b")
+	a, b := h.wls["a"], h.wls["b"]
+	b.listen(t, "tcp", 8080)
+	d := h.newDataplane(Options{})
+	h.apply(d, basePolicy)
+	probe := `table inet bhnl_probe {
+	counter marked {}
+	counter ctmarked {}
+	counter prioritised {}
+	counter seen {}
+	chain pre {
+		type filter hook prerouting priority mangle; policy accept;
+		ip saddr 10.77.0.0/24 meta mark set 0x4000
+	}
+	chain post {
+		type filter hook postrouting priority srcnat; policy accept;
+		ip daddr 10.77.0.2 tcp dport 8080 counter name seen
+		ip daddr 10.77.0.2 tcp dport 8080 meta mark 0x4000 counter name marked
+		ip daddr 10.77.0.2 tcp dport 8080 ct mark != 0 counter name ctmarked
+		ip daddr 10.77.0.2 tcp dport 8080 meta priority != none counter name prioritised
+	}
+}
+`
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, "nft"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run(probe, "-f", "-")
+	expectTCP(t, []tcpCase{{a, b.v4, 8080, resOK}, {a, b.v4, 8080, resOK}})
+	var js struct {
+		Nftables []struct {
+			Counter *struct {
+				Name    string `json:"name"`
+				Packets int    `json:"packets"`
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(run("", "-j", "list", "counters", "table", "inet", "bhnl_probe")), &js); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, o := range js.Nftables {
+		if o.Counter != nil {
+			got[o.Counter.Name] = o.Counter.Packets
+		}
+	}
+	if got["seen"] < 2 || got["marked"] != got["seen"] || got["ctmarked"] != 0 || got["prioritised"] != 0 {
+		t.Errorf("after Bulkhead's hook, of %d packets to b:8080: %d kept the packet mark (want all), %d had a conntrack mark, %d a priority (want none)",
+			got["seen"], got["marked"], got["ctmarked"], got["prioritised"])
+	}
+}
