@@ -27,8 +27,14 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// prefix names every namespace these tests create.
-const prefix = "bhnf"
+// prefix names every namespace these tests create; BULKHEAD_NS_PREFIX
+// (at most 5 characters) replaces it, for a run beside another's.
+var prefix = func() string {
+	if p := os.Getenv("BULKHEAD_NS_PREFIX"); p != "" {
+		return p
+	}
+	return "bhnf"
+}()
 
 // removeStale removes the namespaces of earlier runs that died without
 // cleaning up. Only old ones: another run of this package (the
