@@ -326,3 +326,24 @@ func TestRangeLines(t *testing.T) {
 		t.Errorf("rangeLines:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// A number the carriers' words cannot hold is refused, never written
+// wrapped into another class or group.
+func TestNumbersBeyondTheWordsAreRefused(t *testing.T) {
+	for _, a := range []compile.IdentityAttrs{
+		{Workload: true, Class: [2][compile.NumLevels]compile.ClassID{{maxClass + 1}}},
+		{Workload: true, Local: true, Group: [2]compile.GroupID{maxGroup + 1}},
+	} {
+		m := testModel()
+		m.identityElems(newTx(table()), []compile.Change[compile.IdentityID, compile.IdentityAttrs]{{Op: compile.Add, Key: 1, New: a}})
+		if m.err == nil {
+			t.Errorf("attributes %+v: no error", a)
+		}
+	}
+	m := testModel()
+	m.identityElems(newTx(table()), []compile.Change[compile.IdentityID, compile.IdentityAttrs]{{Op: compile.Add, Key: 1,
+		New: compile.IdentityAttrs{Workload: true, Local: true, Class: [2][compile.NumLevels]compile.ClassID{{maxClass}}, Group: [2]compile.GroupID{maxGroup}}}})
+	if m.err != nil {
+		t.Errorf("the largest numbers: %v", m.err)
+	}
+}
