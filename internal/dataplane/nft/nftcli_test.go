@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
 )
 
@@ -112,18 +114,50 @@ spec:
 	if err := json.Unmarshal([]byte(list("-j", "list", "ruleset")), &js); err != nil {
 		t.Errorf("nft -j list ruleset: %v", err)
 	}
-	rules := 0
+	// nft lists every rule and set of the table, as the kernel holds them.
+	var listed [2]int // rules, sets and maps
 	for _, o := range js.Nftables {
-		if _, ok := o["rule"]; ok {
-			rules++
+		for kind, i := range map[string]int{"rule": 0, "set": 1, "map": 1} {
+			var obj struct {
+				Table string `json:"table"`
+			}
+			if raw, ok := o[kind]; ok && json.Unmarshal(raw, &obj) == nil && obj.Table == TableName {
+				listed[i]++
+			}
 		}
 	}
-	if rules < 100 {
-		t.Errorf("nft -j list ruleset: %d rules, want the whole table (hundreds)", rules)
+	if want := kernelCounts(t, h); listed != want {
+		t.Errorf("nft -j list ruleset lists %d rules and %d sets of table %s; the kernel holds %d and %d",
+			listed[0], listed[1], TableName, want[0], want[1])
 	}
 	if testing.Verbose() {
 		t.Logf("nft list table inet %s:\n%s", TableName, table)
 	}
+}
+
+// kernelCounts counts the rules and sets of Bulkhead's table through
+// netlink.
+func kernelCounts(t *testing.T, h *testHost) [2]int {
+	t.Helper()
+	d, c, err := dialNS("count", h.ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.closeNS()
+	defer c.CloseLasting()
+	f, err := readTable(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := 0
+	for _, ch := range f.chains {
+		rs, err := c.GetRules(table(), &nftables.Chain{Name: ch, Table: table()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules += len(rs)
+	}
+	return [2]int{rules, len(f.sets)}
 }
 
 func tail(b []byte) string {
