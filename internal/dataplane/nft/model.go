@@ -41,6 +41,7 @@ type model struct {
 	wallOf      map[string]string                  // wall counter name → wall name
 	bucketChain [256]bool                          // bucket chains made
 	err         error                              // a number the layout cannot hold (checkIdentity)
+	collisions  map[[2]string]bool                 // rule ids sharing a counter key, found by the last update (noteCollision)
 }
 
 type ownElem struct {
@@ -51,7 +52,8 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{},
+		collisions: map[[2]string]bool{}}
 	return m
 }
 

@@ -3,6 +3,7 @@ package nft
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -345,5 +346,29 @@ func TestNumbersBeyondTheWordsAreRefused(t *testing.T) {
 		New: compile.IdentityAttrs{Workload: true, Local: true, Class: [2][compile.NumLevels]compile.ClassID{{maxClass}}, Group: [2]compile.GroupID{maxGroup}}}})
 	if m.err != nil {
 		t.Errorf("the largest numbers: %v", m.err)
+	}
+}
+
+// Two rules whose ids have one counter key (31 bits of a hash) share a
+// counter; the model reports them. The two names were found by search.
+func TestCounterKeyCollisionReported(t *testing.T) {
+	id := func(n int) string { return fmt.Sprintf("Policy/app/b-in/ingress/r%d", n) }
+	if !bytes.Equal(ruleKey(id(11501)), ruleKey(id(57304))) {
+		t.Fatalf("the two ids no longer collide: %x %x", ruleKey(id(11501)), ruleKey(id(57304)))
+	}
+	doc := strings.Replace(unitPolicy, "    - {name: web,", `    - {name: r11501, action: allow, services: [{protocol: tcp, port: 81}]}
+    - {name: r57304, action: allow, services: [{protocol: tcp, port: 82}]}
+    - {name: web,`, 1)
+	c, _ := unitCompiler(t, doc)
+	m := testModel()
+	m.create(newTx(table()), dataplane.Desired{State: c.State()})
+	if want := map[[2]string]bool{{id(11501), id(57304)}: true}; !maps.Equal(m.collisions, want) {
+		t.Errorf("collisions = %v, want %v", m.collisions, want)
+	}
+	m2 := testModel()
+	c2, _ := unitCompiler(t, unitPolicy)
+	m2.create(newTx(table()), dataplane.Desired{State: c2.State()})
+	if len(m2.collisions) != 0 {
+		t.Errorf("no colliding rules, but collisions = %v", m2.collisions)
 	}
 }
