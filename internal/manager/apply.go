@@ -173,10 +173,10 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			// Decode the new objects for the next change while nobody waits.
 			go m.prewarm(objects)
 			// Answer once this manager's own reads show the revision.
-			if err := m.feed.waitRev(ctx, rev); err != nil {
+			if err := m.feed.WaitRev(ctx, rev); err != nil {
 				return res, err
 			}
-			return res, m.revisions.waitRev(ctx, rev)
+			return res, m.revisions.WaitRev(ctx, rev)
 		}
 		if firstLoss.IsZero() {
 			firstLoss = m.now()

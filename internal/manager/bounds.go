@@ -74,30 +74,40 @@ func (bi *boundsIndex) reset() {
 	bi.hosts, bi.held = map[string]*boundsRecord{}, map[netip.Addr]heldEntry{}
 }
 
-func (bi *boundsIndex) change(key string, old, new any) {
-	host, sub := hostKeyParts(key)
+// changeBounds applies a change of a host's bounds (new nil: removed).
+func (bi *boundsIndex) changeBounds(key string, _, new *boundsRecord) {
+	host, _ := hostKeyParts(key)
 	bi.mu.Lock()
 	defer bi.mu.Unlock()
+	bi.init()
+	if new != nil {
+		bi.hosts[host] = new
+	} else {
+		delete(bi.hosts, host)
+	}
+}
+
+// changeHeld applies a change of an address held for a host (new nil:
+// released).
+func (bi *boundsIndex) changeHeld(key string, _, new *heldRecord) {
+	host, sub := hostKeyParts(key)
+	a, err := netip.ParseAddr(strings.TrimPrefix(sub, "held/"))
+	if err != nil {
+		return
+	}
+	bi.mu.Lock()
+	defer bi.mu.Unlock()
+	bi.init()
+	if new != nil {
+		bi.held[a] = heldEntry{host: host, workload: new.Workload}
+	} else if bi.held[a].host == host {
+		delete(bi.held, a)
+	}
+}
+
+func (bi *boundsIndex) init() {
 	if bi.hosts == nil {
 		bi.hosts, bi.held = map[string]*boundsRecord{}, map[netip.Addr]heldEntry{}
-	}
-	switch {
-	case sub == "bounds":
-		if b, ok := new.(*boundsRecord); ok {
-			bi.hosts[host] = b
-		} else {
-			delete(bi.hosts, host)
-		}
-	case strings.HasPrefix(sub, "held/"):
-		a, err := netip.ParseAddr(strings.TrimPrefix(sub, "held/"))
-		if err != nil {
-			return
-		}
-		if h, ok := new.(*heldRecord); ok {
-			bi.held[a] = heldEntry{host: host, workload: h.Workload}
-		} else if bi.held[a].host == host {
-			delete(bi.held, a)
-		}
 	}
 }
 
@@ -311,7 +321,7 @@ func (m *Manager) release(ctx context.Context, p principal, host string, put []a
 	if err != nil {
 		return err
 	}
-	return m.hosts.waitRev(ctx, rev)
+	return m.hosts.WaitRev(ctx, rev)
 }
 
 func contains(list []string, s string) bool {
@@ -380,7 +390,7 @@ func (m *Manager) putHostBounds(w http.ResponseWriter, r *http.Request, p princi
 	if err != nil {
 		return err
 	}
-	if err := m.hosts.waitRev(ctx, rev); err != nil {
+	if err := m.hosts.WaitRev(ctx, rev); err != nil {
 		return err
 	}
 	return m.getHostBounds(w, r, p)
@@ -441,7 +451,7 @@ func (m *Manager) parseBounds(host string, req api.HostBounds) (*boundsRecord, [
 // ranges.
 func (m *Manager) boundsBroken(host string, rec *boundsRecord) []string {
 	var details []string
-	eachOf(m.feed, prefixWorkloads, func(_ string, it *workloadItem) {
+	m.tab.workloads.Each(prefixWorkloads, func(_ string, it *workloadItem) {
 		wl := it.workload
 		for _, s := range wl.IPs {
 			a, err := netip.ParseAddr(s)

@@ -19,7 +19,7 @@ const collectEvery = 30 * time.Second
 // labels; identities no workload uses are removed.
 func (m *Manager) identityLoop(ctx context.Context) {
 	select {
-	case <-m.feed.ready:
+	case <-m.feed.Ready():
 	case <-ctx.Done():
 		return
 	}
@@ -27,8 +27,8 @@ func (m *Manager) identityLoop(ctx context.Context) {
 	defer tick.Stop()
 	var seenHead int64
 	for {
-		ch := m.feed.notify()
-		if head, ok := lookup[*revRecord](m.feed, keyHead); ok && head.Rev != seenHead {
+		ch := m.feed.Notify()
+		if head, ok := m.tab.head.Get(keyHead); ok && head.Rev != seenHead {
 			seenHead = head.Rev
 			m.reidentify(ctx, false)
 		}
@@ -59,12 +59,12 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 	}
 	m.lastNSLabels = string(sum)
 	idKeys := map[uint32]string{}
-	eachOf(m.feed, prefixIdentities, func(_ string, id *api.Identity) {
+	m.tab.identities.Each(prefixIdentities, func(_ string, id *api.Identity) {
 		idKeys[id.ID] = labelKey(id.Namespace, id.NamespaceLabels, id.Labels)
 	})
 	stale := map[string][]api.HostWorkload{}
 	expect := map[string]int64{}
-	eachOf(m.feed, prefixWorkloads, func(key string, it *workloadItem) {
+	m.tab.workloads.Each(prefixWorkloads, func(key string, it *workloadItem) {
 		wl := it.workload
 		if idKeys[wl.Identity] != labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels) {
 			stale[wl.Host] = append(stale[wl.Host], *wl)

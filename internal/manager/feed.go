@@ -187,14 +187,14 @@ func (m *Manager) writeFeed(ctx context.Context, w http.ResponseWriter, p princi
 func (m *Manager) stillValid(p principal) error {
 	switch p.kind {
 	case "token":
-		if _, ok := lookup[*credentials.Token](m.auth, credentials.PrefixTokens+p.hash); !ok {
+		if _, ok := m.tab.tokens.Get(credentials.PrefixTokens + p.hash); !ok {
 			return fmt.Errorf("token %s was revoked", p.name)
 		}
 		return nil
 	case "":
 		return nil
 	}
-	c, ok := lookup[*credentials.Cert](m.auth, credentials.PrefixCerts+p.serial)
+	c, ok := m.tab.certs.Get(credentials.PrefixCerts + p.serial)
 	if !ok {
 		return fmt.Errorf("client certificate %s of host %s is no longer in the records", p.serial, p.name)
 	}

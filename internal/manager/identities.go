@@ -57,29 +57,6 @@ type workloadItem struct {
 	workload *api.HostWorkload
 }
 
-// decodeFeed decodes a key under feed/: the head (a *revRecord, its Rev
-// the revision it changed at), a workload (a *workloadItem) or an
-// identity (an *api.Identity).
-func decodeFeed(kv store.KV) (any, error) {
-	var v any
-	var err error
-	switch {
-	case kv.Key == keyHead:
-		v, err = decodeRecord(kv)
-	case strings.HasPrefix(kv.Key, prefixWorkloads):
-		v, err = decodeWorkload(kv)
-	case strings.HasPrefix(kv.Key, prefixIdentities):
-		id := &api.Identity{}
-		v, err = id, json.Unmarshal(kv.Value, id)
-	default:
-		err = fmt.Errorf("unknown feed key %s", kv.Key)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
-}
-
 func decodeWorkload(kv store.KV) (*workloadItem, error) {
 	it := &workloadItem{modRev: kv.ModRev, workload: &api.HostWorkload{}}
 	if err := json.Unmarshal(kv.Value, it.workload); err != nil {
@@ -269,16 +246,14 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 func (m *Manager) getIdentities(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	byID := map[uint32]*api.Identity{}
 	addrs := map[uint32][]string{}
-	rev := eachOf(m.feed, prefixFeed, func(_ string, v any) {
-		switch it := v.(type) {
-		case *api.Identity:
-			id := *it
-			byID[id.ID] = &id
-		case *workloadItem:
-			if it.workload.Identity != 0 {
-				addrs[it.workload.Identity] = append(addrs[it.workload.Identity], it.workload.IPs...)
-			}
+	m.tab.workloads.Each(prefixWorkloads, func(_ string, it *workloadItem) {
+		if it.workload.Identity != 0 {
+			addrs[it.workload.Identity] = append(addrs[it.workload.Identity], it.workload.IPs...)
 		}
+	})
+	rev := m.tab.identities.Each(prefixIdentities, func(_ string, it *api.Identity) {
+		id := *it
+		byID[id.ID] = &id
 	})
 	out := api.IdentityList{Revision: rev, Items: []api.Identity{}}
 	for id, ident := range byID {

@@ -48,8 +48,8 @@ func (inv *inventory) init() {
 
 // change applies one change of a key under feed/ (old or new nil for a
 // new key or a delete); keys of other kinds are ignored.
-func (inv *inventory) change(key string, old, new any) {
-	oldW, newW := feedWorkload(old), feedWorkload(new)
+func (inv *inventory) change(key string, old, new *workloadItem) {
+	oldW, newW := old.hostWorkload(), new.hostWorkload()
 	if oldW == nil && newW == nil {
 		return
 	}
@@ -103,11 +103,11 @@ func (inv *inventory) change(key string, old, new any) {
 	}
 }
 
-func feedWorkload(v any) *api.HostWorkload {
-	if it, _ := v.(*workloadItem); it != nil {
-		return it.workload
+func (it *workloadItem) hostWorkload() *api.HostWorkload {
+	if it == nil {
+		return nil
 	}
-	return nil
+	return it.workload
 }
 
 // modelWorkload is a reported workload as the policy model has it, its

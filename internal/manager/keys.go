@@ -193,24 +193,6 @@ func (m *Manager) legacyRevisions(ctx context.Context, key *seal.Key) (int64, er
 	return rec.Seq, nil
 }
 
-// decodeSealed decodes an access record for the auth mirror, which keeps
-// only what verifies: a record whose seal does not is left out (so that
-// it authenticates nothing) and raises an alert.
-func (m *Manager) decodeSealed(kv store.KV) (any, error) {
-	v, err := credentials.Decode(kv)
-	if err != nil {
-		return nil, err
-	}
-	if rec, ok := v.(sealed); ok {
-		if err := m.key.Check(kv.Key, rec); err != nil {
-			m.raise("record-seal", kv.Key, err.Error())
-			return nil, err
-		}
-		m.holdFinal(kv.Key, rec)
-	}
-	return v, nil
-}
-
 // readSealed reads the access record at key from the store into rec and
 // checks its seal; a record that does not verify raises an alert and is
 // reported as not found, with the reason.
@@ -239,14 +221,14 @@ const accessWait = 10 * time.Second
 // 503, which a client retries, never 401.
 func (m *Manager) waitAccess(ctx context.Context) error {
 	select {
-	case <-m.auth.ready:
+	case <-m.auth.Ready():
 		return nil
 	default:
 	}
 	t := time.NewTimer(accessWait)
 	defer t.Stop()
 	select {
-	case <-m.auth.ready:
+	case <-m.auth.Ready():
 		return nil
 	case <-t.C:
 		return fault.New(fault.Unavailable, nil, "not ready: the manager has not read its access records yet; try again")
@@ -259,21 +241,34 @@ func (m *Manager) waitAccess(ctx context.Context) error {
 // this manager has seen (seal.Final): a certificate it saw revoked stays
 // revoked, a join token it saw used stays used.
 func (m *Manager) holdFinal(key string, rec sealed) {
-	now := m.now().UTC()
-	held := false
 	switch r := rec.(type) {
 	case *credentials.Cert:
-		if held = m.final.Revoked(r.Serial, r.Revoked != nil); held {
-			r.Revoked, r.RevokedBy = &now, "this manager's record: the store's copy was rolled back"
-		}
+		m.holdCert(key, r)
 	case *credentials.Join:
-		if held = m.final.Used(key, r.Used != nil); held {
-			r.Used = &now
-		}
+		m.holdJoin(key, r)
 	}
-	if held {
-		m.raise("record-rollback", key, "the access record was put back as it was before a revocation or a use: the manager holds it revoked or used")
+}
+
+// holdCert holds a certificate revoked that this manager saw revoked.
+func (m *Manager) holdCert(key string, c *credentials.Cert) {
+	if m.final.Revoked(c.Serial, c.Revoked != nil) {
+		now := m.now().UTC()
+		c.Revoked, c.RevokedBy = &now, "this manager's record: the store's copy was rolled back"
+		m.rolledBack(key)
 	}
+}
+
+// holdJoin holds a join token used that this manager saw used.
+func (m *Manager) holdJoin(key string, j *credentials.Join) {
+	if m.final.Used(key, j.Used != nil) {
+		now := m.now().UTC()
+		j.Used = &now
+		m.rolledBack(key)
+	}
+}
+
+func (m *Manager) rolledBack(key string) {
+	m.raise("record-rollback", key, "the access record was put back as it was before a revocation or a use: the manager holds it revoked or used")
 }
 
 func (m *Manager) finalPath() string { return filepath.Join(m.cfg.DataDir, seal.FinalFile) }

@@ -34,8 +34,8 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
-	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -142,7 +142,8 @@ type Manager struct {
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
 	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
 
-	auth, feed, hosts, revisions *mirror
+	auth, feed, hosts, revisions *mirror.Mirror // the copies of the store (copies.go)
+	tab                          tables
 	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
 	inv                          inventory
 	hostTab                      *hostTable
@@ -203,15 +204,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.auditLog.CheckAtStart(ctx)
-	m.auth = newMirror(m.st, credentials.PrefixAuth, m.log, m.decodeSealed)
-	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
-	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
-	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
-	m.hosts.onChange, m.hosts.onReset = m.bounds.change, m.bounds.reset
-	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRevision)
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
-		mi.onWrong = func(key, msg string) { m.raise("record-type", key, msg) }
-	}
+	m.newCopies()
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()
 	for _, rt := range m.routes {
@@ -364,9 +357,9 @@ func (m *Manager) listen() error {
 func (m *Manager) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		m.wg.Add(1)
-		go func() { defer m.wg.Done(); mi.run(ctx) }()
+		go func() { defer m.wg.Done(); mi.Run(ctx) }()
 	}
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.identityLoop(ctx) }()
@@ -398,9 +391,9 @@ func (m *Manager) run() {
 
 // WaitReady waits until the manager has read the store once.
 func (m *Manager) WaitReady(ctx context.Context) error {
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		select {
-		case <-mi.ready:
+		case <-mi.Ready():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -409,9 +402,9 @@ func (m *Manager) WaitReady(ctx context.Context) error {
 }
 
 func (m *Manager) ready() bool {
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		select {
-		case <-mi.ready:
+		case <-mi.Ready():
 		default:
 			return false
 		}
@@ -451,4 +444,13 @@ func trimNL(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

@@ -73,7 +73,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 	if err != nil {
 		return err
 	}
-	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
+	if err := m.revisions.WaitRev(r.Context(), kv.ModRev); err != nil {
 		return err
 	}
 	seq := head.Seq
@@ -85,7 +85,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		seq = n
 	}
 	for ; seq >= 1 && len(out.Items) < limit; seq-- {
-		if rec, ok := lookup[*revRecord](m.revisions, revisionKey(seq)); ok {
+		if rec, ok := m.tab.revs.Get(revisionKey(seq)); ok {
 			out.Items = append(out.Items, rec.api())
 		}
 	}

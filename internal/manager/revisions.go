@@ -56,15 +56,6 @@ func (r *revRecord) api() api.Revision {
 
 func revisionKey(seq int64) string { return fmt.Sprintf("%s%020d", prefixRevisions, seq) }
 
-// decodeRevision decodes a key under revisions/ for the mirror.
-func decodeRevision(kv store.KV) (any, error) {
-	r, err := decodeRecord(kv)
-	if err != nil {
-		return nil, err
-	}
-	return r, nil
-}
-
 func decodeRecord(kv store.KV) (*revRecord, error) {
 	var r revRecord
 	if err := json.Unmarshal(kv.Value, &r); err != nil {
@@ -290,7 +281,7 @@ func (m *Manager) record(ctx context.Context, rev int64) (*revRecord, error) {
 		return nil, nil
 	}
 	var found *revRecord
-	eachOf(m.revisions, prefixRevisions, func(_ string, r *revRecord) {
+	m.tab.revs.Each(prefixRevisions, func(_ string, r *revRecord) {
 		if r.Rev == rev {
 			found = r
 		}

@@ -52,7 +52,7 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 		return err
 	}
 	if rev > 0 {
-		if err := m.feed.waitRev(r.Context(), rev); err != nil {
+		if err := m.feed.WaitRev(r.Context(), rev); err != nil {
 			return err
 		}
 	}
@@ -268,7 +268,7 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ principal) error {
 	host := r.URL.Query().Get("host")
 	out := api.WorkloadList{Items: []api.HostWorkload{}}
-	out.Revision = eachOf(m.feed, prefixWorkloads, func(_ string, it *workloadItem) {
+	out.Revision = m.tab.workloads.Each(prefixWorkloads, func(_ string, it *workloadItem) {
 		if wl := it.workload; host == "" || wl.Host == host {
 			out.Items = append(out.Items, *wl)
 		}
@@ -315,11 +315,11 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 		return err
 	}
 	if ok {
-		if err := m.feed.waitRev(ctx, rev); err != nil {
+		if err := m.feed.WaitRev(ctx, rev); err != nil {
 			return err
 		}
 		if len(held) > 0 {
-			if err := m.hosts.waitRev(ctx, rev); err != nil {
+			if err := m.hosts.WaitRev(ctx, rev); err != nil {
 				return err
 			}
 		}
