@@ -270,7 +270,7 @@ func (m *Manager) validate(prop proposal) error {
 	if len(set.Walls) == 0 {
 		return nil
 	}
-	set.Workloads = m.inv.workloads(m.log)
+	set.Workloads = m.inv.Workloads(m.log)
 	breaches, err := policy.ProveWalls(set)
 	if err != nil {
 		return fault.New(fault.Invalid, fault.Details(err), "the walls could not be proven; nothing was applied")

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
@@ -24,8 +25,8 @@ type tables struct {
 	workloads  *mirror.Table[workloadItem]      // feed/workloads/
 	identities *mirror.Table[api.Identity]      // feed/identities/
 	hostRecs   *mirror.Table[hostRecord]        // hosts/H
-	boundsRecs *mirror.Table[boundsRecord]      // hosts/H/bounds
-	held       *mirror.Table[heldRecord]        // hosts/H/held/A
+	boundsRecs *mirror.Table[bounds.Record]     // hosts/H/bounds
+	held       *mirror.Table[bounds.Held]       // hosts/H/held/A
 	revs       *mirror.Table[revRecord]         // revisions/
 }
 
@@ -42,16 +43,19 @@ func (m *Manager) newCopies() {
 	m.tab.head = mirror.Add(m.feed, func(k string) bool { return k == keyHead }, decodeRecord)
 	m.tab.workloads = mirror.Add(m.feed, mirror.Under(prefixWorkloads), decodeWorkload)
 	m.tab.identities = mirror.Add(m.feed, mirror.Under(prefixIdentities), decodeAs[api.Identity]("identity"))
-	m.feed.OnReset, m.tab.workloads.OnChange = m.inv.reset, m.inv.change
+	m.feed.OnReset = m.inv.Reset
+	m.tab.workloads.OnChange = func(key string, old, new *workloadItem) {
+		m.inv.Change(key, old.hostWorkload(), new.hostWorkload())
+	}
 
 	m.hosts = mirror.New(m.st, prefixHosts, m.log)
 	hostSub := func(want func(sub string) bool) func(string) bool {
-		return func(key string) bool { _, sub := hostKeyParts(key); return want(sub) }
+		return func(key string) bool { _, sub := bounds.KeyParts(key); return want(sub) }
 	}
 	m.tab.hostRecs = mirror.Add(m.hosts, hostSub(func(s string) bool { return s == "" }), decodeAs[hostRecord]("host's status"))
-	m.tab.boundsRecs = mirror.Add(m.hosts, hostSub(func(s string) bool { return s == "bounds" }), decodeAs[boundsRecord]("host's bounds"))
-	m.tab.held = mirror.Add(m.hosts, hostSub(func(s string) bool { return strings.HasPrefix(s, "held/") }), decodeAs[heldRecord]("held address"))
-	m.hosts.OnReset, m.tab.boundsRecs.OnChange, m.tab.held.OnChange = m.bounds.reset, m.bounds.changeBounds, m.bounds.changeHeld
+	m.tab.boundsRecs = mirror.Add(m.hosts, hostSub(func(s string) bool { return s == "bounds" }), decodeAs[bounds.Record]("host's bounds"))
+	m.tab.held = mirror.Add(m.hosts, hostSub(func(s string) bool { return strings.HasPrefix(s, "held/") }), decodeAs[bounds.Held]("held address"))
+	m.hosts.OnReset, m.tab.boundsRecs.OnChange, m.tab.held.OnChange = m.bounds.Reset, m.bounds.ChangeBounds, m.bounds.ChangeHeld
 
 	m.revisions = mirror.New(m.st, prefixRevisions, m.log)
 	m.tab.revs = mirror.Add(m.revisions, mirror.Under(prefixRevisions), decodeRecord)
@@ -108,4 +112,11 @@ func decodeSealed[T any, P interface {
 		}
 		return rec, nil
 	}
+}
+
+func (it *workloadItem) hostWorkload() *api.HostWorkload {
+	if it == nil {
+		return nil
+	}
+	return it.workload
 }

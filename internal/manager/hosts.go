@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -33,7 +34,7 @@ import (
 // several managers, a host's record is the newest of the one this
 // manager holds and the one in the store.
 const (
-	prefixHosts      = "hosts/"
+	prefixHosts      = bounds.Prefix
 	lastSeenEvery    = 15 * time.Second
 	statusFlushEvery = 100 * time.Millisecond
 	statusFlushOps   = 100 // records per Txn, under the store's 128
@@ -232,14 +233,14 @@ func (m *Manager) hostList() []api.Host {
 		}
 	})
 	m.tab.hostRecs.Each(prefixHosts, func(key string, _ *hostRecord) { get(strings.TrimPrefix(key, prefixHosts)) })
-	m.tab.boundsRecs.Each(prefixHosts, func(key string, _ *boundsRecord) { host, _ := hostKeyParts(key); get(host) })
-	m.tab.held.Each(prefixHosts, func(key string, _ *heldRecord) { host, _ := hostKeyParts(key); get(host) })
+	m.tab.boundsRecs.Each(prefixHosts, func(key string, _ *bounds.Record) { host, _ := bounds.KeyParts(key); get(host) })
+	m.tab.held.Each(prefixHosts, func(key string, _ *bounds.Held) { host, _ := bounds.KeyParts(key); get(host) })
 	m.hostTab.mu.Lock()
 	for name := range m.hostTab.latest {
 		get(name)
 	}
 	m.hostTab.mu.Unlock()
-	for name, n := range m.inv.hostCounts() {
+	for name, n := range m.inv.HostCounts() {
 		get(name).Workloads = n
 	}
 	now := m.now()

@@ -34,7 +34,9 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -144,10 +146,11 @@ type Manager struct {
 
 	auth, feed, hosts, revisions *mirror.Mirror // the copies of the store (copies.go)
 	tab                          tables
-	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
-	inv                          inventory
+	lastNSLabels                 string              // identityLoop's: the namespaces' labels it last saw
+	inv                          inventory.Inventory // the reported workloads, indexed, kept by the feed's copy
 	hostTab                      *hostTable
-	bounds                       boundsIndex // what each host may claim (bounds.go), kept by the hosts mirror
+	bounds                       bounds.Index   // what each host may claim, kept by the copy of hosts/
+	claims                       bounds.Checker // judges reports by bounds and inv
 	reportRefusals               refusalLog
 	hub                          *feedHub
 	limiter                      *limiter
@@ -178,6 +181,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
 		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
+	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
 	m.blobs.st = cfg.Store
 	m.blobs.onMismatch = func(key, got string) {

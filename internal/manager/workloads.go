@@ -14,6 +14,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -75,7 +76,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 	bad := func(path, format string, args ...any) {
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
-	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.hostCounts()[host] > maxHostWorkloads+len(deleted)) {
+	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.HostCounts()[host] > maxHostWorkloads+len(deleted)) {
 		return fault.New(fault.TooLarge, nil, "workloads: a host may hold at most %d workloads; this report would give host %s more", maxHostWorkloads, host)
 	}
 	for i, wl := range ws {
@@ -98,7 +99,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		}
 	}
 	if len(details) == 0 {
-		details = m.checkClaims(host, ws, deleted, replace)
+		details = m.claims.Claims(host, ws, deleted, replace)
 	}
 	if len(details) > 0 {
 		return fault.New(fault.Invalid, details, "the workload report of host %s is refused; nothing was stored", host)
@@ -283,7 +284,7 @@ func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ princip
 
 // deleteWorkload removes a workload record (an operator clearing what a
 // lost host left behind); idempotent. When the host is live, the
-// record's addresses stay held for it (bounds.go) until its own report
+// record's addresses stay held for it (internal/manager/bounds) until its own report
 // releases them: a live address must not pass to another host in the
 // gap before the host reports again.
 func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p principal) error {
@@ -301,10 +302,10 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 	var held []string
 	var wl api.HostWorkload
 	if err := json.Unmarshal(kv.Value, &wl); err == nil && m.hostLive(host) {
-		value, _ := json.Marshal(heldRecord{Workload: wl.Namespace + "/" + wl.Name})
+		value, _ := json.Marshal(bounds.Held{Workload: wl.Namespace + "/" + wl.Name})
 		for _, s := range wl.IPs {
 			if a, err := netip.ParseAddr(s); err == nil {
-				ops = append(ops, store.Put(heldKey(host, a.Unmap()), value))
+				ops = append(ops, store.Put(bounds.HeldKey(host, a.Unmap()), value))
 				held = append(held, a.Unmap().String())
 			}
 		}
