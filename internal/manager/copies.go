@@ -10,6 +10,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -21,13 +22,13 @@ type tables struct {
 	tokens     *mirror.Table[credentials.Token] // auth/tokens/
 	joins      *mirror.Table[credentials.Join]  // auth/join/
 	certs      *mirror.Table[credentials.Cert]  // auth/certs/
-	head       *mirror.Table[revRecord]         // feed/head
+	head       *mirror.Table[revisions.Record]  // feed/head
 	workloads  *mirror.Table[workloadItem]      // feed/workloads/
 	identities *mirror.Table[api.Identity]      // feed/identities/
 	hostRecs   *mirror.Table[hostRecord]        // hosts/H
 	boundsRecs *mirror.Table[bounds.Record]     // hosts/H/bounds
 	held       *mirror.Table[bounds.Held]       // hosts/H/held/A
-	revs       *mirror.Table[revRecord]         // revisions/
+	revs       *mirror.Table[revisions.Record]  // revisions/
 }
 
 // newCopies makes the mirrors and their tables and hooks; run starts
@@ -40,7 +41,7 @@ func (m *Manager) newCopies() {
 	m.tab.certs = mirror.Add(m.auth, mirror.Under(credentials.PrefixCerts), decodeSealed(m, m.holdCert))
 
 	m.feed = mirror.New(m.st, prefixFeed, m.log)
-	m.tab.head = mirror.Add(m.feed, func(k string) bool { return k == keyHead }, decodeRecord)
+	m.tab.head = mirror.Add(m.feed, func(k string) bool { return k == keyHead }, revisions.Decode)
 	m.tab.workloads = mirror.Add(m.feed, mirror.Under(prefixWorkloads), decodeWorkload)
 	m.tab.identities = mirror.Add(m.feed, mirror.Under(prefixIdentities), decodeAs[api.Identity]("identity"))
 	m.feed.OnReset = m.inv.Reset
@@ -58,7 +59,7 @@ func (m *Manager) newCopies() {
 	m.hosts.OnReset, m.tab.boundsRecs.OnChange, m.tab.held.OnChange = m.bounds.Reset, m.bounds.ChangeBounds, m.bounds.ChangeHeld
 
 	m.revisions = mirror.New(m.st, prefixRevisions, m.log)
-	m.tab.revs = mirror.Add(m.revisions, mirror.Under(prefixRevisions), decodeRecord)
+	m.tab.revs = mirror.Add(m.revisions, mirror.Under(prefixRevisions), revisions.Decode)
 
 	for _, mi := range m.mirrors() {
 		mi.OnRefuse = m.mirrorRefused

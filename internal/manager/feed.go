@@ -15,6 +15,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -388,11 +389,11 @@ func (m *Manager) headLines(ctx context.Context, kv store.KV) ([]byte, error) {
 	if ok {
 		return data, nil
 	}
-	rec, err := decodeRecord(kv)
+	rec, err := revisions.Decode(kv)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := m.loadState(ctx, rec)
+	cur, err := m.history.Load(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
@@ -412,22 +413,22 @@ func (m *Manager) headLines(ctx context.Context, kv store.KV) ([]byte, error) {
 
 // parentState reads the state a revision changed: the record one before
 // it in sequence, read from the store (not the mirror, which may lag).
-func (m *Manager) parentState(ctx context.Context, rec *revRecord) (*policyState, error) {
+func (m *Manager) parentState(ctx context.Context, rec *revisions.Record) (*revisions.State, error) {
 	if rec.Seq <= 1 {
-		return m.loadState(ctx, nil)
+		return m.history.Load(ctx, nil)
 	}
-	kv, err := m.st.Get(ctx, revisionKey(rec.Seq-1))
+	kv, err := m.st.Get(ctx, revisions.Key(rec.Seq-1))
 	if err != nil {
 		return nil, fmt.Errorf("manager: read revision %d's parent: %w", rec.Rev, err)
 	}
-	parent, err := decodeRecord(kv)
+	parent, err := revisions.Decode(kv)
 	if err != nil {
 		return nil, err
 	}
-	return m.loadState(ctx, parent)
+	return m.history.Load(ctx, parent)
 }
 
-func objectLines(rev int64, before, after *policyState) []byte {
+func objectLines(rev int64, before, after *revisions.State) []byte {
 	var out []byte
 	for _, c := range diffStates(before, after) {
 		ref := c.ObjectRef
@@ -458,16 +459,16 @@ func (m *Manager) snapshot(ctx context.Context, q *feedQueue, marker, reason str
 		ev := store.Event{Type: store.EventPut, KV: kv}
 		switch {
 		case kv.Key == keyHead:
-			rec, err := decodeRecord(kv)
+			rec, err := revisions.Decode(kv)
 			if err != nil {
 				return 0, err
 			}
-			ps, err := m.loadState(ctx, rec)
+			ps, err := m.history.Load(ctx, rec)
 			if err != nil {
 				return 0, err
 			}
 			policyRev = kv.ModRev
-			line = objectLines(rev, &policyState{}, ps)
+			line = objectLines(rev, &revisions.State{}, ps)
 		case strings.HasPrefix(kv.Key, prefixWorkloads):
 			line = workloadLine(ev)
 		case strings.HasPrefix(kv.Key, prefixIdentities):

@@ -228,7 +228,7 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 		return nil, 0, err
 	}
 	out := map[string]map[string]string{}
-	for _, o := range ps.objects {
+	for _, o := range ps.Objects {
 		if o.Ref.Kind != "Namespace" {
 			continue
 		}
@@ -240,7 +240,7 @@ func (m *Manager) namespaceLabels(ctx context.Context) (map[string]map[string]st
 			out[ns.Name] = ns.Labels
 		}
 	}
-	return out, ps.rev(), nil
+	return out, ps.Rev(), nil
 }
 
 func (m *Manager) getIdentities(w http.ResponseWriter, _ *http.Request, _ principal) error {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -31,21 +32,13 @@ type TamperedError = seal.TamperedError
 // sealed is an access record that carries its seal.
 type sealed = seal.Sealed
 
-// A policy revision record carries its seal, as the access records
-// (internal/manager/credentials) do.
-func (r *revRecord) SealField() *string { return &r.Seal }
-
-// revisionSealKey stands for the store key in a revision record's seal:
-// one record is stored twice, as revisions/SEQ and as the head.
-const revisionSealKey = "revisions"
-
 // checkRevision verifies a policy revision record's seal; the revisions
 // from before the key (adopted) are trusted as they are.
-func (m *Manager) checkRevision(rec *revRecord) error {
+func (m *Manager) checkRevision(rec *revisions.Record) error {
 	if rec.Seq <= m.key.Legacy {
 		return nil
 	}
-	return m.key.Check(revisionSealKey, rec)
+	return m.key.Check(revisions.SealKey, rec)
 }
 
 // loadKey reads the manager key, or creates it for a store that has none.
@@ -180,11 +173,11 @@ func (m *Manager) legacyRevisions(ctx context.Context, key *seal.Key) (int64, er
 	} else if err != nil {
 		return 0, fmt.Errorf("manager: read the head: %w", err)
 	}
-	var rec revRecord
+	var rec revisions.Record
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return 0, fmt.Errorf("manager: the head: %w", err)
 	}
-	if key.Check(revisionSealKey, &rec) == nil {
+	if key.Check(revisions.SealKey, &rec) == nil {
 		return 0, nil
 	}
 	if !m.cfg.AdoptRecords {

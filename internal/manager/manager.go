@@ -38,6 +38,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -127,18 +128,18 @@ func (c *Config) defaults() error {
 
 // Manager is a running management server.
 type Manager struct {
-	cfg   Config
-	st    store.Store
-	log   *slog.Logger
-	ca    *pki.CA
-	key   *seal.Key
-	blobs blobs
+	cfg Config
+	st  store.Store
+	log *slog.Logger
+	ca  *pki.CA
+	key *seal.Key
 	// auditLog commits every change with its audit entry and anchors the
 	// log outside the store (internal/manager/auditlog).
 	auditLog *auditlog.Log
 
-	stateMu sync.Mutex
-	states  map[int64]*policyState
+	// history reads the policy revisions' states, checked and cached
+	// (internal/manager/revisions).
+	history revisions.History
 	sets    setCache
 	feedC   feedCache
 	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
@@ -179,12 +180,16 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
+		hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
 	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
-	m.blobs.st = cfg.Store
-	m.blobs.onMismatch = func(key, got string) {
+	m.history.Blobs = &revisions.Blobs{Store: cfg.Store}
+	m.history.Check = m.checkRevision
+	m.history.Tampered = func(key string) {
+		m.raise("revision-seal", key, "the policy revision's seal does not verify: it was written or changed outside the manager; its objects are not served")
+	}
+	m.history.Blobs.OnMismatch = func(key, got string) {
 		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
 	}
 	ca, err := m.loadCA(ctx)

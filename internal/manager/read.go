@@ -11,6 +11,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -26,7 +27,7 @@ func (m *Manager) getObjects(w http.ResponseWriter, r *http.Request, _ principal
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
+	writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.Rev(), Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
 	return nil
 }
 
@@ -37,7 +38,7 @@ func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Reque
 			return err
 		}
 		items := objectsOf(ps, func(ref api.ObjectRef) bool { return objects.Resource(ref.Kind) == res })
-		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: items})
+		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.Rev(), Items: items})
 		return nil
 	}
 }
@@ -69,7 +70,7 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
-	head, err := decodeRecord(kv)
+	head, err := revisions.Decode(kv)
 	if err != nil {
 		return err
 	}
@@ -85,8 +86,8 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		seq = n
 	}
 	for ; seq >= 1 && len(out.Items) < limit; seq-- {
-		if rec, ok := m.tab.revs.Get(revisionKey(seq)); ok {
-			out.Items = append(out.Items, rec.api())
+		if rec, ok := m.tab.revs.Get(revisions.Key(seq)); ok {
+			out.Items = append(out.Items, rec.API())
 		}
 	}
 	if seq >= 1 {
@@ -127,7 +128,7 @@ func (m *Manager) getRevision(w http.ResponseWriter, r *http.Request, _ principa
 	if err != nil {
 		return err
 	}
-	ps, err := m.loadState(r.Context(), rec)
+	ps, err := m.history.Load(r.Context(), rec)
 	if err != nil {
 		return err
 	}
@@ -153,13 +154,13 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 		if err != nil {
 			return err
 		}
-		if toState, err = m.loadState(ctx, rec); err != nil {
+		if toState, err = m.history.Load(ctx, rec); err != nil {
 			return err
 		}
 	}
 	var from int64
-	if toState.record != nil {
-		from = toState.record.ParentRev
+	if toState.Record != nil {
+		from = toState.Record.ParentRev
 	}
 	if s := q.Get("from"); s != "" {
 		if from, err = revParam(s, "from"); err != nil {
@@ -170,7 +171,7 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 	if err != nil {
 		return err
 	}
-	fromState, err := m.loadState(ctx, rec)
+	fromState, err := m.history.Load(ctx, rec)
 	if err != nil {
 		return err
 	}
@@ -178,18 +179,18 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 	return nil
 }
 
-func diffStates(a, b *policyState) []api.ObjectChange {
-	res := compare(a.objects, b.objects)
+func diffStates(a, b *revisions.State) []api.ObjectChange {
+	res := compare(a.Objects, b.Objects)
 	out := []api.ObjectChange{}
 	for _, ref := range res.Created {
-		out = append(out, api.ObjectChange{ObjectRef: ref, After: b.objects[refKey(ref)].JSON})
+		out = append(out, api.ObjectChange{ObjectRef: ref, After: b.Objects[refKey(ref)].JSON})
 	}
 	for _, ref := range res.Updated {
 		k := refKey(ref)
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[k].JSON, After: b.objects[k].JSON})
+		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.Objects[k].JSON, After: b.Objects[k].JSON})
 	}
 	for _, ref := range res.Deleted {
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[refKey(ref)].JSON})
+		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.Objects[refKey(ref)].JSON})
 	}
 	sort.Slice(out, func(i, j int) bool { return refKey(out[i].ObjectRef) < refKey(out[j].ObjectRef) })
 	return out
@@ -214,12 +215,12 @@ func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	target, err := m.loadState(r.Context(), rec)
+	target, err := m.history.Load(r.Context(), rec)
 	if err != nil {
 		return err
 	}
-	res, err := m.change(r.Context(), p, "policy.rollback", req.Message, false, func(*policyState) (proposal, error) {
-		return proposal{objects: target.objects}, nil
+	res, err := m.change(r.Context(), p, "policy.rollback", req.Message, false, func(*revisions.State) (proposal, error) {
+		return proposal{objects: target.Objects}, nil
 	}, rev)
 	if err != nil {
 		return err
