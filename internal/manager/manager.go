@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +37,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
@@ -142,8 +144,8 @@ type Manager struct {
 	history revisions.History
 	sets    setCache
 	feedC   feedCache
-	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
-	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
+	applyMu sync.Mutex           // serializes this manager's applies; the head CAS guards against others
+	ids     identities.Allocator // gives workloads their identities (internal/manager/identities)
 
 	auth, feed, hosts, revisions *mirror.Mirror // the copies of the store (copies.go)
 	tab                          tables
@@ -184,6 +186,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		alerts: newAlerts()}
 	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
+	m.ids.Store = cfg.Store
 	m.history.Blobs = &revisions.Blobs{Store: cfg.Store}
 	m.history.Check = m.checkRevision
 	m.history.Tampered = func(key string) {
@@ -453,6 +456,14 @@ func trimNL(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// jitter is the wait before retry attempt n of a lost compare-and-set:
+// random, up to 2 ms doubling to 100 ms, so that two managers that keep
+// colliding soon stop.
+func jitter(n int) time.Duration {
+	ceil := min(2*time.Millisecond<<min(n, 6), 100*time.Millisecond)
+	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -15,6 +15,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -138,12 +139,12 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 	for i := range put {
 		wl := &put[i]
 		wl.Host = host
-		lk := labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)
+		lk := identities.LabelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)
 		want[lk] = api.Identity{Namespace: wl.Namespace, NamespaceLabels: nsLabels[wl.Namespace], Labels: wl.Labels}
 	}
 	var lastRev int64
 	for attempt := 0; ; attempt++ {
-		ids, err := m.resolveIdentities(ctx, want)
+		ids, err := m.ids.Resolve(ctx, want)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -151,13 +152,13 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 		keep := map[string]bool{}
 		for i := range put {
 			wl := &put[i]
-			r := ids[labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)]
-			wl.Identity = r.id
+			r := ids[identities.LabelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)]
+			wl.Identity = r.ID
 			key := workloadKey(host, wl.Namespace, wl.Name)
 			keep[key] = true
 			value, _ := json.Marshal(wl)
 			if !bytes.Equal(current[key], value) {
-				pending = append(pending, workloadWrite{op: store.Put(key, value), index: r.index, id: r.id})
+				pending = append(pending, workloadWrite{op: store.Put(key, value), index: r.Index, id: r.ID})
 			}
 		}
 		for _, d := range deleted {
@@ -238,7 +239,7 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 			if wr.index.Key != "" && !touched[wr.index.Key] {
 				touched[wr.index.Key] = true
 				conds = append(conds, store.Unchanged(wr.index))
-				ops = append(ops, store.Put(useKey(wr.index.Key), []byte(strconv.FormatUint(uint64(wr.id), 10))))
+				ops = append(ops, store.Put(identities.UseKey(wr.index.Key), []byte(strconv.FormatUint(uint64(wr.id), 10))))
 			}
 		}
 		action := "workloads.report"
