@@ -148,7 +148,7 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			return api.ManagerApplyResult{}, err
 		}
 		objects := prop.objects
-		res := compare(cur.Objects, objects)
+		res := revisions.Compare(cur.Objects, objects)
 		if prop.fromReq != nil {
 			res.Unchanged = onlyFrom(res.Unchanged, prop.fromReq)
 		}
@@ -217,30 +217,6 @@ func changeDetail(res api.ManagerApplyResult, rollbackOf int64) map[string]any {
 		d["rollbackOf"] = rollbackOf
 	}
 	return d
-}
-
-// compare lists what differs between two object sets.
-func compare(before, after map[string]revisions.Object) api.ManagerApplyResult {
-	var res api.ManagerApplyResult
-	for k, o := range after {
-		switch old, ok := before[k]; {
-		case !ok:
-			res.Created = append(res.Created, o.Ref)
-		case old.Hash != o.Hash:
-			res.Updated = append(res.Updated, o.Ref)
-		default:
-			res.Unchanged = append(res.Unchanged, o.Ref)
-		}
-	}
-	for k, o := range before {
-		if _, ok := after[k]; !ok {
-			res.Deleted = append(res.Deleted, o.Ref)
-		}
-	}
-	for _, l := range [][]api.ObjectRef{res.Created, res.Updated, res.Unchanged, res.Deleted} {
-		sort.Slice(l, func(i, j int) bool { return refKey(l[i]) < refKey(l[j]) })
-	}
-	return res
 }
 
 // validate checks the whole resulting set as `bulkhead check` does: every

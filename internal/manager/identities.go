@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -15,9 +16,9 @@ import (
 // and collected by internal/manager/identities; the workloads are written
 // by workloads.go.
 const (
-	prefixFeed       = "feed/"
-	prefixWorkloads  = "feed/workloads/" // host/namespace/name → api.HostWorkload
-	prefixIdentities = identities.Prefix // %010d → api.Identity
+	prefixFeed       = feed.Prefix
+	prefixWorkloads  = feed.WorkloadPrefix // host/namespace/name → api.HostWorkload
+	prefixIdentities = identities.Prefix   // %010d → api.Identity
 )
 
 func identityKey(id uint32) string { return identities.Key(id) }

@@ -37,6 +37,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
@@ -143,7 +144,6 @@ type Manager struct {
 	// (internal/manager/revisions).
 	history revisions.History
 	sets    setCache
-	feedC   feedCache
 	applyMu sync.Mutex           // serializes this manager's applies; the head CAS guards against others
 	ids     identities.Allocator // gives workloads their identities (internal/manager/identities)
 
@@ -155,7 +155,7 @@ type Manager struct {
 	bounds                       bounds.Index   // what each host may claim, kept by the copy of hosts/
 	claims                       bounds.Checker // judges reports by bounds and inv
 	reportRefusals               refusalLog
-	hub                          *feedHub
+	feedServer                   *feed.Server // the agents' feed (internal/manager/feed)
 	limiter                      *limiter
 	alerts                       *alerts
 	final                        seal.Final
@@ -182,11 +182,13 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
+		hostTab: newHostTable(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
 	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
 	m.ids.Store = cfg.Store
+	m.feedServer = &feed.Server{Store: cfg.Store, History: &m.history, Log: m.log, Heartbeat: cfg.Heartbeat,
+		Buffer: cfg.WatchBuffer, Cutoff: cfg.SlowReaderCutoff}
 	m.history.Blobs = &revisions.Blobs{Store: cfg.Store}
 	m.history.Check = m.checkRevision
 	m.history.Tampered = func(key string) {
@@ -378,7 +380,7 @@ func (m *Manager) run() {
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	m.wg.Add(1)
-	go func() { defer m.wg.Done(); m.runHub(ctx) }()
+	go func() { defer m.wg.Done(); m.feedServer.Run(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.probeStore(ctx) }()
 	m.wg.Add(1)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -175,25 +174,8 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.RevisionDiff{From: from, To: to, Changes: diffStates(fromState, toState)})
+	writeJSON(w, http.StatusOK, api.RevisionDiff{From: from, To: to, Changes: revisions.Diff(fromState, toState)})
 	return nil
-}
-
-func diffStates(a, b *revisions.State) []api.ObjectChange {
-	res := compare(a.Objects, b.Objects)
-	out := []api.ObjectChange{}
-	for _, ref := range res.Created {
-		out = append(out, api.ObjectChange{ObjectRef: ref, After: b.Objects[refKey(ref)].JSON})
-	}
-	for _, ref := range res.Updated {
-		k := refKey(ref)
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.Objects[k].JSON, After: b.Objects[k].JSON})
-	}
-	for _, ref := range res.Deleted {
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.Objects[refKey(ref)].JSON})
-	}
-	sort.Slice(out, func(i, j int) bool { return refKey(out[i].ObjectRef) < refKey(out[j].ObjectRef) })
-	return out
 }
 
 // postRollback makes the objects of an earlier revision the head again,
