@@ -71,7 +71,7 @@ const maxHostWorkloads = 10000
 // checkWorkloads validates a report whole, naming each field that is
 // wrong: every workload with the validator the agents use
 // (objects.CheckHostWorkloads), so that the manager never stores what an
-// agent would refuse, then what the host may claim (checkClaims).
+// agent would refuse, then what the host may claim (bounds.Checker.Claims).
 func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []string, replace bool) error {
 	var details []string
 	bad := func(path, format string, args ...any) {
