@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sort"
 
@@ -37,7 +38,7 @@ type workloadItem struct {
 func decodeWorkload(kv store.KV) (*workloadItem, error) {
 	it := &workloadItem{modRev: kv.ModRev, workload: &api.HostWorkload{}}
 	if err := json.Unmarshal(kv.Value, it.workload); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the value is not a workload, as its key names: %w", err)
 	}
 	return it, nil
 }
