@@ -368,12 +368,13 @@ func (ix *Index) Parse(host string, req api.HostBounds) (*Record, []string) {
 	prefixes := func(field string, in []string) []netip.Prefix {
 		var out []netip.Prefix
 		for i, s := range in {
-			pf, err := objects.ParsePrefix(s)
+			pf, err := objects.ParsePrefix(s) // masks host bits, as ipBlocks are read
+			raw, rerr := netip.ParsePrefix(s)
 			switch {
 			case err != nil:
 				details = append(details, fmt.Sprintf("%s[%d]: %q: want a CIDR such as 10.1.0.0/24", field, i, s))
-			case pf != pf.Masked():
-				details = append(details, fmt.Sprintf("%s[%d]: %q has host bits set; write %s", field, i, s, pf.Masked()))
+			case rerr == nil && raw != raw.Masked():
+				details = append(details, fmt.Sprintf("%s[%d]: %q has host bits set; write %s", field, i, s, pf))
 			case SpecialPurpose(pf.Addr()) != "" && pf.Bits() > 0:
 				details = append(details, fmt.Sprintf("%s[%d]: %s starts in %s", field, i, pf, SpecialPurpose(pf.Addr())))
 			case pf.Bits() == 0:

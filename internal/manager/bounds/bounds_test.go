@@ -187,6 +187,7 @@ func TestParseAndBroken(t *testing.T) {
 	_, details := r.ix.Parse("h1", api.HostBounds{Ranges: []string{"10.2.1.0/24", "10.3.0.1/24", "0.0.0.0/0", "nope"},
 		Namespaces: []string{"Bad"}, Held: []string{"10.0.0.1"}})
 	for _, want := range []string{"held: read only", "ranges[0]: 10.2.1.0/24 overlaps host h2's range 10.2.0.0/16",
+		`ranges[1]: "10.3.0.1/24" has host bits set; write 10.3.0.0/24`,
 		"ranges[2]: 0.0.0.0/0 is every address",
 		`ranges[3]: "nope": want a CIDR`, `namespaces[0]: "Bad"`} {
 		if !slices.ContainsFunc(details, func(d string) bool { return strings.Contains(d, want) }) {
