@@ -210,6 +210,7 @@ type fieldInfo struct {
 // read it.
 type decodedFields struct {
 	byName   map[string]fieldInfo
+	sorted   []fieldInfo // byName's fields by name, as Encode writes them
 	posIndex []int
 }
 
@@ -221,13 +222,23 @@ var decodeFieldCache sync.Map // reflect.Type → *decodedFields
 // the index of its Pos field (nil when none). The map is shared: read it
 // only.
 func fields(t reflect.Type) (map[string]fieldInfo, []int) {
+	sf := cachedFields(t)
+	return sf.byName, sf.posIndex
+}
+
+func cachedFields(t reflect.Type) *decodedFields {
 	if c, ok := decodeFieldCache.Load(t); ok {
-		sf := c.(*decodedFields)
-		return sf.byName, sf.posIndex
+		return c.(*decodedFields)
 	}
 	byName, posIndex := structFieldsOf(t)
-	decodeFieldCache.Store(t, &decodedFields{byName: byName, posIndex: posIndex})
-	return byName, posIndex
+	sorted := make([]fieldInfo, 0, len(byName))
+	for _, f := range byName {
+		sorted = append(sorted, f)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	sf := &decodedFields{byName: byName, sorted: sorted, posIndex: posIndex}
+	decodeFieldCache.Store(t, sf)
+	return sf
 }
 
 func structFieldsOf(t reflect.Type) (map[string]fieldInfo, []int) {
