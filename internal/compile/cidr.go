@@ -27,6 +27,9 @@ type cidrInterval struct {
 }
 
 func cidrKey(c policy.CIDR) string {
+	if len(c.Except) == 0 {
+		return c.Prefix.Masked().String()
+	}
 	parts := []string{c.Prefix.Masked().String()}
 	ex := make([]string, 0, len(c.Except))
 	for _, e := range c.Except {

@@ -419,7 +419,9 @@ func (pr *program) peer(p *policy.Peer, a *allocBuilder) (id int32, any bool, er
 			return 0, false, fmt.Errorf("segment %q does not exist", p.Segment)
 		}
 		def.key, def.level, def.seg = "s:"+p.Segment, 2, i
-	case len(p.CIDRs) > 0:
+	case len(p.CIDRs) == 1:
+		def.key, def.level = "c:"+cidrKey(p.CIDRs[0]), 2
+	case len(p.CIDRs) > 1:
 		keys := make([]string, 0, len(p.CIDRs))
 		for _, c := range p.CIDRs {
 			keys = append(keys, cidrKey(c))
