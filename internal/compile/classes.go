@@ -124,7 +124,7 @@ func (c *Compiler) acquireClass(d policy.Direction, l int, members []int32, port
 	cl, ok := c.classes[d][l][key]
 	if !ok {
 		cl = &classInfo{dir: d, level: l, key: key, members: members, ports: ports, groups: map[*groupInfo]struct{}{}}
-		cl.id = ClassID(c.alloc.number("c:"+d.String()+strconv.Itoa(l)+":"+key, kindClass))
+		cl.id = ClassID(c.alloc.numberNew("c:"+d.String()+strconv.Itoa(l)+":"+key, kindClass)) // c.classes holds what is numbered
 		c.classes[d][l][key] = cl
 		c.indexClass(cl, true)
 		c.groupsOfClass(cl, func(g *groupInfo) { c.computeEntry(g, cl) })

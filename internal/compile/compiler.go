@@ -335,7 +335,7 @@ func (c *Compiler) acquireIdent(proto *identInfo, local bool) *identInfo {
 	id, ok := c.idents[proto.key]
 	if !ok {
 		id = proto
-		id.id = IdentityID(c.alloc.number("i:"+id.key, kindIdentity))
+		id.id = IdentityID(c.alloc.numberNew("i:"+id.key, kindIdentity)) // c.idents holds what is numbered
 		c.idents[id.key] = id
 		c.attachClasses(id)
 	}
