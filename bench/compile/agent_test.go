@@ -21,6 +21,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -288,4 +289,40 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 	t.Logf("%-10s %6d rules: first load: apply %v, cpu %v, enforced after %v (%s); platform change: median apply %v, enforced after %v (last: %s)",
 		shape, n, first.Round(time.Millisecond), firstCPU.Round(time.Millisecond), (time.Duration(res.EnforcedMicros) * time.Microsecond).Round(time.Millisecond),
 		firstPhases, edits[len(edits)/2].Round(100*time.Microsecond), time.Duration(kernel[len(kernel)/2])*time.Microsecond, ph.String())
+}
+
+// TestReadShapeFigures reports what reading the documents of a shape
+// costs (objects.Read, the agent's read phase without its bookkeeping),
+// CPU and wall, best of three. It runs with BULKHEAD_BENCH=1 and takes
+// BULKHEAD_BENCH_SHAPES and BULKHEAD_BENCH_SIZES.
+func TestReadShapeFigures(t *testing.T) {
+	if os.Getenv("BULKHEAD_BENCH") == "" {
+		t.Skip("set BULKHEAD_BENCH=1")
+	}
+	shapes := []RuleShape{ShapeIPBlocks}
+	if v := os.Getenv("BULKHEAD_BENCH_SHAPES"); v != "" {
+		shapes = nil
+		for _, f := range strings.Split(v, ",") {
+			shapes = append(shapes, RuleShape(f))
+		}
+	}
+	for _, shape := range shapes {
+		for _, n := range envInts(t, "BULKHEAD_BENCH_SIZES", []int{10_000, 100_000}) {
+			set := GenerateShape(shape, n, 1)
+			doc := []byte(shapeYAML(&policy.Set{Policies: set.Policies[1:]}))
+			bestCPU, bestWall := time.Duration(1<<62), time.Duration(1<<62)
+			for range 3 {
+				runtime.GC()
+				start, cpu0 := time.Now(), cpuTime()
+				objs, errs := objects.Read("shape.yaml", doc)
+				cpu, wall := cpuTime()-cpu0, time.Since(start)
+				if len(errs) > 0 || len(objs) == 0 {
+					t.Fatalf("read: %v", errs)
+				}
+				bestCPU, bestWall = min(bestCPU, cpu), min(bestWall, wall)
+			}
+			t.Logf("%-10s %6d rules (%d KiB): objects.Read cpu %v, wall %v (best of 3)", shape, n, len(doc)>>10,
+				bestCPU.Round(time.Millisecond), bestWall.Round(time.Millisecond))
+		}
+	}
 }

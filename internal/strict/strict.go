@@ -116,7 +116,7 @@ func (d *decoder) value(n *yaml.Node, path string, v reflect.Value) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, c := range n.Content {
-			d.value(c, fmt.Sprintf("%s[%d]", path, i), s.Index(i))
+			d.value(c, path+"["+strconv.Itoa(i)+"]", s.Index(i))
 		}
 		v.Set(s)
 	case reflect.String:
