@@ -10,8 +10,5 @@ func ReadSequential(file string, data []byte) ([]*Object, source.Errors) {
 // ReadParallel is Read with the parallel path for streams of any size;
 // ok is false when it gave the stream to the sequential reader.
 func ReadParallel(file string, data []byte, workers int) ([]*Object, source.Errors, bool) {
-	saved := parallelMin
-	parallelMin = 0
-	defer func() { parallelMin = saved }()
-	return readParallelWith(file, data, workers)
+	return readParallelWith(file, data, workers, 0)
 }

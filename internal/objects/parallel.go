@@ -10,9 +10,8 @@ import (
 )
 
 // parallelMin is the size from which Read parses a stream on every core:
-// below it, the goroutines cost more than they save. A variable so that
-// tests can send small streams down the parallel path.
-var parallelMin = 256 << 10
+// below it, the goroutines cost more than they save.
+const parallelMin = 256 << 10
 
 // A part is a run of whole documents of a stream, read on its own.
 type part struct {
@@ -46,11 +45,11 @@ type decoded struct {
 // return, a NUL (UTF-16 text) or one of the Unicode line breaks that
 // would make line numbers differ is not cut at all.
 func readParallel(file string, data []byte) ([]*Object, source.Errors, bool) {
-	return readParallelWith(file, data, runtime.GOMAXPROCS(0))
+	return readParallelWith(file, data, runtime.GOMAXPROCS(0), parallelMin)
 }
 
-func readParallelWith(file string, data []byte, workers int) ([]*Object, source.Errors, bool) {
-	parts := cutParts(data, workers)
+func readParallelWith(file string, data []byte, workers, minSize int) ([]*Object, source.Errors, bool) {
+	parts := cutParts(data, workers, minSize)
 	if len(parts) < 2 {
 		return nil, nil, false
 	}
@@ -117,8 +116,8 @@ func shiftLines(n *yaml.Node, by int) {
 // cutParts cuts data at document markers into about four parts per
 // worker of similar size; it gives none when data is small, or not safe
 // to cut (see readParallel).
-func cutParts(data []byte, workers int) []*part {
-	if len(data) == 0 || len(data) < parallelMin || len(data) > MaxDocumentSize || workers < 2 || !cuttable(data) {
+func cutParts(data []byte, workers, minSize int) []*part {
+	if len(data) == 0 || len(data) < minSize || len(data) > MaxDocumentSize || workers < 2 || !cuttable(data) {
 		return nil
 	}
 	target := max(len(data)/(4*workers), 1)

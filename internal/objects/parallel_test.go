@@ -1,6 +1,7 @@
 package objects_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -91,4 +92,22 @@ func FuzzParallelRead(f *testing.F) {
 			t.Fatalf("parallel read differs:\n%q\n%v\nwant\n%v", data, gotErrs, wantErrs)
 		}
 	})
+}
+
+// Read itself takes the parallel path for a large stream, and gives what
+// the sequential reader gives.
+func TestReadLargeStream(t *testing.T) {
+	var b strings.Builder
+	for i := 0; b.Len() < 600<<10; i++ {
+		fmt.Fprintf(&b, "---\napiVersion: bulkhead.dev/v1\nkind: Segment\nmetadata: {name: s%d}\nspec: {selector: {matchLabels: {desk: \"%d\"}}}\n", i, i)
+	}
+	data := []byte(b.String())
+	if _, _, cut := objects.ReadParallel("big.yaml", data, 2); !cut {
+		t.Fatal("the stream is not cut")
+	}
+	got, gotErrs := objects.Read("big.yaml", data)
+	want, wantErrs := objects.ReadSequential("big.yaml", data)
+	if len(gotErrs) > 0 || len(wantErrs) > 0 || len(want) < 1000 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("parallel read differs: %d objects, %v; want %d objects, %v", len(got), gotErrs, len(want), wantErrs)
+	}
 }
