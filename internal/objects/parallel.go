@@ -86,6 +86,14 @@ func readParallelWith(file string, data []byte, workers, minSize int) ([]*Object
 }
 
 func (p *part) read(file string, data []byte) {
+	// A panic in a worker would end the process; in the caller's
+	// goroutine, where the sequential reader meets it again, it is what
+	// it always was (net/http, for one, recovers it).
+	defer func() {
+		if recover() != nil {
+			p.failed = true
+		}
+	}()
 	docs, errs := documents(file, data[p.start:p.end])
 	if len(errs) > 0 {
 		p.failed = true
