@@ -170,7 +170,13 @@ func newProgram(set *policy.Set, a *allocBuilder, shared bool) (*program, error)
 	if err := pr.markGuards(set); err != nil {
 		return nil, err
 	}
-	pr.rules, pr.ruleEdits, pr.ruleLog = []policy.RuleRef{{}}, nil, nil
+	nrules := 1
+	for _, p := range set.Policies {
+		nrules += len(p.Ingress) + len(p.Egress) + 2 // and an isolation default each way
+	}
+	// The rule table is sized once: grown by appending, 100,000 rules
+	// of a hundred bytes each were copied and collected several times.
+	pr.rules, pr.ruleEdits, pr.ruleLog = make([]policy.RuleRef, 1, nrules), nil, nil
 	for _, p := range set.Policies {
 		cp, err := pr.compilePolicy(snapshotFor(p, shared), a)
 		if err != nil {
