@@ -2,6 +2,7 @@ package compile
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,7 +77,12 @@ var (
 
 // build partitions the space once all atoms are known.
 func (cs *cidrSpace) build() {
-	points := []netip.Addr{v4First, v6First}
+	n := 2
+	for _, c := range cs.list {
+		n += 2 * (1 + len(c.Except))
+	}
+	points := make([]netip.Addr, 0, n)
+	points = append(points, v4First, v6First)
 	add := func(p netip.Prefix) {
 		points = append(points, p.Masked().Addr())
 		if n := lastAddr(p).Next(); n.IsValid() && !(p.Addr().Is4() && n.Is6()) {
@@ -89,7 +95,7 @@ func (cs *cidrSpace) build() {
 			add(e)
 		}
 	}
-	sort.Slice(points, func(i, j int) bool { return points[i].Less(points[j]) })
+	slices.SortFunc(points, netip.Addr.Compare)
 	uniq := points[:0]
 	for i, p := range points {
 		if i == 0 || p != uniq[len(uniq)-1] {
