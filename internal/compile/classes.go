@@ -145,22 +145,6 @@ func (c *Compiler) indexClass(cl *classInfo, add bool) {
 	}
 }
 
-func setMember[K comparable, V comparable](m map[K]map[V]struct{}, k K, v V, add bool) {
-	s := m[k]
-	if add {
-		if s == nil {
-			s = map[V]struct{}{}
-			m[k] = s
-		}
-		s[v] = struct{}{}
-		return
-	}
-	delete(s, v)
-	if len(s) == 0 {
-		delete(m, k)
-	}
-}
-
 // groupsOfClass lists the groups whose entries depend on cl: those naming
 // one of its peers of its own level, or (egress, level 0) one of its ports.
 func (c *Compiler) groupsOfClass(cl *classInfo, f func(*groupInfo)) {
@@ -173,13 +157,13 @@ func (c *Compiler) groupsOfClass(cl *classInfo, f func(*groupInfo)) {
 	}
 	for _, p := range cl.members {
 		if c.pr.peers[p].level == cl.level {
-			for g := range c.groupsByPeer[cl.dir][p] {
+			for g := range c.groupsByPeer[cl.dir][p].all() {
 				visit(g)
 			}
 		}
 	}
 	for pn := range cl.ports {
-		for g := range c.groupsByName[pn] {
+		for g := range c.groupsByName[pn].all() {
 			visit(g)
 		}
 	}
@@ -389,12 +373,12 @@ func (c *Compiler) classesOfGroup(g *groupInfo, f func(*classInfo)) {
 		}
 	}
 	for _, p := range g.peers {
-		for cl := range c.classesByPeer[g.dir][p] {
+		for cl := range c.classesByPeer[g.dir][p].all() {
 			visit(cl)
 		}
 	}
 	for _, pn := range g.names {
-		for cl := range c.classesByName[pn] {
+		for cl := range c.classesByName[pn].all() {
 			visit(cl)
 		}
 	}

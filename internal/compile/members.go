@@ -1,0 +1,80 @@
+package compile
+
+import "iter"
+
+// members is a set that holds a lone member without a map: most entries
+// of the compiler's indexes name one class, group or identity (a /32
+// peer has one class at its level, a CIDR class one outside identity),
+// and a map per entry was a tenth of what a full compile allocated.
+type members[V comparable] struct {
+	one  V
+	has  bool           // one is a member (only when more is nil)
+	more map[V]struct{} // every member, once there are two or more
+}
+
+func (s *members[V]) add(v V) {
+	switch {
+	case s.more != nil:
+		s.more[v] = struct{}{}
+	case !s.has:
+		s.one, s.has = v, true
+	case s.one != v:
+		s.more = map[V]struct{}{s.one: {}, v: {}}
+		var zero V
+		s.one, s.has = zero, false
+	}
+}
+
+func (s *members[V]) remove(v V) {
+	if s.more != nil {
+		delete(s.more, v)
+		return
+	}
+	if s.has && s.one == v {
+		var zero V
+		s.one, s.has = zero, false
+	}
+}
+
+func (s *members[V]) empty() bool {
+	return s.more == nil && !s.has || s.more != nil && len(s.more) == 0
+}
+
+// all yields every member, in no particular order (as a map does); a nil
+// set has none. Members added or removed while it runs may or may not be
+// yielded, as with a map.
+func (s *members[V]) all() iter.Seq[V] {
+	return func(yield func(V) bool) {
+		switch {
+		case s == nil:
+		case s.more != nil:
+			for v := range s.more {
+				if !yield(v) {
+					return
+				}
+			}
+		case s.has:
+			yield(s.one)
+		}
+	}
+}
+
+// setMember adds v to (or removes it from) the set of k in m.
+func setMember[K comparable, V comparable](m map[K]*members[V], k K, v V, add bool) {
+	s := m[k]
+	if add {
+		if s == nil {
+			s = &members[V]{}
+			m[k] = s
+		}
+		s.add(v)
+		return
+	}
+	if s == nil {
+		return
+	}
+	s.remove(v)
+	if s.empty() {
+		delete(m, k)
+	}
+}

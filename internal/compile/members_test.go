@@ -1,0 +1,43 @@
+package compile
+
+import (
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// members behaves as the map of sets it replaced, through any sequence
+// of additions and removals.
+func TestMembersIsASet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	m := map[int]*members[int]{}
+	want := map[int]map[int]struct{}{}
+	for range 20_000 {
+		k, v, add := rng.IntN(4), rng.IntN(4), rng.IntN(3) > 0
+		setMember(m, k, v, add)
+		if add {
+			if want[k] == nil {
+				want[k] = map[int]struct{}{}
+			}
+			want[k][v] = struct{}{}
+		} else {
+			delete(want[k], v)
+			if len(want[k]) == 0 {
+				delete(want, k)
+			}
+		}
+		if !slices.Equal(slices.Sorted(maps.Keys(m)), slices.Sorted(maps.Keys(want))) {
+			t.Fatalf("keys %v, want %v", slices.Sorted(maps.Keys(m)), slices.Sorted(maps.Keys(want)))
+		}
+		for k, s := range m {
+			if got, w := slices.Sorted(s.all()), slices.Sorted(maps.Keys(want[k])); !slices.Equal(got, w) {
+				t.Fatalf("members of %d: %v, want %v", k, got, w)
+			}
+		}
+	}
+	var none *members[int]
+	for range none.all() {
+		t.Fatal("a nil set has a member")
+	}
+}
