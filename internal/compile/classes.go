@@ -20,8 +20,8 @@ type classInfo struct {
 	members []int32 // sorted peer ids
 	ports   map[portName]int
 	refs    int
-	groups  map[*groupInfo]struct{} // groups with entries for this class
-	seen    uint64                  // visit mark, see Compiler.epoch
+	groups  members[*groupInfo] // groups with entries for this class
+	seen    uint64              // visit mark, see Compiler.epoch
 }
 
 // groupInfo is a policy group: the local identities to which the same
@@ -123,7 +123,7 @@ func (c *Compiler) acquireClass(d policy.Direction, l int, members []int32, port
 	key := b.String()
 	cl, ok := c.classes[d][l][key]
 	if !ok {
-		cl = &classInfo{dir: d, level: l, key: key, members: members, ports: ports, groups: map[*groupInfo]struct{}{}}
+		cl = &classInfo{dir: d, level: l, key: key, members: members, ports: ports}
 		cl.id = ClassID(c.alloc.numberNew("c:"+d.String()+strconv.Itoa(l)+":"+key, kindClass)) // c.classes holds what is numbered
 		c.classes[d][l][key] = cl
 		c.indexClass(cl, true)
@@ -174,7 +174,7 @@ func (c *Compiler) releaseClass(cl *classInfo) {
 	if cl.refs > 0 {
 		return
 	}
-	for g := range cl.groups {
+	for g := range cl.groups.all() {
 		c.dropEntry(g, cl)
 	}
 	c.indexClass(cl, false)

@@ -8,7 +8,7 @@ import "iter"
 // and a map per entry was a tenth of what a full compile allocated.
 type members[V comparable] struct {
 	one  V
-	has  bool           // one is a member (only when more is nil)
+	set  bool           // one is a member (only when more is nil)
 	more map[V]struct{} // every member, once there are two or more
 }
 
@@ -16,12 +16,12 @@ func (s *members[V]) add(v V) {
 	switch {
 	case s.more != nil:
 		s.more[v] = struct{}{}
-	case !s.has:
-		s.one, s.has = v, true
+	case !s.set:
+		s.one, s.set = v, true
 	case s.one != v:
 		s.more = map[V]struct{}{s.one: {}, v: {}}
 		var zero V
-		s.one, s.has = zero, false
+		s.one, s.set = zero, false
 	}
 }
 
@@ -30,14 +30,22 @@ func (s *members[V]) remove(v V) {
 		delete(s.more, v)
 		return
 	}
-	if s.has && s.one == v {
+	if s.set && s.one == v {
 		var zero V
-		s.one, s.has = zero, false
+		s.one, s.set = zero, false
 	}
 }
 
+func (s *members[V]) has(v V) bool {
+	if s.more != nil {
+		_, ok := s.more[v]
+		return ok
+	}
+	return s.set && s.one == v
+}
+
 func (s *members[V]) empty() bool {
-	return s.more == nil && !s.has || s.more != nil && len(s.more) == 0
+	return s.more == nil && !s.set || s.more != nil && len(s.more) == 0
 }
 
 // all yields every member, in no particular order (as a map does); a nil
@@ -53,7 +61,7 @@ func (s *members[V]) all() iter.Seq[V] {
 					return
 				}
 			}
-		case s.has:
+		case s.set:
 			yield(s.one)
 		}
 	}

@@ -41,3 +41,27 @@ func TestMembersIsASet(t *testing.T) {
 		t.Fatal("a nil set has a member")
 	}
 }
+
+// has tells what all yields.
+func TestMembersHas(t *testing.T) {
+	var s members[int]
+	for _, step := range []struct {
+		add  bool
+		v    int
+		want []int
+	}{{true, 1, []int{1}}, {true, 1, []int{1}}, {true, 2, []int{1, 2}}, {false, 1, []int{2}}, {false, 2, nil}} {
+		if step.add {
+			s.add(step.v)
+		} else {
+			s.remove(step.v)
+		}
+		for v := range 3 {
+			if s.has(v) != slices.Contains(step.want, v) {
+				t.Fatalf("after %+v: has(%d) = %v", step, v, s.has(v))
+			}
+		}
+		if s.empty() != (len(step.want) == 0) {
+			t.Fatalf("after %+v: empty() = %v", step, s.empty())
+		}
+	}
+}
