@@ -20,8 +20,8 @@ type classInfo struct {
 	members []int32 // sorted peer ids
 	ports   map[portName]int
 	refs    int
-	groups  members[*groupInfo] // groups with entries for this class
-	seen    uint64              // visit mark, see Compiler.epoch
+	groups  memberSet[*groupInfo] // groups with entries for this class
+	seen    uint64                // visit mark, see Compiler.epoch
 }
 
 // groupInfo is a policy group: the local identities to which the same

@@ -28,10 +28,10 @@ type Compiler struct {
 	guards    map[string]*guardInfo
 	outside   []*identInfo // by CIDR class
 
-	classesByPeer [2]map[int32]*members[*classInfo] // classes at the peer's level
-	classesByName map[portName]*members[*classInfo] // egress level-0 classes declaring it
-	groupsByPeer  [2]map[int32]*members[*groupInfo]
-	groupsByName  map[portName]*members[*groupInfo]
+	classesByPeer [2]map[int32]*memberSet[*classInfo] // classes at the peer's level
+	classesByName map[portName]*memberSet[*classInfo] // egress level-0 classes declaring it
+	groupsByPeer  [2]map[int32]*memberSet[*groupInfo]
+	groupsByName  map[portName]*memberSet[*groupInfo]
 
 	scratch       [2][]int32 // reused by computeEntry
 	cuts          []int      // reused by outcomeMap
@@ -143,12 +143,12 @@ func (c *Compiler) reset(set *policy.Set) error {
 			c.classes[d][l] = map[string]*classInfo{}
 		}
 		c.groups[d] = map[string]*groupInfo{}
-		c.classesByPeer[d] = map[int32]*members[*classInfo]{}
-		c.groupsByPeer[d] = map[int32]*members[*groupInfo]{}
+		c.classesByPeer[d] = map[int32]*memberSet[*classInfo]{}
+		c.groupsByPeer[d] = map[int32]*memberSet[*groupInfo]{}
 		c.tables[d] = tableMap{newSmapBy[TableKey, PortMap](tableShard), c.orefs}
 	}
-	c.classesByName = map[portName]*members[*classInfo]{}
-	c.groupsByName = map[portName]*members[*groupInfo]{}
+	c.classesByName = map[portName]*memberSet[*classInfo]{}
+	c.groupsByName = map[portName]*memberSet[*groupInfo]{}
 	c.outcomeIDs = map[Outcome]OutcomeID{}
 	if len(c.outcomes) == 0 {
 		c.outcomes = []Outcome{{}}

@@ -132,15 +132,15 @@ func identTerms(id *identInfo, f func(term)) {
 // to the identities that have it, so that a policy change finds the
 // identities a subject or a peer may match without looking at all.
 type identIndex struct {
-	terms map[term]*members[*identInfo]   // all but '*': see matching
-	wls   map[*identInfo]struct{}         // every workload identity: the '*' term
-	segs  [2]map[int]*members[*identInfo] // by address (peers), by first address (subjects)
-	cidr  map[int32]*members[*identInfo]
+	terms map[term]*memberSet[*identInfo]   // all but '*': see matching
+	wls   map[*identInfo]struct{}           // every workload identity: the '*' term
+	segs  [2]map[int]*memberSet[*identInfo] // by address (peers), by first address (subjects)
+	cidr  map[int32]*memberSet[*identInfo]
 }
 
 func newIdentIndex() identIndex {
-	return identIndex{terms: map[term]*members[*identInfo]{}, wls: map[*identInfo]struct{}{},
-		segs: [2]map[int]*members[*identInfo]{{}, {}}, cidr: map[int32]*members[*identInfo]{}}
+	return identIndex{terms: map[term]*memberSet[*identInfo]{}, wls: map[*identInfo]struct{}{},
+		segs: [2]map[int]*memberSet[*identInfo]{{}, {}}, cidr: map[int32]*memberSet[*identInfo]{}}
 }
 
 // update adds id to (or removes it from) the index.

@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// members behaves as the map of sets it replaced, through any sequence
+// memberSet behaves as the map of sets it replaced, through any sequence
 // of additions and removals.
 func TestMembersIsASet(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	m := map[int]*members[int]{}
+	m := map[int]*memberSet[int]{}
 	want := map[int]map[int]struct{}{}
 	for range 20_000 {
 		k, v, add := rng.IntN(4), rng.IntN(4), rng.IntN(3) > 0
@@ -36,7 +36,7 @@ func TestMembersIsASet(t *testing.T) {
 			}
 		}
 	}
-	var none *members[int]
+	var none *memberSet[int]
 	for range none.all() {
 		t.Fatal("a nil set has a member")
 	}
@@ -44,7 +44,7 @@ func TestMembersIsASet(t *testing.T) {
 
 // has tells what all yields.
 func TestMembersHas(t *testing.T) {
-	var s members[int]
+	var s memberSet[int]
 	for _, step := range []struct {
 		add  bool
 		v    int
