@@ -113,7 +113,7 @@ func (cs *cidrSpace) build() {
 	}
 	classOf := map[string]int32{"": 0}
 	cs.classes = [][]int32{nil}
-	cs.ivs = cs.ivs[:0]
+	cs.ivs = make([]cidrInterval, 0, len(uniq))
 	for i, p := range uniq {
 		hi := v6Last
 		if p.Is4() {
@@ -135,6 +135,17 @@ func (cs *cidrSpace) build() {
 		}
 		cs.ivs = append(cs.ivs, cidrInterval{lo: p, hi: hi, class: cl})
 	}
+	// Both were made for the most they could hold; the program keeps them.
+	cs.ivs, cs.list = fit(cs.ivs), fit(cs.list)
+}
+
+// fit returns s in an array of about its length when s's array is more
+// than twice as long.
+func fit[T any](s []T) []T {
+	if cap(s) > 2*len(s)+16 {
+		return slices.Clone(s)
+	}
+	return s
 }
 
 func atomListKey(ids []int32) string {

@@ -185,7 +185,7 @@ func (c *Compiler) buildOutside() {
 		c.acquireIdent(id, false)
 		c.outside[cl] = c.idents[id.key]
 	}
-	c.ranges = c.ranges[:0]
+	c.ranges = make([]AddrRange, 0, len(cs.ivs))
 	for _, iv := range cs.ivs {
 		c.ranges = append(c.ranges, AddrRange{Lo: iv.lo, Hi: iv.hi, ID: c.outside[iv.class].id})
 	}

@@ -151,6 +151,7 @@ func newProgram(set *policy.Set, a *allocBuilder, shared bool) (*program, error)
 		cidrPeers: map[int32][]int32{}, atomPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
 		uses: uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}}
 	pr.cidr.atoms = map[string]int32{}
+	pr.cidr.list = make([]policy.CIDR, 0, countCIDRs(set))
 	for _, ns := range set.Namespaces {
 		pr.namespaces[ns.Name] = withNameLabel(ns)
 	}
@@ -379,6 +380,25 @@ func (pr *program) setRule(n RuleNum, ref policy.RuleRef) {
 	}
 	pr.rules[n] = ref
 	pr.ruleEdits = append(pr.ruleEdits, n)
+}
+
+// countCIDRs counts the CIDRs set names, at most the atoms of its CIDR
+// space, so that the list of them is made once.
+func countCIDRs(set *policy.Set) int {
+	n := 0
+	for _, s := range set.Segments {
+		n += len(s.CIDRs)
+	}
+	for _, p := range set.Policies {
+		for _, rules := range [][]policy.Rule{p.Ingress, p.Egress} {
+			for i := range rules {
+				for j := range rules[i].Peers {
+					n += len(rules[i].Peers[j].CIDRs)
+				}
+			}
+		}
+	}
+	return n
 }
 
 // compileService turns a service into port intervals; ICMP matches on
