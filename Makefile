@@ -23,6 +23,8 @@ fuzz:
 	$(GO) test ./internal/load -run '^$$' -fuzz FuzzLoad -fuzztime 30s
 	$(GO) test ./internal/objects/k8s -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./internal/objects -run '^$$' -fuzz FuzzCanonical -fuzztime 30s
+	$(GO) test ./internal/objects -run '^$$' -fuzz FuzzParallelRead -fuzztime 30s
+	$(GO) test ./internal/strict -run '^$$' -fuzz FuzzEncodeString -fuzztime 30s
 
 bench:
 	$(GO) test ./bench/... -run '^$$' -bench . -benchmem -timeout 30m

@@ -221,12 +221,12 @@ func report(t *testing.T, times, kernel []time.Duration, snaps []snapshot, windo
 	fmt.Fprintf(&b, "| last %d | %s | %s | %s | %s | %s | %s |\n", window, ms(l.median), ms(l.p90), ms(l.max), ms(l.mean), ms(lk.median), ms(lk.p90))
 	fmt.Fprintf(&b, "| ratio last/first | %.2f | %.2f | | %.2f | %.2f | %.2f |\n\n", float64(l.median)/float64(f.median),
 		float64(l.p90)/float64(f.p90), float64(l.mean)/float64(f.mean), float64(lk.median)/float64(fk.median), float64(lk.p90)/float64(fk.p90))
-	fmt.Fprintf(&b, "| after apply | median apply since the row before | elements | outcomes, out_rule | ports | range4+range4b | rule_counters | dump lines | compiler outcome/rule table | generation |\n")
+	fmt.Fprintf(&b, "| after apply | median apply since the row before | elements | outcomes, out_rule | ports | range4+range4b | rule_counts | dump lines | compiler outcome/rule table | generation |\n")
 	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range snaps {
 		e := s.elements
 		fmt.Fprintf(&b, "| %d | %s | %d | %d, %d | %d | %d | %d | %d | %d / %d | %d |\n", s.apply, ms(s.median), s.total(), e["outcomes"], e["out_rule"],
-			e["ports"], e["range4"]+e["range4b"], e["rule_counters"], s.dumpLines, s.outcomes, s.rules, s.gen)
+			e["ports"], e["range4"]+e["range4b"], e["rule_counts"], s.dumpLines, s.outcomes, s.rules, s.gen)
 	}
 	t.Log(b.String())
 }

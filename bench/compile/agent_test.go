@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,8 +18,10 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
 	"github.com/bulkhead-dev/bulkhead/internal/netns/nstest"
+	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -120,13 +124,28 @@ func platformYAML(port int) api.Document {
 // three selected workloads registered, and reports the first load
 // (apply → enforced) and a change of the platform policy. It needs root
 // and runs with BULKHEAD_BENCH=1.
+//
+// BULKHEAD_BENCH_DATAPLANE=null measures the agent alone, with a
+// dataplane that enforces nothing (no root needed);
+// BULKHEAD_BENCH_SHAPES=ipblocks,except and BULKHEAD_BENCH_SIZES=20000
+// pick what runs; BULKHEAD_BENCH_CPUPROFILE=dir writes a CPU profile of
+// each first load there.
 func TestAgentShapeFigures(t *testing.T) {
 	if os.Getenv("BULKHEAD_BENCH") == "" {
 		t.Skip("set BULKHEAD_BENCH=1")
 	}
-	nstest.RequireRoot(t)
-	sizes := []int{1000, 10_000, 100_000}
-	for _, shape := range []RuleShape{ShapeIPBlocks, ShapeExcept, ShapeNamedPorts, ShapeSelectors} {
+	if os.Getenv("BULKHEAD_BENCH_DATAPLANE") != "null" {
+		nstest.RequireRoot(t)
+	}
+	sizes := envInts(t, "BULKHEAD_BENCH_SIZES", []int{1000, 10_000, 100_000})
+	shapes := []RuleShape{ShapeIPBlocks, ShapeExcept, ShapeNamedPorts, ShapeSelectors}
+	if v := os.Getenv("BULKHEAD_BENCH_SHAPES"); v != "" {
+		shapes = nil
+		for _, f := range strings.Split(v, ",") {
+			shapes = append(shapes, RuleShape(f))
+		}
+	}
+	for _, shape := range shapes {
 		for _, n := range sizes {
 			t.Run(fmt.Sprintf("%s/%d", shape, n), func(t *testing.T) { agentShape(t, shape, n) })
 		}
@@ -169,14 +188,64 @@ func (p *phases) String() string {
 	return strings.Join(out, " ")
 }
 
-func agentShape(t *testing.T, shape RuleShape, n int) {
-	ctx := context.Background()
+// nullDataplane enforces nothing: the agent alone is measured.
+type nullDataplane struct{}
+
+func (nullDataplane) Apply(context.Context, dataplane.Desired) error { return nil }
+func (nullDataplane) Counters(context.Context) (dataplane.Counters, error) {
+	return dataplane.Counters{}, nil
+}
+func (nullDataplane) Close() error { return nil }
+
+func envInts(t *testing.T, name string, def []int) []int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func shapeDataplane(t *testing.T) dataplane.Dataplane {
+	if os.Getenv("BULKHEAD_BENCH_DATAPLANE") == "null" {
+		return nullDataplane{}
+	}
 	host := nstest.NS(t, "bhcs")
 	t.Cleanup(func() { _ = nft.Cleanup(host.Path()) })
 	dp, err := nft.New(nft.Options{NetNS: host.Path()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dp
+}
+
+// startProfile starts a CPU profile when BULKHEAD_BENCH_CPUPROFILE names
+// a directory; the returned function stops it.
+func startProfile(t *testing.T, name string) func() {
+	dir := os.Getenv("BULKHEAD_BENCH_CPUPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		t.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+func agentShape(t *testing.T, shape RuleShape, n int) {
+	ctx := context.Background()
+	dp := shapeDataplane(t)
 	ph := &phases{}
 	a, err := agent.Start(ctx, agent.Options{StateDir: filepath.Join(t.TempDir(), "state"), Host: ShapeHost, Dataplane: dp, Logger: slog.New(ph)})
 	if err != nil {
@@ -196,12 +265,14 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 	}
 	docs := []api.Document{{Name: "shape.yaml", Data: shapeYAML(&policy.Set{Policies: set.Policies[1:]})}, platformYAML(53)}
 	runtime.GC()
+	stop := startProfile(t, fmt.Sprintf("agent-%s-%d", shape, n))
 	start, cpu0 := time.Now(), cpuTime()
 	res, err := a.Apply(ctx, api.ApplyRequest{Documents: docs})
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
 	first, firstCPU, firstPhases := time.Since(start), cpuTime()-cpu0, ph.String()
+	stop()
 	var edits []time.Duration
 	var kernel []int64
 	for i := 0; i < 6; i++ {
@@ -218,4 +289,40 @@ func agentShape(t *testing.T, shape RuleShape, n int) {
 	t.Logf("%-10s %6d rules: first load: apply %v, cpu %v, enforced after %v (%s); platform change: median apply %v, enforced after %v (last: %s)",
 		shape, n, first.Round(time.Millisecond), firstCPU.Round(time.Millisecond), (time.Duration(res.EnforcedMicros) * time.Microsecond).Round(time.Millisecond),
 		firstPhases, edits[len(edits)/2].Round(100*time.Microsecond), time.Duration(kernel[len(kernel)/2])*time.Microsecond, ph.String())
+}
+
+// TestReadShapeFigures reports what reading the documents of a shape
+// costs (objects.Read, the agent's read phase without its bookkeeping),
+// CPU and wall, best of three. It runs with BULKHEAD_BENCH=1 and takes
+// BULKHEAD_BENCH_SHAPES and BULKHEAD_BENCH_SIZES.
+func TestReadShapeFigures(t *testing.T) {
+	if os.Getenv("BULKHEAD_BENCH") == "" {
+		t.Skip("set BULKHEAD_BENCH=1")
+	}
+	shapes := []RuleShape{ShapeIPBlocks}
+	if v := os.Getenv("BULKHEAD_BENCH_SHAPES"); v != "" {
+		shapes = nil
+		for _, f := range strings.Split(v, ",") {
+			shapes = append(shapes, RuleShape(f))
+		}
+	}
+	for _, shape := range shapes {
+		for _, n := range envInts(t, "BULKHEAD_BENCH_SIZES", []int{10_000, 100_000}) {
+			set := GenerateShape(shape, n, 1)
+			doc := []byte(shapeYAML(&policy.Set{Policies: set.Policies[1:]}))
+			bestCPU, bestWall := time.Duration(1<<62), time.Duration(1<<62)
+			for range 3 {
+				runtime.GC()
+				start, cpu0 := time.Now(), cpuTime()
+				objs, errs := objects.Read("shape.yaml", doc)
+				cpu, wall := cpuTime()-cpu0, time.Since(start)
+				if len(errs) > 0 || len(objs) == 0 {
+					t.Fatalf("read: %v", errs)
+				}
+				bestCPU, bestWall = min(bestCPU, cpu), min(bestWall, wall)
+			}
+			t.Logf("%-10s %6d rules (%d KiB): objects.Read cpu %v, wall %v (best of 3)", shape, n, len(doc)>>10,
+				bestCPU.Round(time.Millisecond), bestWall.Round(time.Millisecond))
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,26 +80,35 @@ func platformEdit(t testing.TB, c *compile.Compiler, set *policy.Set, port int) 
 
 // TestShapeFigures prints the figures of docs/benchmarks.md for the rule
 // shapes: a full compile at 1k, 10k and 100k rules and a platform policy
-// change at each size. It runs with BULKHEAD_BENCH=1.
+// change at each size. It runs with BULKHEAD_BENCH=1;
+// BULKHEAD_BENCH_SHAPES and BULKHEAD_BENCH_SIZES pick what runs (the
+// growth is then over the first size).
 func TestShapeFigures(t *testing.T) {
 	if os.Getenv("BULKHEAD_BENCH") == "" {
 		t.Skip("set BULKHEAD_BENCH=1")
 	}
-	for _, shape := range Shapes {
+	shapes := Shapes
+	if v := os.Getenv("BULKHEAD_BENCH_SHAPES"); v != "" {
+		shapes = nil
+		for _, f := range strings.Split(v, ",") {
+			shapes = append(shapes, RuleShape(f))
+		}
+	}
+	for _, shape := range shapes {
 		t.Run(string(shape), func(t *testing.T) { shapeFigures(t, shape) })
 	}
 }
 
 func shapeFigures(t *testing.T, shape RuleShape) {
 	var base time.Duration
-	for _, n := range []int{1000, 10_000, 100_000} {
+	for i, n := range envInts(t, "BULKHEAD_BENCH_SIZES", []int{1000, 10_000, 100_000}) {
 		set := GenerateShape(shape, n, 1)
 		runs := 3
 		if n == 100_000 {
 			runs = 2
 		}
 		took, cpu, c := compileShape(t, set, runs)
-		if n == 1000 {
+		if i == 0 {
 			base = cpu
 		}
 		runtime.GC()

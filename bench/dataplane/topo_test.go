@@ -2,6 +2,7 @@ package benchdataplane
 
 import (
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/internal/attach"
@@ -11,11 +12,19 @@ import (
 
 // Every namespace this package creates is named with one of these
 // prefixes, one per test, so that a test removing its leftovers at start
-// never touches a run of the other one.
-const (
-	figuresPrefix = "bhbnf"
-	smokePrefix   = "bhbnk"
+// never touches a run of the other one. BULKHEAD_BENCH_PREFIX (at most 5
+// characters) replaces them, for a run beside another's on one machine.
+var (
+	figuresPrefix = benchPrefix("bhbnf", "f")
+	smokePrefix   = benchPrefix("bhbnk", "k")
 )
+
+func benchPrefix(def, suffix string) string {
+	if p := os.Getenv("BULKHEAD_BENCH_PREFIX"); p != "" {
+		return p + suffix
+	}
+	return def
+}
 
 // topo is one throwaway host namespace with two workload namespaces
 // attached by routed veths: client (ClientAddr) and server (ServerAddr).

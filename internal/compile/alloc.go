@@ -104,6 +104,10 @@ type allocBuilder struct {
 	reused  uint64              // the latest State that freed a number taken since the last State
 }
 
+// checkNewKeys makes numberNew check its callers' claim; the package's
+// tests turn it on.
+var checkNewKeys = false
+
 type released struct {
 	n    uint32
 	kind allocKind
@@ -168,6 +172,19 @@ func newAllocBuilder(prev *State) *allocBuilder {
 func (a *allocBuilder) number(key string, kind allocKind) uint32 {
 	if n, ok := a.cur.ids.get(key); ok {
 		return n
+	}
+	return a.numberNew(key, kind)
+}
+
+// numberNew is number for a key the builder has not numbered (or has
+// released since): the callers that keep their own map of what they
+// numbered (identities, classes) skip a lookup of every new key in the
+// largest map of the compile.
+func (a *allocBuilder) numberNew(key string, kind allocKind) uint32 {
+	if checkNewKeys {
+		if _, ok := a.cur.ids.get(key); ok {
+			panic("compile: internal error: " + key + " is numbered already")
+		}
 	}
 	var n uint32
 	if r, ok := a.pending[key]; ok {

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +28,9 @@ type cidrInterval struct {
 }
 
 func cidrKey(c policy.CIDR) string {
+	if len(c.Except) == 0 {
+		return c.Prefix.Masked().String()
+	}
 	parts := []string{c.Prefix.Masked().String()}
 	ex := make([]string, 0, len(c.Except))
 	for _, e := range c.Except {
@@ -73,7 +77,12 @@ var (
 
 // build partitions the space once all atoms are known.
 func (cs *cidrSpace) build() {
-	points := []netip.Addr{v4First, v6First}
+	n := 2
+	for _, c := range cs.list {
+		n += 2 * (1 + len(c.Except))
+	}
+	points := make([]netip.Addr, 0, n)
+	points = append(points, v4First, v6First)
 	add := func(p netip.Prefix) {
 		points = append(points, p.Masked().Addr())
 		if n := lastAddr(p).Next(); n.IsValid() && !(p.Addr().Is4() && n.Is6()) {
@@ -86,7 +95,7 @@ func (cs *cidrSpace) build() {
 			add(e)
 		}
 	}
-	sort.Slice(points, func(i, j int) bool { return points[i].Less(points[j]) })
+	slices.SortFunc(points, netip.Addr.Compare)
 	uniq := points[:0]
 	for i, p := range points {
 		if i == 0 || p != uniq[len(uniq)-1] {
@@ -104,7 +113,7 @@ func (cs *cidrSpace) build() {
 	}
 	classOf := map[string]int32{"": 0}
 	cs.classes = [][]int32{nil}
-	cs.ivs = cs.ivs[:0]
+	cs.ivs = make([]cidrInterval, 0, len(uniq))
 	for i, p := range uniq {
 		hi := v6Last
 		if p.Is4() {
@@ -126,6 +135,17 @@ func (cs *cidrSpace) build() {
 		}
 		cs.ivs = append(cs.ivs, cidrInterval{lo: p, hi: hi, class: cl})
 	}
+	// Both were made for the most they could hold; the program keeps them.
+	cs.ivs, cs.list = fit(cs.ivs), fit(cs.list)
+}
+
+// fit returns s in an array of about its length when s's array is more
+// than twice as long.
+func fit[T any](s []T) []T {
+	if cap(s) > 2*len(s)+16 {
+		return slices.Clone(s)
+	}
+	return s
 }
 
 func atomListKey(ids []int32) string {

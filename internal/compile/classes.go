@@ -20,8 +20,8 @@ type classInfo struct {
 	members []int32 // sorted peer ids
 	ports   map[portName]int
 	refs    int
-	groups  map[*groupInfo]struct{} // groups with entries for this class
-	seen    uint64                  // visit mark, see Compiler.epoch
+	groups  memberSet[*groupInfo] // groups with entries for this class
+	seen    uint64                // visit mark, see Compiler.epoch
 }
 
 // groupInfo is a policy group: the local identities to which the same
@@ -123,8 +123,8 @@ func (c *Compiler) acquireClass(d policy.Direction, l int, members []int32, port
 	key := b.String()
 	cl, ok := c.classes[d][l][key]
 	if !ok {
-		cl = &classInfo{dir: d, level: l, key: key, members: members, ports: ports, groups: map[*groupInfo]struct{}{}}
-		cl.id = ClassID(c.alloc.number("c:"+d.String()+strconv.Itoa(l)+":"+key, kindClass))
+		cl = &classInfo{dir: d, level: l, key: key, members: members, ports: ports}
+		cl.id = ClassID(c.alloc.numberNew("c:"+d.String()+strconv.Itoa(l)+":"+key, kindClass)) // c.classes holds what is numbered
 		c.classes[d][l][key] = cl
 		c.indexClass(cl, true)
 		c.groupsOfClass(cl, func(g *groupInfo) { c.computeEntry(g, cl) })
@@ -145,22 +145,6 @@ func (c *Compiler) indexClass(cl *classInfo, add bool) {
 	}
 }
 
-func setMember[K comparable, V comparable](m map[K]map[V]struct{}, k K, v V, add bool) {
-	s := m[k]
-	if add {
-		if s == nil {
-			s = map[V]struct{}{}
-			m[k] = s
-		}
-		s[v] = struct{}{}
-		return
-	}
-	delete(s, v)
-	if len(s) == 0 {
-		delete(m, k)
-	}
-}
-
 // groupsOfClass lists the groups whose entries depend on cl: those naming
 // one of its peers of its own level, or (egress, level 0) one of its ports.
 func (c *Compiler) groupsOfClass(cl *classInfo, f func(*groupInfo)) {
@@ -173,13 +157,13 @@ func (c *Compiler) groupsOfClass(cl *classInfo, f func(*groupInfo)) {
 	}
 	for _, p := range cl.members {
 		if c.pr.peers[p].level == cl.level {
-			for g := range c.groupsByPeer[cl.dir][p] {
+			for g := range c.groupsByPeer[cl.dir][p].all() {
 				visit(g)
 			}
 		}
 	}
 	for pn := range cl.ports {
-		for g := range c.groupsByName[pn] {
+		for g := range c.groupsByName[pn].all() {
 			visit(g)
 		}
 	}
@@ -190,7 +174,7 @@ func (c *Compiler) releaseClass(cl *classInfo) {
 	if cl.refs > 0 {
 		return
 	}
-	for g := range cl.groups {
+	for g := range cl.groups.all() {
 		c.dropEntry(g, cl)
 	}
 	c.indexClass(cl, false)
@@ -389,12 +373,12 @@ func (c *Compiler) classesOfGroup(g *groupInfo, f func(*classInfo)) {
 		}
 	}
 	for _, p := range g.peers {
-		for cl := range c.classesByPeer[g.dir][p] {
+		for cl := range c.classesByPeer[g.dir][p].all() {
 			visit(cl)
 		}
 	}
 	for _, pn := range g.names {
-		for cl := range c.classesByName[pn] {
+		for cl := range c.classesByName[pn].all() {
 			visit(cl)
 		}
 	}

@@ -28,10 +28,10 @@ type Compiler struct {
 	guards    map[string]*guardInfo
 	outside   []*identInfo // by CIDR class
 
-	classesByPeer [2]map[int32]map[*classInfo]struct{} // classes at the peer's level
-	classesByName map[portName]map[*classInfo]struct{} // egress level-0 classes declaring it
-	groupsByPeer  [2]map[int32]map[*groupInfo]struct{}
-	groupsByName  map[portName]map[*groupInfo]struct{}
+	classesByPeer [2]map[int32]*memberSet[*classInfo] // classes at the peer's level
+	classesByName map[portName]*memberSet[*classInfo] // egress level-0 classes declaring it
+	groupsByPeer  [2]map[int32]*memberSet[*groupInfo]
+	groupsByName  map[portName]*memberSet[*groupInfo]
 
 	scratch       [2][]int32 // reused by computeEntry
 	cuts          []int      // reused by outcomeMap
@@ -143,12 +143,12 @@ func (c *Compiler) reset(set *policy.Set) error {
 			c.classes[d][l] = map[string]*classInfo{}
 		}
 		c.groups[d] = map[string]*groupInfo{}
-		c.classesByPeer[d] = map[int32]map[*classInfo]struct{}{}
-		c.groupsByPeer[d] = map[int32]map[*groupInfo]struct{}{}
+		c.classesByPeer[d] = map[int32]*memberSet[*classInfo]{}
+		c.groupsByPeer[d] = map[int32]*memberSet[*groupInfo]{}
 		c.tables[d] = tableMap{newSmapBy[TableKey, PortMap](tableShard), c.orefs}
 	}
-	c.classesByName = map[portName]map[*classInfo]struct{}{}
-	c.groupsByName = map[portName]map[*groupInfo]struct{}{}
+	c.classesByName = map[portName]*memberSet[*classInfo]{}
+	c.groupsByName = map[portName]*memberSet[*groupInfo]{}
 	c.outcomeIDs = map[Outcome]OutcomeID{}
 	if len(c.outcomes) == 0 {
 		c.outcomes = []Outcome{{}}
@@ -185,7 +185,7 @@ func (c *Compiler) buildOutside() {
 		c.acquireIdent(id, false)
 		c.outside[cl] = c.idents[id.key]
 	}
-	c.ranges = c.ranges[:0]
+	c.ranges = make([]AddrRange, 0, len(cs.ivs))
 	for _, iv := range cs.ivs {
 		c.ranges = append(c.ranges, AddrRange{Lo: iv.lo, Hi: iv.hi, ID: c.outside[iv.class].id})
 	}
@@ -335,7 +335,7 @@ func (c *Compiler) acquireIdent(proto *identInfo, local bool) *identInfo {
 	id, ok := c.idents[proto.key]
 	if !ok {
 		id = proto
-		id.id = IdentityID(c.alloc.number("i:"+id.key, kindIdentity))
+		id.id = IdentityID(c.alloc.numberNew("i:"+id.key, kindIdentity)) // c.idents holds what is numbered
 		c.idents[id.key] = id
 		c.attachClasses(id)
 	}

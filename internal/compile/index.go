@@ -132,15 +132,15 @@ func identTerms(id *identInfo, f func(term)) {
 // to the identities that have it, so that a policy change finds the
 // identities a subject or a peer may match without looking at all.
 type identIndex struct {
-	terms map[term]map[*identInfo]struct{}   // all but '*': see matching
-	wls   map[*identInfo]struct{}            // every workload identity: the '*' term
-	segs  [2]map[int]map[*identInfo]struct{} // by address (peers), by first address (subjects)
-	cidr  map[int32]map[*identInfo]struct{}
+	terms map[term]*memberSet[*identInfo]   // all but '*': see matching
+	wls   map[*identInfo]struct{}           // every workload identity: the '*' term
+	segs  [2]map[int]*memberSet[*identInfo] // by address (peers), by first address (subjects)
+	cidr  map[int32]*memberSet[*identInfo]
 }
 
 func newIdentIndex() identIndex {
-	return identIndex{terms: map[term]map[*identInfo]struct{}{}, wls: map[*identInfo]struct{}{},
-		segs: [2]map[int]map[*identInfo]struct{}{{}, {}}, cidr: map[int32]map[*identInfo]struct{}{}}
+	return identIndex{terms: map[term]*memberSet[*identInfo]{}, wls: map[*identInfo]struct{}{},
+		segs: [2]map[int]*memberSet[*identInfo]{{}, {}}, cidr: map[int32]*memberSet[*identInfo]{}}
 }
 
 // update adds id to (or removes it from) the index.
@@ -179,7 +179,7 @@ func (x *identIndex) matching(m matcher, f func(*identInfo)) {
 			}
 			continue
 		}
-		for id := range x.terms[k] {
+		for id := range x.terms[k].all() {
 			f(id)
 		}
 	}

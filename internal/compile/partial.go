@@ -141,7 +141,7 @@ func (c *Compiler) rebuildRegion(g *groupInfo, rg *region) {
 			continue
 		}
 		for _, p := range r.peers {
-			for cl := range c.classesByPeer[g.dir][p] {
+			for cl := range c.classesByPeer[g.dir][p].all() {
 				visit(cl)
 			}
 		}
@@ -150,7 +150,7 @@ func (c *Compiler) rebuildRegion(g *groupInfo, rg *region) {
 		}
 		for _, s := range r.svcs {
 			if s.name != "" {
-				for cl := range c.classesByName[portName{s.name, policy.Protocol(s.proto)}] {
+				for cl := range c.classesByName[portName{s.name, policy.Protocol(s.proto)}].all() {
 					visit(cl)
 				}
 			}

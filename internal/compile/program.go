@@ -151,6 +151,7 @@ func newProgram(set *policy.Set, a *allocBuilder, shared bool) (*program, error)
 		cidrPeers: map[int32][]int32{}, atomPeers: map[int32][]int32{}, pols: map[string]*cpolicy{},
 		uses: uses{protos: map[int]int{}, names: map[portName]int{}, cidrs: map[string]int{}}}
 	pr.cidr.atoms = map[string]int32{}
+	pr.cidr.list = make([]policy.CIDR, 0, countCIDRs(set))
 	for _, ns := range set.Namespaces {
 		pr.namespaces[ns.Name] = withNameLabel(ns)
 	}
@@ -170,7 +171,13 @@ func newProgram(set *policy.Set, a *allocBuilder, shared bool) (*program, error)
 	if err := pr.markGuards(set); err != nil {
 		return nil, err
 	}
-	pr.rules, pr.ruleEdits, pr.ruleLog = []policy.RuleRef{{}}, nil, nil
+	nrules := 1
+	for _, p := range set.Policies {
+		nrules += len(p.Ingress) + len(p.Egress) + 2 // and an isolation default each way
+	}
+	// The rule table is sized once: grown by appending, 100,000 rules
+	// of a hundred bytes each were copied and collected several times.
+	pr.rules, pr.ruleEdits, pr.ruleLog = make([]policy.RuleRef, 1, nrules), nil, nil
 	for _, p := range set.Policies {
 		cp, err := pr.compilePolicy(snapshotFor(p, shared), a)
 		if err != nil {
@@ -375,6 +382,25 @@ func (pr *program) setRule(n RuleNum, ref policy.RuleRef) {
 	pr.ruleEdits = append(pr.ruleEdits, n)
 }
 
+// countCIDRs counts the CIDRs set names, at most the atoms of its CIDR
+// space, so that the list of them is made once.
+func countCIDRs(set *policy.Set) int {
+	n := 0
+	for _, s := range set.Segments {
+		n += len(s.CIDRs)
+	}
+	for _, p := range set.Policies {
+		for _, rules := range [][]policy.Rule{p.Ingress, p.Egress} {
+			for i := range rules {
+				for j := range rules[i].Peers {
+					n += len(rules[i].Peers[j].CIDRs)
+				}
+			}
+		}
+	}
+	return n
+}
+
 // compileService turns a service into port intervals; ICMP matches on
 // type<<8|code, so a code without a type is one interval per type.
 func compileService(s policy.Service) svc {
@@ -419,7 +445,9 @@ func (pr *program) peer(p *policy.Peer, a *allocBuilder) (id int32, any bool, er
 			return 0, false, fmt.Errorf("segment %q does not exist", p.Segment)
 		}
 		def.key, def.level, def.seg = "s:"+p.Segment, 2, i
-	case len(p.CIDRs) > 0:
+	case len(p.CIDRs) == 1:
+		def.key, def.level = "c:"+cidrKey(p.CIDRs[0]), 2
+	case len(p.CIDRs) > 1:
 		keys := make([]string, 0, len(p.CIDRs))
 		for _, c := range p.CIDRs {
 			keys = append(keys, cidrKey(c))

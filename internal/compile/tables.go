@@ -32,7 +32,7 @@ func (c *Compiler) computeEntry(g *groupInfo, cl *classInfo) {
 	fm := c.matchedRules(g, cl.members, cl.level, c.scratch[0][:0])
 	cm := c.matchedRules(g, cl.members, cl.level+1, c.scratch[1][:0])
 	c.scratch[0], c.scratch[1] = fm, cm
-	_, had := cl.groups[g]
+	had := cl.groups.has(g)
 	any := false
 	for b, proto := range c.pr.bucketProt {
 		k := TableKey{Level: uint8(cl.level), Bucket: uint8(b), Class: cl.id, Group: g.id}
@@ -50,10 +50,11 @@ func (c *Compiler) computeEntry(g *groupInfo, cl *classInfo) {
 		any = true
 	}
 	if any {
-		g.classes[cl], cl.groups[g] = struct{}{}, struct{}{}
+		g.classes[cl] = struct{}{}
+		cl.groups.add(g)
 	} else if had {
 		delete(g.classes, cl)
-		delete(cl.groups, g)
+		cl.groups.remove(g)
 	}
 }
 
@@ -110,7 +111,7 @@ func (c *Compiler) dropEntry(g *groupInfo, cl *classInfo) {
 		c.tables[g.dir].del(TableKey{Level: uint8(cl.level), Bucket: uint8(b), Class: cl.id, Group: g.id})
 	}
 	delete(g.classes, cl)
-	delete(cl.groups, g)
+	cl.groups.remove(g)
 }
 
 // computeWildcard writes g's verdict for a peer that matches none of its

@@ -406,7 +406,7 @@ func sameRules(a, b *cpolicy, d policy.Direction) bool {
 func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
 	s := cp.p.Subject
 	if s.Segment != "" {
-		for id := range c.idx.segs[1][c.pr.segIndex[s.Segment]] {
+		for id := range c.idx.segs[1][c.pr.segIndex[s.Segment]].all() {
 			if id.local > 0 {
 				f(id)
 			}
@@ -425,13 +425,13 @@ func (c *Compiler) subjectIdents(cp *cpolicy, f func(*identInfo)) {
 func (c *Compiler) peerIdents(def *peerDef, f func(*identInfo)) {
 	switch {
 	case def.seg >= 0:
-		for id := range c.idx.segs[0][def.seg] {
+		for id := range c.idx.segs[0][def.seg].all() {
 			f(id)
 		}
 	case len(def.atoms) > 0:
 		for cl, ids := range c.idx.cidr {
 			if intersects(def.atoms, c.pr.cidr.classes[cl]) {
-				for id := range ids {
+				for id := range ids.all() {
 					f(id)
 				}
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -51,7 +52,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 		for _, o := range pd.objects {
 			k := refKey(o.Ref)
 			if seen[k] {
-				errs.Add(o.pos, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
+				errs.Add(o.Pos, "metadata.name", "%s %s is given twice in this request", o.Ref.Kind, nsName(o.Ref))
 			}
 			seen[k] = true
 		}
@@ -64,7 +65,7 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 	if del {
 		action = "policy.delete"
 	}
-	res, err := m.change(r.Context(), p, action, req.Message, req.DryRun, func(cur *policyState) (proposal, error) {
+	res, err := m.change(r.Context(), p, action, req.Message, req.DryRun, func(cur *revisions.State) (proposal, error) {
 		return nextObjects(cur, docs, del)
 	}, 0)
 	if err != nil {
@@ -76,15 +77,15 @@ func (m *Manager) applyDocuments(w http.ResponseWriter, r *http.Request, p princ
 
 // proposal is the objects a change would leave in force.
 type proposal struct {
-	objects map[string]object
+	objects map[string]revisions.Object
 	reqSet  *policy.Set     // the request's documents as load read them, with the user's positions
 	fromReq map[string]bool // the objects reqSet holds
 }
 
 // nextObjects computes the objects after a request.
-func nextObjects(cur *policyState, docs []parsedDoc, del bool) (proposal, error) {
-	next := make(map[string]object, len(cur.objects))
-	for k, o := range cur.objects {
+func nextObjects(cur *revisions.State, docs []parsedDoc, del bool) (proposal, error) {
+	next := make(map[string]revisions.Object, len(cur.Objects))
+	for k, o := range cur.Objects {
 		next[k] = o
 	}
 	reqSet, fromReq := &policy.Set{}, map[string]bool{}
@@ -133,7 +134,7 @@ const changeDeadline = 30 * time.Second
 // most changeDeadline: each loss means that another change committed, so
 // under any contention that ends, every change lands.
 func (m *Manager) change(ctx context.Context, p principal, action, message string, dryRun bool,
-	next func(*policyState) (proposal, error), rollbackOf int64) (api.ManagerApplyResult, error) {
+	next func(*revisions.State) (proposal, error), rollbackOf int64) (api.ManagerApplyResult, error) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
 	var firstLoss time.Time
@@ -147,7 +148,7 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			return api.ManagerApplyResult{}, err
 		}
 		objects := prop.objects
-		res := compare(cur.objects, objects)
+		res := revisions.Compare(cur.Objects, objects)
 		if prop.fromReq != nil {
 			res.Unchanged = onlyFrom(res.Unchanged, prop.fromReq)
 		}
@@ -173,10 +174,10 @@ func (m *Manager) change(ctx context.Context, p principal, action, message strin
 			// Decode the new objects for the next change while nobody waits.
 			go m.prewarm(objects)
 			// Answer once this manager's own reads show the revision.
-			if err := m.feed.waitRev(ctx, rev); err != nil {
+			if err := m.feed.WaitRev(ctx, rev); err != nil {
 				return res, err
 			}
-			return res, m.revisions.waitRev(ctx, rev)
+			return res, m.revisions.WaitRev(ctx, rev)
 		}
 		if firstLoss.IsZero() {
 			firstLoss = m.now()
@@ -218,30 +219,6 @@ func changeDetail(res api.ManagerApplyResult, rollbackOf int64) map[string]any {
 	return d
 }
 
-// compare lists what differs between two object sets.
-func compare(before, after map[string]object) api.ManagerApplyResult {
-	var res api.ManagerApplyResult
-	for k, o := range after {
-		switch old, ok := before[k]; {
-		case !ok:
-			res.Created = append(res.Created, o.Ref)
-		case old.Hash != o.Hash:
-			res.Updated = append(res.Updated, o.Ref)
-		default:
-			res.Unchanged = append(res.Unchanged, o.Ref)
-		}
-	}
-	for k, o := range before {
-		if _, ok := after[k]; !ok {
-			res.Deleted = append(res.Deleted, o.Ref)
-		}
-	}
-	for _, l := range [][]api.ObjectRef{res.Created, res.Updated, res.Unchanged, res.Deleted} {
-		sort.Slice(l, func(i, j int) bool { return refKey(l[i]) < refKey(l[j]) })
-	}
-	return res
-}
-
 // validate checks the whole resulting set as `bulkhead check` does: every
 // object valid, every reference resolved, every wall proven (over the
 // reported workloads and representatives). The workloads take part only
@@ -270,7 +247,7 @@ func (m *Manager) validate(prop proposal) error {
 	if len(set.Walls) == 0 {
 		return nil
 	}
-	set.Workloads = m.inv.workloads(m.log)
+	set.Workloads = m.inv.Workloads(m.log)
 	breaches, err := policy.ProveWalls(set)
 	if err != nil {
 		return fault.New(fault.Invalid, fault.Details(err), "the walls could not be proven; nothing was applied")
@@ -323,7 +300,7 @@ type setCache struct {
 	m  map[string]*policy.Set
 }
 
-func (c *setCache) get(o object) (*policy.Set, error) {
+func (c *setCache) get(o revisions.Object) (*policy.Set, error) {
 	c.mu.Lock()
 	s, ok := c.m[o.Hash+refKey(o.Ref)]
 	c.mu.Unlock()
@@ -344,16 +321,16 @@ func (c *setCache) get(o object) (*policy.Set, error) {
 }
 
 // prewarm decodes objects into the set cache.
-func (m *Manager) prewarm(objects map[string]object) {
+func (m *Manager) prewarm(objects map[string]revisions.Object) {
 	for _, o := range objects {
 		_, _ = m.sets.get(o)
 	}
 }
 
 // decodedSet is the policy set of a state (without workloads).
-func (m *Manager) decodedSet(ps *policyState) (*policy.Set, error) {
+func (m *Manager) decodedSet(ps *revisions.State) (*policy.Set, error) {
 	set := &policy.Set{}
-	for _, o := range ps.objects {
+	for _, o := range ps.Objects {
 		s, err := m.sets.get(o)
 		if err != nil {
 			return nil, err
@@ -365,9 +342,9 @@ func (m *Manager) decodedSet(ps *policyState) (*policy.Set, error) {
 
 // objectsOf returns a state's objects as ObjectList items, sorted, of the
 // kinds given (all when none).
-func objectsOf(ps *policyState, keep func(api.ObjectRef) bool) []map[string]any {
-	keys := make([]string, 0, len(ps.objects))
-	for k, o := range ps.objects {
+func objectsOf(ps *revisions.State, keep func(api.ObjectRef) bool) []map[string]any {
+	keys := make([]string, 0, len(ps.Objects))
+	for k, o := range ps.Objects {
 		if keep == nil || keep(o.Ref) {
 			keys = append(keys, k)
 		}
@@ -376,7 +353,7 @@ func objectsOf(ps *policyState, keep func(api.ObjectRef) bool) []map[string]any 
 	out := make([]map[string]any, 0, len(keys))
 	for _, k := range keys {
 		var v map[string]any
-		if err := jsonUnmarshal(ps.objects[k].JSON, &v); err == nil {
+		if err := jsonUnmarshal(ps.Objects[k].JSON, &v); err == nil {
 			out = append(out, v)
 		}
 	}

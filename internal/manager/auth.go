@@ -90,7 +90,7 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 			return principal{}, fault.New(fault.Unauthenticated, nil, "Authorization: want \"Bearer TOKEN\"")
 		}
 		hash := credentials.HashSecret(secret)
-		t, ok := lookup[*credentials.Token](m.auth, credentials.PrefixTokens+hash)
+		t, ok := m.tab.tokens.Get(credentials.PrefixTokens + hash)
 		if !ok {
 			return principal{}, fault.New(fault.Unauthenticated, nil, "the bearer token is unknown or revoked")
 		}
@@ -103,7 +103,7 @@ func (m *Manager) authenticate(r *http.Request) (principal, error) {
 			return principal{}, fault.New(fault.Forbidden, nil, "client certificate: %w", err)
 		}
 		serial := pki.Serial(cert)
-		c, ok := lookup[*credentials.Cert](m.auth, credentials.PrefixCerts+serial)
+		c, ok := m.tab.certs.Get(credentials.PrefixCerts + serial)
 		if !ok {
 			return principal{}, fault.New(fault.Forbidden, nil, "client certificate %s of host %s is not in this manager's records", serial, host)
 		}

@@ -23,7 +23,7 @@ import (
 
 func (m *Manager) getCertificates(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Certificate{}
-	eachOf(m.auth, credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
+	m.tab.certs.Each(credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
 		out = append(out, c.API())
 	})
 	sort.Slice(out, func(i, j int) bool {
@@ -47,7 +47,7 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 		return err
 	}
 	var certs []*credentials.Cert
-	eachOf(m.auth, credentials.PrefixCerts, func(_ string, rc *credentials.Cert) { certs = append(certs, rc) })
+	m.tab.certs.Each(credentials.PrefixCerts, func(_ string, rc *credentials.Cert) { certs = append(certs, rc) })
 	serials := credentials.Descendants(serial, certs)
 	revoked, err := m.revoke(r.Context(), p, "certificate.revoke", "host/"+c.Host, serials, nil)
 	if err != nil {
@@ -67,16 +67,14 @@ func (m *Manager) revokeCertificate(w http.ResponseWriter, r *http.Request, p pr
 func (m *Manager) revokeHost(w http.ResponseWriter, r *http.Request, p principal) error {
 	host := r.PathValue("host")
 	var serials, joins []string
-	eachOf(m.auth, credentials.PrefixAuth, func(key string, v any) {
-		switch rec := v.(type) {
-		case *credentials.Cert:
-			if rec.Host == host {
-				serials = append(serials, rec.Serial)
-			}
-		case *credentials.Join:
-			if rec.Host == host && rec.Used == nil {
-				joins = append(joins, key)
-			}
+	m.tab.certs.Each(credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
+		if c.Host == host {
+			serials = append(serials, c.Serial)
+		}
+	})
+	m.tab.joins.Each(credentials.PrefixJoin, func(key string, j *credentials.Join) {
+		if j.Host == host && j.Used == nil {
+			joins = append(joins, key)
 		}
 	})
 	if len(serials) == 0 && len(joins) == 0 {
@@ -150,7 +148,7 @@ func (m *Manager) revoke(ctx context.Context, p principal, action, object string
 	if !ok {
 		return nil, fault.New(fault.Conflict, nil, "%s: a certificate changed meanwhile (renewed or revoked); try again", object)
 	}
-	return revoked, m.auth.waitRev(ctx, rev)
+	return revoked, m.auth.WaitRev(ctx, rev)
 }
 
 // renewals returns the condition and op that record a renewal of host

@@ -3,11 +3,10 @@ package manager
 import (
 	"context"
 	"encoding/json"
-	"strconv"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
-	"github.com/bulkhead-dev/bulkhead/internal/store"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 )
 
 // collectEvery is how often unused identities are removed and every
@@ -19,7 +18,7 @@ const collectEvery = 30 * time.Second
 // labels; identities no workload uses are removed.
 func (m *Manager) identityLoop(ctx context.Context) {
 	select {
-	case <-m.feed.ready:
+	case <-m.feed.Ready():
 	case <-ctx.Done():
 		return
 	}
@@ -27,8 +26,8 @@ func (m *Manager) identityLoop(ctx context.Context) {
 	defer tick.Stop()
 	var seenHead int64
 	for {
-		ch := m.feed.notify()
-		if head, ok := lookup[*revRecord](m.feed, keyHead); ok && head.Rev != seenHead {
+		ch := m.feed.Notify()
+		if head, ok := m.tab.head.Get(keyHead); ok && head.Rev != seenHead {
 			seenHead = head.Rev
 			m.reidentify(ctx, false)
 		}
@@ -59,14 +58,14 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 	}
 	m.lastNSLabels = string(sum)
 	idKeys := map[uint32]string{}
-	eachOf(m.feed, prefixIdentities, func(_ string, id *api.Identity) {
-		idKeys[id.ID] = labelKey(id.Namespace, id.NamespaceLabels, id.Labels)
+	m.tab.identities.Each(prefixIdentities, func(_ string, id *api.Identity) {
+		idKeys[id.ID] = identities.LabelKey(id.Namespace, id.NamespaceLabels, id.Labels)
 	})
 	stale := map[string][]api.HostWorkload{}
 	expect := map[string]int64{}
-	eachOf(m.feed, prefixWorkloads, func(key string, it *workloadItem) {
+	m.tab.workloads.Each(prefixWorkloads, func(key string, it *workloadItem) {
 		wl := it.workload
-		if idKeys[wl.Identity] != labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels) {
+		if idKeys[wl.Identity] != identities.LabelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels) {
 			stale[wl.Host] = append(stale[wl.Host], *wl)
 			expect[key] = it.modRev
 		}
@@ -78,30 +77,23 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 	}
 }
 
-// collectIdentities removes the identities no workload uses. The index
-// and the use keys are read before the workloads, and each removal is
-// conditioned on both: a report that used the identity after they were
-// read rewrote its use key, so the removal fails; one before is in the
-// workloads read.
+// collectIdentities removes the identities no workload uses
+// (identities.Allocator.Collect).
 func (m *Manager) collectIdentities(ctx context.Context) {
-	index, _, err := m.st.List(ctx, prefixIDIndex)
+	removed, err := m.ids.Collect(ctx, m.usedIdentities)
+	for _, id := range removed {
+		m.log.Debug("removed an unused identity", "id", id)
+	}
 	if err != nil {
 		m.log.Warn("collect identities", "err", err)
-		return
 	}
-	uses, _, err := m.st.List(ctx, prefixIDUse)
-	if err != nil {
-		m.log.Warn("collect identities", "err", err)
-		return
-	}
-	useRev := make(map[string]int64, len(uses))
-	for _, kv := range uses {
-		useRev[kv.Key] = kv.ModRev
-	}
+}
+
+// usedIdentities reads from the store the identities the workloads use.
+func (m *Manager) usedIdentities(ctx context.Context) (map[uint32]bool, error) {
 	kvs, _, err := m.st.List(ctx, prefixWorkloads)
 	if err != nil {
-		m.log.Warn("collect identities", "err", err)
-		return
+		return nil, err
 	}
 	if m.collectHook != nil {
 		m.collectHook()
@@ -112,21 +104,5 @@ func (m *Manager) collectIdentities(ctx context.Context) {
 			used[it.workload.Identity] = true
 		}
 	}
-	for _, kv := range index {
-		id, err := strconv.ParseUint(string(kv.Value), 10, 32)
-		if err != nil || used[uint32(id)] {
-			continue
-		}
-		use := useKey(kv.Key)
-		conds := []store.Cond{store.Unchanged(kv), {Key: use, ModRev: useRev[use]}}
-		ops := []store.Op{store.Delete(kv.Key), store.Delete(use), store.Delete(identityKey(uint32(id)))}
-		_, ok, err := m.st.Txn(ctx, conds, ops)
-		if err != nil {
-			m.log.Warn("collect identity", "id", id, "err", err)
-			return
-		}
-		if ok {
-			m.log.Debug("removed an unused identity", "id", id)
-		}
-	}
+	return used, nil
 }

@@ -32,10 +32,8 @@ func TestCollectIdentities(t *testing.T) {
 		}
 		out := map[uint32]bool{}
 		for _, kv := range kvs {
-			if v, err := decodeFeed(kv); err == nil {
-				if id, ok := v.(*api.Identity); ok {
-					out[id.ID] = true
-				}
+			if id, err := decodeAs[api.Identity]("identity")(kv); err == nil {
+				out[id.ID] = true
 			}
 		}
 		return out

@@ -29,7 +29,7 @@ func (m *Manager) newEscalations() (*escalations.Service, error) {
 type escInventory struct{ m *Manager }
 
 func (i escInventory) Owner(a netip.Addr) (api.HostWorkload, bool) {
-	w := i.m.inv.owner(a)
+	w := i.m.inv.Owner(a)
 	if w == nil {
 		return api.HostWorkload{}, false
 	}
@@ -53,14 +53,14 @@ func (d *decisionRules) DecisionRules(ctx context.Context) (int64, []*policy.Dec
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.read && ps.rev() == d.rev {
+	if d.read && ps.Rev() == d.rev {
 		return d.rev, d.rules, nil
 	}
 	set, err := d.m.decodedSet(ps)
 	if err != nil {
 		return 0, nil, err
 	}
-	d.rev, d.rules, d.read = ps.rev(), set.DecisionRules, true
+	d.rev, d.rules, d.read = ps.Rev(), set.DecisionRules, true
 	return d.rev, d.rules, nil
 }
 

@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -34,7 +34,7 @@ import (
 // several managers, a host's record is the newest of the one this
 // manager holds and the one in the store.
 const (
-	prefixHosts      = "hosts/"
+	prefixHosts      = bounds.Prefix
 	lastSeenEvery    = 15 * time.Second
 	statusFlushEvery = 100 * time.Millisecond
 	statusFlushOps   = 100 // records per Txn, under the store's 128
@@ -43,26 +43,6 @@ const (
 type hostRecord struct {
 	api.HostStatus
 	LastSeen time.Time `json:"lastSeen"`
-}
-
-// decodeHost decodes a key under hosts/: a host's status (hosts/H), its
-// bounds (hosts/H/bounds) or an address held for it (hosts/H/held/A).
-func decodeHost(kv store.KV) (any, error) {
-	var v any
-	switch _, sub := hostKeyParts(kv.Key); {
-	case sub == "":
-		v = &hostRecord{}
-	case sub == "bounds":
-		v = &boundsRecord{}
-	case strings.HasPrefix(sub, "held/"):
-		v = &heldRecord{}
-	default:
-		return nil, fmt.Errorf("unknown host key %s", kv.Key)
-	}
-	if err := json.Unmarshal(kv.Value, v); err != nil {
-		return nil, err
-	}
-	return v, nil
 }
 
 // hostTable is the status reports this manager received: the latest per
@@ -190,7 +170,7 @@ func (m *Manager) writeStatuses(ctx context.Context) bool {
 	due := m.hostTab.take()
 	hosts := make([]string, 0, len(due))
 	for h, rec := range due {
-		if stored, ok := lookup[*hostRecord](m.hosts, prefixHosts+h); ok && stored.LastSeen.After(rec.LastSeen) {
+		if stored, ok := m.tab.hostRecs.Get(prefixHosts + h); ok && stored.LastSeen.After(rec.LastSeen) {
 			delete(due, h)
 			continue
 		}
@@ -227,7 +207,7 @@ func (m *Manager) writeStatuses(ctx context.Context) bool {
 // store's (another manager's).
 func (m *Manager) hostStatus(host string) (hostRecord, bool) {
 	rec, ok := m.hostTab.get(host)
-	if stored, found := lookup[*hostRecord](m.hosts, prefixHosts+host); found {
+	if stored, found := m.tab.hostRecs.Get(prefixHosts + host); found {
 		if !ok || stored.LastSeen.After(rec.LastSeen) {
 			return *stored, true
 		}
@@ -247,21 +227,20 @@ func (m *Manager) hostList() []api.Host {
 		hosts[name] = h
 		return h
 	}
-	eachOf(m.auth, credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
+	m.tab.certs.Each(credentials.PrefixCerts, func(_ string, c *credentials.Cert) {
 		if c.Revoked == nil {
 			get(c.Host)
 		}
 	})
-	eachOf(m.hosts, prefixHosts, func(key string, _ any) {
-		host, _ := hostKeyParts(key)
-		get(host)
-	})
+	m.tab.hostRecs.Each(prefixHosts, func(key string, _ *hostRecord) { get(strings.TrimPrefix(key, prefixHosts)) })
+	m.tab.boundsRecs.Each(prefixHosts, func(key string, _ *bounds.Record) { host, _ := bounds.KeyParts(key); get(host) })
+	m.tab.held.Each(prefixHosts, func(key string, _ *bounds.Held) { host, _ := bounds.KeyParts(key); get(host) })
 	m.hostTab.mu.Lock()
 	for name := range m.hostTab.latest {
 		get(name)
 	}
 	m.hostTab.mu.Unlock()
-	for name, n := range m.inv.hostCounts() {
+	for name, n := range m.inv.HostCounts() {
 		get(name).Workloads = n
 	}
 	now := m.now()
@@ -291,7 +270,7 @@ func (m *Manager) waitRealized(ctx context.Context, rev int64, hosts []string, d
 	defer cancel()
 	pending := append([]string(nil), hosts...)
 	for {
-		local, stored := m.hostTab.notify(), m.hosts.notify()
+		local, stored := m.hostTab.notify(), m.hosts.Notify()
 		still := pending[:0]
 		for _, h := range pending {
 			if rec, ok := m.hostStatus(h); ok && rec.Realized >= rev {

@@ -69,7 +69,7 @@ func (m *Manager) join(w http.ResponseWriter, r *http.Request, req api.JoinReque
 	if !ok {
 		return fault.New(fault.Forbidden, nil, "token: the join token for host %s was used meanwhile; a join token is good for one join", jt.Host)
 	}
-	if err := m.auth.waitRev(ctx, rev); err != nil {
+	if err := m.auth.WaitRev(ctx, rev); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)
@@ -113,7 +113,7 @@ func (m *Manager) postRenew(w http.ResponseWriter, r *http.Request, p principal)
 	if !ok {
 		return fault.New(fault.Conflict, nil, "renew: certificate %s was revoked, or host %s renewed, at the same moment; try again", p.serial, p.name)
 	}
-	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+	if err := m.auth.WaitRev(r.Context(), rev); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)

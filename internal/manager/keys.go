@@ -11,6 +11,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -31,21 +32,13 @@ type TamperedError = seal.TamperedError
 // sealed is an access record that carries its seal.
 type sealed = seal.Sealed
 
-// A policy revision record carries its seal, as the access records
-// (internal/manager/credentials) do.
-func (r *revRecord) SealField() *string { return &r.Seal }
-
-// revisionSealKey stands for the store key in a revision record's seal:
-// one record is stored twice, as revisions/SEQ and as the head.
-const revisionSealKey = "revisions"
-
 // checkRevision verifies a policy revision record's seal; the revisions
 // from before the key (adopted) are trusted as they are.
-func (m *Manager) checkRevision(rec *revRecord) error {
+func (m *Manager) checkRevision(rec *revisions.Record) error {
 	if rec.Seq <= m.key.Legacy {
 		return nil
 	}
-	return m.key.Check(revisionSealKey, rec)
+	return m.key.Check(revisions.SealKey, rec)
 }
 
 // loadKey reads the manager key, or creates it for a store that has none.
@@ -180,35 +173,17 @@ func (m *Manager) legacyRevisions(ctx context.Context, key *seal.Key) (int64, er
 	} else if err != nil {
 		return 0, fmt.Errorf("manager: read the head: %w", err)
 	}
-	var rec revRecord
+	var rec revisions.Record
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return 0, fmt.Errorf("manager: the head: %w", err)
 	}
-	if key.Check(revisionSealKey, &rec) == nil {
+	if key.Check(revisions.SealKey, &rec) == nil {
 		return 0, nil
 	}
 	if !m.cfg.AdoptRecords {
 		return 0, fmt.Errorf("manager: the store holds policy revisions (up to %d) that the manager key does not seal, from before it: start once with --adopt-unsealed-records (Config.AdoptRecords) if you trust them, or start on a new store", rec.Seq)
 	}
 	return rec.Seq, nil
-}
-
-// decodeSealed decodes an access record for the auth mirror, which keeps
-// only what verifies: a record whose seal does not is left out (so that
-// it authenticates nothing) and raises an alert.
-func (m *Manager) decodeSealed(kv store.KV) (any, error) {
-	v, err := credentials.Decode(kv)
-	if err != nil {
-		return nil, err
-	}
-	if rec, ok := v.(sealed); ok {
-		if err := m.key.Check(kv.Key, rec); err != nil {
-			m.raise("record-seal", kv.Key, err.Error())
-			return nil, err
-		}
-		m.holdFinal(kv.Key, rec)
-	}
-	return v, nil
 }
 
 // readSealed reads the access record at key from the store into rec and
@@ -239,14 +214,14 @@ const accessWait = 10 * time.Second
 // 503, which a client retries, never 401.
 func (m *Manager) waitAccess(ctx context.Context) error {
 	select {
-	case <-m.auth.ready:
+	case <-m.auth.Ready():
 		return nil
 	default:
 	}
 	t := time.NewTimer(accessWait)
 	defer t.Stop()
 	select {
-	case <-m.auth.ready:
+	case <-m.auth.Ready():
 		return nil
 	case <-t.C:
 		return fault.New(fault.Unavailable, nil, "not ready: the manager has not read its access records yet; try again")
@@ -259,21 +234,34 @@ func (m *Manager) waitAccess(ctx context.Context) error {
 // this manager has seen (seal.Final): a certificate it saw revoked stays
 // revoked, a join token it saw used stays used.
 func (m *Manager) holdFinal(key string, rec sealed) {
-	now := m.now().UTC()
-	held := false
 	switch r := rec.(type) {
 	case *credentials.Cert:
-		if held = m.final.Revoked(r.Serial, r.Revoked != nil); held {
-			r.Revoked, r.RevokedBy = &now, "this manager's record: the store's copy was rolled back"
-		}
+		m.holdCert(key, r)
 	case *credentials.Join:
-		if held = m.final.Used(key, r.Used != nil); held {
-			r.Used = &now
-		}
+		m.holdJoin(key, r)
 	}
-	if held {
-		m.raise("record-rollback", key, "the access record was put back as it was before a revocation or a use: the manager holds it revoked or used")
+}
+
+// holdCert holds a certificate revoked that this manager saw revoked.
+func (m *Manager) holdCert(key string, c *credentials.Cert) {
+	if m.final.Revoked(c.Serial, c.Revoked != nil) {
+		now := m.now().UTC()
+		c.Revoked, c.RevokedBy = &now, "this manager's record: the store's copy was rolled back"
+		m.rolledBack(key)
 	}
+}
+
+// holdJoin holds a join token used that this manager saw used.
+func (m *Manager) holdJoin(key string, j *credentials.Join) {
+	if m.final.Used(key, j.Used != nil) {
+		now := m.now().UTC()
+		j.Used = &now
+		m.rolledBack(key)
+	}
+}
+
+func (m *Manager) rolledBack(key string) {
+	m.raise("record-rollback", key, "the access record was put back as it was before a revocation or a use: the manager holds it revoked or used")
 }
 
 func (m *Manager) finalPath() string { return filepath.Join(m.cfg.DataDir, seal.FinalFile) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -438,27 +439,27 @@ const MaxMessageBytes = 4 << 10
 // blobs stage writes, and commit's Txn) against the store's limits, so
 // that a dry run that passes means that the change can commit, and a
 // change that cannot is refused before anything is staged.
-func (m *Manager) fits(prev *policyState, objects map[string]object, c change) error {
+func (m *Manager) fits(prev *revisions.State, objects map[string]revisions.Object, c change) error {
 	if len(c.message) > MaxMessageBytes {
 		return fault.New(fault.TooLarge, nil, "message: %d bytes; the limit is %d", len(c.message), MaxMessageBytes)
 	}
 	lim := storeLimits(m.st)
 	for k, o := range objects {
-		if old, ok := prev.objects[k]; ok && old.Hash == o.Hash {
+		if old, ok := prev.Objects[k]; ok && old.Hash == o.Hash {
 			continue // in the store already
 		}
 		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+o.Hash, o.JSON)}); err != nil {
 			return fault.New(fault.TooLarge, nil, "%s %s is %d bytes as JSON, too large for the store: %w", o.Ref.Kind, nsName(o.Ref), len(o.JSON), err)
 		}
 	}
-	chunks, order := manifest(objects)
+	chunks, order := revisions.Manifest(objects)
 	for h, v := range chunks {
 		if err := lim.CheckTxn(nil, []store.Op{store.Put(prefixBlobs+h, v)}); err != nil {
 			return fault.New(fault.TooLarge, nil, "the revision's list of objects is too large for the store: %w", err)
 		}
 	}
 	rec := m.newRecord(prev, objects, order, c)
-	value := m.key.Seal(revisionSealKey, &rec) // as commit will store it
+	value := m.key.Seal(revisions.SealKey, &rec) // as commit will store it
 	detail, err := json.Marshal(c.detail)
 	if err != nil {
 		return fmt.Errorf("manager: audit detail: %w", err)
@@ -471,7 +472,7 @@ func (m *Manager) fits(prev *policyState, objects map[string]object, c change) e
 		return err
 	}
 	conds := append([]store.Cond{{Key: keyHead, ModRev: math.MaxInt64}}, aconds...)
-	ops := append([]store.Op{store.Put(keyHead, value), store.Put(revisionKey(math.MaxInt64), value)}, aops...)
+	ops := append([]store.Op{store.Put(keyHead, value), store.Put(revisions.Key(math.MaxInt64), value)}, aops...)
 	if err := lim.CheckTxn(conds, ops); err != nil {
 		return fault.New(fault.TooLarge, nil, "the change is too large for one store transaction (%d objects changed): %w", len(objects), err)
 	}

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -34,9 +35,14 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
-	"github.com/bulkhead-dev/bulkhead/internal/manager/credentials"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/escalations"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/feed"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/seal"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -126,30 +132,31 @@ func (c *Config) defaults() error {
 
 // Manager is a running management server.
 type Manager struct {
-	cfg   Config
-	st    store.Store
-	log   *slog.Logger
-	ca    *pki.CA
-	key   *seal.Key
-	blobs blobs
+	cfg Config
+	st  store.Store
+	log *slog.Logger
+	ca  *pki.CA
+	key *seal.Key
 	// auditLog commits every change with its audit entry and anchors the
 	// log outside the store (internal/manager/auditlog).
 	auditLog *auditlog.Log
 
-	stateMu sync.Mutex
-	states  map[int64]*policyState
+	// history reads the policy revisions' states, checked and cached
+	// (internal/manager/revisions).
+	history revisions.History
 	sets    setCache
-	feedC   feedCache
-	applyMu sync.Mutex // serializes this manager's applies; the head CAS guards against others
-	allocMu sync.Mutex // serializes this manager's identity allocations; the counter's CAS guards against others
+	applyMu sync.Mutex           // serializes this manager's applies; the head CAS guards against others
+	ids     identities.Allocator // gives workloads their identities (internal/manager/identities)
 
-	auth, feed, hosts, revisions *mirror
-	lastNSLabels                 string // identityLoop's: the namespaces' labels it last saw
-	inv                          inventory
+	auth, feed, hosts, revisions *mirror.Mirror // the copies of the store (copies.go)
+	tab                          tables
+	lastNSLabels                 string              // identityLoop's: the namespaces' labels it last saw
+	inv                          inventory.Inventory // the reported workloads, indexed, kept by the feed's copy
 	hostTab                      *hostTable
-	bounds                       boundsIndex // what each host may claim (bounds.go), kept by the hosts mirror
+	bounds                       bounds.Index   // what each host may claim, kept by the copy of hosts/
+	claims                       bounds.Checker // judges reports by bounds and inv
 	reportRefusals               refusalLog
-	hub                          *feedHub
+	feedServer                   *feed.Server // the agents' feed (internal/manager/feed)
 	limiter                      *limiter
 	alerts                       *alerts
 	esc                          *escalations.Service // escalated connections (escalations.go)
@@ -177,11 +184,19 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: data directory: %w", err)
 	}
 	m := &Manager{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("component", "manager"),
-		states: map[int64]*policyState{}, hostTab: newHostTable(), hub: newFeedHub(), limiter: newLimiter(cfg.Limits, cfg.Now),
+		hostTab: newHostTable(), limiter: newLimiter(cfg.Limits, cfg.Now),
 		alerts: newAlerts()}
+	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
-	m.blobs.st = cfg.Store
-	m.blobs.onMismatch = func(key, got string) {
+	m.ids.Store = cfg.Store
+	m.feedServer = &feed.Server{Store: cfg.Store, History: &m.history, Log: m.log, Heartbeat: cfg.Heartbeat,
+		Buffer: cfg.WatchBuffer, Cutoff: cfg.SlowReaderCutoff}
+	m.history.Blobs = &revisions.Blobs{Store: cfg.Store}
+	m.history.Check = m.checkRevision
+	m.history.Tampered = func(key string) {
+		m.raise("revision-seal", key, "the policy revision's seal does not verify: it was written or changed outside the manager; its objects are not served")
+	}
+	m.history.Blobs.OnMismatch = func(key, got string) {
 		m.raise("blob-mismatch", key, "the blob's content hashes to "+got+", not to its name: it was changed outside the manager; what names it is not served")
 	}
 	ca, err := m.loadCA(ctx)
@@ -205,15 +220,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.auditLog.CheckAtStart(ctx)
-	m.auth = newMirror(m.st, credentials.PrefixAuth, m.log, m.decodeSealed)
-	m.feed = newMirror(m.st, prefixFeed, m.log, decodeFeed)
-	m.feed.onChange, m.feed.onReset = m.inv.change, m.inv.reset
-	m.hosts = newMirror(m.st, prefixHosts, m.log, decodeHost)
-	m.hosts.onChange, m.hosts.onReset = m.bounds.change, m.bounds.reset
-	m.revisions = newMirror(m.st, prefixRevisions, m.log, decodeRevision)
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
-		mi.onWrong = func(key, msg string) { m.raise("record-type", key, msg) }
-	}
+	m.newCopies()
 	if m.esc, err = m.newEscalations(); err != nil {
 		return nil, err
 	}
@@ -369,16 +376,16 @@ func (m *Manager) listen() error {
 func (m *Manager) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		m.wg.Add(1)
-		go func() { defer m.wg.Done(); mi.run(ctx) }()
+		go func() { defer m.wg.Done(); mi.Run(ctx) }()
 	}
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.identityLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.statusWriter(ctx) }()
 	m.wg.Add(1)
-	go func() { defer m.wg.Done(); m.runHub(ctx) }()
+	go func() { defer m.wg.Done(); m.feedServer.Run(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.probeStore(ctx) }()
 	m.wg.Add(1)
@@ -403,9 +410,9 @@ func (m *Manager) run() {
 
 // WaitReady waits until the manager has read the store once.
 func (m *Manager) WaitReady(ctx context.Context) error {
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		select {
-		case <-mi.ready:
+		case <-mi.Ready():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -414,9 +421,9 @@ func (m *Manager) WaitReady(ctx context.Context) error {
 }
 
 func (m *Manager) ready() bool {
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
+	for _, mi := range m.mirrors() {
 		select {
-		case <-mi.ready:
+		case <-mi.Ready():
 		default:
 			return false
 		}
@@ -456,4 +463,21 @@ func trimNL(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// jitter is the wait before retry attempt n of a lost compare-and-set:
+// random, up to 2 ms doubling to 100 ms, so that two managers that keep
+// colliding soon stop.
+func jitter(n int) time.Duration {
+	ceil := min(2*time.Millisecond<<min(n, 6), 100*time.Millisecond)
+	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

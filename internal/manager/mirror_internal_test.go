@@ -10,49 +10,56 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
-// TestMirrorSkipsValuesOfAnotherType: a value under a prefix that is not
-// of the type its readers want (a certificate where a host's status
-// belongs, a host's status where a certificate or a workload belongs) is
-// skipped by every reader, background loops and handlers alike, and
-// raised once per key as an alert that counts every skip; it never
-// panics, and it authenticates nobody.
-func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
+// TestMirrorRefusesValuesOfTheWrongShape: a value under a prefix that
+// does not decode into the record its key names (a string where a host's
+// status belongs, a list where a certificate belongs), or a key the
+// manager keeps no record at, is refused where it enters the copy: every
+// reader, background loops and handlers alike, sees nothing there, and
+// it is raised once per key as an alert that counts every refusal; it
+// never panics, and it authenticates nobody. A value of the wrong shape
+// over a good one removes the good one: a token so overwritten
+// authenticates nobody.
+func TestMirrorRefusesValuesOfTheWrongShape(t *testing.T) {
 	m, st, ctx := newInternal(t, Config{})
-	// The values enter the way every value does, through the mirror's
-	// decoder, which for these keys yields a record of another kind.
-	wrong := map[string]any{
-		prefixHosts + "bhtm-h1":                                          &credentials.Cert{Serial: "bhtm-c0", Host: "bhtm-h1"},
-		credentials.PrefixCerts + "bhtmc1":                               &hostRecord{},
-		credentials.PrefixTokens + credentials.HashSecret("bhtm-secret"): &credentials.Cert{Serial: "bhtm-t1"},
-		credentials.PrefixJoin + "bhtmj1":                                &hostRecord{},
-		workloadKey("bhtm-h1", "bhtm-ns", "bhtm-w1"):                     &hostRecord{},
-		identityKey(4242):                                                &credentials.Cert{},
-		keyHead:                                                          &hostRecord{},
-		prefixRevisions + "bhtm-r1":                                      &credentials.Cert{},
+	good, _, err := m.createToken(ctx, system, "bhm2-good", "admin", nil, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
-		decode := mi.decode
-		mi.decode = func(kv store.KV) (any, error) {
-			if v, ok := wrong[kv.Key]; ok {
-				return v, nil
-			}
-			return decode(kv)
-		}
+	wrong := map[string]string{
+		prefixHosts + "bhtm-h1":                                          `"a string"`,
+		prefixHosts + "bhtm-h2/other":                                    `{}`,
+		credentials.PrefixCerts + "bhtmc1":                               `[1]`,
+		credentials.PrefixTokens + credentials.HashSecret("bhtm-secret"): `[]`,
+		credentials.PrefixJoin + "bhtmj1":                                `7`,
+		workloadKey("bhtm-h1", "bhtm-ns", "bhtm-w1"):                     `"w"`,
+		identityKey(4242):                                                `[]`,
+		keyHead:                                                          `"head"`,
+		prefixRevisions + "bhtm-r1":                                      `[]`,
+		prefixFeed + "bhtm-other":                                        `{}`,
 	}
 	ops := []store.Op{}
-	for key := range wrong {
-		ops = append(ops, store.Put(key, []byte(`{}`)))
+	for key, value := range wrong {
+		ops = append(ops, store.Put(key, []byte(value)))
 	}
-	rev, _, err := st.Txn(ctx, nil, ops)
-	if err != nil {
+	if _, _, err := st.Txn(ctx, nil, ops); err != nil {
 		t.Fatal(err)
 	}
 	m.run()
 	defer m.Close()
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
-		if err := mi.waitRev(ctx, rev); err != nil {
-			t.Fatal(err)
-		}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	goodKey := credentials.PrefixTokens + credentials.HashSecret(good.Secret)
+	if _, ok := m.tab.tokens.Get(goodKey); !ok {
+		t.Fatal("the good token is not in the copy")
+	}
+	rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(goodKey, []byte(`"overwritten"`))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong[goodKey] = `"overwritten"`
+	if err := m.auth.WaitRev(ctx, rev); err != nil {
+		t.Fatal(err)
 	}
 
 	safe := func(what string, fn func()) {
@@ -69,6 +76,7 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 	safe("the status writer", func() { m.writeStatuses(ctx) })
 	safe("reidentify", func() { m.reidentify(ctx, true) })
 	safe("the revision finder", func() { _, _ = m.record(ctx, 1<<40) })
+	safe("the collector", func() { m.collectIdentities(ctx) })
 	// Handlers, and authentication.
 	type handler = func(http.ResponseWriter, *http.Request, principal) error
 	for name, h := range map[string]handler{"certificates": m.getCertificates, "tokens": m.getTokens,
@@ -84,24 +92,26 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 		})
 	}
 	safe("authenticate", func() {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.Header.Set("Authorization", "Bearer bhtm-secret")
-		if p, err := m.authenticate(r); err == nil {
-			t.Errorf("a certificate record under a token's key authenticates %v", p)
+		for _, secret := range []string{"bhtm-secret", good.Secret} {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.Header.Set("Authorization", "Bearer "+secret)
+			if p, err := m.authenticate(r); err == nil {
+				t.Errorf("a list under a token's key authenticates %v", p)
+			}
 		}
 	})
 	safe("stillValid", func() {
 		if err := m.stillValid(principal{kind: "host", name: "bhtm-h1", serial: "bhtmc1"}); err == nil {
-			t.Errorf("a host's status under a certificate's key keeps a stream valid")
+			t.Errorf("a list under a certificate's key keeps a stream valid")
 		}
 	})
 
-	// Each key is one alert, counting every skip; the loops are stopped
-	// first so that the counts hold still.
+	// Each key is one alert, counting every refusal; the loops are
+	// stopped first so that the counts hold still.
 	m.Close()
-	var skipped int64
-	for _, mi := range []*mirror{m.auth, m.feed, m.hosts, m.revisions} {
-		skipped += mi.wrong.Load()
+	var refused int64
+	for _, mi := range m.mirrors() {
+		refused += mi.Refused()
 	}
 	m.alerts.mu.Lock()
 	defer m.alerts.mu.Unlock()
@@ -114,7 +124,7 @@ func TestMirrorSkipsValuesOfAnotherType(t *testing.T) {
 		}
 		counted += int64(al.Count)
 	}
-	if counted != skipped || skipped < int64(len(wrong)) {
-		t.Errorf("alerts count %d skips, the mirrors %d; want the same, at least one per key (%d)", counted, skipped, len(wrong))
+	if counted != refused || refused < int64(len(wrong)) {
+		t.Errorf("alerts count %d refusals, the mirrors %d; want the same, at least one per key (%d)", counted, refused, len(wrong))
 	}
 }

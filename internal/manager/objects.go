@@ -1,26 +1,15 @@
 package manager
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 )
-
-// object is one stored policy object: its name and its canonical form
-// (internal/objects), which is what the store keeps, the feed sends and
-// GET returns. Hash is the SHA-256 of JSON.
-type object struct {
-	Ref  api.ObjectRef
-	JSON []byte
-	Hash string
-	pos  source.Pos // where a request wrote it; not stored
-}
 
 func refKey(r api.ObjectRef) string { return objects.Key(r) }
 
@@ -30,7 +19,7 @@ func parseRefKey(k string) (api.ObjectRef, bool) { return objects.ParseKey(k) }
 // (with the positions of the user's file) and its objects.
 type parsedDoc struct {
 	set     *policy.Set
-	objects []object
+	objects []revisions.Object
 }
 
 // parseDocument reads one request document with internal/objects, the
@@ -50,7 +39,7 @@ func parseDocument(doc api.Document, forDelete bool) (parsedDoc, source.Errors) 
 				errs = append(errs, err)
 				continue
 			}
-			out.objects = append(out.objects, object{Ref: r.Ref, pos: r.Pos})
+			out.objects = append(out.objects, revisions.Object{Ref: r.Ref, Pos: r.Pos})
 		}
 		return out, errs
 	}
@@ -60,7 +49,7 @@ func parseDocument(doc api.Document, forDelete bool) (parsedDoc, source.Errors) 
 			errs = append(errs, err)
 			continue
 		}
-		out.objects = append(out.objects, object{Ref: o.Ref, JSON: o.Canon, Hash: o.Hash, pos: o.Pos})
+		out.objects = append(out.objects, revisions.Object{Ref: o.Ref, JSON: o.Canon, Hash: o.Hash, Pos: o.Pos})
 		out.set.Merge(o.Set)
 	}
 	return out, errs
@@ -75,14 +64,8 @@ func kept(r api.ObjectRef, pos source.Pos) *source.Error {
 	return nil
 }
 
-// blobObject names a blob by its SHA-256.
-func blobObject(data []byte) object {
-	sum := sha256.Sum256(data)
-	return object{JSON: data, Hash: hex.EncodeToString(sum[:])}
-}
-
 // decodeStored reads a stored object into its set.
-func decodeStored(o object) (*policy.Set, error) {
+func decodeStored(o revisions.Object) (*policy.Set, error) {
 	s, err := objects.Stored(o.Ref, o.JSON)
 	if err != nil {
 		return nil, fmt.Errorf("manager: %w", err)

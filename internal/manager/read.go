@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/revisions"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
@@ -26,7 +26,7 @@ func (m *Manager) getObjects(w http.ResponseWriter, r *http.Request, _ principal
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
+	writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.Rev(), Items: objectsOf(ps, kindFilter(r.URL.Query().Get("kind")))})
 	return nil
 }
 
@@ -37,7 +37,7 @@ func (m *Manager) listResource(res string) func(http.ResponseWriter, *http.Reque
 			return err
 		}
 		items := objectsOf(ps, func(ref api.ObjectRef) bool { return objects.Resource(ref.Kind) == res })
-		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.rev(), Items: items})
+		writeJSON(w, http.StatusOK, api.ObjectList{Revision: ps.Rev(), Items: items})
 		return nil
 	}
 }
@@ -69,11 +69,11 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
-	head, err := decodeRecord(kv)
+	head, err := revisions.Decode(kv)
 	if err != nil {
 		return err
 	}
-	if err := m.revisions.waitRev(r.Context(), kv.ModRev); err != nil {
+	if err := m.revisions.WaitRev(r.Context(), kv.ModRev); err != nil {
 		return err
 	}
 	seq := head.Seq
@@ -85,8 +85,8 @@ func (m *Manager) getRevisions(w http.ResponseWriter, r *http.Request, _ princip
 		seq = n
 	}
 	for ; seq >= 1 && len(out.Items) < limit; seq-- {
-		if rec, ok := lookup[*revRecord](m.revisions, revisionKey(seq)); ok {
-			out.Items = append(out.Items, rec.api())
+		if rec, ok := m.tab.revs.Get(revisions.Key(seq)); ok {
+			out.Items = append(out.Items, rec.API())
 		}
 	}
 	if seq >= 1 {
@@ -127,7 +127,7 @@ func (m *Manager) getRevision(w http.ResponseWriter, r *http.Request, _ principa
 	if err != nil {
 		return err
 	}
-	ps, err := m.loadState(r.Context(), rec)
+	ps, err := m.history.Load(r.Context(), rec)
 	if err != nil {
 		return err
 	}
@@ -153,13 +153,13 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 		if err != nil {
 			return err
 		}
-		if toState, err = m.loadState(ctx, rec); err != nil {
+		if toState, err = m.history.Load(ctx, rec); err != nil {
 			return err
 		}
 	}
 	var from int64
-	if toState.record != nil {
-		from = toState.record.ParentRev
+	if toState.Record != nil {
+		from = toState.Record.ParentRev
 	}
 	if s := q.Get("from"); s != "" {
 		if from, err = revParam(s, "from"); err != nil {
@@ -170,29 +170,12 @@ func (m *Manager) getDiff(w http.ResponseWriter, r *http.Request, _ principal) e
 	if err != nil {
 		return err
 	}
-	fromState, err := m.loadState(ctx, rec)
+	fromState, err := m.history.Load(ctx, rec)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.RevisionDiff{From: from, To: to, Changes: diffStates(fromState, toState)})
+	writeJSON(w, http.StatusOK, api.RevisionDiff{From: from, To: to, Changes: revisions.Diff(fromState, toState)})
 	return nil
-}
-
-func diffStates(a, b *policyState) []api.ObjectChange {
-	res := compare(a.objects, b.objects)
-	out := []api.ObjectChange{}
-	for _, ref := range res.Created {
-		out = append(out, api.ObjectChange{ObjectRef: ref, After: b.objects[refKey(ref)].JSON})
-	}
-	for _, ref := range res.Updated {
-		k := refKey(ref)
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[k].JSON, After: b.objects[k].JSON})
-	}
-	for _, ref := range res.Deleted {
-		out = append(out, api.ObjectChange{ObjectRef: ref, Before: a.objects[refKey(ref)].JSON})
-	}
-	sort.Slice(out, func(i, j int) bool { return refKey(out[i].ObjectRef) < refKey(out[j].ObjectRef) })
-	return out
 }
 
 // postRollback makes the objects of an earlier revision the head again,
@@ -214,12 +197,12 @@ func (m *Manager) postRollback(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	target, err := m.loadState(r.Context(), rec)
+	target, err := m.history.Load(r.Context(), rec)
 	if err != nil {
 		return err
 	}
-	res, err := m.change(r.Context(), p, "policy.rollback", req.Message, false, func(*policyState) (proposal, error) {
-		return proposal{objects: target.objects}, nil
+	res, err := m.change(r.Context(), p, "policy.rollback", req.Message, false, func(*revisions.State) (proposal, error) {
+		return proposal{objects: target.Objects}, nil
 	}, rev)
 	if err != nil {
 		return err

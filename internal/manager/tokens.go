@@ -23,7 +23,7 @@ func (m *Manager) postToken(w http.ResponseWriter, r *http.Request, p principal)
 	if err != nil {
 		return err
 	}
-	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+	if err := m.auth.WaitRev(r.Context(), rev); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, tok)
@@ -32,7 +32,7 @@ func (m *Manager) postToken(w http.ResponseWriter, r *http.Request, p principal)
 
 func (m *Manager) getTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.Token{}
-	eachOf(m.auth, credentials.PrefixTokens, func(_ string, t *credentials.Token) {
+	m.tab.tokens.Each(credentials.PrefixTokens, func(_ string, t *credentials.Token) {
 		out = append(out, api.Token{Name: t.Name, Role: t.Role, Created: t.Created, CreatedBy: t.CreatedBy})
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -61,7 +61,7 @@ func (m *Manager) deleteToken(w http.ResponseWriter, r *http.Request, p principa
 	if !ok {
 		return fault.New(fault.Conflict, nil, "token %q changed meanwhile; try again", name)
 	}
-	if err := m.auth.waitRev(ctx, rev); err != nil {
+	if err := m.auth.WaitRev(ctx, rev); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -96,7 +96,7 @@ func (m *Manager) postJoinToken(w http.ResponseWriter, r *http.Request, p princi
 	if err != nil {
 		return err
 	}
-	if err := m.auth.waitRev(r.Context(), rev); err != nil {
+	if err := m.auth.WaitRev(r.Context(), rev); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, jt)
@@ -110,7 +110,7 @@ func (m *Manager) CreateJoinToken(ctx context.Context, host string, ttl time.Dur
 	if err != nil {
 		return jt, err
 	}
-	return jt, m.auth.waitRev(ctx, rev)
+	return jt, m.auth.WaitRev(ctx, rev)
 }
 
 func (m *Manager) createJoinToken(ctx context.Context, by principal, host string, ttl time.Duration) (api.JoinToken, int64, error) {
@@ -136,7 +136,7 @@ func (m *Manager) createJoinToken(ctx context.Context, by principal, host string
 func (m *Manager) getJoinTokens(w http.ResponseWriter, _ *http.Request, _ principal) error {
 	out := []api.JoinTokenInfo{}
 	now := m.now()
-	eachOf(m.auth, credentials.PrefixJoin, func(key string, j *credentials.Join) {
+	m.tab.joins.Each(credentials.PrefixJoin, func(key string, j *credentials.Join) {
 		info := api.JoinTokenInfo{ID: credentials.JoinTokenID(key[len(credentials.PrefixJoin):]), Host: j.Host, Created: j.Created, CreatedBy: j.CreatedBy,
 			Expires: j.Expires, Used: j.Used, State: "unused"}
 		switch {
@@ -163,7 +163,7 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 	id := r.PathValue("id")
 	var key string
 	var host string
-	eachOf(m.auth, credentials.PrefixJoin, func(k string, j *credentials.Join) {
+	m.tab.joins.Each(credentials.PrefixJoin, func(k string, j *credentials.Join) {
 		if credentials.JoinTokenID(k[len(credentials.PrefixJoin):]) == id {
 			key, host = k, j.Host
 		}
@@ -187,7 +187,7 @@ func (m *Manager) deleteJoinToken(w http.ResponseWriter, r *http.Request, p prin
 	if !ok {
 		return fault.New(fault.Conflict, nil, "join token %s changed meanwhile; try again", id)
 	}
-	if err := m.auth.waitRev(ctx, rev); err != nil {
+	if err := m.auth.WaitRev(ctx, rev); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

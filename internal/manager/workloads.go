@@ -14,6 +14,8 @@ import (
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/objects"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
@@ -52,7 +54,7 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 		return err
 	}
 	if rev > 0 {
-		if err := m.feed.waitRev(r.Context(), rev); err != nil {
+		if err := m.feed.WaitRev(r.Context(), rev); err != nil {
 			return err
 		}
 	}
@@ -69,13 +71,13 @@ const maxHostWorkloads = 10000
 // checkWorkloads validates a report whole, naming each field that is
 // wrong: every workload with the validator the agents use
 // (objects.CheckHostWorkloads), so that the manager never stores what an
-// agent would refuse, then what the host may claim (checkClaims).
+// agent would refuse, then what the host may claim (bounds.Checker.Claims).
 func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []string, replace bool) error {
 	var details []string
 	bad := func(path, format string, args ...any) {
 		details = append(details, path+": "+fmt.Sprintf(format, args...))
 	}
-	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.hostCounts()[host] > maxHostWorkloads+len(deleted)) {
+	if n := len(ws); n > maxHostWorkloads || (!replace && n+m.inv.HostCounts()[host] > maxHostWorkloads+len(deleted)) {
 		return fault.New(fault.TooLarge, nil, "workloads: a host may hold at most %d workloads; this report would give host %s more", maxHostWorkloads, host)
 	}
 	for i, wl := range ws {
@@ -98,7 +100,7 @@ func (m *Manager) checkWorkloads(host string, ws []api.HostWorkload, deleted []s
 		}
 	}
 	if len(details) == 0 {
-		details = m.checkClaims(host, ws, deleted, replace)
+		details = m.claims.Claims(host, ws, deleted, replace)
 	}
 	if len(details) > 0 {
 		return fault.New(fault.Invalid, details, "the workload report of host %s is refused; nothing was stored", host)
@@ -137,12 +139,12 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 	for i := range put {
 		wl := &put[i]
 		wl.Host = host
-		lk := labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)
+		lk := identities.LabelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)
 		want[lk] = api.Identity{Namespace: wl.Namespace, NamespaceLabels: nsLabels[wl.Namespace], Labels: wl.Labels}
 	}
 	var lastRev int64
 	for attempt := 0; ; attempt++ {
-		ids, err := m.resolveIdentities(ctx, want)
+		ids, err := m.ids.Resolve(ctx, want)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -150,13 +152,13 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 		keep := map[string]bool{}
 		for i := range put {
 			wl := &put[i]
-			r := ids[labelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)]
-			wl.Identity = r.id
+			r := ids[identities.LabelKey(wl.Namespace, nsLabels[wl.Namespace], wl.Labels)]
+			wl.Identity = r.ID
 			key := workloadKey(host, wl.Namespace, wl.Name)
 			keep[key] = true
 			value, _ := json.Marshal(wl)
 			if !bytes.Equal(current[key], value) {
-				pending = append(pending, workloadWrite{op: store.Put(key, value), index: r.index, id: r.id})
+				pending = append(pending, workloadWrite{op: store.Put(key, value), index: r.Index, id: r.ID})
 			}
 		}
 		for _, d := range deleted {
@@ -237,7 +239,7 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 			if wr.index.Key != "" && !touched[wr.index.Key] {
 				touched[wr.index.Key] = true
 				conds = append(conds, store.Unchanged(wr.index))
-				ops = append(ops, store.Put(useKey(wr.index.Key), []byte(strconv.FormatUint(uint64(wr.id), 10))))
+				ops = append(ops, store.Put(identities.UseKey(wr.index.Key), []byte(strconv.FormatUint(uint64(wr.id), 10))))
 			}
 		}
 		action := "workloads.report"
@@ -268,7 +270,7 @@ func (m *Manager) commitWorkloads(ctx context.Context, p principal, host string,
 func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ principal) error {
 	host := r.URL.Query().Get("host")
 	out := api.WorkloadList{Items: []api.HostWorkload{}}
-	out.Revision = eachOf(m.feed, prefixWorkloads, func(_ string, it *workloadItem) {
+	out.Revision = m.tab.workloads.Each(prefixWorkloads, func(_ string, it *workloadItem) {
 		if wl := it.workload; host == "" || wl.Host == host {
 			out.Items = append(out.Items, *wl)
 		}
@@ -283,7 +285,7 @@ func (m *Manager) getWorkloads(w http.ResponseWriter, r *http.Request, _ princip
 
 // deleteWorkload removes a workload record (an operator clearing what a
 // lost host left behind); idempotent. When the host is live, the
-// record's addresses stay held for it (bounds.go) until its own report
+// record's addresses stay held for it (internal/manager/bounds) until its own report
 // releases them: a live address must not pass to another host in the
 // gap before the host reports again.
 func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p principal) error {
@@ -301,10 +303,10 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 	var held []string
 	var wl api.HostWorkload
 	if err := json.Unmarshal(kv.Value, &wl); err == nil && m.hostLive(host) {
-		value, _ := json.Marshal(heldRecord{Workload: wl.Namespace + "/" + wl.Name})
+		value, _ := json.Marshal(bounds.Held{Workload: wl.Namespace + "/" + wl.Name})
 		for _, s := range wl.IPs {
 			if a, err := netip.ParseAddr(s); err == nil {
-				ops = append(ops, store.Put(heldKey(host, a.Unmap()), value))
+				ops = append(ops, store.Put(bounds.HeldKey(host, a.Unmap()), value))
 				held = append(held, a.Unmap().String())
 			}
 		}
@@ -315,11 +317,11 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 		return err
 	}
 	if ok {
-		if err := m.feed.waitRev(ctx, rev); err != nil {
+		if err := m.feed.WaitRev(ctx, rev); err != nil {
 			return err
 		}
 		if len(held) > 0 {
-			if err := m.hosts.waitRev(ctx, rev); err != nil {
+			if err := m.hosts.WaitRev(ctx, rev); err != nil {
 				return err
 			}
 		}

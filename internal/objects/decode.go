@@ -33,24 +33,53 @@ type Object struct {
 // reports every problem, each with file:line:col and field path, and
 // returns no object when there is any; an object given twice is one.
 func Read(file string, data []byte) ([]*Object, source.Errors) {
+	if objs, errs, ok := readParallel(file, data); ok {
+		return objs, errs
+	}
+	return readSequential(file, data)
+}
+
+// readSequential reads the documents of a stream one after the other.
+func readSequential(file string, data []byte) ([]*Object, source.Errors) {
 	nodes, errs := Split(file, data)
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	var out []*Object
+	return merge([][]decoded{decodeAll(file, nodes)})
+}
+
+// decodeAll decodes each object mapping of nodes.
+func decodeAll(file string, nodes []*yaml.Node) []decoded {
+	out := make([]decoded, len(nodes))
+	for i, n := range nodes {
+		o, errs := Decode(file, n)
+		out[i] = decoded{o: o, errs: errs}
+	}
+	return out
+}
+
+// merge gathers the objects and errors of runs of decoded mappings, in
+// their order, and refuses an object given twice.
+func merge(runs [][]decoded) ([]*Object, source.Errors) {
+	var (
+		out  []*Object
+		errs source.Errors
+	)
 	seen := map[api.ObjectRef]source.Pos{}
-	for _, n := range nodes {
-		o, derrs := Decode(file, n)
-		errs = append(errs, derrs...)
-		if o == nil {
-			continue
+	for _, run := range runs {
+		for _, d := range run {
+			errs = append(errs, d.errs...)
+			o := d.o
+			if o == nil {
+				continue
+			}
+			if first, dup := seen[o.Ref]; dup {
+				errs.Add(o.Pos, "metadata.name", "%s is given twice (first at %s); give each object once", String(o.Ref), first)
+				continue
+			}
+			seen[o.Ref] = o.Pos
+			out = append(out, o)
 		}
-		if first, dup := seen[o.Ref]; dup {
-			errs.Add(o.Pos, "metadata.name", "%s is given twice (first at %s); give each object once", String(o.Ref), first)
-			continue
-		}
-		seen[o.Ref] = o.Pos
-		out = append(out, o)
 	}
 	if len(errs) > 0 {
 		return nil, errs

@@ -2,6 +2,7 @@ package objects
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -71,7 +72,7 @@ func (c *converter) subject(s api.Subject) policy.Subject {
 func (c *converter) rules(p *policy.Policy, d policy.Direction, in []api.Rule) []policy.Rule {
 	var out []policy.Rule
 	for i, r := range in {
-		path := fmt.Sprintf("spec.%s[%d]", d, i)
+		path := "spec." + d.String() + "[" + strconv.Itoa(i) + "]"
 		rule := policy.Rule{Name: r.Name, Action: policy.Action(r.Action), Log: r.Log, Pos: r.Pos}
 		id := r.Name
 		if id == "" {
@@ -89,10 +90,10 @@ func (c *converter) rules(p *policy.Policy, d policy.Direction, in []api.Rule) [
 			c.errs.Add(r.Pos, path, "an %s rule names its peers in %q, not %q", d, policy.PeerField(d), policy.PeerField(1-d))
 		}
 		for j, peer := range peers {
-			rule.Peers = append(rule.Peers, c.peer(p, fmt.Sprintf("%s.%s[%d]", path, policy.PeerField(d), j), peer))
+			rule.Peers = append(rule.Peers, c.peer(p, path+"."+policy.PeerField(d)+"["+strconv.Itoa(j)+"]", peer))
 		}
 		for j, svc := range r.Services {
-			rule.Services = append(rule.Services, c.service(fmt.Sprintf("%s.services[%d]", path, j), svc))
+			rule.Services = append(rule.Services, c.service(path+".services["+strconv.Itoa(j)+"]", svc))
 		}
 		out = append(out, rule)
 	}

@@ -26,7 +26,15 @@ func Split(file string, data []byte) ([]*yaml.Node, source.Errors) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	var out []*yaml.Node
+	return expandLists(file, docs)
+}
+
+// expandLists replaces each List among docs by its items.
+func expandLists(file string, docs []*yaml.Node) ([]*yaml.Node, source.Errors) {
+	var (
+		out  []*yaml.Node
+		errs source.Errors
+	)
 	for _, doc := range docs {
 		if !isList(doc) {
 			out = append(out, doc)

@@ -116,7 +116,7 @@ func (d *decoder) value(n *yaml.Node, path string, v reflect.Value) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, c := range n.Content {
-			d.value(c, fmt.Sprintf("%s[%d]", path, i), s.Index(i))
+			d.value(c, path+"["+strconv.Itoa(i)+"]", s.Index(i))
 		}
 		v.Set(s)
 	case reflect.String:
@@ -204,12 +204,14 @@ func (d *decoder) mapping(n *yaml.Node, path string, v reflect.Value) {
 type fieldInfo struct {
 	index []int
 	name  string
+	ord   int // the field's place among its struct's decoded fields
 }
 
 // decodedFields is what fields found of a struct type; the callers only
 // read it.
 type decodedFields struct {
 	byName   map[string]fieldInfo
+	sorted   []fieldInfo // byName's fields by name, as Encode writes them
 	posIndex []int
 }
 
@@ -221,13 +223,23 @@ var decodeFieldCache sync.Map // reflect.Type → *decodedFields
 // the index of its Pos field (nil when none). The map is shared: read it
 // only.
 func fields(t reflect.Type) (map[string]fieldInfo, []int) {
+	sf := cachedFields(t)
+	return sf.byName, sf.posIndex
+}
+
+func cachedFields(t reflect.Type) *decodedFields {
 	if c, ok := decodeFieldCache.Load(t); ok {
-		sf := c.(*decodedFields)
-		return sf.byName, sf.posIndex
+		return c.(*decodedFields)
 	}
 	byName, posIndex := structFieldsOf(t)
-	decodeFieldCache.Store(t, &decodedFields{byName: byName, posIndex: posIndex})
-	return byName, posIndex
+	sorted := make([]fieldInfo, 0, len(byName))
+	for _, f := range byName {
+		sorted = append(sorted, f)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	sf := &decodedFields{byName: byName, sorted: sorted, posIndex: posIndex}
+	decodeFieldCache.Store(t, sf)
+	return sf
 }
 
 func structFieldsOf(t reflect.Type) (map[string]fieldInfo, []int) {
@@ -249,6 +261,12 @@ func structFieldsOf(t reflect.Type) (map[string]fieldInfo, []int) {
 		}
 		out[name] = fieldInfo{index: f.Index, name: name}
 	}
+	ord := 0
+	for name, f := range out {
+		f.ord = ord
+		out[name] = f
+		ord++
+	}
 	return out, posIndex
 }
 
@@ -264,7 +282,7 @@ func (d *decoder) structure(n *yaml.Node, path string, v reflect.Value) {
 		d.fail(n, path, "expected a mapping, found %s", kindName(n))
 		return
 	}
-	seen := map[string]bool{}
+	seen := newFieldSet(len(fs))
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kp := k.Value
@@ -276,13 +294,42 @@ func (d *decoder) structure(n *yaml.Node, path string, v reflect.Value) {
 			d.fail(k, kp, "unknown field %q; valid fields here: %s", k.Value, validNames(fs))
 			continue
 		}
-		if seen[k.Value] {
+		if seen.has(f.ord) {
 			d.fail(k, kp, "duplicate field %q", k.Value)
 			continue
 		}
-		seen[k.Value] = true
+		seen.add(f.ord)
 		d.value(val, kp, v.FieldByIndex(f.index))
 	}
+}
+
+// fieldSet is the set of the fields of one mapping given so far: a word
+// of bits for most structs, more words for larger ones.
+type fieldSet struct {
+	small uint64
+	large []uint64
+}
+
+func newFieldSet(n int) fieldSet {
+	if n <= 64 {
+		return fieldSet{}
+	}
+	return fieldSet{large: make([]uint64, (n+63)/64)}
+}
+
+func (s *fieldSet) has(i int) bool {
+	if s.large == nil {
+		return s.small&(1<<i) != 0
+	}
+	return s.large[i/64]&(1<<(i%64)) != 0
+}
+
+func (s *fieldSet) add(i int) {
+	if s.large == nil {
+		s.small |= 1 << i
+		return
+	}
+	s.large[i/64] |= 1 << (i % 64)
 }
 
 func validNames(fs map[string]fieldInfo) string {

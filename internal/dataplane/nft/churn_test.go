@@ -271,7 +271,7 @@ func TestFreedOutcomesLingerOneApply(t *testing.T) {
 	m := testModel()
 	m.create(newTx(table()), dataplane.Desired{State: c.State()})
 	m.sweep(newTx(table()))
-	outs, attrs := m.b.n(setOutcomes), m.b.n(setAttrs)
+	outs, attrs := m.b.n(setOutcomes), m.b.n(setGuard)
 	step := func(v int) *tx {
 		if err := c.SetPolicies(sets[v]); err != nil {
 			t.Fatal(err)

@@ -13,14 +13,12 @@ import (
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
 // Dump writes the live table in readable form: the chains with their
 // rules, every map with its elements decoded (identities, classes,
-// groups, port ranges, verdicts) and the counters. Debian's nft 1.0.6
-// cannot print the concatenated lookups this ruleset is made of. It reads
+// groups, port ranges, verdicts) and the counters; nft prints the same
+// rules, but not what the numbers in the maps mean. It reads
 // every element back: slow for big maps (seconds at 100,000), never on a
 // hot path.
 func (d *Dataplane) Dump(w io.Writer) error {
@@ -196,7 +194,17 @@ func ruleString(exprs []expr.Any) string {
 				set(e.Register, "meta "+metaName(e.Key), 1)
 			}
 		case *expr.Ct:
-			set(e.Register, "ct state", 1)
+			switch {
+			case e.SourceRegister:
+				out = append(out, "ct "+ctName(e.Key)+" set "+regs[e.Register])
+			case e.Register == unix.NFT_REG_VERDICT:
+				// google/nftables v0.3.0 reads a ct statement's source
+				// register back as no register at all (it decodes only
+				// NFTA_CT_DREG); the rules set carrier C from reg(0) only.
+				out = append(out, "ct "+ctName(e.Key)+" set "+regs[reg(0)])
+			default:
+				set(e.Register, "ct "+ctName(e.Key), 1)
+			}
 		case *expr.Payload:
 			set(e.DestRegister, payloadName(e), int(e.Len+3)/4)
 		case *expr.Bitwise:
@@ -204,11 +212,7 @@ func ruleString(exprs []expr.Any) string {
 				set(e.DestRegister, "ct state in {"+ctStateNames(binary.NativeEndian.Uint32(pad4(e.Mask)))+"}", 1)
 				continue
 			}
-			b := fmt.Sprintf("%s & 0x%x", regs[e.SourceRegister], binary.NativeEndian.Uint32(pad4(e.Mask)))
-			if x := binary.NativeEndian.Uint32(pad4(e.Xor)); x != 0 {
-				b += fmt.Sprintf(" ^ 0x%x", x)
-			}
-			set(e.DestRegister, b, 1)
+			set(e.DestRegister, bitwiseString(regs[e.SourceRegister], e), 1)
 		case *expr.Cmp:
 			if strings.HasPrefix(regs[e.Register], "ct state in") && e.Op == expr.CmpOpNeq {
 				out = append(out, regs[e.Register])
@@ -218,7 +222,11 @@ func ruleString(exprs []expr.Any) string {
 		case *expr.Range:
 			out = append(out, fmt.Sprintf("%s %s-%s", regs[e.Register], hexBytes(e.FromData), hexBytes(e.ToData)))
 		case *expr.Immediate:
-			set(e.Register, hexBytes(e.Data), (len(e.Data)+3)/4)
+			v := hexBytes(e.Data)
+			if len(e.Data) == 4 && binary.BigEndian.Uint32(e.Data) == classWord(0, wildcardLevel) {
+				v = "wildcard"
+			}
+			set(e.Register, v, (len(e.Data)+3)/4)
 		case *expr.Lookup:
 			if stmt := lookupString(e, regs, width, set); stmt != "" {
 				out = append(out, stmt)
@@ -255,20 +263,8 @@ func lookupString(e *expr.Lookup, regs map[uint32]string, width map[uint32]int, 
 	switch {
 	case e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT:
 		return key + " vmap @" + e.SetName
-	case e.IsDestRegSet && baseName(e.SetName) == setPorts:
-		set(e.DestRegister, "outcome", 1)
-		return "outcome = @" + e.SetName + "[" + key + "]"
 	case !e.IsDestRegSet && e.SetName == setRuleCounters:
 		return "count @" + e.SetName + "[" + key + "]"
-	case e.IsDestRegSet && baseName(e.SetName) == setAttrs:
-		set(e.DestRegister, "guard("+key+")", 1)
-		for d := range 2 {
-			for l := range wildcardLevel {
-				set(e.DestRegister+uint32(attrOffset(policy.Direction(d), l)),
-					fmt.Sprintf("class_%s%d(%s)", dirName(policy.Direction(d)), l, key), 1)
-			}
-		}
-		return ""
 	case e.IsDestRegSet:
 		set(e.DestRegister, "@"+e.SetName+"["+key+"]", dataWords(e.SetName))
 		return ""
@@ -371,8 +367,34 @@ func metaName(k expr.MetaKey) string {
 		return "l4proto"
 	case expr.MetaKeyMARK:
 		return "mark"
+	case expr.MetaKeyPRIORITY:
+		return "priority"
 	}
 	return fmt.Sprintf("key%d", k)
+}
+
+func ctName(k expr.CtKey) string {
+	switch k {
+	case expr.CtKeySTATE:
+		return "state"
+	case expr.CtKeyMARK:
+		return "mark"
+	}
+	return fmt.Sprintf("key%d", k)
+}
+
+// bitwiseString renders (x & mask) ^ xor: on the packet mark in host
+// order; on a carrier (whose words the maps hold big-endian) as the
+// bucket chain's "| N" of the low byte.
+func bitwiseString(x string, e *expr.Bitwise) string {
+	if x == "ct mark" && len(e.Mask) == 4 && e.Mask[3] == 0 && binary.BigEndian.Uint32(e.Mask) == 0xffffff00 {
+		return fmt.Sprintf("%s | %d", x, e.Xor[3])
+	}
+	b := fmt.Sprintf("%s & 0x%x", x, binary.NativeEndian.Uint32(pad4(e.Mask)))
+	if v := binary.NativeEndian.Uint32(pad4(e.Xor)); v != 0 {
+		b += fmt.Sprintf(" ^ 0x%x", v)
+	}
+	return b
 }
 
 func payloadName(p *expr.Payload) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 )
 
 // dumpSet prints one set's elements, decoded by what the set holds.
@@ -38,33 +39,25 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 		}
 	case setRange4, setRange6, setRange4b, setRange6b:
 		lines = rangeLines(els)
-	case setAttrs:
+	case setGuard:
 		for _, e := range els {
-			v := words(e.data)
-			if len(v) == attrWords {
-				add("identity %d : guard %d, ingress classes %d/%d/%d, egress classes %d/%d/%d",
-					be(e.key), v[0], v[1], v[2], v[3], v[4], v[5], v[6])
-			}
+			add("identity %d : guard %d", be(e.key), be(e.data))
 		}
 	case setGroupI, setGroupE:
 		for _, e := range els {
-			add("identity %d : group %d", be(e.key), be(e.data))
+			add("identity %d : group %d", be(e.key), be(e.data)>>8)
 		}
 	case setBuckets:
 		for _, e := range els {
-			if b := be(e.data); b != 0 {
-				add("protocol %d : bucket %d", e.key[0], b)
+			if bk := strings.TrimPrefix(baseName(strings.TrimPrefix(e.verdict, "jump ")), "bk"); bk != "0" {
+				add("protocol %d : bucket %s", e.key[0], bk)
 			}
 		}
 		add("(every other protocol : bucket 0)")
 	case setTabI, setTabE:
 		for _, e := range els {
 			k := words(e.key)
-			lv := fmt.Sprintf("level %d", k[3])
-			if k[3] == wildcardLevel {
-				lv = "wildcard"
-			}
-			add("class %d . group %d . bucket %d . %s : port map %d", k[0], k[1], k[2], lv, be(e.data))
+			add("%s . group %d . bucket %d : port map %d", classString(k[0]), k[1]>>8, k[1]&0xff, be(e.data))
 		}
 	case setPorts, setOutcomes, setOutRule, setRuleCounters:
 		lines = outcomeLines(name, els, names)
@@ -74,6 +67,12 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 			add("guard %d . guard %d : %s", k[0], k[1], e.verdict)
 		}
 	default:
+		if strings.HasPrefix(baseName(name), "cls_") {
+			for _, e := range els {
+				add("identity %d : %s", be(e.key), classString(be(e.data)))
+			}
+			break
+		}
 		for _, e := range els {
 			add("%x : %x %s", e.key, e.data, e.verdict)
 		}
@@ -82,6 +81,15 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 	for _, l := range lines {
 		w.printf("\t%s\n", l)
 	}
+}
+
+// classString reads a class word (classWord).
+func classString(w uint32) string {
+	lv, c := w>>classBits, w&maxClass
+	if lv == wildcardLevel {
+		return "wildcard"
+	}
+	return fmt.Sprintf("class %d . level %d", c, lv)
 }
 
 func ifString(b []byte) string { return string(bytes.TrimRight(b, "\x00")) }
@@ -136,7 +144,7 @@ func outcomeLines(name string, els []element, names map[string]string) []string 
 		case setOutcomes:
 			lines = append(lines, fmt.Sprintf("outcome %d : %s", be(e.key), e.verdict))
 		case setOutRule:
-			lines = append(lines, fmt.Sprintf("outcome %d : rule %x", be(e.key), e.data))
+			lines = append(lines, fmt.Sprintf("outcome %d : rule %08x", be(e.key), e.data))
 		case setRuleCounters:
 			note := ""
 			if bytes.Equal(e.key, ruleKey("")) {
@@ -144,7 +152,7 @@ func outcomeLines(name string, els []element, names map[string]string) []string 
 			} else if n := names[fmt.Sprintf("%x", e.key)]; n != "" {
 				note = " (" + n + ")"
 			}
-			lines = append(lines, fmt.Sprintf("rule %x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes))
+			lines = append(lines, fmt.Sprintf("rule %08x%s : packets %d bytes %d", e.key, note, e.packets, e.bytes))
 		}
 	}
 	return lines

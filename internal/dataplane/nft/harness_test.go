@@ -27,8 +27,14 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// prefix names every namespace these tests create.
-const prefix = "bhnf"
+// prefix names every namespace these tests create; BULKHEAD_NS_PREFIX
+// (at most 5 characters) replaces it, for a run beside another's.
+var prefix = func() string {
+	if p := os.Getenv("BULKHEAD_NS_PREFIX"); p != "" {
+		return p
+	}
+	return "bhnf"
+}()
 
 // removeStale removes the namespaces of earlier runs that died without
 // cleaning up. Only old ones: another run of this package (the
@@ -70,10 +76,16 @@ type testWorkload struct {
 // and fd77::i+1.
 func newTestHost(t *testing.T, names ...string) *testHost {
 	t.Helper()
+	return newTestHostNamed(t, prefix, names...)
+}
+
+// newTestHostNamed is newTestHost with the namespaces named pfx….
+func newTestHostNamed(t *testing.T, pfx string, names ...string) *testHost {
+	t.Helper()
 	nstest.RequireRoot(t)
-	h := &testHost{t: t, ns: nstest.NS(t, prefix+"h"), wls: map[string]*testWorkload{}}
+	h := &testHost{t: t, ns: nstest.NS(t, pfx+"h"), wls: map[string]*testWorkload{}}
 	for i, n := range names {
-		w := &testWorkload{name: n, ns: nstest.NS(t, prefix+n),
+		w := &testWorkload{name: n, ns: nstest.NS(t, pfx+n),
 			v4: netip.AddrFrom4([4]byte{10, 77, 0, byte(i + 1)}),
 			v6: netip.MustParseAddr(fmt.Sprintf("fd77::%d", i+1))}
 		w.hostIf = attach.HostIfName(w.ns.Name)

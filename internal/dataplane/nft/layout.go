@@ -48,18 +48,26 @@ func wallCounterName(w string) string { return "wall_" + shortHash(w) }
 // setRuleCounters counts, per rule, the connections the rule decided: a
 // set with a counter on every element, keyed by ruleKey. A lookup that
 // finds an element counts into it. It belongs to no generation, so that
-// the counts survive a generation change and an agent restart.
-const setRuleCounters = "rule_counters"
+// the counts survive a generation change and an agent restart. (Before
+// the carrier layout its keys were 8 bytes, in a set named
+// "rule_counters": an agent adopting such a table sweeps it with the old
+// generation, and the counts start again from zero once.)
+const setRuleCounters = "rule_counts"
 
-// ruleKey keys a rule's counter: 8 bytes of a hash of its id, stable
-// across restarts. The zero key counts outcomes that no rule decided.
+// ruleKey keys a rule's counter: 31 bits of a hash of its id, stable
+// across restarts, with the top bit set. The key travels in the conntrack
+// mark (see "Carriers" in docs/dataplane.md), where a group word never has
+// that bit: a rule key can never be mistaken for one. The empty id (no
+// rule decided) has the key 0x80000000.
 func ruleKey(id string) []byte {
 	if id == "" {
-		return make([]byte, 8)
+		return u32(ruleKeyBit)
 	}
 	sum := sha256.Sum256([]byte(id))
-	return sum[:8]
+	return u32(binary.BigEndian.Uint32(sum[:4]) | ruleKeyBit)
 }
+
+const ruleKeyBit = 1 << 31
 
 // isPersistent reports the names that no generation owns.
 func isPersistent(name string) bool { return isBaseChain(name) || name == setRuleCounters }
@@ -86,24 +94,54 @@ func genOf(name string) int {
 }
 
 // Registers. The kernel has 16 32-bit data registers (NFT_REG32_00..15);
-// values never survive from one rule to the next, so every rule loads what
-// it needs. reg(i) is the i-th 32-bit register.
+// values never survive from one rule to the next. reg(i) is the i-th
+// 32-bit register. Within a rule, no lookup is ever keyed by what another
+// lookup wrote into a register: nft 1.0.6 (Debian 12) aborts when it lists
+// such a rule (netlink_delinearize.c:126, "consumed > 0"). A lookup's
+// result goes into a carrier instead (carriers.go), and the next lookup
+// loads its key from there.
 func reg(i int) uint32 { return uint32(unix.NFT_REG32_00 + i) }
 
-// The verdict-table lookup builds its key in registers regKey-1 (peer class)
-// through regKey+2 (level), then the port-map id and the port after it.
-// The peer's attribute vector is loaded so that the class of the wanted
-// direction and level lands in regKey-1 (see attrOffset).
+// The verdict-table key is two words: the peer's class word (class, and
+// the level in the bits above it; classWord) and the local side's group
+// word (group << 8 | bucket; groupWord).
 const (
-	regKey  = 8 // group
-	regTemp = 15
+	classBits = 28
+	maxClass  = 1<<classBits - 1
+	maxGroup  = 1<<23 - 1 // so that a group word never has ruleKeyBit
 )
 
-// Attribute vector of an identity (map "attrs"): guard, then the peer
-// classes by direction (policy.Ingress first) and level. 28 bytes.
-const attrWords = 1 + 2*compile.NumLevels
+func classWord(c compile.ClassID, level int) uint32 { return uint32(level)<<classBits | uint32(c) }
+func groupWord(g compile.GroupID) uint32            { return uint32(g) << 8 }
 
-func attrOffset(d policy.Direction, level int) int { return 1 + int(d)*compile.NumLevels + level }
+// Identity attributes, one map each (a carrier holds 32 bits): the guard,
+// then the peer class words by direction and level.
+const numAttrs = 1 + 2*compile.NumLevels
+
+// attrValues returns an identity's attribute words in the order of
+// attrSet's index.
+func attrValues(a compile.IdentityAttrs) [numAttrs]uint32 {
+	v := [numAttrs]uint32{uint32(a.Guard)}
+	for d := range a.Class {
+		for l := range a.Class[d] {
+			v[1+d*compile.NumLevels+l] = classWord(a.Class[d][l], l)
+		}
+	}
+	return v
+}
+
+// attrSet names the map of attribute i: "guard", "cls_i0" ... "cls_e2".
+func attrSet(i int) string {
+	if i == 0 {
+		return setGuard
+	}
+	d := policy.Direction((i - 1) / compile.NumLevels)
+	return "cls_" + dirName(d) + strconv.Itoa((i-1)%compile.NumLevels)
+}
+
+func classSet(d policy.Direction, level int) string {
+	return attrSet(1 + int(d)*compile.NumLevels + level)
+}
 
 // wildcardLevel is compile's level for a group's wildcard entry.
 const wildcardLevel = compile.NumLevels
@@ -119,11 +157,11 @@ const (
 	setRange6   = "range6"   //
 	setRange4b  = "range4b"  // the same, the other of two slots (see model.rangeElems)
 	setRange6b  = "range6b"  //
-	setAttrs    = "attrs"    // identity → attribute vector
+	setGuard    = "guard"    // identity → guard (and cls_*: identity → class word, see attrSet)
 	setGroupI   = "group_i"  // local identity → ingress policy group
 	setGroupE   = "group_e"  // local identity → egress policy group
-	setBuckets  = "buckets"  // IP protocol → protocol bucket
-	setTabI     = "tab_i"    // class . group . bucket . level → port map
+	setBuckets  = "buckets"  // IP protocol → jump to the bucket's chain (bucketChain)
+	setTabI     = "tab_i"    // class word . group word → port map
 	setTabE     = "tab_e"    //
 	setPorts    = "ports"    // port map . port interval → outcome
 	setOutcomes = "outcomes" // outcome → verdict
@@ -153,11 +191,9 @@ func dirName(d policy.Direction) string {
 }
 
 var (
-	typeU32    = nftables.TypeInteger
-	typeAttrs  = nftables.SetDatatype{Name: "integer", Bytes: 4 * attrWords}
-	typeIfName = nftables.TypeIFName
-	// typeRuleKey is 8 bytes of hash; nftables.TypeInteger with 8 bytes.
-	typeRuleKey = nftables.SetDatatype{Name: "integer", Bytes: 8}
+	typeU32     = nftables.TypeInteger
+	typeIfName  = nftables.TypeIFName
+	typeRuleKey = nftables.TypeInteger
 )
 
 // setSpec describes one set of a generation.
@@ -173,10 +209,18 @@ type setSpec struct {
 func allSetSpecs() []setSpec {
 	ifAddr4 := nftables.MustConcatSetType(typeIfName, nftables.TypeIPAddr)
 	ifAddr6 := nftables.MustConcatSetType(typeIfName, nftables.TypeIP6Addr)
-	tabKey := nftables.MustConcatSetType(typeU32, typeU32, typeU32, typeU32)
-	portKey := nftables.MustConcatSetType(typeU32, nftables.TypeInetService)
-	guardKey := nftables.MustConcatSetType(typeU32, typeU32)
-	return []setSpec{
+	// A concatenation's parts must have a fixed length for nft to list
+	// the elements (nft 1.0.6 aborts on an "integer" part: mergesort.c:24,
+	// "ilen > 0"); mark is a 32-bit integer type.
+	word := nftables.TypeMark
+	tabKey := nftables.MustConcatSetType(word, word)
+	portKey := nftables.MustConcatSetType(word, nftables.TypeInetService)
+	guardKey := nftables.MustConcatSetType(word, word)
+	attrs := make([]setSpec, numAttrs)
+	for i := range attrs {
+		attrs[i] = setSpec{name: attrSet(i), key: typeU32, data: typeU32}
+	}
+	return append([]setSpec{
 		{name: setIfaces, key: typeIfName},
 		{name: setOwn4, key: ifAddr4, concat: true},
 		{name: setOwn6, key: ifAddr6, concat: true},
@@ -186,17 +230,16 @@ func allSetSpecs() []setSpec {
 		{name: setRange6, key: nftables.TypeIP6Addr, data: typeU32, interval: true},
 		{name: setRange4b, key: nftables.TypeIPAddr, data: typeU32, interval: true},
 		{name: setRange6b, key: nftables.TypeIP6Addr, data: typeU32, interval: true},
-		{name: setAttrs, key: typeU32, data: typeAttrs},
 		{name: setGroupI, key: typeU32, data: typeU32},
 		{name: setGroupE, key: typeU32, data: typeU32},
-		{name: setBuckets, key: nftables.TypeInetProto, data: typeU32},
+		{name: setBuckets, key: nftables.TypeInetProto, verdict: true},
 		{name: setTabI, key: tabKey, data: typeU32, concat: true},
 		{name: setTabE, key: tabKey, data: typeU32, concat: true},
 		{name: setPorts, key: portKey, data: typeU32, interval: true, concat: true},
 		{name: setOutcomes, key: typeU32, verdict: true},
 		{name: setOutRule, key: typeU32, data: typeRuleKey},
 		{name: setGuards, key: guardKey, verdict: true, concat: true},
-	}
+	}, attrs...)
 }
 
 // Chain names (without the generation suffix).
@@ -216,6 +259,7 @@ const (
 // outcomeChain is the chain of an outcome that logs.
 func outcomeChain(id compile.OutcomeID) string { return "out" + strconv.Itoa(int(id)) }
 func wallChain(i int) string                   { return "wall" + strconv.Itoa(i) }
+func bucketChain(b uint8) string               { return "bk" + strconv.Itoa(int(b)) }
 func conflictChain(i int) string               { return "conflict" + strconv.Itoa(i) }
 
 // Address kinds of a packet's endpoint: a workload address (exact map) or
@@ -274,21 +318,8 @@ func addrKey(a netip.Addr) []byte {
 
 func ownKey(iface string, a netip.Addr) []byte { return append(ifname(iface), addrKey(a)...) }
 
-func attrsData(a compile.IdentityAttrs) []byte {
-	b := u32(uint32(a.Guard))
-	for d := range a.Class {
-		for l := range a.Class[d] {
-			b = binary.BigEndian.AppendUint32(b, uint32(a.Class[d][l]))
-		}
-	}
-	return b
-}
-
 func tabKey(k compile.TableKey) []byte {
-	b := u32(uint32(k.Class))
-	b = binary.BigEndian.AppendUint32(b, uint32(k.Group))
-	b = binary.BigEndian.AppendUint32(b, uint32(k.Bucket))
-	return binary.BigEndian.AppendUint32(b, uint32(k.Level))
+	return binary.BigEndian.AppendUint32(u32(classWord(k.Class, int(k.Level))), groupWord(k.Group)|uint32(k.Bucket))
 }
 
 func portKey(pm uint32, port uint16) []byte {

@@ -39,6 +39,9 @@ type model struct {
 	applies     int                                // Applies made with this model
 	byRule      [][]compile.OutcomeID              // rule number → outcomes naming it (as Rule or WouldDeny)
 	wallOf      map[string]string                  // wall counter name → wall name
+	bucketChain [256]bool                          // bucket chains made
+	err         error                              // a number the layout cannot hold (checkIdentity)
+	collisions  map[[2]string]bool                 // rule ids sharing a counter key, found by the last update (noteCollision)
 }
 
 type ownElem struct {
@@ -49,7 +52,8 @@ type ownElem struct {
 func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
-		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{}}
+		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{},
+		collisions: map[[2]string]bool{}}
 	return m
 }
 
@@ -218,16 +222,27 @@ func (m *model) referenced(n string) bool {
 	return false
 }
 
+// bucketElems writes the buckets map (protocol → jump to the bucket's
+// chain), making the chains of buckets not seen before in the
+// preparatory transaction. A generation's bucket chains stay until it goes.
 func (m *model) bucketElems(t *tx, s *compile.State) {
 	if m.state != nil && m.buckets == s.Buckets {
 		return
 	}
 	name := m.b.n(setBuckets)
 	for p := 0; p < 256; p++ {
-		e := nftables.SetElement{Key: []byte{byte(p)}, Val: u32(uint32(s.Buckets[p]))}
+		bk := s.Buckets[p]
+		if !m.bucketChain[bk] {
+			chain := m.b.n(bucketChain(bk))
+			t.pre.chains = append(t.pre.chains, chain)
+			t.pre.addRules(chain, false, m.b.bucketRules(bk))
+			m.bucketChain[bk] = true
+		}
+		e := nftables.SetElement{Key: []byte{byte(p)},
+			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: m.b.n(bucketChain(bk))}}
 		if m.state == nil {
 			t.add(name, e)
-		} else if m.buckets[p] != s.Buckets[p] {
+		} else if m.buckets[p] != bk {
 			t.del(name, nftables.SetElement{Key: []byte{byte(p)}})
 			t.add(name, e)
 		}
@@ -285,34 +300,31 @@ func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
 	}
 }
 
-// identityElems writes the identities' attributes and groups. A freed
-// identity's elements stay one Apply longer (see sweep): a packet whose
-// walk spans the switch may have read its number from an address map
-// before it (an outside range, whose chains the switch rewrites) and look
-// it up after it; missing, the guard lookup would fail and skip a wall.
+// identityElems writes the identities' attributes (one map per attribute,
+// see attrSet) and groups. A freed identity's elements stay one Apply
+// longer (see sweep): a packet whose walk spans the switch may have read
+// its number from an address map before it (an outside range, whose
+// chains the switch rewrites) and look it up after it; missing, the guard
+// lookup would fail and skip a wall.
 func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID, compile.IdentityAttrs]) {
-	attrs := m.b.n(setAttrs)
 	for _, c := range changes {
 		k := u32(uint32(c.Key))
 		old, nw := c.Old, c.New
 		was, lingers := m.lingerIdent[c.Key]
+		m.checkIdentity(c.Key, nw)
 		switch {
 		case c.Op == compile.Add && lingers:
 			old = was.attrs
 			delete(m.lingerIdent, c.Key)
-			if string(attrsData(old)) != string(attrsData(nw)) {
-				t.del(attrs, nftables.SetElement{Key: k})
-				t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
-			}
+			m.attrElems(t, k, &old, nw)
 		case c.Op == compile.Add:
 			old = compile.IdentityAttrs{}
-			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+			m.attrElems(t, k, nil, nw)
 		case c.Op == compile.Delete:
 			m.lingerIdent[c.Key] = lingerIdent{at: m.applies, attrs: old}
 			continue
-		case string(attrsData(old)) != string(attrsData(nw)):
-			t.del(attrs, nftables.SetElement{Key: k})
-			t.add(attrs, nftables.SetElement{Key: k, Val: attrsData(nw)})
+		default:
+			m.attrElems(t, k, &old, nw)
 		}
 		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 			og, ng := groupOf(old, d), groupOf(nw, d)
@@ -323,8 +335,44 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})
 			}
 			if ng != 0 {
-				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(uint32(ng))})
+				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(groupWord(ng))})
 			}
+		}
+	}
+}
+
+// attrElems writes the attribute elements of identity key k that differ
+// from old (nil: it has none yet).
+func (m *model) attrElems(t *tx, k []byte, old *compile.IdentityAttrs, nw compile.IdentityAttrs) {
+	nv := attrValues(nw)
+	var ov [numAttrs]uint32
+	if old != nil {
+		ov = attrValues(*old)
+	}
+	for i := range nv {
+		if old != nil && ov[i] == nv[i] {
+			continue
+		}
+		set := m.b.n(attrSet(i))
+		if old != nil {
+			t.del(set, nftables.SetElement{Key: k})
+		}
+		t.add(set, nftables.SetElement{Key: k, Val: u32(nv[i])})
+	}
+}
+
+// checkIdentity records an error when an identity's numbers do not fit
+// the carriers' words (classWord, groupWord): far beyond any state the
+// compiler makes (its numbers are dense), but never written wrapped.
+func (m *model) checkIdentity(id compile.IdentityID, a compile.IdentityAttrs) {
+	for d := range a.Class {
+		for _, c := range a.Class[d] {
+			if c > maxClass && m.err == nil {
+				m.err = errorf("identity %d: class %d beyond the dataplane's %d", id, c, maxClass)
+			}
+		}
+		if a.Group[d] > maxGroup && m.err == nil {
+			m.err = errorf("identity %d: group %d beyond the dataplane's %d", id, a.Group[d], maxGroup)
 		}
 	}
 }
@@ -350,7 +398,9 @@ func (m *model) sweepIdentities(t *tx) {
 			continue
 		}
 		k := u32(uint32(id))
-		t.del(m.b.n(setAttrs), nftables.SetElement{Key: k})
+		for i := range numAttrs {
+			t.del(m.b.n(attrSet(i)), nftables.SetElement{Key: k})
+		}
 		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 			if groupOf(l.attrs, d) != 0 {
 				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})

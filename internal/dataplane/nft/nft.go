@@ -227,9 +227,17 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 		t = newTx(table())
 		m.update(t, want)
 	}
+	if err == nil && m.err != nil {
+		// The model took in what the kernel will not get: start afresh.
+		err, m.err, d.broken = errorf("apply: %w", m.err), nil, true
+	}
 	if err != nil {
 		return err
 	}
+	for c := range m.collisions {
+		d.log.Warn("two rules share one counter (their 31-bit counter keys collide): each one's count is the sum of both", "rule", c[0], "other", c[1])
+	}
+	clear(m.collisions)
 	m.sweep(t)
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)

@@ -61,6 +61,7 @@ func (m *model) outcomeElems(t *tx, s *compile.State, outs []compile.Change[comp
 			}
 		}
 		if now != "" {
+			m.noteCollision(now, id, touched)
 			m.ruleRefs[now]++
 			touched[now] = id
 		}
@@ -178,6 +179,20 @@ func (m *model) sweep(t *tx) {
 	}
 	m.sweepIdentities(t)
 	m.sweepCounters(t)
+}
+
+// noteCollision records when rule id counts into key k that another
+// rule's outcomes count into too: rule keys are 31 bits (ruleKey), and two
+// such rules share one counter. Rare (about 1 in 50,000 hosts at full
+// scale), so it is reported, not avoided.
+func (m *model) noteCollision(k, id string, touched map[string]string) {
+	other, ok := touched[k]
+	if !ok && m.ruleRefs[k] > 0 {
+		other = m.ruleOf[k]
+	}
+	if id != "" && other != "" && other != id {
+		m.collisions[[2]string{min(other, id), max(other, id)}] = true
+	}
 }
 
 // recount counts anew the outcomes of s that count into each rule key.

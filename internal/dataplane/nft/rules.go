@@ -256,34 +256,41 @@ func (b *builder) familyRules(f int) []chainRules {
 			if d == kindExact {
 				rules = append(rules, b.jump(sideChain(policy.Ingress, f, s, "")))
 			}
-			rules = append(rules, cat(markTest(b.mark), b.goTo(chainEscalate)), accept)
+			rules = append(rules, carriersReset(), cat(markTest(b.mark), b.goTo(chainEscalate)), accept)
 			out = append(out, chainRules{chain: b.n(decisionChain(f, s, d)), rules: rules})
 		}
 	}
 	return out
 }
 
-// identity loads the identity of the source or destination address into
-// r: the address goes to r first (four registers for IPv6).
-func (b *builder) identity(f int, src bool, kind string, r uint32) []expr.Any {
-	return cat(addr(f, src, r), lookupMap(b.n(b.addrSet(f, kind)), r, r))
+// identity stores in c the identity of the source or destination address.
+func (b *builder) identity(c carrier, f int, src bool, kind string) []expr.Any {
+	return mapInto(c, b.n(b.addrSet(f, kind)), addr(f, src, reg(0)))
 }
 
 // guard looks up (source guard . destination guard): a wall's chain
 // drops, a conflict class's chain marks the packet for escalation.
 func (b *builder) guard(f int, src, dst string) []expr.Any {
+	guard := b.n(setGuard)
 	return cat(
-		b.identity(f, true, src, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(0)),
-		b.identity(f, false, dst, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(1)),
-		lookupMap(b.n(setGuards), reg(0), unix.NFT_REG_VERDICT))
+		b.identity(carrierP, f, true, src), mapInto(carrierP, guard, carrierP.load(reg(0))),
+		b.identity(carrierC, f, false, dst), mapInto(carrierC, guard, carrierC.load(reg(0))),
+		carrierP.load(reg(0)), carrierC.load(reg(1)), lookupMap(b.n(setGuards), reg(0), unix.NFT_REG_VERDICT))
 }
 
-// sideRules judges one side: the dispatch by port kind, then per port
-// kind: no group → the side allows; one lookup per level, then the
-// wildcard; no entry → fail closed.
+// sideRules judges one side. The dispatch chain puts the local side's
+// group word in carrier C (no group → the side allows), has the protocol
+// bucket's chain fill in its low byte, and goes to the port kind's chain:
+// one lookup per level, then the wildcard; no entry → fail closed.
 func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules {
 	disp := sideChain(d, f, peer, "")
-	var rules [][]expr.Any
+	localSrc := d == policy.Egress
+	group := b.n(groupSet(d))
+	rules := [][]expr.Any{
+		cat(b.identity(carrierC, f, localSrc, kindExact), carrierC.load(reg(0)), member(group, reg(0), true), ret),
+		cat(mapInto(carrierC, group, carrierC.load(reg(0))),
+			meta(expr.MetaKeyL4PROTO, reg(0)), lookupMap(b.n(setBuckets), reg(0), unix.NFT_REG_VERDICT)),
+	}
 	for _, p := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP} {
 		rules = append(rules, cat(l4proto(p), b.goTo(sideChain(d, f, peer, portTH))))
 	}
@@ -292,10 +299,8 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 	}
 	rules = append(rules, b.goTo(sideChain(d, f, peer, portOther)))
 	out := []chainRules{{chain: b.n(disp), rules: rules}}
-	localSrc := d == policy.Egress
 	for _, k := range portKinds {
-		rules := [][]expr.Any{cat(b.identity(f, localSrc, kindExact, reg(regKey)),
-			member(b.n(groupSet(d)), reg(regKey), true), ret)}
+		var rules [][]expr.Any
 		for lv := 0; lv <= wildcardLevel; lv++ {
 			rules = append(rules, b.level(d, f, peer, k, lv))
 		}
@@ -305,32 +310,34 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 	return out
 }
 
-// level is one lookup of a side: the key (peer class . group . bucket .
-// level) gives a port map, (port map . port) an outcome; the outcome's
-// rule counts the packet (a lookup in the counter set) and the outcome's
-// verdict decides. The peer's attribute vector is loaded so that the
-// wanted class lands in regKey-1.
+// level is one lookup of a side, one rule: the peer's class word for the
+// level goes to carrier P; (class word . group word) gives a port map,
+// (port map . port) an outcome; the outcome's rule key (in carrier C)
+// counts the packet and the outcome's verdict decides. A key that is
+// missing stops the rule, and the next level is tried.
 func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int) []expr.Any {
-	var out []expr.Any
+	var class []expr.Any
 	if lv == wildcardLevel {
-		out = imm(reg(regKey-1), u32(0))
+		class = cat(imm(reg(0), u32(classWord(0, wildcardLevel))), carrierP.store(reg(0)))
 	} else {
-		base := regKey - 1 - attrOffset(d, lv)
-		out = cat(b.identity(f, d == policy.Ingress, peer, reg(12)), lookupMap(b.n(setAttrs), reg(12), reg(base)))
+		class = cat(b.identity(carrierP, f, d == policy.Ingress, peer),
+			mapInto(carrierP, b.n(classSet(d, lv)), carrierP.load(reg(0))))
 	}
-	const pm, outcome, rule = regKey + 3, regKey + 5, regKey + 6
-	return cat(out,
-		b.identity(f, d == policy.Egress, kindExact, reg(regKey)),
-		lookupMap(b.n(groupSet(d)), reg(regKey), reg(regKey)),
-		meta(expr.MetaKeyL4PROTO, reg(regKey+1)),
-		lookupMap(b.n(setBuckets), reg(regKey+1), reg(regKey+1)),
-		imm(reg(regKey+2), u32(uint32(lv))),
-		lookupMap(b.n(tabSet(d)), reg(regKey-1), reg(pm)),
-		port(portKind, reg(pm+1)),
-		lookupMap(b.n(setPorts), reg(pm), reg(outcome)),
-		lookupMap(b.n(setOutRule), reg(outcome), reg(rule)),
-		member(setRuleCounters, reg(rule), false),
-		lookupMap(b.n(setOutcomes), reg(outcome), unix.NFT_REG_VERDICT))
+	return cat(class,
+		mapInto(carrierP, b.n(tabSet(d)), carrierP.load(reg(0)), carrierC.load(reg(1))),
+		mapInto(carrierP, b.n(setPorts), carrierP.load(reg(0)), port(portKind, reg(1))),
+		mapInto(carrierC, b.n(setOutRule), carrierP.load(reg(0))),
+		carrierC.load(reg(0)), member(setRuleCounters, reg(0), false),
+		carrierP.load(reg(0)), lookupMap(b.n(setOutcomes), reg(0), unix.NFT_REG_VERDICT))
+}
+
+// bucketRules fill in the low byte of the group word in carrier C with
+// the protocol bucket (the chain that the buckets map jumps to).
+func (b *builder) bucketRules(bk uint8) [][]expr.Any {
+	if bk == 0 {
+		return nil
+	}
+	return [][]expr.Any{orLowByte(bk)}
 }
 
 // outcome renders what an outcome does: the verdict of its element in the

@@ -3,6 +3,7 @@ package nft
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -20,13 +21,16 @@ func TestKeyEncoding(t *testing.T) {
 		name      string
 		got, want []byte
 	}{
-		{"tab key", tabKey(compile.TableKey{Class: 0x01020304, Group: 5, Bucket: 6, Level: 3}),
-			[]byte{1, 2, 3, 4, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 3}},
+		{"tab key: class word (level above the class) . group word (group << 8 | bucket)",
+			tabKey(compile.TableKey{Class: 0x01020304, Group: 5, Bucket: 6, Level: 2}),
+			[]byte{0x21, 2, 3, 4, 0, 0, 5, 6}},
+		{"wildcard tab key", tabKey(compile.TableKey{Group: 5, Level: wildcardLevel}), []byte{0x30, 0, 0, 0, 0, 0, 5, 0}},
 		{"port key (port padded to 4 bytes)", portKey(7, 8080), []byte{0, 0, 0, 7, 0x1f, 0x90, 0, 0}},
 		{"guard key", guardKey([2]compile.GuardID{1, 2}), []byte{0, 0, 0, 1, 0, 0, 0, 2}},
 		{"v4-mapped address is v4", addrKey(netip.MustParseAddr("::ffff:10.1.2.3")), []byte{10, 1, 2, 3}},
 		{"own key", ownKey("bh1", netip.MustParseAddr("10.0.0.1")),
 			append([]byte("bh1\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"), 10, 0, 0, 1)},
+		{"rule key of no rule", ruleKey(""), []byte{0x80, 0, 0, 0}},
 	}
 	for _, c := range cases {
 		if !bytes.Equal(c.got, c.want) {
@@ -37,34 +41,34 @@ func TestKeyEncoding(t *testing.T) {
 	a.Guard = 9
 	a.Class[policy.Ingress] = [3]compile.ClassID{1, 2, 3}
 	a.Class[policy.Egress] = [3]compile.ClassID{4, 5, 6}
-	got := attrsData(a)
-	if len(got) != 4*attrWords {
-		t.Fatalf("attrs are %d bytes, want %d", len(got), 4*attrWords)
+	v := attrValues(a)
+	if v[0] != 9 {
+		t.Errorf("guard word = %d, want 9", v[0])
 	}
-	// The rules read word attrOffset(d, level) as the peer class.
+	// The rules look the class of (direction, level) up in classSet(d, level).
 	for d, classes := range a.Class {
 		for l, cl := range classes {
-			off := 4 * attrOffset(policy.Direction(d), l)
-			if w := got[off : off+4]; !bytes.Equal(w, u32(uint32(cl))) {
-				t.Errorf("class %d/%d at offset %d = %x, want %d", d, l, off, w, cl)
+			i := 1 + d*compile.NumLevels + l
+			if attrSet(i) != classSet(policy.Direction(d), l) {
+				t.Errorf("class %d/%d: map %s, but its word is at %s", d, l, classSet(policy.Direction(d), l), attrSet(i))
+			}
+			if v[i] != classWord(cl, l) {
+				t.Errorf("class %d/%d: word %x, want %x", d, l, v[i], classWord(cl, l))
 			}
 		}
 	}
 }
 
-// The registers of a level's lookup stay within the kernel's 16 and the
-// class lands right before the group.
-func TestLevelRegisters(t *testing.T) {
-	for d := range 2 {
-		for l := range compile.NumLevels {
-			base := regKey - 1 - attrOffset(policy.Direction(d), l)
-			if base < 0 || base+attrWords > 16 {
-				t.Errorf("direction %d level %d: vector at %d..%d, outside the registers", d, l, base, base+attrWords-1)
-			}
+// A rule key always has the top bit, which no group word has: the two
+// share carrier C.
+func TestRuleKeyNeverAGroupWord(t *testing.T) {
+	for _, id := range []string{"", "a", "Policy/app/b-in/ingress/web"} {
+		if k := ruleKey(id); k[0]&0x80 == 0 {
+			t.Errorf("ruleKey(%q) = %x lacks the top bit", id, k)
 		}
 	}
-	if regKey+7 > 16 {
-		t.Errorf("rule key ends at register %d, past the last (15)", regKey+7)
+	if g := groupWord(maxGroup) | 0xff; g&ruleKeyBit != 0 {
+		t.Errorf("group word %x has the rule key bit", g)
 	}
 }
 
@@ -321,5 +325,50 @@ func TestRangeLines(t *testing.T) {
 		"11.0.0.0-255.255.255.255 : identity 3"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("rangeLines:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A number the carriers' words cannot hold is refused, never written
+// wrapped into another class or group.
+func TestNumbersBeyondTheWordsAreRefused(t *testing.T) {
+	for _, a := range []compile.IdentityAttrs{
+		{Workload: true, Class: [2][compile.NumLevels]compile.ClassID{{maxClass + 1}}},
+		{Workload: true, Local: true, Group: [2]compile.GroupID{maxGroup + 1}},
+	} {
+		m := testModel()
+		m.identityElems(newTx(table()), []compile.Change[compile.IdentityID, compile.IdentityAttrs]{{Op: compile.Add, Key: 1, New: a}})
+		if m.err == nil {
+			t.Errorf("attributes %+v: no error", a)
+		}
+	}
+	m := testModel()
+	m.identityElems(newTx(table()), []compile.Change[compile.IdentityID, compile.IdentityAttrs]{{Op: compile.Add, Key: 1,
+		New: compile.IdentityAttrs{Workload: true, Local: true, Class: [2][compile.NumLevels]compile.ClassID{{maxClass}}, Group: [2]compile.GroupID{maxGroup}}}})
+	if m.err != nil {
+		t.Errorf("the largest numbers: %v", m.err)
+	}
+}
+
+// Two rules whose ids have one counter key (31 bits of a hash) share a
+// counter; the model reports them. The two names were found by search.
+func TestCounterKeyCollisionReported(t *testing.T) {
+	id := func(n int) string { return fmt.Sprintf("Policy/app/b-in/ingress/r%d", n) }
+	if !bytes.Equal(ruleKey(id(11501)), ruleKey(id(57304))) {
+		t.Fatalf("the two ids no longer collide: %x %x", ruleKey(id(11501)), ruleKey(id(57304)))
+	}
+	doc := strings.Replace(unitPolicy, "    - {name: web,", `    - {name: r11501, action: allow, services: [{protocol: tcp, port: 81}]}
+    - {name: r57304, action: allow, services: [{protocol: tcp, port: 82}]}
+    - {name: web,`, 1)
+	c, _ := unitCompiler(t, doc)
+	m := testModel()
+	m.create(newTx(table()), dataplane.Desired{State: c.State()})
+	if want := map[[2]string]bool{{id(11501), id(57304)}: true}; !maps.Equal(m.collisions, want) {
+		t.Errorf("collisions = %v, want %v", m.collisions, want)
+	}
+	m2 := testModel()
+	c2, _ := unitCompiler(t, unitPolicy)
+	m2.create(newTx(table()), dataplane.Desired{State: c2.State()})
+	if len(m2.collisions) != 0 {
+		t.Errorf("no colliding rules, but collisions = %v", m2.collisions)
 	}
 }

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -98,7 +99,7 @@ func (c *checker) npRule(p *policy.Policy, d policy.Direction, i int, pos policy
 		Pos:    pos,
 	}
 	for j, peer := range peers {
-		if out, ok := c.npPeer(&peer, p.Namespace, fmt.Sprintf("%s.%s[%d]", path, field, j)); ok {
+		if out, ok := c.npPeer(&peer, p.Namespace, path+"."+field+"["+strconv.Itoa(j)+"]"); ok {
 			r.Peers = append(r.Peers, out)
 		}
 	}

@@ -1,7 +1,7 @@
 package k8s
 
 import (
-	"fmt"
+	"strconv"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 	"github.com/bulkhead-dev/bulkhead/internal/source"
@@ -28,7 +28,7 @@ func (c *checker) anpPorts(ports *[]anpPort, rulePos source.Pos, path string) (o
 	}
 	for i := range *ports {
 		p := &(*ports)[i]
-		pp := fmt.Sprintf("%s[%d]", path, i)
+		pp := path + "[" + strconv.Itoa(i) + "]"
 		n := 0
 		for _, set := range []bool{p.PortNumber != nil, p.NamedPort != nil, p.PortRange != nil} {
 			if set {
@@ -95,7 +95,7 @@ func (c *checker) cnpProtocols(protos []cnpProtocol, rulePos source.Pos, path st
 	}
 	for i := range protos {
 		p := &protos[i]
-		pp := fmt.Sprintf("%s[%d]", path, i)
+		pp := path + "[" + strconv.Itoa(i) + "]"
 		type choice struct {
 			name  string
 			proto policy.Protocol

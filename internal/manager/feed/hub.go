@@ -1,4 +1,4 @@
-package manager
+package feed
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 // The log keeps every feed revision after floor, up to hubBytes of
 // lines; older ones are dropped (floor moves up). A watch that needs a
 // revision at or below floor — it starts from an old revision, or fell
-// that far behind — catches up from the store itself (Manager.follow)
+// that far behind — catches up from the store itself (Server.follow)
 // and comes back to the log as soon as the log holds what it needs next.
 type feedHub struct {
 	mu      sync.Mutex
@@ -99,21 +99,22 @@ func (h *feedHub) add(e hubEntry) {
 	h.changed = make(chan struct{})
 }
 
-// runHub follows the store for the hub until ctx ends.
-func (m *Manager) runHub(ctx context.Context) {
+// Run follows the store for the hub until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	s.init()
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		rev, err := m.st.Rev(ctx)
+		rev, err := s.Store.Rev(ctx)
 		if err != nil {
-			m.log.Warn("feed hub: read the store's revision; retrying", "err", err, "in", backoff)
+			s.Log.Warn("feed hub: read the store's revision; retrying", "err", err, "in", backoff)
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
-		m.hub.reset(rev)
+		s.hub.reset(rev)
 		from := rev + 1
 		for ctx.Err() == nil {
-			next, err := m.hubFollow(ctx, from)
+			next, err := s.hubFollow(ctx, from)
 			if next > from {
 				backoff = 50 * time.Millisecond
 			}
@@ -123,7 +124,7 @@ func (m *Manager) runHub(ctx context.Context) {
 				break // start again from the store's revision; watches behind it read the store
 			}
 			if ctx.Err() == nil {
-				m.log.Debug("feed hub: watch ended; resuming", "from", from, "err", err)
+				s.Log.Debug("feed hub: watch ended; resuming", "from", from, "err", err)
 				sleep(ctx, backoff)
 				backoff = min(2*backoff, 5*time.Second)
 			}
@@ -136,10 +137,10 @@ func (m *Manager) runHub(ctx context.Context) {
 
 // hubFollow encodes each revision from from on into the hub; it returns
 // where to resume.
-func (m *Manager) hubFollow(ctx context.Context, from int64) (int64, error) {
+func (s *Server) hubFollow(ctx context.Context, from int64) (int64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := m.st.Watch(wctx, prefixFeed, from)
+	w := s.Store.Watch(wctx, Prefix, from)
 	for batch := range w.C {
 		for len(batch) > 0 {
 			rev := batch[0].KV.ModRev
@@ -147,13 +148,22 @@ func (m *Manager) hubFollow(ctx context.Context, from int64) (int64, error) {
 			for n < len(batch) && batch[n].KV.ModRev == rev {
 				n++
 			}
-			data, err := m.revisionLines(ctx, batch[:n])
+			data, err := s.revisionLines(ctx, batch[:n])
 			if err != nil {
 				return from, err
 			}
-			m.hub.add(hubEntry{rev: rev, data: data})
+			s.hub.add(hubEntry{rev: rev, data: data})
 			from, batch = rev+1, batch[n:]
 		}
 	}
 	return from, w.Err()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

@@ -1,4 +1,4 @@
-package manager
+package feed
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -19,11 +20,11 @@ import (
 // order, with its lines: from the store while behind the log, from the
 // log otherwise.
 func TestFeedHubAndStoreAgree(t *testing.T) {
-	m, st, ctx := newInternal(t, Config{})
-	m.hub.max = 2 << 10 // a dozen revisions
+	s, st, ctx := newServer(t, 256, 10*time.Second)
+	s.hub.max = 2 << 10 // a dozen revisions
 	put := func(i int) int64 {
 		v, _ := json.Marshal(api.Identity{ID: uint32(1000 + i), Namespace: "ns"})
-		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identityKey(uint32(1000+i)), v)})
+		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identities.Key(uint32(1000+i)), v)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,9 +34,11 @@ func TestFeedHubAndStoreAgree(t *testing.T) {
 	for i := range 20 {
 		revs = append(revs, put(i)) // before the hub: only the store has them
 	}
-	m.run()
-	defer m.Close()
-	for deadline := time.Now().Add(5 * time.Second); !m.hub.covers(revs[len(revs)-1] + 1); time.Sleep(time.Millisecond) {
+	hctx, stopHub := context.WithCancel(ctx)
+	hubDone := make(chan struct{})
+	go func() { defer close(hubDone); s.Run(hctx) }()
+	defer func() { stopHub(); <-hubDone }()
+	for deadline := time.Now().Add(5 * time.Second); !s.hub.covers(revs[len(revs)-1] + 1); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the hub did not start")
 		}
@@ -55,7 +58,7 @@ func TestFeedHubAndStoreAgree(t *testing.T) {
 	for _, r := range readers {
 		q := newFeedQueue(4, 10*time.Second)
 		wg.Add(2)
-		go func() { defer wg.Done(); _ = m.produce(rctx, r.from, q) }()
+		go func() { defer wg.Done(); _ = s.produce(rctx, r.from, q) }()
 		go func() {
 			defer wg.Done()
 			for {

@@ -1,4 +1,14 @@
-package manager
+// Package inventory is the workloads the agents report, indexed as the
+// manager asks about them: by address (whose is it), by name, by host
+// (how many), by underlay address, and as the policy model's workloads
+// for proving walls. The manager's copy of feed/workloads/
+// (internal/manager/mirror) keeps it current, one change at a time, so
+// that no request walks 100,000 workloads.
+//
+// An Inventory is safe for concurrent use; its zero value is empty and
+// ready. The workloads it returns are shared: callers must not change
+// them.
+package inventory
 
 import (
 	"log/slog"
@@ -11,11 +21,8 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
-// inventory is the reported workloads, indexed as the manager asks about
-// them: by address (whose is it), by host (how many), and as the policy
-// model's workloads for proving walls. The feed mirror keeps it current,
-// one change at a time, so that no request walks 100,000 workloads.
-type inventory struct {
+// Inventory is the reported workloads, indexed.
+type Inventory struct {
 	mu      sync.RWMutex
 	byKey   map[string]*invEntry // store key → entry
 	hosts   map[string]int       // host → workloads
@@ -33,23 +40,22 @@ type invEntry struct {
 	sortKey string // host/namespace/name
 }
 
-// reset empties the index: the mirror lists the store again.
-func (inv *inventory) reset() {
+// Reset empties the index: the store is listed again.
+func (inv *Inventory) Reset() {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	inv.init()
 	inv.gen++
 }
 
-func (inv *inventory) init() {
+func (inv *Inventory) init() {
 	inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
 	inv.names, inv.hostIPs = map[string]*api.HostWorkload{}, map[netip.Addr]map[string]int{}
 }
 
-// change applies one change of a key under feed/ (old or new nil for a
-// new key or a delete); keys of other kinds are ignored.
-func (inv *inventory) change(key string, old, new any) {
-	oldW, newW := feedWorkload(old), feedWorkload(new)
+// Change applies one change of the workload at store key key (old nil
+// for a new key, new nil for a delete).
+func (inv *Inventory) Change(key string, oldW, newW *api.HostWorkload) {
 	if oldW == nil && newW == nil {
 		return
 	}
@@ -86,7 +92,7 @@ func (inv *inventory) change(key string, old, new any) {
 	if newW == nil {
 		return
 	}
-	e := &invEntry{wl: newW, pw: modelWorkload(newW), sortKey: newW.Host + "/" + newW.Namespace + "/" + newW.Name}
+	e := &invEntry{wl: newW, pw: Model(newW), sortKey: newW.Host + "/" + newW.Namespace + "/" + newW.Name}
 	inv.byKey[key] = e
 	inv.hosts[newW.Host]++
 	for _, a := range e.pw.IPs {
@@ -103,16 +109,9 @@ func (inv *inventory) change(key string, old, new any) {
 	}
 }
 
-func feedWorkload(v any) *api.HostWorkload {
-	if it, _ := v.(*workloadItem); it != nil {
-		return it.workload
-	}
-	return nil
-}
-
-// modelWorkload is a reported workload as the policy model has it, its
+// Model is a reported workload as the policy model has it, its
 // addresses unmapped.
-func modelWorkload(wl *api.HostWorkload) *policy.Workload {
+func Model(wl *api.HostWorkload) *policy.Workload {
 	pw := &policy.Workload{Namespace: wl.Namespace, Name: wl.Name, Labels: wl.Labels, Host: wl.Host,
 		Pos: policy.Pos{File: "workload " + wl.Host + "/" + wl.Namespace + "/" + wl.Name}}
 	for _, s := range wl.IPs {
@@ -130,23 +129,23 @@ func modelWorkload(wl *api.HostWorkload) *policy.Workload {
 	return pw
 }
 
-// owner returns the workload that holds address a, if any.
-func (inv *inventory) owner(a netip.Addr) *api.HostWorkload {
+// Owner returns the workload that holds address a, if any.
+func (inv *Inventory) Owner(a netip.Addr) *api.HostWorkload {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	return inv.addrs[a.Unmap()]
 }
 
-// byName returns a workload named namespace/name, if any.
-func (inv *inventory) byName(key string) *api.HostWorkload {
+// ByName returns a workload named namespace/name, if any.
+func (inv *Inventory) ByName(key string) *api.HostWorkload {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	return inv.names[key]
 }
 
-// hostIPOwner returns a host other than except that names a as its
+// HostIPOwner returns a host other than except that names a as its
 // underlay address (the first by name), or "".
-func (inv *inventory) hostIPOwner(a netip.Addr, except string) string {
+func (inv *Inventory) HostIPOwner(a netip.Addr, except string) string {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	first := ""
@@ -158,8 +157,8 @@ func (inv *inventory) hostIPOwner(a netip.Addr, except string) string {
 	return first
 }
 
-// hostCounts returns the number of workloads of each host.
-func (inv *inventory) hostCounts() map[string]int {
+// HostCounts returns the number of workloads of each host.
+func (inv *Inventory) HostCounts() map[string]int {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	out := make(map[string]int, len(inv.hosts))
@@ -169,11 +168,11 @@ func (inv *inventory) hostCounts() map[string]int {
 	return out
 }
 
-// workloads returns the reported workloads as the policy model has them,
+// Workloads returns the reported workloads as the policy model has them,
 // leaving out any whose name or address another already holds (the
 // first by host name stays). The list is built once per change of the
 // inventory and shared: callers must not change it.
-func (inv *inventory) workloads(log *slog.Logger) []*policy.Workload {
+func (inv *Inventory) Workloads(log *slog.Logger) []*policy.Workload {
 	inv.mu.RLock()
 	if inv.list != nil && inv.listGen == inv.gen {
 		defer inv.mu.RUnlock()

@@ -1,4 +1,4 @@
-package manager
+package feed
 
 import (
 	"bufio"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/store"
 )
 
@@ -18,20 +19,20 @@ import (
 // with a "cutoff" line naming where to resume, while the store's writers
 // go on unhindered.
 func TestSlowReaderIsCutOff(t *testing.T) {
-	m, st, ctx := newInternal(t, Config{WatchBuffer: 4, SlowReaderCutoff: 50 * time.Millisecond})
+	s, st, ctx := newServer(t, 4, 50*time.Millisecond)
 	put := func(i int) int64 {
 		v, _ := json.Marshal(api.Identity{ID: uint32(1000 + i), Namespace: "ns"})
-		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identityKey(uint32(1000+i)), v)})
+		rev, _, err := st.Txn(ctx, nil, []store.Op{store.Put(identities.Key(uint32(1000+i)), v)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return rev
 	}
 	first := put(0)
-	q := newFeedQueue(m.cfg.WatchBuffer, m.cfg.SlowReaderCutoff)
+	q := newFeedQueue(s.Buffer, s.Cutoff)
 	go func() {
 		defer close(q.done)
-		q.err = m.produce(ctx, first, q)
+		q.err = s.produce(ctx, first, q)
 	}()
 	// Nobody reads while the store moves on; writers never wait.
 	start := time.Now()
@@ -52,7 +53,7 @@ func TestSlowReaderIsCutOff(t *testing.T) {
 	}
 	// The writer sends what was queued, then the cutoff line.
 	rec := httptest.NewRecorder()
-	m.writeFeed(ctx, rec, principal{}, q)
+	s.writeFeed(ctx, rec, func() error { return nil }, q)
 	var lines []api.FeedEvent
 	sc := bufio.NewScanner(strings.NewReader(rec.Body.String()))
 	for sc.Scan() {
