@@ -4,7 +4,9 @@
 // policy revision in force (internal/decide; the engine is compiled again
 // when a revision lands, over one shared decide.Rates), or holds it for an
 // operator (Approve, Deny) until the hold's timeout gives it the rule's
-// onTimeout. Every escalation is recorded (List, Follow), bounded in
+// onTimeout. The ends are taken from the manager's inventory, not from
+// the agent (Inventory): a host speaks only for its own workloads. Every
+// escalation is recorded (List, Follow), bounded in
 // number, and every decision is written to the audit log
 // (auditlog.Committer) before it is answered: a decision that cannot be
 // audited is a denial.
