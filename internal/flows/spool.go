@@ -129,17 +129,18 @@ func (s *spool) nextSeq() (uint64, error) {
 // put writes b to the spool. When it does not fit, its records are
 // refused and counted in what is written instead: its counts, merged
 // into the tail's counts-only batch when that one was never given to the
-// Sink. An error means nothing was written.
-func (s *spool) put(b *Batch) error {
+// Sink. It returns the number of records refused; an error means nothing
+// was written.
+func (s *spool) put(b *Batch) (int, error) {
 	b.Stream = s.stream
 	data, err := json.Marshal(b)
 	if err != nil {
-		return fmt.Errorf("flows: spool: encode batch %d: %w", b.Seq, err)
+		return 0, fmt.Errorf("flows: spool: encode batch %d: %w", b.Seq, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.bytes+int64(len(data)) <= s.max {
-		return s.write(b.Seq, data, len(b.Records) == 0)
+		return 0, s.write(b.Seq, data, len(b.Records) == 0)
 	}
 	counts := &Batch{Stream: b.Stream, Seq: b.Seq, Host: b.Host, Sealed: b.Sealed,
 		Lost: maps.Clone(b.Lost), Suppressed: maps.Clone(b.Suppressed)}
@@ -150,16 +151,16 @@ func (s *spool) put(b *Batch) error {
 	if n := len(s.files); n > 0 && s.files[n-1].countsOnly && !s.files[n-1].attempted {
 		tail, err := s.read(s.files[n-1].seq)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		mergeCounts(tail, counts)
 		counts = tail
 	}
 	data, err = json.Marshal(counts)
 	if err != nil {
-		return fmt.Errorf("flows: spool: encode batch %d: %w", counts.Seq, err)
+		return 0, fmt.Errorf("flows: spool: encode batch %d: %w", counts.Seq, err)
 	}
-	return s.write(counts.Seq, data, true)
+	return len(b.Records), s.write(counts.Seq, data, true)
 }
 
 // mergeCounts adds what b counts to into.

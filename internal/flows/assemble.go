@@ -1,0 +1,264 @@
+package flows
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/ti-mo/conntrack"
+
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
+)
+
+// assembler state: owned by the assemble goroutine.
+type assembler struct {
+	cur   *Batch
+	drops map[dropKey]int // index in cur.Records of a dropped 5-tuple's record
+
+	// Log records of packets let through wait here for their connection's
+	// NEW event (pending, by 5-tuple), then with the connection (open, by
+	// conntrack id) for its DESTROY.
+	pending map[key]*pendingHits
+	open    map[uint32]*openConn
+
+	// suppressed: records seen and counted as suppressed per "kind id",
+	// and the kernel's counters when collection started.
+	seen     map[string]uint64
+	reported map[string]uint64
+	base     dataplane.Counters
+}
+
+type dropKey struct {
+	k key
+	h Hit
+}
+
+type pendingHits struct {
+	hits []Hit
+	at   time.Time
+}
+
+type openConn struct {
+	hits    []Hit
+	closing time.Time // when TCP began to close (zero: not yet)
+}
+
+// Bounds of the assembler's tables; past them a record is made at once
+// with what is known (docs/flows.md).
+const (
+	maxPending = 1 << 16
+	maxOpen    = 1 << 20
+	pendingAge = 5 * time.Second
+)
+
+func (c *Collector) assemble(ctx context.Context) {
+	defer c.wg.Done()
+	defer close(c.batches)
+	a := &assembler{drops: map[dropKey]int{}, pending: map[key]*pendingHits{}, open: map[uint32]*openConn{},
+		seen: map[string]uint64{}, reported: map[string]uint64{}}
+	c.snapshotCounters(ctx, a)
+	tick := time.NewTicker(c.cfg.FlushInterval)
+	defer tick.Stop()
+	events := c.events
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			c.onEvent(a, ev)
+		case r := <-c.logs:
+			c.onRecord(a, r)
+		case <-tick.C:
+			c.seal(ctx, a, false)
+		case <-c.stop:
+			c.drain(a)
+			c.seal(ctx, a, true)
+			return
+		}
+		if a.cur != nil && len(a.cur.Records) >= c.cfg.MaxBatch {
+			c.seal(ctx, a, false)
+		}
+	}
+}
+
+// drain takes what the readers left in the channels after they stopped.
+func (c *Collector) drain(a *assembler) {
+	for {
+		select {
+		case ev, ok := <-c.events:
+			if !ok {
+				c.events = nil
+				continue
+			}
+			c.onEvent(a, ev)
+		case r := <-c.logs:
+			c.onRecord(a, r)
+		default:
+			return
+		}
+	}
+}
+
+func (c *Collector) add(a *assembler, r Record) int {
+	if a.cur == nil {
+		a.cur = &Batch{}
+	}
+	a.cur.Records = append(a.cur.Records, r)
+	c.mu.Lock()
+	c.stats.Records++
+	c.mu.Unlock()
+	return len(a.cur.Records) - 1
+}
+
+func (c *Collector) onEvent(a *assembler, ev ctEvent) {
+	f := ev.flow
+	id := f.ID
+	c.mu.Lock()
+	switch ev.typ {
+	case uint8(conntrack.EventNew):
+		c.stats.New++
+	case uint8(conntrack.EventUpdate):
+		c.stats.Update++
+	case uint8(conntrack.EventDestroy):
+		c.stats.Destroy++
+	}
+	c.mu.Unlock()
+	switch ev.typ {
+	case uint8(conntrack.EventNew):
+		k := flowKey(f)
+		if p := a.pending[k]; p != nil {
+			delete(a.pending, k)
+			if len(a.open) < maxOpen {
+				a.open[id] = &openConn{hits: p.hits}
+			} else {
+				c.hitRecords(a, k, p)
+			}
+		}
+	case uint8(conntrack.EventUpdate):
+		if t := f.ProtoInfo.TCP; t != nil && t.State >= tcpFinWait {
+			o := a.open[id]
+			if o == nil && len(a.open) < maxOpen {
+				o = &openConn{}
+				a.open[id] = o
+			}
+			if o != nil && o.closing.IsZero() {
+				o.closing = ev.at
+			}
+		}
+	case uint8(conntrack.EventDestroy):
+		c.add(a, c.connRecord(a, f, ev.at))
+	}
+}
+
+// tcpFinWait is the first of conntrack's closing TCP states (FIN_WAIT,
+// CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE).
+const tcpFinWait = 4
+
+func flowKey(f *conntrack.Flow) key {
+	t := f.TupleOrig
+	k := key{src: t.IP.SourceAddress, dst: t.IP.DestinationAddress, proto: t.Proto.Protocol,
+		sport: t.Proto.SourcePort, dport: t.Proto.DestinationPort}
+	if t.Proto.Protocol == 1 || t.Proto.Protocol == 58 {
+		k.sport, k.dport = 0, uint16(t.Proto.ICMPType)<<8|uint16(t.Proto.ICMPCode)
+	}
+	return k
+}
+
+// connRecord makes the record of a connection conntrack destroyed.
+func (c *Collector) connRecord(a *assembler, f *conntrack.Flow, at time.Time) Record {
+	k := flowKey(f)
+	r := Record{Start: f.Timestamp.Start, End: f.Timestamp.Stop, Proto: k.proto, Verdict: Allow, Source: FromConntrack,
+		Src:  c.endpoint(k.src, k.sport),
+		Dst:  c.endpoint(k.dst, k.dport),
+		Orig: Count{f.CountersOrig.Packets, f.CountersOrig.Bytes}, Reply: Count{f.CountersReply.Packets, f.CountersReply.Bytes}}
+	if r.End.IsZero() {
+		r.End = at
+	}
+	if o := a.open[f.ID]; o != nil {
+		delete(a.open, f.ID)
+		if !o.closing.IsZero() {
+			r.End = o.closing
+		}
+		r.Hits = o.hits
+	}
+	for _, h := range r.Hits {
+		switch {
+		case h.Kind == WouldDeny:
+			r.Verdict, r.Rule = WouldDeny, h.ID
+		case r.Rule == "" && h.Kind == Escalate:
+			r.Verdict, r.Rule = Escalate, h.ID
+		case r.Rule == "":
+			r.Rule = h.ID
+		}
+	}
+	if r.Rule == "" && c.cfg.Resolver != nil {
+		r.Rule = c.cfg.Resolver.Rule(k.src, k.dst, k.proto, k.dport)
+	}
+	return r
+}
+
+func (c *Collector) endpoint(addr netip.Addr, port uint16) Endpoint {
+	e := Endpoint{Addr: addr, Port: port}
+	if c.cfg.Resolver != nil {
+		if w, ok := c.cfg.Resolver.Endpoint(addr); ok {
+			w.Addr, w.Port = addr, port
+			e = w
+		}
+	}
+	return e
+}
+
+func (c *Collector) onRecord(a *assembler, r logRec) {
+	c.mu.Lock()
+	c.stats.Logs++
+	c.mu.Unlock()
+	a.seen[suppressKey(r.hit)]++
+	if !r.hit.dropped() {
+		p := a.pending[r.k]
+		if p == nil {
+			if len(a.pending) >= maxPending {
+				c.hitRecords(a, r.k, &pendingHits{hits: []Hit{r.hit}, at: r.at})
+				return
+			}
+			p = &pendingHits{at: r.at}
+			a.pending[r.k] = p
+		}
+		for _, h := range p.hits {
+			if h == r.hit {
+				return
+			}
+		}
+		p.hits = append(p.hits, r.hit)
+		return
+	}
+	dk := dropKey{r.k, r.hit}
+	if i, ok := a.drops[dk]; ok {
+		rec := &a.cur.Records[i]
+		rec.Orig.Packets++
+		rec.Orig.Bytes += r.length
+		rec.End = r.at
+		return
+	}
+	a.drops[dk] = c.add(a, Record{Start: r.at, End: r.at, Proto: r.k.proto, Verdict: r.hit.Kind, Rule: r.hit.ID,
+		Src: c.endpoint(r.k.src, r.k.sport), Dst: c.endpoint(r.k.dst, r.k.dport),
+		Hits: []Hit{r.hit}, Orig: Count{1, r.length}, Source: FromNFLOG})
+}
+
+// hitRecords makes records of log records whose connection never showed
+// up (or could not be kept): one per hit.
+func (c *Collector) hitRecords(a *assembler, k key, p *pendingHits) {
+	for _, h := range p.hits {
+		c.add(a, Record{Start: p.at, End: p.at, Proto: k.proto, Verdict: h.Kind, Rule: h.ID,
+			Src: c.endpoint(k.src, k.sport), Dst: c.endpoint(k.dst, k.dport),
+			Hits: []Hit{h}, Orig: Count{Packets: 1}, Source: FromNFLOG})
+	}
+}
+
+func suppressKey(h Hit) string {
+	if h.ID == "" {
+		return string(h.Kind)
+	}
+	return string(h.Kind) + " " + h.ID
+}
