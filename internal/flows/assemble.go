@@ -55,8 +55,7 @@ func (c *Collector) assemble(ctx context.Context) {
 	defer c.wg.Done()
 	defer close(c.batches)
 	a := &assembler{drops: map[dropKey]int{}, pending: map[key]*pendingHits{}, open: map[uint32]*openConn{},
-		seen: map[string]uint64{}, reported: map[string]uint64{}}
-	c.snapshotCounters(ctx, a)
+		seen: map[string]uint64{}, reported: map[string]uint64{}, base: c.base}
 	tick := time.NewTicker(c.cfg.FlushInterval)
 	defer tick.Stop()
 	events := c.events

@@ -13,6 +13,7 @@ import (
 	gonflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
 
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/netns"
 )
 
@@ -78,6 +79,8 @@ type Collector struct {
 
 	// kernel-side losses, taken into the next batch
 	lostKernel [numCauses]atomic.Uint64
+
+	base dataplane.Counters // the kernel's counters when collection started
 
 	mu    sync.Mutex // guards stats and carry
 	stats Stats
@@ -151,6 +154,7 @@ func New(cfg Config) (*Collector, error) {
 		c.ct.Close()
 		return nil, err
 	}
+	c.snapshotCounters(ctx) // after the sockets: no record is counted before its counter
 	c.wg.Add(3)
 	go c.readConntrack()
 	go c.assemble(ctx)

@@ -59,9 +59,9 @@ func (c *Collector) seal(ctx context.Context, a *assembler, final bool) {
 	}
 }
 
-// snapshotCounters reads the kernel's counters when collection starts:
+// snapshotCounters reads the kernel's counters before collection starts:
 // what they counted before is not this collector's to report.
-func (c *Collector) snapshotCounters(ctx context.Context, a *assembler) {
+func (c *Collector) snapshotCounters(ctx context.Context) {
 	if c.cfg.Counters == nil {
 		return
 	}
@@ -69,7 +69,7 @@ func (c *Collector) snapshotCounters(ctx context.Context, a *assembler) {
 	if err != nil {
 		c.log.Warn("read the dataplane's counters", "err", err)
 	}
-	a.base = cs
+	c.base = cs
 }
 
 // suppressed returns, per log record kind and id seen, how many more

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -171,11 +172,20 @@ func (hs *host) exchange(t *testing.T, send int) {
 func collect(t *testing.T, hs *host, sink flows.Sink, dir string, spool int64) *flows.Collector {
 	t.Helper()
 	c, err := flows.New(flows.Config{NetNS: hs.h.Path(), LogGroup: logGroup, StateDir: dir, Sink: sink,
-		Counters: counters{hs.h}, FlushInterval: 200 * time.Millisecond, SpoolBytes: spool, Host: "bhfl-test"})
+		Counters: counters{hs.h}, FlushInterval: 200 * time.Millisecond, SpoolBytes: spool, Host: "bhfl-test",
+		Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// tWriter logs to the test.
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // waitFor polls cond every 100 ms until it holds or d passes.
@@ -250,4 +260,155 @@ func payload(c flows.Count) int64 {
 		return -1
 	}
 	return int64(c.Bytes) - 60 - int64(c.Packets-1)*52
+}
+
+// A connection the table denies leaves no conntrack entry: it is a record
+// from NFLOG with the rule of the log prefix, one per 5-tuple, counting
+// the SYNs the kernel dropped.
+func TestDeniedConnectionHasItsRule(t *testing.T) {
+	hs := newHost(t)
+	sink := &flowstest.Sink{}
+	c := collect(t, hs, sink, t.TempDir(), 0)
+	defer c.Close()
+	if _, err := hs.dial(9090, 300*time.Millisecond); err == nil {
+		t.Fatal("a denied connection was made")
+	}
+	waitFor(t, 10*time.Second, "no record of the denied connection", func() bool {
+		return len(toB(sink.Received().Records, 9090)) > 0
+	})
+	recs := toB(sink.Received().Records, 9090)
+	if len(recs) != 1 {
+		t.Fatalf("%d records of one denied connection: %+v", len(recs), recs)
+	}
+	r := recs[0]
+	t.Logf("record: %+v", r)
+	if r.Verdict != flows.Deny || r.Rule != ruleTCP || r.Source != flows.FromNFLOG || r.Proto != 6 ||
+		r.Orig.Packets < 1 || r.Orig.Bytes != 60*r.Orig.Packets || r.Reply != (flows.Count{}) {
+		t.Fatalf("record %+v", r)
+	}
+}
+
+// Denials beyond the kernel's log rate limit: what arrives as records
+// and what is reported as suppressed add up to what the kernel dropped.
+func TestBurstBeyondRateLimitIsCounted(t *testing.T) {
+	hs := newHost(t)
+	sink := &flowstest.Sink{}
+	c := collect(t, hs, sink, t.TempDir(), 0)
+	const sent = 500
+	var conn net.Conn
+	if err := hs.a.Do(func() (err error) {
+		conn, err = net.Dial("udp", netip.AddrPortFrom(addrB, 9091).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for range sent {
+		conn.Write([]byte("x"))
+		time.Sleep(100 * time.Microsecond) // below the neighbour queue's bound while ARP resolves
+	}
+	// What the kernel dropped is what its counter counted.
+	cs, err := counters{hs.h}.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cs.Rules[ruleUDP].Packets
+	if want < sent/2 {
+		t.Fatalf("sent %d, the kernel's counter counts %d", sent, want)
+	}
+	sum := func() (logged, suppressed uint64) {
+		got := sink.Received()
+		for _, r := range toB(got.Records, 9091) {
+			logged += r.Orig.Packets
+		}
+		return logged, got.Suppressed["deny "+ruleUDP]
+	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("records and suppressed do not add up to %d", want), func() bool {
+		l, s := sum()
+		return l+s >= want
+	})
+	c.Close()
+	l, s := sum()
+	got := sink.Received()
+	t.Logf("the kernel dropped %d: logged %d, suppressed %d, lost %v", want, l, s, got.Lost)
+	if l+s != want || s == 0 || l < logRate {
+		t.Fatalf("the kernel dropped %d: logged %d + suppressed %d (lost %v)", want, l, s, got.Lost)
+	}
+}
+
+// While the Sink is down, flows wait in the spool; a restart of the
+// collector keeps them; when the Sink returns they arrive, in order and
+// once each.
+func TestSinkDownSpoolsAcrossRestart(t *testing.T) {
+	hs := newHost(t)
+	hs.serve(t, 100)
+	sink := &flowstest.Sink{}
+	sink.SetFailing(true)
+	dir := t.TempDir()
+	c := collect(t, hs, sink, dir, 0)
+	const made = 20
+	for range made {
+		hs.exchange(t, 100)
+	}
+	waitFor(t, 60*time.Second, "connections not all in the spool", func() bool {
+		s := c.Stats()
+		return s.Destroy >= made && s.SpoolFiles > 0 && s.Records >= made
+	})
+	c.Close()
+	if len(toB(sink.Received().Records, 8080)) != 0 {
+		t.Fatal("a failing sink received records")
+	}
+	c = collect(t, hs, sink, dir, 0) // the restart
+	defer c.Close()
+	if s := c.Stats(); s.SpoolFiles == 0 {
+		t.Fatalf("the spool did not survive a restart: %+v", s)
+	}
+	sink.SetFailing(false)
+	waitFor(t, 30*time.Second, "spooled flows not delivered", func() bool {
+		return len(toB(sink.Received().Records, 8080)) >= made && c.Stats().SpoolFiles == 0
+	})
+	got := sink.Received()
+	if n := len(toB(got.Records, 8080)); n != made || got.OutOfOrder != 0 || sumLost(got.Lost) != 0 {
+		t.Fatalf("made %d: delivered %d, out of order %d, lost %v", made, n, got.OutOfOrder, got.Lost)
+	}
+}
+
+// A spool too small for what the Sink's outage brings refuses the newest
+// records and counts them: made = delivered + counted as lost.
+func TestFullSpoolCountsWhatItRefuses(t *testing.T) {
+	hs := newHost(t)
+	hs.serve(t, 100)
+	sink := &flowstest.Sink{}
+	sink.SetFailing(true)
+	c := collect(t, hs, sink, t.TempDir(), 3000)
+	defer c.Close()
+	const made = 30
+	for range made {
+		hs.exchange(t, 100)
+		time.Sleep(20 * time.Millisecond) // spread over several batches
+	}
+	waitFor(t, 60*time.Second, "connections not all sealed", func() bool {
+		s := c.Stats()
+		return s.Destroy >= made && s.Lost[flows.LostSpoolFull] > 0
+	})
+	time.Sleep(500 * time.Millisecond) // the last batch sealed
+	sink.SetFailing(false)
+	var got flowstest.Received
+	waitFor(t, 30*time.Second, "made != delivered + lost", func() bool {
+		got = sink.Received()
+		return uint64(len(toB(got.Records, 8080)))+got.Lost[flows.LostSpoolFull] >= made
+	})
+	n := uint64(len(toB(got.Records, 8080)))
+	t.Logf("made %d: delivered %d, lost %v", made, n, got.Lost)
+	if n+got.Lost[flows.LostSpoolFull] != made || n == 0 || got.Lost[flows.LostSpoolFull] == 0 {
+		t.Fatalf("made %d: delivered %d, lost %v", made, n, got.Lost)
+	}
+}
+
+func sumLost(m map[flows.Cause]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
