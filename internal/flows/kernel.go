@@ -22,7 +22,9 @@ type ctEvent struct {
 }
 
 // The conntrack multicast groups (NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY).
-var ctGroups = []uint32{1, 2, 3}
+var ctGroups = []uint32{1, ctGroupUpdate, 3}
+
+const ctGroupUpdate = 2
 
 // openConntrack subscribes to the namespace's conntrack events. The
 // socket asks for reliable delivery (NETLINK_BROADCAST_ERROR): when a
@@ -45,6 +47,9 @@ func (c *Collector) openConntrack() error {
 		return fmt.Errorf("flows: conntrack events: dial netlink: %w", err)
 	}
 	for _, g := range ctGroups {
+		if g == ctGroupUpdate && c.cfg.SkipUpdates {
+			continue
+		}
 		if err := conn.JoinGroup(g); err != nil {
 			conn.Close()
 			return fmt.Errorf("flows: conntrack events: join group %d: %w", g, err)
