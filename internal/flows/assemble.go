@@ -82,16 +82,14 @@ func (c *Collector) assemble(ctx context.Context) {
 	}
 }
 
-// drain takes what the readers left in the channels after they stopped.
+// drain takes what the readers left in the channels after they stopped
+// (the conntrack reader has closed its channel).
 func (c *Collector) drain(a *assembler) {
+	for ev := range c.events {
+		c.onEvent(a, ev)
+	}
 	for {
 		select {
-		case ev, ok := <-c.events:
-			if !ok {
-				c.events = nil
-				continue
-			}
-			c.onEvent(a, ev)
 		case r := <-c.logs:
 			c.onRecord(a, r)
 		default:

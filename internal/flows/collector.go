@@ -47,7 +47,7 @@ type Config struct {
 	// SkipUpdates leaves conntrack's UPDATE events unread (the kernel
 	// then does not make them): a record's End is then when conntrack
 	// removed the entry, not when TCP began to close. They are most of
-	// the events (about 3.6 of 5.6 per short TCP connection) and of the
+	// the events (about 3.4 of 5.4 per short TCP connection) and of the
 	// collection's cost (docs/benchmarks.md, "Flow collection").
 	SkipUpdates bool
 }
@@ -74,8 +74,9 @@ type Collector struct {
 	ct     *netlink.Conn
 	nfl    *gonflog.Nflog
 	cancel context.CancelFunc
-	stop   chan struct{} // closed by Close: the assembler seals and ends
-	wg     sync.WaitGroup
+	stop   chan struct{}  // closed by Close: the assembler seals and ends
+	reader sync.WaitGroup // the conntrack reader
+	wg     sync.WaitGroup // the assembler and the deliverer
 
 	events  chan ctEvent
 	logs    chan logRec
@@ -161,8 +162,9 @@ func New(cfg Config) (*Collector, error) {
 		return nil, err
 	}
 	c.snapshotCounters(ctx) // after the sockets: no record is counted before its counter
-	c.wg.Add(3)
+	c.reader.Add(1)
 	go c.readConntrack()
+	c.wg.Add(2)
 	go c.assemble(ctx)
 	go c.deliver()
 	return c, nil
@@ -203,6 +205,7 @@ func (c *Collector) Close() error {
 	c.cancel() // stops the NFLOG reader; Close waits for it
 	c.nfl.Close()
 	c.ct.Close()
+	c.reader.Wait() // the assembler still takes events meanwhile
 	close(c.stop)
 	c.wg.Wait()
 	c.mu.Lock()

@@ -90,7 +90,7 @@ func forceReadBuffer(conn *netlink.Conn, n int) error {
 // the assembler is behind: the kernel then holds DESTROY events back
 // (see openConntrack) rather than anything being dropped here.
 func (c *Collector) readConntrack() {
-	defer c.wg.Done()
+	defer c.reader.Done()
 	defer close(c.events)
 	for {
 		msgs, err := c.ct.Receive()

@@ -7,12 +7,16 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
 	"github.com/bulkhead-dev/bulkhead/internal/flows"
@@ -180,6 +184,25 @@ func collect(t *testing.T, hs *host, sink flows.Sink, dir string, spool int64) *
 	return c
 }
 
+// sweep lists h's conntrack table, which makes the kernel remove the
+// entries that have expired (and send their DESTROY events) now, rather
+// than when its garbage collector comes by, which can take a minute.
+func (hs *host) sweep(t *testing.T) {
+	f, err := os.Open(hs.h.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Dump(nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // tWriter logs to the test.
 type tWriter struct{ t *testing.T }
 
@@ -230,6 +253,7 @@ func TestAllowedConnectionIsOneFlow(t *testing.T) {
 	hs.exchange(t, 5000)
 	closed := time.Now()
 	waitFor(t, 60*time.Second, "no record of the connection", func() bool {
+		hs.sweep(t)
 		return len(toB(sink.Received().Records, 8080)) > 0
 	})
 	recs := toB(sink.Received().Records, 8080)
@@ -351,6 +375,7 @@ func TestSinkDownSpoolsAcrossRestart(t *testing.T) {
 		hs.exchange(t, 100)
 	}
 	waitFor(t, 60*time.Second, "connections not all in the spool", func() bool {
+		hs.sweep(t)
 		s := c.Stats()
 		return s.Destroy >= made && s.SpoolFiles > 0 && s.Records >= made
 	})
@@ -388,6 +413,7 @@ func TestFullSpoolCountsWhatItRefuses(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // spread over several batches
 	}
 	waitFor(t, 60*time.Second, "connections not all sealed", func() bool {
+		hs.sweep(t)
 		s := c.Stats()
 		return s.Destroy >= made && s.Lost[flows.LostSpoolFull] > 0
 	})
