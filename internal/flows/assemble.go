@@ -15,9 +15,10 @@ type assembler struct {
 	cur   *Batch
 	drops map[dropKey]int // index in cur.Records of a dropped 5-tuple's record
 
-	// Log records of packets let through wait here for their connection's
-	// NEW event (pending, by 5-tuple), then with the connection (open, by
-	// conntrack id) for its DESTROY.
+	// Log records of packets let through wait here, by 5-tuple, for
+	// their connection's DESTROY (they arrive after its NEW event: the
+	// kernel batches NFLOG records for up to 50 ms). open holds what is
+	// known of a connection between its events, by conntrack id.
 	pending map[key]*pendingHits
 	open    map[uint32]*openConn
 
@@ -39,7 +40,6 @@ type pendingHits struct {
 }
 
 type openConn struct {
-	hits    []Hit
 	closing time.Time // when TCP began to close (zero: not yet)
 }
 
@@ -48,7 +48,7 @@ type openConn struct {
 const (
 	maxPending = 1 << 16
 	maxOpen    = 1 << 20
-	pendingAge = 5 * time.Second
+	pendingAge = 10 * time.Minute
 )
 
 func (c *Collector) assemble(ctx context.Context) {
@@ -123,16 +123,6 @@ func (c *Collector) onEvent(a *assembler, ev ctEvent) {
 	}
 	c.mu.Unlock()
 	switch ev.typ {
-	case uint8(conntrack.EventNew):
-		k := flowKey(f)
-		if p := a.pending[k]; p != nil {
-			delete(a.pending, k)
-			if len(a.open) < maxOpen {
-				a.open[id] = &openConn{hits: p.hits}
-			} else {
-				c.hitRecords(a, k, p)
-			}
-		}
 	case uint8(conntrack.EventUpdate):
 		if t := f.ProtoInfo.TCP; t != nil && t.State >= tcpFinWait {
 			o := a.open[id]
@@ -178,7 +168,10 @@ func (c *Collector) connRecord(a *assembler, f *conntrack.Flow, at time.Time) Re
 		if !o.closing.IsZero() {
 			r.End = o.closing
 		}
-		r.Hits = o.hits
+	}
+	if p := a.pending[k]; p != nil {
+		delete(a.pending, k)
+		r.Hits = p.hits
 	}
 	for _, h := range r.Hits {
 		switch {
