@@ -17,16 +17,18 @@ type assembler struct {
 
 	// Log records of packets let through wait here, by 5-tuple, for
 	// their connection's DESTROY (they arrive after its NEW event: the
-	// kernel batches NFLOG records for up to 50 ms). open holds what is
-	// known of a connection between its events, by conntrack id.
+	// kernel batches NFLOG records for up to 50 ms).
 	pending map[key]*pendingHits
-	open    map[uint32]*openConn
+	closing map[uint32]time.Time // when TCP began to close
 
 	// suppressed: records seen and counted as suppressed per "kind id",
 	// and the kernel's counters when collection started.
 	seen     map[string]uint64
 	reported map[string]uint64
 	base     dataplane.Counters
+	prev     dataplane.Counters // the last reading, at read
+	prevOK   bool
+	read     time.Time
 }
 
 type dropKey struct {
@@ -39,22 +41,18 @@ type pendingHits struct {
 	at   time.Time
 }
 
-type openConn struct {
-	closing time.Time // when TCP began to close (zero: not yet)
-}
-
 // Bounds of the assembler's tables; past them a record is made at once
 // with what is known (docs/flows.md).
 const (
 	maxPending = 1 << 16
-	maxOpen    = 1 << 20
+	maxClosing = 1 << 20
 	pendingAge = 10 * time.Minute
 )
 
 func (c *Collector) assemble(ctx context.Context) {
 	defer c.wg.Done()
 	defer close(c.batches)
-	a := &assembler{drops: map[dropKey]int{}, pending: map[key]*pendingHits{}, open: map[uint32]*openConn{},
+	a := &assembler{drops: map[dropKey]int{}, pending: map[key]*pendingHits{}, closing: map[uint32]time.Time{},
 		seen: map[string]uint64{}, reported: map[string]uint64{}, base: c.base}
 	tick := time.NewTicker(c.cfg.FlushInterval)
 	defer tick.Stop()
@@ -125,13 +123,8 @@ func (c *Collector) onEvent(a *assembler, ev ctEvent) {
 	switch ev.typ {
 	case uint8(conntrack.EventUpdate):
 		if t := f.ProtoInfo.TCP; t != nil && t.State >= tcpFinWait {
-			o := a.open[id]
-			if o == nil && len(a.open) < maxOpen {
-				o = &openConn{}
-				a.open[id] = o
-			}
-			if o != nil && o.closing.IsZero() {
-				o.closing = ev.at
+			if _, ok := a.closing[id]; !ok && len(a.closing) < maxClosing {
+				a.closing[id] = ev.at
 			}
 		}
 	case uint8(conntrack.EventDestroy):
@@ -163,11 +156,9 @@ func (c *Collector) connRecord(a *assembler, f *conntrack.Flow, at time.Time) Re
 	if r.End.IsZero() {
 		r.End = at
 	}
-	if o := a.open[f.ID]; o != nil {
-		delete(a.open, f.ID)
-		if !o.closing.IsZero() {
-			r.End = o.closing
-		}
+	if at, ok := a.closing[f.ID]; ok {
+		delete(a.closing, f.ID)
+		r.End = at
 	}
 	if p := a.pending[k]; p != nil {
 		delete(a.pending, k)

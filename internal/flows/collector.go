@@ -44,6 +44,10 @@ type Config struct {
 	SpoolBytes int64
 	// ReadBuffer is the kernel receive buffer of each socket (0: 32 MiB).
 	ReadBuffer int
+	// CounterInterval is how often the dataplane's counters are read for
+	// Batch.Suppressed (0: 10 s). Reading them costs: every rule counter
+	// element, seconds at 100,000 rules (docs/flows.md).
+	CounterInterval time.Duration
 	// SkipUpdates leaves conntrack's UPDATE events unread (the kernel
 	// then does not make them): a record's End is then when conntrack
 	// removed the entry, not when TCP began to close. They are most of
@@ -65,18 +69,19 @@ type Stats struct {
 
 // Collector reads conntrack events and NFLOG records in one network
 // namespace and delivers them as batches of Records to a Sink. See the
-// package doc.
+// package doc. Stats and Close may be called from any goroutine.
 type Collector struct {
 	cfg   Config
 	log   *slog.Logger
 	spool *spool
 
-	ct     *netlink.Conn
-	nfl    *gonflog.Nflog
-	cancel context.CancelFunc
-	stop   chan struct{}  // closed by Close: the assembler seals and ends
-	reader sync.WaitGroup // the conntrack reader
-	wg     sync.WaitGroup // the assembler and the deliverer
+	ct        *netlink.Conn
+	nfl       *gonflog.Nflog
+	cancel    context.CancelFunc
+	stop      chan struct{} // closed by Close: the assembler seals and ends
+	closeOnce sync.Once
+	reader    sync.WaitGroup // the conntrack reader
+	wg        sync.WaitGroup // the assembler and the deliverer
 
 	events  chan ctEvent
 	logs    chan logRec
@@ -132,6 +137,9 @@ func New(cfg Config) (*Collector, error) {
 	}
 	if cfg.ReadBuffer <= 0 {
 		cfg.ReadBuffer = 32 << 20
+	}
+	if cfg.CounterInterval <= 0 {
+		cfg.CounterInterval = 10 * time.Second
 	}
 	c := &Collector{cfg: cfg, log: cfg.Logger.With("component", "flows"),
 		stop:    make(chan struct{}),
@@ -202,6 +210,11 @@ func (c *Collector) enableAccounting() error {
 // Close stops reading, seals and hands over (or spools) what was read,
 // and returns once everything is delivered or on disk.
 func (c *Collector) Close() error {
+	c.closeOnce.Do(c.close)
+	return nil
+}
+
+func (c *Collector) close() {
 	c.cancel() // stops the NFLOG reader; Close waits for it
 	c.nfl.Close()
 	c.ct.Close()
@@ -213,7 +226,6 @@ func (c *Collector) Close() error {
 	if n := sumCounts(c.carry.Lost); n > 0 {
 		c.log.Warn("closed with counts of loss that could not be written to the spool", "lost", c.carry.Lost)
 	}
-	return nil
 }
 
 // Stats returns the counts since New.

@@ -83,7 +83,7 @@ func TestRealDataplane(t *testing.T) {
 	hs := &host{h: h, a: wa, b: wb}
 	sink := &flowstest.Sink{}
 	c, err := flows.New(flows.Config{NetNS: h.Path(), LogGroup: group, StateDir: t.TempDir(), Sink: sink,
-		Counters: d, FlushInterval: 200 * time.Millisecond})
+		Counters: d, FlushInterval: 200 * time.Millisecond, CounterInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func (c *Collector) seal(ctx context.Context, a *assembler, final bool) {
 		a.cur = &Batch{}
 	}
 	b := a.cur
-	b.Suppressed = c.suppressed(ctx, a)
+	b.Suppressed = c.suppressed(ctx, a, final)
 	b.Lost = map[Cause]uint64{}
 	for i, cause := range causes {
 		if n := c.lostKernel[i].Swap(0); n > 0 {
@@ -73,20 +73,33 @@ func (c *Collector) snapshotCounters(ctx context.Context) {
 }
 
 // suppressed returns, per log record kind and id seen, how many more
-// packets the kernel decided than records arrived since the last batch.
-func (c *Collector) suppressed(ctx context.Context, a *assembler) map[string]uint64 {
+// packets the kernel decided than records arrived, beyond what earlier
+// batches reported. It compares the records seen now with the counters
+// read one reading earlier, at least CounterInterval ago: the records of
+// the packets those counters counted have all arrived by now (the kernel
+// holds them at most 50 ms), so the figure never counts a record still in
+// flight as suppressed; it is late by one reading instead.
+func (c *Collector) suppressed(ctx context.Context, a *assembler, final bool) map[string]uint64 {
 	if c.cfg.Counters == nil || len(a.seen) == 0 {
 		return nil
 	}
+	if !final && time.Since(a.read) < c.cfg.CounterInterval {
+		return nil
+	}
+	prev, ok := a.prev, a.prevOK
 	cs, err := c.cfg.Counters.Counters(ctx)
 	if err != nil {
 		c.log.Warn("read the dataplane's counters", "err", err)
+	} else {
+		a.prev, a.prevOK, a.read = cs, true, time.Now()
+	}
+	if !ok {
 		return nil
 	}
 	var out map[string]uint64
 	for sk := range a.seen {
 		h := hitOfKey(sk)
-		now, ok := counterOf(cs, h)
+		now, ok := counterOf(prev, h)
 		if !ok {
 			continue
 		}

@@ -92,6 +92,7 @@ func forceReadBuffer(conn *netlink.Conn, n int) error {
 func (c *Collector) readConntrack() {
 	defer c.reader.Done()
 	defer close(c.events)
+	var errs uint64
 	for {
 		msgs, err := c.ct.Receive()
 		if err != nil {
@@ -102,7 +103,9 @@ func (c *Collector) readConntrack() {
 			case closedErr(err):
 				return
 			}
-			c.log.Warn("conntrack events: receive", "err", err)
+			if errs++; errs&(errs-1) == 0 { // the 1st, 2nd, 4th, 8th...: not a log line per event
+				c.log.Warn("conntrack events: receive", "err", err, "errors", errs)
+			}
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -152,6 +155,7 @@ func (c *Collector) openNFLOG(ctx context.Context) error {
 		nf.Close()
 		return fmt.Errorf("flows: nflog group %d: %w", c.cfg.LogGroup, err)
 	}
+	var errs uint64 // the library's receive goroutine only
 	errfn := func(err error) int {
 		if ctx.Err() != nil || closedErr(err) {
 			return 1
@@ -160,7 +164,9 @@ func (c *Collector) openNFLOG(ctx context.Context) error {
 			c.lose(LostNFLOGENOBUFS, 1)
 			return 0
 		}
-		c.log.Warn("nflog: receive", "group", c.cfg.LogGroup, "err", err)
+		if errs++; errs&(errs-1) == 0 {
+			c.log.Warn("nflog: receive", "group", c.cfg.LogGroup, "err", err, "errors", errs)
+		}
 		time.Sleep(10 * time.Millisecond)
 		return 0
 	}

@@ -176,7 +176,7 @@ func (hs *host) exchange(t *testing.T, send int) {
 func collect(t *testing.T, hs *host, sink flows.Sink, dir string, spool int64) *flows.Collector {
 	t.Helper()
 	c, err := flows.New(flows.Config{NetNS: hs.h.Path(), LogGroup: logGroup, StateDir: dir, Sink: sink,
-		Counters: counters{hs.h}, FlushInterval: 200 * time.Millisecond, SpoolBytes: spool, Host: "bhfl-test",
+		Counters: counters{hs.h}, FlushInterval: 200 * time.Millisecond, CounterInterval: 200 * time.Millisecond, SpoolBytes: spool, Host: "bhfl-test",
 		Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
 	if err != nil {
 		t.Fatal(err)
