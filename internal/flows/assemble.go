@@ -101,33 +101,25 @@ func (c *Collector) add(a *assembler, r Record) int {
 		a.cur = &Batch{}
 	}
 	a.cur.Records = append(a.cur.Records, r)
-	c.mu.Lock()
-	c.stats.Records++
-	c.mu.Unlock()
+	c.count.records.Add(1)
 	return len(a.cur.Records) - 1
 }
 
 func (c *Collector) onEvent(a *assembler, ev ctEvent) {
 	f := ev.flow
 	id := f.ID
-	c.mu.Lock()
 	switch ev.typ {
 	case uint8(conntrack.EventNew):
-		c.stats.New++
+		c.count.new.Add(1)
 	case uint8(conntrack.EventUpdate):
-		c.stats.Update++
-	case uint8(conntrack.EventDestroy):
-		c.stats.Destroy++
-	}
-	c.mu.Unlock()
-	switch ev.typ {
-	case uint8(conntrack.EventUpdate):
+		c.count.update.Add(1)
 		if t := f.ProtoInfo.TCP; t != nil && t.State >= tcpFinWait {
 			if _, ok := a.closing[id]; !ok && len(a.closing) < maxClosing {
 				a.closing[id] = ev.at
 			}
 		}
 	case uint8(conntrack.EventDestroy):
+		c.count.destroy.Add(1)
 		c.add(a, c.connRecord(a, f, ev.at))
 	}
 }
@@ -192,9 +184,7 @@ func (c *Collector) endpoint(addr netip.Addr, port uint16) Endpoint {
 }
 
 func (c *Collector) onRecord(a *assembler, r logRec) {
-	c.mu.Lock()
-	c.stats.Logs++
-	c.mu.Unlock()
+	c.count.logs.Add(1)
 	a.seen[suppressKey(r.hit)]++
 	if !r.hit.dropped() {
 		p := a.pending[r.k]

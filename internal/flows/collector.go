@@ -94,9 +94,11 @@ type Collector struct {
 
 	base dataplane.Counters // the kernel's counters when collection started
 
+	count struct{ new, update, destroy, logs, records atomic.Uint64 } // per event: no lock
+
 	mu    sync.Mutex // guards stats and carry
-	stats Stats
-	carry Batch // counts of batches that could not even be spooled
+	stats Stats      // the counts not in count
+	carry Batch      // counts of batches that could not even be spooled
 }
 
 // causes in a fixed order, for the atomic counters.
@@ -234,6 +236,8 @@ func (c *Collector) Stats() Stats {
 	s := c.stats
 	s.Lost = maps.Clone(c.stats.Lost)
 	c.mu.Unlock()
+	s.New, s.Update, s.Destroy = c.count.new.Load(), c.count.update.Load(), c.count.destroy.Load()
+	s.Logs, s.Records = c.count.logs.Load(), c.count.records.Load()
 	for i, cause := range causes { // kernel-side losses not yet in a batch
 		if n := c.lostKernel[i].Load(); n > 0 {
 			s.Lost[cause] += n
