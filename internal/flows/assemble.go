@@ -1,7 +1,6 @@
 package flows
 
 import (
-	"context"
 	"net/netip"
 	"time"
 
@@ -26,9 +25,9 @@ type assembler struct {
 	seen     map[string]uint64
 	reported map[string]uint64
 	base     dataplane.Counters
-	prev     dataplane.Counters // the last reading, at read
+	prev     dataplane.Counters // the last reading
 	prevOK   bool
-	read     time.Time
+	supp     map[string]uint64 // for the next batch
 }
 
 type dropKey struct {
@@ -49,7 +48,7 @@ const (
 	pendingAge = 10 * time.Minute
 )
 
-func (c *Collector) assemble(ctx context.Context) {
+func (c *Collector) assemble() {
 	defer c.wg.Done()
 	defer close(c.batches)
 	a := &assembler{drops: map[dropKey]int{}, pending: map[key]*pendingHits{}, closing: map[uint32]time.Time{},
@@ -67,15 +66,17 @@ func (c *Collector) assemble(ctx context.Context) {
 			c.onEvent(a, ev)
 		case r := <-c.logs:
 			c.onRecord(a, r)
+		case cs := <-c.readings:
+			c.onReading(a, cs)
 		case <-tick.C:
-			c.seal(ctx, a, false)
+			c.seal(a, false)
 		case <-c.stop:
 			c.drain(a)
-			c.seal(ctx, a, true)
+			c.seal(a, true)
 			return
 		}
 		if a.cur != nil && len(a.cur.Records) >= c.cfg.MaxBatch {
-			c.seal(ctx, a, false)
+			c.seal(a, false)
 		}
 	}
 }

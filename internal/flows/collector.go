@@ -45,8 +45,8 @@ type Config struct {
 	// ReadBuffer is the kernel receive buffer of each socket (0: 32 MiB).
 	ReadBuffer int
 	// CounterInterval is how often the dataplane's counters are read for
-	// Batch.Suppressed (0: 10 s). Reading them costs: every rule counter
-	// element, seconds at 100,000 rules (docs/flows.md).
+	// Batch.Suppressed (0: 10 s), on a goroutine of their own: a reading
+	// of every rule counter takes seconds at 100,000 rules.
 	CounterInterval time.Duration
 	// SkipUpdates leaves conntrack's UPDATE events unread (the kernel
 	// then does not make them): a record's End is then when conntrack
@@ -80,12 +80,13 @@ type Collector struct {
 	cancel    context.CancelFunc
 	stop      chan struct{} // closed by Close: the assembler seals and ends
 	closeOnce sync.Once
-	reader    sync.WaitGroup // the conntrack reader
+	reader    sync.WaitGroup // the conntrack and counter readers
 	wg        sync.WaitGroup // the assembler and the deliverer
 
-	events  chan ctEvent
-	logs    chan logRec
-	batches chan *Batch
+	events   chan ctEvent
+	logs     chan logRec
+	readings chan dataplane.Counters
+	batches  chan *Batch
 
 	nfSeq uint32 // next NFLOG sequence number expected (nflog goroutine only)
 
@@ -144,11 +145,12 @@ func New(cfg Config) (*Collector, error) {
 		cfg.CounterInterval = 10 * time.Second
 	}
 	c := &Collector{cfg: cfg, log: cfg.Logger.With("component", "flows"),
-		stop:    make(chan struct{}),
-		events:  make(chan ctEvent, 16384),
-		logs:    make(chan logRec, 16384),
-		batches: make(chan *Batch, 8),
-		stats:   Stats{Lost: map[Cause]uint64{}}}
+		stop:     make(chan struct{}),
+		events:   make(chan ctEvent, 16384),
+		logs:     make(chan logRec, 16384),
+		readings: make(chan dataplane.Counters, 1),
+		batches:  make(chan *Batch, 8),
+		stats:    Stats{Lost: map[Cause]uint64{}}}
 	sp, err := openSpool(cfg.StateDir, cfg.SpoolBytes)
 	if err != nil {
 		return nil, err
@@ -174,8 +176,12 @@ func New(cfg Config) (*Collector, error) {
 	c.snapshotCounters(ctx) // after the sockets: no record is counted before its counter
 	c.reader.Add(1)
 	go c.readConntrack()
+	if cfg.Counters != nil {
+		c.reader.Add(1)
+		go c.readCounters(ctx)
+	}
 	c.wg.Add(2)
-	go c.assemble(ctx)
+	go c.assemble()
 	go c.deliver()
 	return c, nil
 }

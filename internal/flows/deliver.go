@@ -11,7 +11,7 @@ import (
 // are made records, the kernel's losses and the suppressed counts are
 // attached, and the batch goes to the deliverer (or, when it is behind,
 // straight to the spool). final: the collector is closing.
-func (c *Collector) seal(ctx context.Context, a *assembler, final bool) {
+func (c *Collector) seal(a *assembler, final bool) {
 	now := time.Now()
 	for k, p := range a.pending {
 		if final || now.Sub(p.at) > pendingAge {
@@ -23,7 +23,7 @@ func (c *Collector) seal(ctx context.Context, a *assembler, final bool) {
 		a.cur = &Batch{}
 	}
 	b := a.cur
-	b.Suppressed = c.suppressed(ctx, a, final)
+	b.Suppressed, a.supp = a.supp, nil
 	b.Lost = map[Cause]uint64{}
 	for i, cause := range causes {
 		if n := c.lostKernel[i].Swap(0); n > 0 {
@@ -72,31 +72,47 @@ func (c *Collector) snapshotCounters(ctx context.Context) {
 	c.base = cs
 }
 
-// suppressed returns, per log record kind and id seen, how many more
-// packets the kernel decided than records arrived, beyond what earlier
-// batches reported. It compares the records seen now with the counters
-// read one reading earlier, at least CounterInterval ago: the records of
-// the packets those counters counted have all arrived by now (the kernel
-// holds them at most 50 ms), so the figure never counts a record still in
-// flight as suppressed; it is late by one reading instead.
-func (c *Collector) suppressed(ctx context.Context, a *assembler, final bool) map[string]uint64 {
-	if c.cfg.Counters == nil || len(a.seen) == 0 {
-		return nil
+// readCounters reads the dataplane's counters every CounterInterval, on
+// a goroutine of its own (a reading can take seconds), and hands each
+// reading to the assembler.
+func (c *Collector) readCounters(ctx context.Context) {
+	defer c.reader.Done()
+	tick := time.NewTicker(c.cfg.CounterInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cs, err := c.cfg.Counters.Counters(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("read the dataplane's counters", "err", err)
+			}
+			continue
+		}
+		select {
+		case c.readings <- cs:
+		case <-ctx.Done():
+			return
+		}
 	}
-	if !final && time.Since(a.read) < c.cfg.CounterInterval {
-		return nil
-	}
+}
+
+// onReading adds to what the next batch reports as suppressed: per log
+// record kind and id seen, how many more packets the kernel decided than
+// records arrived, beyond what was reported. It compares the records seen
+// now with the reading before this one: the records of the packets that
+// reading counted have all arrived by now (the kernel holds NFLOG records
+// at most 50 ms), so a record still in flight is never counted as
+// suppressed; the figure is one reading late instead.
+func (c *Collector) onReading(a *assembler, cs dataplane.Counters) {
 	prev, ok := a.prev, a.prevOK
-	cs, err := c.cfg.Counters.Counters(ctx)
-	if err != nil {
-		c.log.Warn("read the dataplane's counters", "err", err)
-	} else {
-		a.prev, a.prevOK, a.read = cs, true, time.Now()
-	}
+	a.prev, a.prevOK = cs, true
 	if !ok {
-		return nil
+		return
 	}
-	var out map[string]uint64
 	for sk := range a.seen {
 		h := hitOfKey(sk)
 		now, ok := counterOf(prev, h)
@@ -107,14 +123,13 @@ func (c *Collector) suppressed(ctx context.Context, a *assembler, final bool) ma
 		counted := now - min(base, now)
 		total := counted - min(counted, a.seen[sk])
 		if total > a.reported[sk] {
-			if out == nil {
-				out = map[string]uint64{}
+			if a.supp == nil {
+				a.supp = map[string]uint64{}
 			}
-			out[sk] = total - a.reported[sk]
+			a.supp[sk] += total - a.reported[sk]
 			a.reported[sk] = total
 		}
 	}
-	return out
 }
 
 func hitOfKey(sk string) Hit {
