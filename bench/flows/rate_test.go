@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -141,6 +142,8 @@ type phase struct {
 	lost         map[flows.Cause]uint64
 	stats        flows.Stats
 	cpu          time.Duration
+	ctInvalid    uint64 // conntrack's own counts in h during the phase
+	ctDrop       uint64
 }
 
 // TestConnectionRate runs rounds of phases, one per mode of collection in
@@ -182,7 +185,10 @@ func runPhase(t *testing.T, h, a *netns.NS, p *phase, workers int, d time.Durati
 		}
 	}
 	cpu0 := cpuTime() // this process: the collector
+	inv0, drop0 := ctStats(t, h)
 	p.made, p.failed = load(t, a, p.port, workers, d)
+	inv1, drop1 := ctStats(t, h)
+	p.ctInvalid, p.ctDrop = inv1-inv0, drop1-drop0
 	p.rate = float64(p.made) / d.Seconds()
 	p.cpu = cpuTime() - cpu0
 	if c == nil {
@@ -208,6 +214,30 @@ func runPhase(t *testing.T, h, a *netns.NS, p *phase, workers int, d time.Durati
 	p.lost = got.Lost
 }
 
+// ctStats sums conntrack's "invalid" and "drop" counts over the CPUs in
+// h (/proc/net/stat/nf_conntrack: packets conntrack itself refused).
+func ctStats(t *testing.T, h *netns.NS) (invalid, drop uint64) {
+	out := nstest.Run(t, h, "cat", "/proc/net/stat/nf_conntrack")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	head := strings.Fields(lines[0])
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		for i, name := range head {
+			if i >= len(f) {
+				break
+			}
+			n, _ := strconv.ParseUint(f[i], 16, 64)
+			switch name {
+			case "invalid":
+				invalid += n
+			case "drop":
+				drop += n
+			}
+		}
+	}
+	return invalid, drop
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -218,8 +248,8 @@ func report(t *testing.T, phases []*phase, rounds int) {
 	rate := make([][numModes]float64, rounds)
 	for _, p := range phases {
 		rate[p.round][p.mode] = p.rate
-		t.Logf("round %d, collection %-14s port %d: %6.0f connections/s (%d made, %d failed), process CPU %.2f s",
-			p.round, p.mode, p.port, p.rate, p.made, p.failed, p.cpu.Seconds())
+		t.Logf("round %d, collection %-14s port %d: %6.0f connections/s (%d made, %d failed), process CPU %.2f s; conntrack invalid %d, drop %d",
+			p.round, p.mode, p.port, p.rate, p.made, p.failed, p.cpu.Seconds(), p.ctInvalid, p.ctDrop)
 		if p.mode == off {
 			continue
 		}
