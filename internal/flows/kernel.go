@@ -33,7 +33,9 @@ const ctGroupUpdate = 2
 // connection's record is not lost to an overrun; NEW and UPDATE events
 // can be, and each overrun is counted (ENOBUFS).
 func (c *Collector) openConntrack() error {
-	cfg := &netlink.Config{}
+	// A fixed receive buffer: one recvmsg per event, not a peek for its
+	// size first (events are well under 8 KiB).
+	cfg := &netlink.Config{MessageBufferSize: 8192}
 	if c.cfg.NetNS != "" {
 		f, err := os.Open(c.cfg.NetNS)
 		if err != nil {
