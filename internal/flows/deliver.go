@@ -2,6 +2,7 @@ package flows
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane"
@@ -133,17 +134,8 @@ func (c *Collector) onReading(a *assembler, cs dataplane.Counters) {
 }
 
 func hitOfKey(sk string) Hit {
-	kind, id, _ := cutSpace(sk)
+	kind, id, _ := strings.Cut(sk, " ")
 	return Hit{Kind: Verdict(kind), ID: id}
-}
-
-func cutSpace(s string) (string, string, bool) {
-	for i := range len(s) {
-		if s[i] == ' ' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // counterOf is the kernel counter that counts every packet a log record
