@@ -143,10 +143,15 @@ func TestEscalationsOverTheAPI(t *testing.T) {
 		t.Fatalf("list: %+v %v, want 3", list, err)
 	}
 	decided := map[string]string{}
+	refused := false
 	for _, en := range auditFrom(t, e, 0) {
 		if en.Action == "escalation.decide" {
 			decided[en.Object] = en.Actor.Kind + ":" + en.Actor.Name
 		}
+		refused = refused || (en.Action == "access.refused" && en.Object == "POST /v1/escalations/"+id+"/approve" && en.Actor.Name == "audrey")
+	}
+	if !refused {
+		t.Error("the auditor's refused approval is not in the audit log")
 	}
 	for _, it := range list.Items {
 		want := "system:manager"

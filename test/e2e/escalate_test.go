@@ -133,10 +133,15 @@ func TestEscalateDecided(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	refused := false
 	for _, e := range list.Items {
 		if e.Action == "escalation.decide" {
 			audited[e.Object] = e.Actor.Kind + ":" + e.Actor.Name
 		}
+		refused = refused || (e.Action == "access.refused" && e.Object == "POST /v1/escalations/"+held.ID+"/approve" && e.Actor.Name == "audrey")
+	}
+	if !refused {
+		t.Error("the auditor's refused approval is not in the audit log")
 	}
 	for id, want := range map[string]string{rep.ID: "system:manager", held.ID: "token:olga", batch.ID: "system:manager"} {
 		if audited["escalations/"+id] != want {
