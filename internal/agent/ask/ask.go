@@ -38,6 +38,12 @@ import (
 // about 127 s anyway.
 const DefaultTimeout = 2*time.Minute + 5*time.Second
 
+// DefaultMaxAsking bounds the questions one agent has open at the manager
+// at once: half of the requests in flight the manager allows one host
+// (manager.Limits.Requests, 32), so that connections held for operators
+// never starve the host's workload and status reports.
+const DefaultMaxAsking = 16
+
 // Options configure Start. Agent, URL and Dir are required.
 type Options struct {
 	Agent *agent.Agent
@@ -50,6 +56,10 @@ type Options struct {
 	// Timeout is how long a connection waits for its decision (default
 	// DefaultTimeout); it then gets deny.
 	Timeout time.Duration
+	// MaxAsking bounds the questions open at the manager at once (default
+	// DefaultMaxAsking); past it a connection is denied at once, counted
+	// as decider-failed.
+	MaxAsking int
 	Logger  *slog.Logger
 	// Holder tunes the Holder (bounds); its NetNS, QueueNum, Resolver,
 	// Decider, Timeout and Logger are set by Start.
@@ -77,7 +87,11 @@ func Start(opts Options) (*Asker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	dec := &decider{url: opts.URL, dir: opts.Dir, host: opts.Agent.Host(), log: log.With("component", "ask")}
+	if opts.MaxAsking <= 0 {
+		opts.MaxAsking = DefaultMaxAsking
+	}
+	dec := &decider{url: opts.URL, dir: opts.Dir, host: opts.Agent.Host(), log: log.With("component", "ask"),
+		asking: make(chan struct{}, opts.MaxAsking)}
 	if _, err := dec.client(); err != nil {
 		return nil, err
 	}
@@ -215,6 +229,7 @@ type decider struct {
 	url, dir, host string
 	log            *slog.Logger
 	res            *resolver
+	asking         chan struct{} // a slot per question open at the manager
 
 	mu      sync.Mutex
 	c       *client.Client
@@ -262,6 +277,12 @@ func (d *decider) Decide(ctx context.Context, r escalate.Request) (escalate.Deci
 	}
 	if len(req.Rules) == 0 && req.ConflictClass == "" {
 		return d.byPolicy(r)
+	}
+	select {
+	case d.asking <- struct{}{}:
+		defer func() { <-d.asking }()
+	default:
+		return escalate.Decision{}, fmt.Errorf("ask: %d questions are open at the manager already", cap(d.asking))
 	}
 	c, err := d.client()
 	if err != nil {

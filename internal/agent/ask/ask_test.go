@@ -3,6 +3,7 @@ package ask
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/bulkhead-dev/bulkhead/api"
@@ -52,6 +53,14 @@ func TestResolveFromTheAgentsState(t *testing.T) {
 	ref, ok := ruleRef(ends.Rule)
 	if !ok || ref != (api.EscalationRuleRef{Namespace: "shop", Policy: "db", Rule: "ask"}) {
 		t.Errorf("rule %q read as %+v", ends.Rule, ref)
+	}
+
+	// Past MaxAsking questions open, a connection is denied without asking.
+	full := &decider{res: r, asking: make(chan struct{}, 1)}
+	full.asking <- struct{}{}
+	if _, err := full.Decide(ctx, escalate.Request{Conn: conn, Src: ends.Src, Dst: ends.Dst, Rule: ends.Rule}); err == nil ||
+		!strings.Contains(err.Error(), "open at the manager") {
+		t.Errorf("past MaxAsking: %v, want refused at once", err)
 	}
 
 	conn.DstPort = 80 // allowed by the policy now: no question for the manager
