@@ -60,7 +60,7 @@ type Options struct {
 	// DefaultMaxAsking); past it a connection is denied at once, counted
 	// as decider-failed.
 	MaxAsking int
-	Logger  *slog.Logger
+	Logger    *slog.Logger
 	// Holder tunes the Holder (bounds); its NetNS, QueueNum, Resolver,
 	// Decider, Timeout and Logger are set by Start.
 	Holder escalate.Options
