@@ -30,6 +30,7 @@ type EscalationEndpoint struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Identity  uint32            `json:"identity,omitempty"` // the dataplane's identity of the address; 0 unknown
 	Image     string            `json:"image,omitempty"`    // the image digest, when the runtime told it
+	Host      string            `json:"host,omitempty"`     // the workload's host, as the manager knows it (the agent's claim is not taken)
 }
 
 // EscalationRuleRef names a policy rule whose action escalate held the

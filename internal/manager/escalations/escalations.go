@@ -293,7 +293,7 @@ func (s *Service) vouch(host string, req api.EscalationRequest) (api.EscalationR
 		if w.Identity != 0 {
 			id = w.Identity
 		}
-		*e = api.EscalationEndpoint{Address: e.Address, Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Identity: id}
+		*e = api.EscalationEndpoint{Address: e.Address, Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, Identity: id, Host: w.Host}
 		own = own || w.Host == host
 	}
 	if !own {
@@ -305,7 +305,7 @@ func (s *Service) vouch(host string, req api.EscalationRequest) (api.EscalationR
 
 func endpoint(e api.EscalationEndpoint) decide.Endpoint {
 	return decide.Endpoint{Workload: e.Name != "", Namespace: e.Namespace, Name: e.Name, Labels: e.Labels,
-		Identity: int64(e.Identity), Image: e.Image, Address: e.Address}
+		Identity: int64(e.Identity), Image: e.Image, Address: e.Address, Host: e.Host}
 }
 
 func newID() string {

@@ -265,7 +265,7 @@ func TestInventoryVouches(t *testing.T) {
 	if err != nil || d.Verdict != api.VerdictAllow {
 		t.Fatalf("%+v %v, want allowed as the report the inventory names", d, err)
 	}
-	if rec, _ := f.svc.Get(d.ID); rec.Source.Name != "report-1" || rec.Source.Labels["app"] != "report" {
+	if rec, _ := f.svc.Get(d.ID); rec.Source.Name != "report-1" || rec.Source.Labels["app"] != "report" || rec.Source.Host != "node-1" {
 		t.Errorf("record %+v, want the inventory's source", rec.Source)
 	}
 	if _, err := f.svc.Ask(context.Background(), "node-2", ask("report")); !errors.Is(err, fault.Forbidden) {
