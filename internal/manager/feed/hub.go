@@ -138,10 +138,22 @@ func (s *Server) Run(ctx context.Context) {
 // hubFollow encodes each revision from from on into the hub; it returns
 // where to resume.
 func (s *Server) hubFollow(ctx context.Context, from int64) (int64, error) {
+	return s.eachRevision(ctx, from, func(rev int64, data []byte) (bool, error) {
+		s.hub.add(hubEntry{rev: rev, data: data})
+		return false, nil
+	})
+}
+
+// eachRevision watches the feed's keys from rev from on and gives fn each
+// revision's encoded lines, in order, until fn says stop after one
+// batch of the watch, fails, or the watch ends; it returns the revision
+// to resume from.
+func (s *Server) eachRevision(ctx context.Context, from int64, fn func(rev int64, data []byte) (stop bool, err error)) (int64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := s.Store.Watch(wctx, Prefix, from)
 	for batch := range w.C {
+		stop := false
 		for len(batch) > 0 {
 			rev := batch[0].KV.ModRev
 			n := 1
@@ -152,8 +164,13 @@ func (s *Server) hubFollow(ctx context.Context, from int64) (int64, error) {
 			if err != nil {
 				return from, err
 			}
-			s.hub.add(hubEntry{rev: rev, data: data})
+			if stop, err = fn(rev, data); err != nil {
+				return from, err
+			}
 			from, batch = rev+1, batch[n:]
+		}
+		if stop {
+			return from, nil
 		}
 	}
 	return from, w.Err()

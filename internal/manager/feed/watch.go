@@ -305,30 +305,12 @@ func (s *Server) followHub(ctx context.Context, from int64, q *feedQueue) (int64
 // follow queues the changes from rev from on, reading the store itself,
 // until the hub's log holds what comes next; it returns where to resume.
 func (s *Server) follow(ctx context.Context, from int64, q *feedQueue) (int64, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := s.Store.Watch(wctx, Prefix, from)
-	for batch := range w.C {
-		for len(batch) > 0 {
-			rev := batch[0].KV.ModRev
-			n := 1
-			for n < len(batch) && batch[n].KV.ModRev == rev {
-				n++
-			}
-			data, err := s.revisionLines(ctx, batch[:n])
-			if err != nil {
-				return from, err
-			}
-			if err := q.send(ctx, feedChunk{data: data, rev: rev}); err != nil {
-				return from, err
-			}
-			from, batch = rev+1, batch[n:]
+	return s.eachRevision(ctx, from, func(rev int64, data []byte) (bool, error) {
+		if err := q.send(ctx, feedChunk{data: data, rev: rev}); err != nil {
+			return false, err
 		}
-		if s.hub.covers(from) {
-			return from, nil
-		}
-	}
-	return from, w.Err()
+		return s.hub.covers(rev + 1), nil
+	})
 }
 
 // revisionLines encodes one revision's events, then its "rev" line with
