@@ -43,7 +43,7 @@ func (c *clock) advance(d time.Duration) {
 
 // openBolt opens a boltstore in the test's directory; it closes at the
 // test's end.
-func openBolt(t *testing.T, path string) store.Store {
+func openBolt(t testing.TB, path string) store.Store {
 	t.Helper()
 	st, err := boltstore.Open(path, boltstore.Options{})
 	if err != nil {
@@ -52,6 +52,8 @@ func openBolt(t *testing.T, path string) store.Store {
 	t.Cleanup(func() { st.Close() })
 	return st
 }
+
+func openBoltTB(t testing.TB) store.Store { return openBolt(t, filepath.Join(t.TempDir(), "bhbn.db")) }
 
 func boltPath(t *testing.T) string { return filepath.Join(t.TempDir(), "bhbn.db") }
 
@@ -62,12 +64,17 @@ func newBindings(t *testing.T, st store.Store, c *clock) *bindings.Bindings {
 	if c == nil {
 		c = newClock()
 	}
-	l := auditlog.New(auditlog.Config{Store: st, Dir: t.TempDir(), Now: c.Now,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return bindings.New(bindings.Config{Store: st, Audit: newLogTB(t, st), Now: c.Now})
+}
+
+// newLogTB is an audit log over st with a data directory of its own.
+func newLogTB(t testing.TB, st store.Store) *auditlog.Log {
+	t.Helper()
+	l := auditlog.New(auditlog.Config{Store: st, Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := l.LoadHead(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))); err != nil {
 		t.Fatal(err)
 	}
-	return bindings.New(bindings.Config{Store: st, Audit: l, Now: c.Now})
+	return l
 }
 
 // class is a conflict class of four datasets with the given scope.

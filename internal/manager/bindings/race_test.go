@@ -32,7 +32,7 @@ func TestRaceOnEtcd(t *testing.T) {
 	race(t, etcdStore(t, c.Endpoints()), etcdStore(t, c.Endpoints()))
 }
 
-func etcdStore(t *testing.T, endpoints []string) store.Store {
+func etcdStore(t testing.TB, endpoints []string) store.Store {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
