@@ -1,6 +1,7 @@
 package bindings_test
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -221,4 +222,25 @@ func TestClearIsForAdminsAndAudited(t *testing.T) {
 	if _, err := b.Clear(ctx, admin, pay.Workload(), cc.Name); !errors.Is(err, fault.NotFound) {
 		t.Fatalf("clear again: %v, want fault.NotFound", err)
 	}
+}
+
+// SweepLoop sweeps until its context ends.
+func TestSweepLoop(t *testing.T) {
+	st := openBolt(t, boltPath(t))
+	c := newClock()
+	b := newBindings(t, st, c)
+	mustBind(t, b, instance("bhbn-proc"), class("window", time.Minute), "cards")
+	c.advance(time.Hour)
+	loopCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); b.SweepLoop(loopCtx, 5*time.Millisecond, func(err error) { t.Error(err) }) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(entries(t, st, "binding.expire")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing swept in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }

@@ -3,6 +3,7 @@ package bindings
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/audit"
@@ -83,6 +84,23 @@ func (b *Bindings) Sweep(ctx context.Context) (int, error) {
 	now := b.cfg.Now()
 	gone, err := b.removeAll(ctx, Prefix, "binding.expire", func(cur *Binding) bool { return !b.inForce(cur, now) })
 	return len(gone), err
+}
+
+// SweepLoop sweeps every interval until ctx ends, and gives what fails
+// to onErr: the manager starts it among its loops.
+func (b *Bindings) SweepLoop(ctx context.Context, every time.Duration, onErr func(error)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := b.Sweep(ctx); err != nil && ctx.Err() == nil {
+			onErr(err)
+		}
+	}
 }
 
 // removeAll deletes each binding under prefix that match selects, one
