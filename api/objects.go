@@ -135,6 +135,7 @@ type ConflictClassSpec struct {
 	Subjects    string    `json:"subjects"`
 	Datasets    []Dataset `json:"datasets"`
 	Scope       string    `json:"scope"`
+	Window      string    `json:"window,omitempty"` // a Go duration, for scope window and session
 	Description string    `json:"description"`
 }
 

@@ -251,7 +251,7 @@ func (inv *inventory) same(set *policy.Set) bool {
 	}) && eqPtrs(inv.walls, set.Walls, func(a, b *policy.Wall) bool {
 		return a.Name == b.Name && a.Pos == b.Pos && slices.Equal(a.Segments, b.Segments)
 	}) && eqPtrs(inv.conflict, set.ConflictClasses, func(a, b *policy.ConflictClass) bool {
-		return a.Name == b.Name && a.Subjects == b.Subjects && a.Scope == b.Scope && a.Pos == b.Pos &&
+		return a.Name == b.Name && a.Subjects == b.Subjects && a.Scope == b.Scope && a.Window == b.Window && a.Pos == b.Pos &&
 			slices.Equal(a.Datasets, b.Datasets)
 	})
 }

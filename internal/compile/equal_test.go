@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
@@ -119,7 +120,7 @@ func TestInventorySeesEveryField(t *testing.T) {
 			Segments: []*policy.Segment{{Name: "s", Pos: pos, Namespaces: policy.NamespaceMatch{Names: []string{"n"}, Selector: cloneSelector(sel)},
 				Workloads: cloneSelector(sel), CIDRs: []policy.CIDR{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Except: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}}}},
 			Walls:           []*policy.Wall{{Name: "w", Segments: []string{"s"}, Pos: pos}},
-			ConflictClasses: []*policy.ConflictClass{{Name: "c", Subjects: "s", Scope: "lifecycle", Pos: pos, Datasets: []policy.Dataset{{Name: "d", Segment: "s"}}}},
+			ConflictClasses: []*policy.ConflictClass{{Name: "c", Subjects: "s", Scope: "session", Window: time.Hour, Pos: pos, Datasets: []policy.Dataset{{Name: "d", Segment: "s"}}}},
 		}
 	}
 	// The copy is made from the object changed: the copy must be deep.

@@ -35,6 +35,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bindings"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/escalations"
@@ -147,6 +148,8 @@ type Manager struct {
 	sets    setCache
 	applyMu sync.Mutex           // serializes this manager's applies; the head CAS guards against others
 	ids     identities.Allocator // gives workloads their identities (internal/manager/identities)
+	// bindings are the Brewer–Nash bindings (internal/manager/bindings).
+	bindings *bindings.Bindings
 
 	auth, feed, hosts, revisions *mirror.Mirror // the copies of the store (copies.go)
 	tab                          tables
@@ -189,6 +192,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.claims = bounds.Checker{Index: &m.bounds, Workloads: &m.inv, Live: m.hostLive}
 	m.auditLog = auditlog.New(auditlog.Config{Store: cfg.Store, Dir: cfg.DataDir, Now: cfg.Now, Logger: m.log, Alert: m.raise})
 	m.ids.Store = cfg.Store
+	m.bindings = bindings.New(bindings.Config{Store: cfg.Store, Audit: m.auditLog, Now: cfg.Now})
 	m.feedServer = &feed.Server{Store: cfg.Store, History: &m.history, Log: m.log, Heartbeat: cfg.Heartbeat,
 		Buffer: cfg.WatchBuffer, Cutoff: cfg.SlowReaderCutoff}
 	m.history.Blobs = &revisions.Blobs{Store: cfg.Store}

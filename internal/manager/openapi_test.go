@@ -28,6 +28,7 @@ var schemaTypes = map[string]any{
 	"Host": api.Host{}, "HostList": api.HostList{}, "Identity": api.Identity{}, "IdentityList": api.IdentityList{},
 	"AuditActor": api.AuditActor{}, "AuditEntry": api.AuditEntry{}, "AuditList": api.AuditList{},
 	"AuditVerify": api.AuditVerify{}, "FeedEvent": api.FeedEvent{},
+	"Binding": api.Binding{}, "BindingList": api.BindingList{},
 }
 
 type openapiDoc struct {

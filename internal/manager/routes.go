@@ -71,6 +71,9 @@ func (m *Manager) routeTable() []route {
 		{"PUT", "/v1/hosts/{host}/bounds", admin, m.putHostBounds},
 		{"GET", "/v1/identities", readOrAgents, m.getIdentities},
 		{"GET", "/v1/watch", readOrAgents, m.getWatch},
+		{"GET", "/v1/bindings", read, m.getBindings},
+		{"DELETE", "/v1/bindings/{namespace}/{name}/{class}", admin, m.deleteBinding},
+		{"POST", "/v1/bindings/{namespace}/{name}/{class}/end", access{roles: operators}, m.postBindingEnd},
 
 		{"GET", "/v1/audit", audit, m.getAudit},
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},

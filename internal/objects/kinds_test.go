@@ -55,7 +55,9 @@ spec:
 `,
 	"Wall": "apiVersion: bulkhead.dev/v1\nkind: Wall\nmetadata: {name: w}\nspec: {segments: [buy, sell]}\n",
 	"ConflictClass": "apiVersion: bulkhead.dev/v1\nkind: ConflictClass\nmetadata: {name: c}\n" +
-		"spec: {datasets: [{name: cards, segment: card-data}, {name: ledger, segment: ledger-data}]}\n",
+		"spec: {datasets: [{name: cards, segment: card-data}, {name: ledger, segment: ledger-data}]}\n---\n" +
+		"apiVersion: bulkhead.dev/v1\nkind: ConflictClass\nmetadata: {name: d}\n" +
+		"spec: {scope: window, window: 8h, datasets: [{name: cards, segment: card-data}, {name: ledger, segment: ledger-data}]}\n",
 	"DecisionRule": `apiVersion: bulkhead.dev/v1
 kind: DecisionRule
 metadata: {name: office-hours}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
@@ -314,14 +315,25 @@ func (c *converter) wall(m api.Metadata, s api.WallSpec, pos policy.Pos) *policy
 	return &policy.Wall{Name: m.Name, Segments: s.Segments, Pos: pos}
 }
 
+// maxWindow bounds a conflict class's window.
+const maxWindow = 366 * 24 * time.Hour
+
 func (c *converter) conflictClass(m api.Metadata, s api.ConflictClassSpec, pos policy.Pos) *policy.ConflictClass {
 	cc := &policy.ConflictClass{Name: m.Name, Subjects: s.Subjects, Scope: s.Scope, Pos: pos}
 	switch s.Scope {
 	case "":
 		cc.Scope = "lifecycle"
-	case "lifecycle", "permanent":
+	case "lifecycle", "permanent", "window", "session":
 	default:
-		c.errs.Add(pos, "spec.scope", "unknown scope %q; valid: lifecycle, permanent", s.Scope)
+		c.errs.Add(pos, "spec.scope", "unknown scope %q; valid: lifecycle, permanent, window, session", s.Scope)
+	}
+	switch {
+	case cc.Scope == "window" && s.Window == "":
+		c.errs.Add(pos, "spec.window", "scope window needs the window's length, such as 8h")
+	case cc.Scope != "window" && cc.Scope != "session" && s.Window != "":
+		c.errs.Add(pos, "spec.window", "a window is for scope window or session, not %s; remove it", cc.Scope)
+	default:
+		cc.Window = c.duration(pos, "spec.window", s.Window, maxWindow)
 	}
 	if len(s.Datasets) < 2 {
 		c.errs.Add(pos, "spec.datasets", "a conflict class needs at least two datasets")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-dev/bulkhead/internal/source"
 )
@@ -340,14 +341,19 @@ type Dataset struct {
 }
 
 // ConflictClass is a dynamic (Brewer–Nash) wall: a workload of Subjects may
-// reach only one of the datasets during its lifecycle; the first access binds
-// it. It is decided at run time.
+// reach only one of the datasets during its scope; the first access binds
+// it. It is decided at run time (the manager's package bindings).
 type ConflictClass struct {
 	Name     string
 	Subjects string // segment of the workloads bound by the class; "" = all workloads
 	Datasets []Dataset
-	Scope    string // "lifecycle" (until the workload restarts) or "permanent"
-	Pos      Pos
+	// Scope is how long a binding lasts: "lifecycle" (until the workload
+	// instance's registration goes), "permanent" (until an admin clears
+	// it), "window" (Window after the first access) or "session" (until
+	// an API call ends it, or Window after the first access when set).
+	Scope  string
+	Window time.Duration // for window (required) and session (optional)
+	Pos    Pos
 }
 
 // Namespace groups workloads and carries labels that policies select on.

@@ -410,3 +410,25 @@ func (c *Client) RevokeHost(ctx context.Context, host string) (api.HostRevocatio
 	var res api.HostRevocation
 	return res, c.Do(ctx, "POST", "/v1/hosts/"+url.PathEscape(host)+"/revoke", nil, &res)
 }
+
+// Bindings lists the Brewer–Nash bindings in force.
+func (c *Client) Bindings(ctx context.Context) (api.BindingList, error) {
+	var res api.BindingList
+	return res, c.Do(ctx, "GET", "/v1/bindings", nil, &res)
+}
+
+// ClearBinding clears the workload's binding in class (admins only).
+func (c *Client) ClearBinding(ctx context.Context, namespace, name, class string) (api.Binding, error) {
+	var res api.Binding
+	return res, c.Do(ctx, "DELETE", bindingPath(namespace, name, class), nil, &res)
+}
+
+// EndBinding ends the workload's session in class.
+func (c *Client) EndBinding(ctx context.Context, namespace, name, class string) (api.Binding, error) {
+	var res api.Binding
+	return res, c.Do(ctx, "POST", bindingPath(namespace, name, class)+"/end", nil, &res)
+}
+
+func bindingPath(namespace, name, class string) string {
+	return "/v1/bindings/" + url.PathEscape(namespace) + "/" + url.PathEscape(name) + "/" + url.PathEscape(class)
+}
