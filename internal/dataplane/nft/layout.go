@@ -164,7 +164,8 @@ const (
 	setTabI     = "tab_i"    // class word . group word → port map
 	setTabE     = "tab_e"    //
 	setPorts    = "ports"    // port map . port interval → outcome
-	setOutcomes = "outcomes" // outcome → verdict
+	setOutcomes = "outcomes" // outcome → outcome word (see wordAllow)
+	setVerdicts = "verdicts" // outcome word → verdict
 	setOutRule  = "out_rule" // outcome → rule key (see setRuleCounters)
 	setGuards   = "guards"   // source guard . destination guard → verdict
 )
@@ -236,7 +237,8 @@ func allSetSpecs() []setSpec {
 		{name: setTabI, key: tabKey, data: typeU32, concat: true},
 		{name: setTabE, key: tabKey, data: typeU32, concat: true},
 		{name: setPorts, key: portKey, data: typeU32, interval: true, concat: true},
-		{name: setOutcomes, key: typeU32, verdict: true},
+		{name: setOutcomes, key: typeU32, data: typeU32},
+		{name: setVerdicts, key: typeU32, verdict: true},
 		{name: setOutRule, key: typeU32, data: typeRuleKey},
 		{name: setGuards, key: guardKey, verdict: true, concat: true},
 	}, attrs...)

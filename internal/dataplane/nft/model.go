@@ -67,6 +67,9 @@ func (m *model) create(t *tx, d dataplane.Desired) {
 	w.sets = append(w.sets, m.b.sets(t.table)...)
 	w.chains = append(w.chains, m.b.chainNames()...)
 	w.rules = append(w.rules, m.b.fixedRules(d.State != nil)...)
+	for _, e := range m.b.fixedVerdicts() {
+		w.add(m.b.n(setVerdicts), e)
+	}
 	for _, n := range []string{counterSpoofed, counterNoEntry, counterEscal} {
 		if _, ok := m.counters[n]; !ok {
 			w.counters = append(w.counters, n)

@@ -107,7 +107,10 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 		m.outcomes[i], m.outRule[i] = "", ""
 		return was, "", ""
 	}
-	v, chain, sig := m.b.outcome(id, o, s.Rules)
+	word, chain, sig := m.b.outcome(id, o, s.Rules)
+	if uint32(id) >= wordLogs && m.err == nil {
+		m.err = errorf("outcome %d beyond the dataplane's %d", id, wordLogs-1)
+	}
 	rid = ruleID(s.Rules, o.Rule)
 	rk := string(ruleKey(rid))
 	if l, ok := m.lingering[i]; ok {
@@ -120,23 +123,24 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	case chain != nil && !m.outChain[id]:
 		t.pre.chains = append(t.pre.chains, name)
 		t.pre.addRules(name, false, chain)
+		t.pre.add(m.b.n(setVerdicts), m.b.logVerdict(id))
 		m.outChain[id] = true
 	case chain != nil && m.outcomes[i] != sig:
 		t.addRules(name, true, chain)
-	case chain == nil && m.outChain[id]:
-		t.sweepRules = append(t.sweepRules, name)
-		t.delChains = append(t.delChains, name)
-		delete(m.outChain, id)
 	}
+	// An outcome that stops logging keeps its chain and verdicts element
+	// while its number lives: a packet that read its word before the
+	// switch may look the word up after it. They go with the number (see
+	// sweep).
 	if m.outcomes[i] == "" {
-		t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+		t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, Val: u32(word)})
 		t.pre.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
 		m.outcomes[i], m.outRule[i] = sig, rk
 		return was, rk, rid
 	}
 	if m.outcomes[i] != sig {
 		t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
-		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, Val: u32(word)})
 		m.outcomes[i] = sig
 	}
 	if m.outRule[i] != rk {
@@ -171,6 +175,7 @@ func (m *model) sweep(t *tx) {
 			// Nothing goes to it after this switch: the element that did
 			// is deleted in the same transaction, first.
 			name := m.b.n(outcomeChain(id))
+			t.del(m.b.n(setVerdicts), m.b.logVerdict(id))
 			t.sweepRules = append(t.sweepRules, name)
 			t.delChains = append(t.delChains, name)
 			delete(m.outChain, id)
