@@ -42,7 +42,8 @@ type model struct {
 	wallOf      map[string]string                  // wall counter name → wall name
 	bucketChain [256]bool                          // bucket chains made
 	err         error                              // a number the layout cannot hold (checkIdentity)
-	collisions  map[[2]string]bool                 // rule ids sharing a counter key, found by the last update (noteCollision)
+	claim       map[string]string                  // rule key → owner tag (ownerTag) of the rule that holds it (keyFor)
+	keyOf       map[string]string                  // owner tag → its rule key
 }
 
 type ownElem struct {
@@ -54,7 +55,7 @@ func newModel(b *builder) *model {
 	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(), attrs: newAttrIndex(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
 		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{},
-		collisions: map[[2]string]bool{}}
+		claim: map[string]string{}, keyOf: map[string]string{}}
 	return m
 }
 
