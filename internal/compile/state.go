@@ -137,6 +137,9 @@ type State struct {
 	rulesLog *ruleEdits     // how Rules came about, for a cheap Diff
 }
 
+// EachIdentity calls f for every identity of s, in no particular order.
+func (s *State) EachIdentity(f func(IdentityID, IdentityAttrs)) { s.Identities.each(f) }
+
 // Identity returns the identity of an address, as the dataplane finds it:
 // a workload address first, then the outside ranges.
 func (s *State) Identity(a netip.Addr) IdentityID {

@@ -111,9 +111,7 @@ func (d *Dataplane) newGeneration(want dataplane.Desired) (*tx, *model, error) {
 		if err != nil {
 			return nil, nil, errorf("read set %s: %w", setRuleCounters, err)
 		}
-		for _, e := range els {
-			m.ruleOf[string(e.Key)] = ""
-		}
+		m.adoptRuleCounters(els)
 	}
 	t := newTx(table())
 	t.pre.base = true

@@ -59,7 +59,7 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 			k := words(e.key)
 			add("%s . group %d . bucket %d : port map %d", classString(k[0]), k[1]>>8, k[1]&0xff, be(e.data))
 		}
-	case setPorts, setOutcomes, setOutRule, setRuleCounters:
+	case setPorts, setOutcomes, setVerdicts, setOutRule, setRuleCounters:
 		lines = outcomeLines(name, els, names)
 	case setGuards:
 		for _, e := range els {
@@ -81,6 +81,23 @@ func dumpSet(w *errWriter, name string, els []element, names map[string]string) 
 	for _, l := range lines {
 		w.printf("\t%s\n", l)
 	}
+}
+
+// wordString reads an outcome word (wordAllow).
+func wordString(w uint32) string {
+	switch {
+	case w&wordLogs != 0:
+		return fmt.Sprintf("logs, outcome %d", w&^wordLogs)
+	case w == wordAllow:
+		return "allow"
+	case w == wordDeny:
+		return "deny"
+	case w == wordReject:
+		return "reject"
+	case w == wordEscalate:
+		return "escalate"
+	}
+	return fmt.Sprintf("word %d", w)
 }
 
 // classString reads a class word (classWord).
@@ -142,7 +159,9 @@ func outcomeLines(name string, els []element, names map[string]string) []string 
 			lo, hi := binary.BigEndian.Uint16(e.key[4:]), binary.BigEndian.Uint16(e.keyEnd[4:])
 			lines = append(lines, fmt.Sprintf("port map %d . ports %d-%d : outcome %d", be(e.key), lo, hi, be(e.data)))
 		case setOutcomes:
-			lines = append(lines, fmt.Sprintf("outcome %d : %s", be(e.key), e.verdict))
+			lines = append(lines, fmt.Sprintf("outcome %d : %s", be(e.key), wordString(be(e.data))))
+		case setVerdicts:
+			lines = append(lines, fmt.Sprintf("%s : %s", wordString(be(e.key)), e.verdict))
 		case setOutRule:
 			lines = append(lines, fmt.Sprintf("outcome %d : rule %08x", be(e.key), e.data))
 		case setRuleCounters:

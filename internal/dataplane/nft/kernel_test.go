@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"strings"
@@ -189,7 +190,13 @@ func TestEstablishedSurvivesApplyAndRestart(t *testing.T) {
 	chains := tableShape(t, d)
 	d.Close()
 
+	claims := maps.Clone(d.model.claim)
 	d2 := h.newDataplane(Options{})
+	// The counter elements name their rules (comments the kernel keeps):
+	// the new model knows each key's owner before it writes anything.
+	if _, m2, err := d2.newGeneration(dataplane.Desired{}); err != nil || len(claims) == 0 || !maps.Equal(m2.claim, claims) {
+		t.Errorf("adopted counter owners %v (%v), want %v", m2.claim, err, claims)
+	}
 	if err := echo(conn, "after close"); err != nil {
 		t.Fatalf("established connection cut by Close: %v", err)
 	}

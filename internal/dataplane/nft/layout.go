@@ -54,8 +54,11 @@ func wallCounterName(w string) string { return "wall_" + shortHash(w) }
 // generation, and the counts start again from zero once.)
 const setRuleCounters = "rule_counts"
 
-// ruleKey keys a rule's counter: 31 bits of a hash of its id, stable
-// across restarts, with the top bit set. The key travels in the conntrack
+// ruleKey is a rule's home counter key: 31 bits of a hash of its id,
+// with the top bit set. Two ids with one home key get two keys: the
+// model probes to the next free one (probeKey, model.keyFor), and the
+// counter element's comment names its rule, so that the assignment
+// survives a restart. The key travels in the conntrack
 // mark (see "Carriers" in docs/dataplane.md), where a group word never has
 // that bit: a rule key can never be mistaken for one. The empty id (no
 // rule decided) has the key 0x80000000.
@@ -68,6 +71,31 @@ func ruleKey(id string) []byte {
 }
 
 const ruleKeyBit = 1 << 31
+
+// probeKey is the n-th key a rule id may take: its home key (ruleKey) for
+// n = 0, then the next ones in order, never the empty id's.
+func probeKey(id string, n uint32) []byte {
+	if id == "" {
+		return u32(ruleKeyBit)
+	}
+	sum := sha256.Sum256([]byte(id))
+	v := binary.BigEndian.Uint32(sum[:4])
+	for i := uint32(0); ; i++ {
+		k := (v + n + i) &^ ruleKeyBit
+		if k != 0 {
+			return u32(k | ruleKeyBit)
+		}
+	}
+}
+
+// ownerTag names a rule in the comment of its counter element: the id,
+// or "#" and RuleTag(id) for an id too long for a comment.
+func ownerTag(id string) string {
+	if len(id) <= 120 {
+		return id
+	}
+	return "#" + RuleTag(id)
+}
 
 // isPersistent reports the names that no generation owns.
 func isPersistent(name string) bool { return isBaseChain(name) || name == setRuleCounters }
@@ -164,7 +192,8 @@ const (
 	setTabI     = "tab_i"    // class word . group word → port map
 	setTabE     = "tab_e"    //
 	setPorts    = "ports"    // port map . port interval → outcome
-	setOutcomes = "outcomes" // outcome → verdict
+	setOutcomes = "outcomes" // outcome → outcome word (see wordAllow)
+	setVerdicts = "verdicts" // outcome word → verdict
 	setOutRule  = "out_rule" // outcome → rule key (see setRuleCounters)
 	setGuards   = "guards"   // source guard . destination guard → verdict
 )
@@ -236,7 +265,8 @@ func allSetSpecs() []setSpec {
 		{name: setTabI, key: tabKey, data: typeU32, concat: true},
 		{name: setTabE, key: tabKey, data: typeU32, concat: true},
 		{name: setPorts, key: portKey, data: typeU32, interval: true, concat: true},
-		{name: setOutcomes, key: typeU32, verdict: true},
+		{name: setOutcomes, key: typeU32, data: typeU32},
+		{name: setVerdicts, key: typeU32, verdict: true},
 		{name: setOutRule, key: typeU32, data: typeRuleKey},
 		{name: setGuards, key: guardKey, verdict: true, concat: true},
 	}, attrs...)

@@ -166,3 +166,62 @@ func perMap(m map[string]int) string {
 	}
 	return strings.TrimSuffix(b.String(), ", ")
 }
+
+// TestShapeLoadFigures measures the first load of the CIDR shapes of
+// bench/compile (issue 8): a compiled State of n rules Applied to a fresh
+// table, with the phases of the Apply and the elements per map.
+// BULKHEAD_BENCH=1 runs it; BULKHEAD_BENCH_SHAPES (ipblocks,except) and
+// BULKHEAD_BENCH_SIZES (10000,100000) pick what runs.
+func TestShapeLoadFigures(t *testing.T) {
+	if os.Getenv("BULKHEAD_BENCH") == "" {
+		t.Skip("BULKHEAD_BENCH=1 measures the load figures")
+	}
+	nstest.RequireRoot(t)
+	shapes := []string{"ipblocks", "except"}
+	if v := os.Getenv("BULKHEAD_BENCH_SHAPES"); v != "" {
+		shapes = strings.Split(v, ",")
+	}
+	sizes := []string{"10000", "100000"}
+	if v := os.Getenv("BULKHEAD_BENCH_SIZES"); v != "" {
+		sizes = strings.Split(v, ",")
+	}
+	for _, shape := range shapes {
+		for _, n := range sizes {
+			t.Run(shape+"/"+n, func(t *testing.T) {
+				var rules int
+				if _, err := fmt.Sscan(n, &rules); err != nil {
+					t.Fatal(err)
+				}
+				shapeLoad(t, benchcompile.RuleShape(shape), rules)
+			})
+		}
+	}
+}
+
+func shapeLoad(t *testing.T, shape benchcompile.RuleShape, n int) {
+	set := benchcompile.GenerateShape(shape, n, 1)
+	c, err := compile.New(set, benchcompile.ShapeHost, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := c.State()
+	var atts []dataplane.Attachment
+	for _, w := range set.Workloads {
+		if w.Host == benchcompile.ShapeHost {
+			atts = append(atts, dataplane.Attachment{Workload: w.Key(), Interface: attach.HostIfName(w.Key()), Addrs: w.IPs})
+		}
+	}
+	ns := nstest.NS(t, prefix+"s")
+	d, err := New(Options{NetNS: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	start := time.Now()
+	if err := d.Apply(context.Background(), dataplane.Desired{State: st, Set: set, Attachments: atts}); err != nil {
+		t.Fatal(err)
+	}
+	load := time.Since(start)
+	t.Logf("%s %d rules: first load %d elements in %v; %+v", shape, n, sum(d.last), load.Round(time.Millisecond), d.phases)
+	t.Logf("elements per map: %s", perMap(d.last))
+}

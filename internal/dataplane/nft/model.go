@@ -23,6 +23,7 @@ type model struct {
 	own         map[ownElem]bool
 	ifaces      map[string]bool
 	pms         *portMaps
+	attrs       *attrIndex                 // which attribute elements are in the kernel (attrs.go)
 	outcomes    []string                   // rendering signature by outcome id; "" for none yet
 	outRule     []string                   // rule key by outcome id
 	outChain    map[compile.OutcomeID]bool // outcomes that have a chain (they log)
@@ -41,7 +42,8 @@ type model struct {
 	wallOf      map[string]string                  // wall counter name → wall name
 	bucketChain [256]bool                          // bucket chains made
 	err         error                              // a number the layout cannot hold (checkIdentity)
-	collisions  map[[2]string]bool                 // rule ids sharing a counter key, found by the last update (noteCollision)
+	claim       map[string]string                  // rule key → owner tag (ownerTag) of the rule that holds it (keyFor)
+	keyOf       map[string]string                  // owner tag → its rule key
 }
 
 type ownElem struct {
@@ -50,10 +52,10 @@ type ownElem struct {
 }
 
 func newModel(b *builder) *model {
-	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(),
+	m := &model{b: b, own: map[ownElem]bool{}, ifaces: map[string]bool{}, pms: newPortMaps(), attrs: newAttrIndex(),
 		outcomes: []string{""}, outRule: []string{""}, outChain: map[compile.OutcomeID]bool{},
 		counters: map[string]string{}, ruleOf: map[string]string{}, ruleRefs: map[string]int{}, retired: map[string]int{}, lingering: map[int]lingerOut{}, lingerIdent: map[compile.IdentityID]lingerIdent{}, wallOf: map[string]string{},
-		collisions: map[[2]string]bool{}}
+		claim: map[string]string{}, keyOf: map[string]string{}}
 	return m
 }
 
@@ -66,6 +68,9 @@ func (m *model) create(t *tx, d dataplane.Desired) {
 	w.sets = append(w.sets, m.b.sets(t.table)...)
 	w.chains = append(w.chains, m.b.chainNames()...)
 	w.rules = append(w.rules, m.b.fixedRules(d.State != nil)...)
+	for _, e := range m.b.fixedVerdicts() {
+		w.add(m.b.n(setVerdicts), e)
+	}
 	for _, n := range []string{counterSpoofed, counterNoEntry, counterEscal} {
 		if _, ok := m.counters[n]; !ok {
 			w.counters = append(w.counters, n)
@@ -102,7 +107,11 @@ func (m *model) update(t *tx, d dataplane.Desired) {
 	if m.state == nil || delta.Ranges != nil {
 		m.rangeElems(t, d.State.Ranges, m.state == nil)
 	}
+	wake, woken := m.attrs.nameValues(delta.Tables, delta.Guards)
 	m.identityElems(t, delta.Identities)
+	if woken {
+		m.wakeAttrs(t, d.State, wake)
+	}
 	for dir := range delta.Tables {
 		m.tableElems(t, policy.Direction(dir), delta.Tables[dir])
 	}
@@ -301,7 +310,7 @@ func (m *model) rangeElems(t *tx, ranges []compile.AddrRange, fresh bool) {
 }
 
 // identityElems writes the identities' attributes (one map per attribute,
-// see attrSet) and groups. A freed identity's elements stay one Apply
+// see attrSet; only the named ones, see attrs.go) and groups. A freed identity's elements stay one Apply
 // longer (see sweep): a packet whose walk spans the switch may have read
 // its number from an address map before it (an outside range, whose
 // chains the switch rewrites) and look it up after it; missing, the guard
@@ -316,15 +325,15 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 		case c.Op == compile.Add && lingers:
 			old = was.attrs
 			delete(m.lingerIdent, c.Key)
-			m.attrElems(t, k, &old, nw)
+			m.attrElems(t, c.Key, &old, nw)
 		case c.Op == compile.Add:
 			old = compile.IdentityAttrs{}
-			m.attrElems(t, k, nil, nw)
+			m.attrElems(t, c.Key, nil, nw)
 		case c.Op == compile.Delete:
 			m.lingerIdent[c.Key] = lingerIdent{at: m.applies, attrs: old}
 			continue
 		default:
-			m.attrElems(t, k, &old, nw)
+			m.attrElems(t, c.Key, &old, nw)
 		}
 		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 			og, ng := groupOf(old, d), groupOf(nw, d)
@@ -338,26 +347,6 @@ func (m *model) identityElems(t *tx, changes []compile.Change[compile.IdentityID
 				t.add(m.b.n(groupSet(d)), nftables.SetElement{Key: k, Val: u32(groupWord(ng))})
 			}
 		}
-	}
-}
-
-// attrElems writes the attribute elements of identity key k that differ
-// from old (nil: it has none yet).
-func (m *model) attrElems(t *tx, k []byte, old *compile.IdentityAttrs, nw compile.IdentityAttrs) {
-	nv := attrValues(nw)
-	var ov [numAttrs]uint32
-	if old != nil {
-		ov = attrValues(*old)
-	}
-	for i := range nv {
-		if old != nil && ov[i] == nv[i] {
-			continue
-		}
-		set := m.b.n(attrSet(i))
-		if old != nil {
-			t.del(set, nftables.SetElement{Key: k})
-		}
-		t.add(set, nftables.SetElement{Key: k, Val: u32(nv[i])})
 	}
 }
 
@@ -398,9 +387,7 @@ func (m *model) sweepIdentities(t *tx) {
 			continue
 		}
 		k := u32(uint32(id))
-		for i := range numAttrs {
-			t.del(m.b.n(attrSet(i)), nftables.SetElement{Key: k})
-		}
+		m.dropAttrs(t, id, l.attrs)
 		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 			if groupOf(l.attrs, d) != 0 {
 				t.del(m.b.n(groupSet(d)), nftables.SetElement{Key: k})

@@ -234,10 +234,6 @@ func (d *Dataplane) Apply(ctx context.Context, want dataplane.Desired) error {
 	if err != nil {
 		return err
 	}
-	for c := range m.collisions {
-		d.log.Warn("two rules share one counter (their 31-bit counter keys collide): each one's count is the sum of both", "rule", c[0], "other", c[1])
-	}
-	clear(m.collisions)
 	m.sweep(t)
 	ph := phases{build: time.Since(start)}
 	d.log.Debug("transactions", "prepare", t.pre, "switch", t)

@@ -100,7 +100,7 @@ spec:
 	}
 	ruleset := list("list", "ruleset")
 	table := list("list", "table", "inet", TableName)
-	for _, want := range []string{"chain forward", "map @addr4_g", "vmap @outcomes_g", "@rule_counts", "counter spoofed"} {
+	for _, want := range []string{"chain forward", "map @addr4_g", "map @outcomes_g", "vmap @verdicts_g", "@rule_counts", "counter spoofed"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("nft list table lacks %q:\n%s", want, table)
 		}

@@ -61,7 +61,6 @@ func (m *model) outcomeElems(t *tx, s *compile.State, outs []compile.Change[comp
 			}
 		}
 		if now != "" {
-			m.noteCollision(now, id, touched)
 			m.ruleRefs[now]++
 			touched[now] = id
 		}
@@ -107,9 +106,12 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 		m.outcomes[i], m.outRule[i] = "", ""
 		return was, "", ""
 	}
-	v, chain, sig := m.b.outcome(id, o, s.Rules)
+	word, chain, sig := m.b.outcome(id, o, s.Rules)
+	if uint32(id) >= wordLogs && m.err == nil {
+		m.err = errorf("outcome %d beyond the dataplane's %d", id, wordLogs-1)
+	}
 	rid = ruleID(s.Rules, o.Rule)
-	rk := string(ruleKey(rid))
+	rk := m.keyFor(rid)
 	if l, ok := m.lingering[i]; ok {
 		// Still in the kernel with what it rendered before: rewritten in
 		// the switch where that differs, as a changed outcome is.
@@ -120,23 +122,24 @@ func (m *model) writeOutcome(t *tx, s *compile.State, i int) (was, now, rid stri
 	case chain != nil && !m.outChain[id]:
 		t.pre.chains = append(t.pre.chains, name)
 		t.pre.addRules(name, false, chain)
+		t.pre.add(m.b.n(setVerdicts), m.b.logVerdict(id))
 		m.outChain[id] = true
 	case chain != nil && m.outcomes[i] != sig:
 		t.addRules(name, true, chain)
-	case chain == nil && m.outChain[id]:
-		t.sweepRules = append(t.sweepRules, name)
-		t.delChains = append(t.delChains, name)
-		delete(m.outChain, id)
 	}
+	// An outcome that stops logging keeps its chain and verdicts element
+	// while its number lives: a packet that read its word before the
+	// switch may look the word up after it. They go with the number (see
+	// sweep).
 	if m.outcomes[i] == "" {
-		t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+		t.pre.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, Val: u32(word)})
 		t.pre.add(m.b.n(setOutRule), nftables.SetElement{Key: key, Val: []byte(rk)})
 		m.outcomes[i], m.outRule[i] = sig, rk
 		return was, rk, rid
 	}
 	if m.outcomes[i] != sig {
 		t.del(m.b.n(setOutcomes), nftables.SetElement{Key: key})
-		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, VerdictData: v})
+		t.add(m.b.n(setOutcomes), nftables.SetElement{Key: key, Val: u32(word)})
 		m.outcomes[i] = sig
 	}
 	if m.outRule[i] != rk {
@@ -171,6 +174,7 @@ func (m *model) sweep(t *tx) {
 			// Nothing goes to it after this switch: the element that did
 			// is deleted in the same transaction, first.
 			name := m.b.n(outcomeChain(id))
+			t.del(m.b.n(setVerdicts), m.b.logVerdict(id))
 			t.sweepRules = append(t.sweepRules, name)
 			t.delChains = append(t.delChains, name)
 			delete(m.outChain, id)
@@ -181,17 +185,57 @@ func (m *model) sweep(t *tx) {
 	m.sweepCounters(t)
 }
 
-// noteCollision records when rule id counts into key k that another
-// rule's outcomes count into too: rule keys are 31 bits (ruleKey), and two
-// such rules share one counter. Rare (about 1 in 50,000 hosts at full
-// scale), so it is reported, not avoided.
-func (m *model) noteCollision(k, id string, touched map[string]string) {
-	other, ok := touched[k]
-	if !ok && m.ruleRefs[k] > 0 {
-		other = m.ruleOf[k]
+// keyFor returns the counter key of rule id: the one it holds, else the
+// first of its probe keys (probeKey) that no other rule holds. A key in
+// the kernel whose owner is not known (a counter element without a
+// comment, from an older version) is taken only as the home key, as
+// before. So two rules never count into one element, and an adopted
+// table keeps every rule's key.
+func (m *model) keyFor(id string) string {
+	if id == "" {
+		return string(ruleKey(""))
 	}
-	if id != "" && other != "" && other != id {
-		m.collisions[[2]string{min(other, id), max(other, id)}] = true
+	tag := ownerTag(id)
+	if k, ok := m.keyOf[tag]; ok {
+		return k
+	}
+	for n := uint32(0); ; n++ {
+		k := string(probeKey(id, n))
+		if owner, ok := m.claim[k]; ok {
+			if owner == tag {
+				m.keyOf[tag] = k
+				return k
+			}
+			continue
+		}
+		_, inUse := m.ruleOf[k]
+		_, retired := m.retired[k]
+		if n == 0 || (!inUse && !retired) {
+			m.claim[k], m.keyOf[tag] = tag, k
+			return k
+		}
+	}
+}
+
+// release gives key k up: its element is gone, or was never written.
+func (m *model) release(k string) {
+	if tag, ok := m.claim[k]; ok {
+		delete(m.claim, k)
+		if m.keyOf[tag] == k {
+			delete(m.keyOf, tag)
+		}
+	}
+}
+
+// adoptRuleCounters takes in the rule counter elements of a table
+// found: their keys, and the rules their comments name.
+func (m *model) adoptRuleCounters(els []nftables.SetElement) {
+	for _, e := range els {
+		k := string(e.Key)
+		m.ruleOf[k] = ""
+		if e.Comment != "" {
+			m.claim[k], m.keyOf[e.Comment] = e.Comment, k
+		}
 	}
 }
 
@@ -218,7 +262,7 @@ func (m *model) counterElems(t *tx, touched map[string]string) {
 			if _, ok := m.retired[k]; ok {
 				delete(m.retired, k) // still in the kernel
 			} else {
-				t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k)})
+				t.pre.add(setRuleCounters, nftables.SetElement{Key: []byte(k), Comment: ownerComment(id)})
 			}
 			m.ruleOf[k] = id
 		case live:
@@ -226,8 +270,20 @@ func (m *model) counterElems(t *tx, touched map[string]string) {
 		case had:
 			m.retired[k] = m.applies
 			delete(m.ruleOf, k)
+		default:
+			if _, ok := m.retired[k]; !ok {
+				m.release(k) // claimed in this Apply, never written
+			}
 		}
 	}
+}
+
+// ownerComment is the comment of a rule's counter element.
+func ownerComment(id string) string {
+	if id == "" {
+		return ""
+	}
+	return ownerTag(id)
 }
 
 // sweepCounters deletes, in the switch t, the rule counter elements that
@@ -238,6 +294,7 @@ func (m *model) sweepCounters(t *tx) {
 		if at < m.applies {
 			t.del(setRuleCounters, nftables.SetElement{Key: []byte(k)})
 			delete(m.retired, k)
+			m.release(k)
 		}
 	}
 	m.applies++

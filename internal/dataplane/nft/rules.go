@@ -313,7 +313,7 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 // level is one lookup of a side, one rule: the peer's class word for the
 // level goes to carrier P; (class word . group word) gives a port map,
 // (port map . port) an outcome; the outcome's rule key (in carrier C)
-// counts the packet and the outcome's verdict decides. A key that is
+// counts the packet, and the outcome's word (in P) gives the verdict. A key that is
 // missing stops the rule, and the next level is tried.
 func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int) []expr.Any {
 	var class []expr.Any
@@ -328,7 +328,8 @@ func (b *builder) level(d policy.Direction, f int, peer, portKind string, lv int
 		mapInto(carrierP, b.n(setPorts), carrierP.load(reg(0)), port(portKind, reg(1))),
 		mapInto(carrierC, b.n(setOutRule), carrierP.load(reg(0))),
 		carrierC.load(reg(0)), member(setRuleCounters, reg(0), false),
-		carrierP.load(reg(0)), lookupMap(b.n(setOutcomes), reg(0), unix.NFT_REG_VERDICT))
+		mapInto(carrierP, b.n(setOutcomes), carrierP.load(reg(0))),
+		carrierP.load(reg(0)), lookupMap(b.n(setVerdicts), reg(0), unix.NFT_REG_VERDICT))
 }
 
 // bucketRules fill in the low byte of the group word in carrier C with
@@ -340,10 +341,50 @@ func (b *builder) bucketRules(bk uint8) [][]expr.Any {
 	return [][]expr.Any{orLowByte(bk)}
 }
 
-// outcome renders what an outcome does: the verdict of its element in the
+// Outcome words. The outcomes map gives an outcome's word, and the small
+// verdicts map the word's verdict: one element per action and one per
+// outcome that logs (its own chain). The kernel checks, whenever a
+// transaction changes the chains that reach a verdict map, every element
+// of it along every path (loop detection): with one verdict element per
+// outcome, 100,000 outcomes made a first load's switch cost 2 s.
+const (
+	wordAllow    = 1
+	wordDeny     = 2
+	wordReject   = 3
+	wordEscalate = 4
+	wordLogs     = 1 << 31 // | the outcome: an outcome that logs
+)
+
+// actionWord is the word of an outcome that logs nothing.
+func actionWord(a policy.Action) uint32 {
+	switch a {
+	case policy.Allow:
+		return wordAllow
+	case policy.Reject:
+		return wordReject
+	case policy.Escalate:
+		return wordEscalate
+	}
+	return wordDeny // deny, and anything unknown: fail closed
+}
+
+// fixedVerdicts are the verdicts map's elements for the actions.
+func (b *builder) fixedVerdicts() []nftables.SetElement {
+	v := func(w uint32, kind expr.VerdictKind, chain string) nftables.SetElement {
+		if chain != "" {
+			chain = b.n(chain)
+		}
+		return nftables.SetElement{Key: u32(w), VerdictData: &expr.Verdict{Kind: kind, Chain: chain}}
+	}
+	return []nftables.SetElement{v(wordAllow, expr.VerdictReturn, ""), v(wordDeny, expr.VerdictDrop, ""),
+		v(wordReject, expr.VerdictGoto, chainReject), v(wordEscalate, expr.VerdictGoto, chainEscMark)}
+}
+
+// outcome renders what an outcome does: the word of its element in the
 // outcomes map and, when it logs, the rules of its own chain (nil
-// otherwise), with a signature that changes exactly when either does.
-func (b *builder) outcome(id compile.OutcomeID, o compile.Outcome, rules []policy.RuleRef) (*expr.Verdict, [][]expr.Any, string) {
+// otherwise; the verdicts map then sends the word to that chain), with a
+// signature that changes exactly when either does.
+func (b *builder) outcome(id compile.OutcomeID, o compile.Outcome, rules []policy.RuleRef) (uint32, [][]expr.Any, string) {
 	ref := func(n compile.RuleNum) policy.RuleRef {
 		if int(n) < len(rules) {
 			return rules[n]
@@ -364,15 +405,7 @@ func (b *builder) outcome(id compile.OutcomeID, o compile.Outcome, rules []polic
 		sig += "|w" + p
 	}
 	if logs == nil {
-		switch o.Action {
-		case policy.Allow:
-			return &expr.Verdict{Kind: expr.VerdictReturn}, nil, sig
-		case policy.Reject:
-			return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(chainReject)}, nil, sig
-		case policy.Escalate:
-			return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(chainEscMark)}, nil, sig
-		}
-		return &expr.Verdict{Kind: expr.VerdictDrop}, nil, sig // deny, and anything unknown: fail closed
+		return actionWord(o.Action), nil, sig
 	}
 	switch o.Action {
 	case policy.Allow:
@@ -384,7 +417,13 @@ func (b *builder) outcome(id compile.OutcomeID, o compile.Outcome, rules []polic
 	default:
 		logs = append(logs, drop)
 	}
-	return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(outcomeChain(id))}, logs, sig
+	return wordLogs | uint32(id), logs, sig
+}
+
+// logVerdict is the verdicts map's element of an outcome that logs.
+func (b *builder) logVerdict(id compile.OutcomeID) nftables.SetElement {
+	return nftables.SetElement{Key: u32(wordLogs | uint32(id)),
+		VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.n(outcomeChain(id))}}
 }
 
 func (b *builder) wallRules(w *policy.Wall) ([][]expr.Any, string) {

@@ -3,7 +3,6 @@ package nft
 import (
 	"bytes"
 	"fmt"
-	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -349,26 +348,60 @@ func TestNumbersBeyondTheWordsAreRefused(t *testing.T) {
 	}
 }
 
-// Two rules whose ids have one counter key (31 bits of a hash) share a
-// counter; the model reports them. The two names were found by search.
-func TestCounterKeyCollisionReported(t *testing.T) {
+// Two rules whose ids have one home counter key (31 bits of a hash) get
+// two keys: the second probes to the next free one, and each counter
+// element names its rule, so that an agent adopting the table after a
+// restart gives every rule the key it had, whatever the order it meets
+// them in. The two names were found by search.
+func TestCounterKeyCollisionProbed(t *testing.T) {
 	id := func(n int) string { return fmt.Sprintf("Policy/app/b-in/ingress/r%d", n) }
 	if !bytes.Equal(ruleKey(id(11501)), ruleKey(id(57304))) {
 		t.Fatalf("the two ids no longer collide: %x %x", ruleKey(id(11501)), ruleKey(id(57304)))
 	}
-	doc := strings.Replace(unitPolicy, "    - {name: web,", `    - {name: r11501, action: allow, services: [{protocol: tcp, port: 81}]}
-    - {name: r57304, action: allow, services: [{protocol: tcp, port: 82}]}
-    - {name: web,`, 1)
-	c, _ := unitCompiler(t, doc)
-	m := testModel()
-	m.create(newTx(table()), dataplane.Desired{State: c.State()})
-	if want := map[[2]string]bool{{id(11501), id(57304)}: true}; !maps.Equal(m.collisions, want) {
-		t.Errorf("collisions = %v, want %v", m.collisions, want)
+	rule := func(n, port int) string {
+		return fmt.Sprintf("    - {name: r%d, action: allow, services: [{protocol: tcp, port: %d}]}\n", n, port)
 	}
+	keysOf := func(m *model, c *compile.Compiler) map[string]string {
+		s, out := c.State(), map[string]string{}
+		for i := 1; i < len(s.Outcomes); i++ {
+			if rid := ruleID(s.Rules, s.Outcomes[i].Rule); rid != "" {
+				if k, ok := out[rid]; ok && k != m.outRule[i] {
+					t.Errorf("rule %s counts into %x and %x", rid, k, m.outRule[i])
+				}
+				out[rid] = m.outRule[i]
+			}
+		}
+		return out
+	}
+	c, _ := unitCompiler(t, strings.Replace(unitPolicy, "    - {name: web,", rule(11501, 81)+rule(57304, 82)+"    - {name: web,", 1))
+	m := testModel()
+	tx := newTx(table())
+	m.create(tx, dataplane.Desired{State: c.State()})
+	keys := keysOf(m, c)
+	if keys[id(11501)] == keys[id(57304)] || keys[id(11501)] == "" {
+		t.Fatalf("colliding rules count into keys %x and %x, want two", keys[id(11501)], keys[id(57304)])
+	}
+	// A restart, and r11501 is gone: the counter elements (with their
+	// comments) are adopted, and r57304 keeps its key, though its home key
+	// is free now and still holds r11501's counts.
+	var els []nftables.SetElement
+	for _, e := range tx.pre.adds[setRuleCounters] {
+		if e.Comment == "" && !bytes.Equal(e.Key, ruleKey("")) {
+			t.Errorf("counter element %x names no rule", e.Key)
+		}
+		els = append(els, nftables.SetElement{Key: e.Key, Comment: e.Comment})
+	}
+	c2, _ := unitCompiler(t, strings.Replace(unitPolicy, "    - {name: web,", rule(57304, 82)+"    - {name: web,", 1))
 	m2 := testModel()
-	c2, _ := unitCompiler(t, unitPolicy)
+	m2.adoptRuleCounters(els)
 	m2.create(newTx(table()), dataplane.Desired{State: c2.State()})
-	if len(m2.collisions) != 0 {
-		t.Errorf("no colliding rules, but collisions = %v", m2.collisions)
+	if got := keysOf(m2, c2)[id(57304)]; got != keys[id(57304)] {
+		t.Errorf("after the restart %s counts into %x, before into %x", id(57304), got, keys[id(57304)])
+	}
+	// Without the elements' comments it would have taken its home key.
+	m3 := testModel()
+	m3.create(newTx(table()), dataplane.Desired{State: c2.State()})
+	if got := keysOf(m3, c2)[id(57304)]; got != string(ruleKey(id(57304))) {
+		t.Errorf("a fresh table: %s counts into %x, want its home key", id(57304), got)
 	}
 }
