@@ -38,6 +38,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bounds"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/feed"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/flowstore"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
@@ -89,6 +90,8 @@ type Config struct {
 	// DataDir/manager.key; created with the store). Managers that share a
 	// store share it.
 	KeyFile string
+	// Flows bounds the flow store (DataDir/flows).
+	Flows FlowConfig
 	// AdoptRecords seals the access records of a store from before the
 	// manager key when the key is created (they are trusted as they are).
 	AdoptRecords bool
@@ -159,7 +162,8 @@ type Manager struct {
 	limiter                      *limiter
 	alerts                       *alerts
 	final                        seal.Final
-	collectHook                  func() // tests: runs between the collector's reads and its removals
+	flowStore                    *flowstore.Store // the flows agents send (flows.go)
+	collectHook                  func()           // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
 	adminToken string
@@ -218,6 +222,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.auditLog.CheckAtStart(ctx)
+	if err := m.openFlows(); err != nil {
+		return nil, err
+	}
 	m.newCopies()
 	m.routes = m.routeTable()
 	m.mux = http.NewServeMux()
@@ -389,6 +396,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.auditLog.RefusalLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.flowRetainLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }
@@ -444,6 +453,9 @@ func (m *Manager) Close() error {
 		err = m.srv.Close()
 	}
 	m.wg.Wait()
+	if m.flowStore != nil {
+		err = errors.Join(err, m.flowStore.Close())
+	}
 	return err
 }
 

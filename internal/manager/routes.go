@@ -76,6 +76,10 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/audit/verify", audit, m.getAuditVerify},
 		{"GET", "/v1/audit/head", audit, m.getAuditHead},
 		{"GET", "/v1/alerts", read, m.getAlerts},
+
+		{"POST", "/v1/flows", agents, m.postFlows},
+		{"GET", "/v1/flows", read, m.getFlows},
+		{"GET", "/v1/flows/counts", read, m.getFlowCounts},
 	}
 	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})
