@@ -34,6 +34,7 @@ const prefix = "bhupe"
 // in an underlay namespace, one veth from each host namespace to it.
 type cluster struct {
 	t      *testing.T
+	pfx    string // names its namespaces
 	dir    string
 	log    *slog.Logger
 	st     *boltstore.Store
@@ -66,11 +67,14 @@ type workload struct {
 	iface           string
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterNamed(t, prefix) }
+
+// newClusterNamed is newCluster with namespaces named pfx….
+func newClusterNamed(t *testing.T, pfx string) *cluster {
 	t.Helper()
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "ip")
-	c := &cluster{t: t, dir: t.TempDir(), hosts: map[string]*node{}, wls: map[string]*workload{},
+	c := &cluster{t: t, pfx: pfx, dir: t.TempDir(), hosts: map[string]*node{}, wls: map[string]*workload{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if testing.Verbose() {
 		c.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -82,7 +86,7 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c.st = st
 	c.startManager("127.0.0.1:0")
-	c.under = nstest.NS(t, prefix+"u")
+	c.under = nstest.NS(t, c.pfx+"u")
 	nstest.Run(t, c.under, "ip", "link", "add", "br0", "type", "bridge")
 	nstest.Run(t, c.under, "ip", "link", "set", "br0", "up")
 	return c
@@ -128,7 +132,7 @@ func (c *cluster) url() string { return "https://" + c.addr }
 func (c *cluster) addHost(name, ip string) *node {
 	t := c.t
 	t.Helper()
-	h := &node{name: name, ns: nstest.NS(t, prefix+"h"), ip: netip.MustParseAddr(ip), dir: filepath.Join(c.dir, name)}
+	h := &node{name: name, ns: nstest.NS(t, c.pfx+"h"), ip: netip.MustParseAddr(ip), dir: filepath.Join(c.dir, name)}
 	peer := "ul" + name
 	nstest.Run(t, h.ns, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", peer, "netns", c.under.Name)
 	nstest.Run(t, c.under, "ip", "link", "set", peer, "master", "br0", "up")
@@ -186,7 +190,7 @@ func (c *cluster) stopAgent(h *node) {
 func (c *cluster) addWorkload(h *node, namespace, name, ip string, labels map[string]string, ports map[string]int) *workload {
 	t := c.t
 	t.Helper()
-	w := &workload{namespace: namespace, name: name, host: h, ns: nstest.NS(t, prefix+"w"), ip: netip.MustParseAddr(ip)}
+	w := &workload{namespace: namespace, name: name, host: h, ns: nstest.NS(t, c.pfx+"w"), ip: netip.MustParseAddr(ip)}
 	w.iface = attach.HostIfName(w.ns.Name)
 	err := h.ns.Do(func() error {
 		_, err := attach.Add(attach.Spec{HostIf: w.iface, NetNS: w.ns.Path(), IfName: "eth0", Addrs: []netip.Addr{w.ip}})
