@@ -66,10 +66,29 @@ func (m *Manager) postFlows(w http.ResponseWriter, r *http.Request, p principal)
 	if b.Stream == "" {
 		return fault.New(fault.Invalid, nil, "flow batch: stream: empty; want the collector's stream id")
 	}
+	if err := m.ownFlows(p.name, &b); err != nil {
+		return err
+	}
 	if _, err := m.flowStore.Add(r.Context(), p.name, &b); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// ownFlows refuses a batch with a record between two workloads of the
+// inventory of which neither is on host: such a connection never crossed
+// that host's dataplane. Addresses outside the inventory (the host's
+// own, the outside world) are the host's to report.
+func (m *Manager) ownFlows(host string, b *flows.Batch) error {
+	for i := range b.Records {
+		r := &b.Records[i]
+		src, dst := m.inv.Owner(r.Src.Addr), m.inv.Owner(r.Dst.Addr)
+		if src != nil && dst != nil && src.Host != host && dst.Host != host {
+			return fault.New(fault.Forbidden, nil, "flow batch %s/%d: records[%d]: %s → %s is between workloads of hosts %s and %s; host %s reports only flows of its own workloads or addresses",
+				b.Stream, b.Seq, i, r.Src.Addr, r.Dst.Addr, src.Host, dst.Host, host)
+		}
+	}
 	return nil
 }
 

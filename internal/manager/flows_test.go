@@ -91,3 +91,26 @@ func TestFlowsFromAgentsToQueries(t *testing.T) {
 		t.Fatal("no flow followed")
 	}
 }
+
+// A host may not report a flow between two other hosts' workloads.
+func TestFlowsOfOtherHostsRefused(t *testing.T) {
+	e := start(t)
+	n1, _ := e.join("node-1")
+	n2, _ := e.join("node-2")
+	if _, err := n1.ReportWorkloads(ctx(t), "node-1", tradingFloor(), nil, true); err != nil {
+		t.Fatal(err)
+	}
+	r := flowRecord("buy-signal", "buy-db", time.Now(), flows.Allow, "r")
+	r.Src.Addr, r.Dst.Addr = netip.MustParseAddr("10.10.1.10"), netip.MustParseAddr("10.10.2.10")
+	var err error
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		// The inventory follows the store: wait until it holds node-1's report.
+		if err = (client.FlowSink{Client: n2}).Send(ctx(t), &flows.Batch{Stream: "n2", Seq: 1, Records: []flows.Record{r}}); err != nil {
+			break
+		}
+	}
+	wantStatus(t, err, http.StatusForbidden, "between workloads of hosts node-1 and node-1")
+	if err := (client.FlowSink{Client: n1}).Send(ctx(t), &flows.Batch{Stream: "n1", Seq: 1, Records: []flows.Record{r}}); err != nil {
+		t.Fatalf("node-1's own flow: %v", err)
+	}
+}
