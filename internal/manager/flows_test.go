@@ -114,3 +114,11 @@ func TestFlowsOfOtherHostsRefused(t *testing.T) {
 		t.Fatalf("node-1's own flow: %v", err)
 	}
 }
+
+// A batch is read with its fields exact: an unknown one is refused.
+func TestFlowBatchUnknownFieldRefused(t *testing.T) {
+	e := start(t)
+	agent, _ := e.join("node-1")
+	err := agent.Do(ctx(t), "POST", "/v1/flows", map[string]any{"stream": "s", "seq": 1, "records": []any{}, "colour": "red"}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "colour")
+}
