@@ -24,10 +24,10 @@ func storeBatch(seq uint64, n int, end time.Time, span time.Duration, workloads 
 		t := end.Add(-span + time.Duration(i)*span/time.Duration(n))
 		w := (int(seq)*n + i) % workloads
 		b.Records[i] = flows.Record{Start: t.Add(-time.Second), End: t, Proto: 6, Verdict: flows.Allow,
-			Rule:   "Policy/app/db/ingress/web",
-			Src:    flows.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, byte(w >> 8), byte(w)}), Port: uint16(30000 + i%30000), Workload: "w" + strconv.Itoa(w), Namespace: "app", Identity: uint32(w + 2)},
-			Dst:    flows.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 2, 0, 1}), Port: 5432, Workload: "db", Namespace: "app", Identity: 1},
-			Orig:   flows.Count{Packets: 6, Bytes: 412}, Reply: flows.Count{Packets: 4, Bytes: 300},
+			Rule: "Policy/app/db/ingress/web",
+			Src:  flows.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, byte(w >> 8), byte(w)}), Port: uint16(30000 + i%30000), Workload: "w" + strconv.Itoa(w), Namespace: "app", Identity: uint32(w + 2)},
+			Dst:  flows.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 2, 0, 1}), Port: 5432, Workload: "db", Namespace: "app", Identity: 1},
+			Orig: flows.Count{Packets: 6, Bytes: 412}, Reply: flows.Count{Packets: 4, Bytes: 300},
 			Source: flows.FromConntrack}
 	}
 	return b
