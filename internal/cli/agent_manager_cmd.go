@@ -13,6 +13,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/agent"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
+	"github.com/bulkhead-dev/bulkhead/internal/flows"
 	"github.com/bulkhead-dev/bulkhead/internal/netns"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -107,6 +108,7 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 	}
 	opts.Host, opts.Manager = creds.Host, mf.manager
 	_, queues := opts.Dataplane.(*nft.Dataplane) // the nftables dataplane queues escalations
+	counters, nftDP := opts.Dataplane.(flows.CounterSource) // the nft dataplane: collect its flows
 	a, err := agent.Start(ctx, opts)
 	opts.Dataplane = nil // the agent owns it now, or has closed it
 	if err != nil {
@@ -128,6 +130,19 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "agent for host %s follows %s (underlay address %s)\n", creds.Host, mf.manager, orNone(hostIP))
+	if nftDP {
+		c, err := feed.StartFlows(feed.FlowOptions{Agent: a, URL: mf.manager, Dir: credDir, NetNS: netnsPath,
+			Counters: counters, Logger: opts.Logger})
+		if err != nil {
+			if asker != nil {
+				asker.Close()
+			}
+			f.Close()
+			a.Close()
+			return err
+		}
+		defer c.Close() // after the agent: what was read is delivered or spooled
+	}
 	<-ctx.Done()
 	if asker != nil {
 		asker.Close()

@@ -94,7 +94,7 @@ func (m *Manager) decodeBody(w http.ResponseWriter, r *http.Request, v any, opti
 
 // decodeStrict decodes one JSON value as strict.JSON does (exact keys,
 // each once, valid UTF-8, nothing after the value). Every request body
-// goes through it.
+// goes through it but a flow batch's (decodeBatch, flows.go says why).
 func decodeStrict(data []byte, v any) error {
 	if err := strict.JSON(data, v); err != nil {
 		return fault.New(fault.BadRequest, nil, "request body: %w", err)

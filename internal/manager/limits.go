@@ -355,6 +355,7 @@ func (m *Manager) answerTooMany(w http.ResponseWriter, r *http.Request, e *tooMa
 var bulkRoutes = map[string]bool{
 	"POST /v1/apply": true, "POST /v1/delete": true,
 	"PUT /v1/hosts/{host}/workloads": true, "POST /v1/hosts/{host}/workloads": true,
+	"POST /v1/flows": true, // a batch of up to 4,096 flows
 }
 
 // bodyLimit is the largest body a route takes.

@@ -40,6 +40,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/manager/datadir"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/escalations"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/feed"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/flowstore"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/identities"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/inventory"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/mirror"
@@ -91,6 +92,8 @@ type Config struct {
 	// DataDir/manager.key; created with the store). Managers that share a
 	// store share it.
 	KeyFile string
+	// Flows bounds the flow store (DataDir/flows).
+	Flows FlowConfig
 	// AdoptRecords seals the access records of a store from before the
 	// manager key when the key is created (they are trusted as they are).
 	AdoptRecords bool
@@ -164,7 +167,8 @@ type Manager struct {
 	alerts                       *alerts
 	esc                          *escalations.Service // escalated connections (escalations.go)
 	final                        seal.Final
-	collectHook                  func() // tests: runs between the collector's reads and its removals
+	flowStore                    *flowstore.Store // the flows agents send (flows.go)
+	collectHook                  func()           // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
 	adminToken string
@@ -224,6 +228,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.auditLog.CheckAtStart(ctx)
+	if err := m.openFlows(); err != nil {
+		return nil, err
+	}
 	m.newCopies()
 	if m.esc, err = m.newEscalations(); err != nil {
 		return nil, err
@@ -398,6 +405,8 @@ func (m *Manager) run() {
 	go func() { defer m.wg.Done(); m.auditLog.RefusalLoop(ctx) }()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.headLoop(ctx) }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.flowRetainLoop(ctx) }()
 	if m.srv != nil {
 		// Requests, and so every watch, end when the manager closes.
 		m.srv.BaseContext = func(net.Listener) context.Context { return ctx }
@@ -453,6 +462,9 @@ func (m *Manager) Close() error {
 		err = m.srv.Close()
 	}
 	m.wg.Wait()
+	if m.flowStore != nil {
+		err = errors.Join(err, m.flowStore.Close())
+	}
 	return err
 }
 

@@ -84,6 +84,9 @@ func (m *Manager) routeTable() []route {
 		{"GET", "/v1/escalations", read, m.getEscalations},
 		{"POST", "/v1/escalations/{id}/approve", access{roles: operators}, m.postEscalationAnswer(true)},
 		{"POST", "/v1/escalations/{id}/deny", access{roles: operators}, m.postEscalationAnswer(false)},
+		{"POST", "/v1/flows", agents, m.postFlows},
+		{"GET", "/v1/flows", read, m.getFlows},
+		{"GET", "/v1/flows/counts", read, m.getFlowCounts},
 	}
 	for _, res := range objects.Resources() {
 		rs = append(rs, route{"GET", "/v1/" + res, read, m.listResource(res)})

@@ -72,10 +72,7 @@ type workload struct {
 	iface           string
 }
 
-func newCluster(t *testing.T) *cluster {
-	t.Helper()
-	return newClusterNamed(t, prefix)
-}
+func newCluster(t *testing.T) *cluster { return newClusterNamed(t, prefix) }
 
 // newClusterNamed is newCluster with its namespaces named by prefix p.
 func newClusterNamed(t *testing.T, p string) *cluster {
