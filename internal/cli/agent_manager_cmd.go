@@ -107,7 +107,7 @@ func runManagedAgent(cmd *cobra.Command, mf managedFlags, opts agent.Options, ne
 		return err
 	}
 	opts.Host, opts.Manager = creds.Host, mf.manager
-	_, queues := opts.Dataplane.(*nft.Dataplane) // the nftables dataplane queues escalations
+	_, queues := opts.Dataplane.(*nft.Dataplane)            // the nftables dataplane queues escalations
 	counters, nftDP := opts.Dataplane.(flows.CounterSource) // the nft dataplane: collect its flows
 	a, err := agent.Start(ctx, opts)
 	opts.Dataplane = nil // the agent owns it now, or has closed it
