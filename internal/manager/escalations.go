@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -20,8 +21,9 @@ import (
 // newEscalations makes the concern over this manager's revisions and
 // audit log.
 func (m *Manager) newEscalations() (*escalations.Service, error) {
-	return escalations.New(escalations.Config{Rules: &decisionRules{m: m}, Audit: m.auditLog, Inventory: escInventory{m},
-		Now: m.cfg.Now, Logger: m.log})
+	rules := &decisionRules{m: m}
+	return escalations.New(escalations.Config{Rules: rules, Audit: m.auditLog, Inventory: escInventory{m},
+		Classes: rules, Bindings: m.bindings, Now: m.cfg.Now, Logger: m.log})
 }
 
 // escInventory vouches for the ends of an escalation from the workloads
@@ -36,32 +38,88 @@ func (i escInventory) Owner(a netip.Addr) (api.HostWorkload, bool) {
 	return *w, true
 }
 
-// decisionRules reads the DecisionRules of the head revision, decoding
-// them again only when the head moved.
+// decisionRules reads the DecisionRules and the ConflictClasses of the
+// head revision, decoding them again only when the head moved.
 type decisionRules struct {
 	m     *Manager
 	mu    sync.Mutex
 	rev   int64
-	rules []*policy.DecisionRule
+	set   *policy.Set
 	read  bool
+	eng   *policy.Engine // of set, for segment membership; made when first asked
+	engOK bool
 }
 
-func (d *decisionRules) DecisionRules(ctx context.Context) (int64, []*policy.DecisionRule, error) {
+// current returns the head revision's set, and its engine when withEngine.
+func (d *decisionRules) current(ctx context.Context, withEngine bool) (int64, *policy.Set, *policy.Engine, error) {
 	_, ps, err := d.m.head(ctx)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.read && ps.Rev() == d.rev {
-		return d.rev, d.rules, nil
+	if !d.read || ps.Rev() != d.rev {
+		set, err := d.m.decodedSet(ps)
+		if err != nil {
+			return 0, nil, nil, err
+		}
+		d.rev, d.set, d.read, d.eng, d.engOK = ps.Rev(), set, true, nil, false
 	}
-	set, err := d.m.decodedSet(ps)
+	if withEngine && !d.engOK {
+		eng, err := policy.NewEngine(d.set)
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("manager: the objects of revision %d: %w", d.rev, err)
+		}
+		d.eng, d.engOK = eng, true
+	}
+	return d.rev, d.set, d.eng, nil
+}
+
+func (d *decisionRules) DecisionRules(ctx context.Context) (int64, []*policy.DecisionRule, error) {
+	rev, set, _, err := d.current(ctx, false)
 	if err != nil {
 		return 0, nil, err
 	}
-	d.rev, d.rules, d.read = ps.Rev(), set.DecisionRules, true
-	return d.rev, d.rules, nil
+	return rev, set.DecisionRules, nil
+}
+
+// Access finds conflict class name in the head revision and the dataset
+// whose segment holds dst, by the policy model's segment membership (as
+// the compiler and the wall proof decide it); the ends' namespaces and
+// labels are the inventory's, as the escalation path vouched for them.
+func (d *decisionRules) Access(ctx context.Context, name string, src, dst api.EscalationEndpoint) (escalations.ClassAccess, error) {
+	rev, set, eng, err := d.current(ctx, true)
+	if err != nil {
+		return escalations.ClassAccess{}, err
+	}
+	var class *policy.ConflictClass
+	for _, c := range set.ConflictClasses {
+		if c.Name == name {
+			class = c
+		}
+	}
+	if class == nil {
+		return escalations.ClassAccess{}, fault.New(fault.NotFound, nil, "revision %d holds no conflict class %s", rev, name)
+	}
+	from, to := policyEndpoint(src), policyEndpoint(dst)
+	out := escalations.ClassAccess{Class: class, Subject: from.Workload != nil && (class.Subjects == "" || eng.InSegment(class.Subjects, from))}
+	for _, ds := range class.Datasets {
+		if eng.InSegment(ds.Segment, to) {
+			out.Dataset = ds.Name
+			break
+		}
+	}
+	return out, nil
+}
+
+// policyEndpoint is an escalation's end as the policy model sees it.
+func policyEndpoint(e api.EscalationEndpoint) policy.Endpoint {
+	a, _ := netip.ParseAddr(e.Address) // the escalation path checked it
+	ep := policy.Endpoint{Addr: a.Unmap()}
+	if e.Name != "" {
+		ep.Workload = &policy.Workload{Namespace: e.Namespace, Name: e.Name, Labels: e.Labels, IPs: []netip.Addr{ep.Addr}, Host: e.Host}
+	}
+	return ep
 }
 
 // postEscalation is an agent asking about a held connection; it answers

@@ -50,7 +50,7 @@ type connection struct {
 	from, to string
 	port     int
 	expect   string // allow, deny or escalate
-	decided  string // for escalate: what the decision rules answer (allow, deny; "": a person decides)
+	decided  string // for escalate: what the manager answers (its decision rules, or a binding: allow, deny; "": a person decides)
 	why      string
 }
 
@@ -62,7 +62,8 @@ var connections = []connection{
 	{"frontend", "payment-processor", 9000, "allow", "", "the front end's NetworkPolicy and payments/processor"},
 	{"frontend", "cards-db", 5432, "deny", "", "the front end's NetworkPolicy allows egress to the processor only"},
 	{"report", "buy-db", 5432, "escalate", "allow", "trading/reports escalates it: held in the kernel, the manager's rule reports-within-rate decides"},
-	{"payment-processor", "cards-db", 5432, "escalate", "", "conflict class payment-datasets: held for an operator by the manager's rule payments-by-hand"},
+	{"payment-processor", "cards-db", 5432, "escalate", "allow", "conflict class payment-datasets: the first access binds the processor to cards, the manager decides (nobody is asked)"},
+	{"payment-processor", "ledger-db", 5432, "escalate", "deny", "conflict class payment-datasets: the processor is bound to cards, so ledger is denied by the binding"},
 	{"buy-signal", "payment-processor", 9000, "deny", "", "default-deny baseline"},
 }
 

@@ -11,6 +11,14 @@
 // (auditlog.Committer) before it is answered: a decision that cannot be
 // audited is a denial.
 //
+// An escalation that names a conflict class (the first access to a
+// dataset of a dynamic wall) is decided by the source's binding first
+// (walls.go, over internal/manager/bindings): bound to another dataset,
+// it is denied whatever the rules say; bound to this one, or unbound,
+// the decision rules decide what the escalating policy rules asked, or,
+// when none did, the binding alone allows; an allowed first access binds
+// by compare-and-set, and a lost race or a store error denies.
+//
 // The records live in the memory of the manager the agent asked; with
 // several managers, an operator's answer must reach the one holding it
 // (docs/manager.md).
@@ -31,6 +39,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/decide"
 	"github.com/bulkhead-dev/bulkhead/internal/fault"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/auditlog"
+	"github.com/bulkhead-dev/bulkhead/internal/manager/bindings"
 	"github.com/bulkhead-dev/bulkhead/internal/policy"
 )
 
@@ -85,6 +94,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Location is the zone of `now` for rules without one (default UTC).
 	Location *time.Location
+	// Classes and Bindings, both set, decide an escalation that names a
+	// conflict class by the source's binding (walls.go): a binding to
+	// another dataset denies, and an allowed first access binds. nil:
+	// such an escalation goes to the decision rules like any other.
+	Classes  Classes
+	Bindings *bindings.Bindings
 	// MaxRecords bounds the escalations kept (DefaultMaxRecords); the
 	// oldest decided go first. MaxHeld bounds those held for an operator
 	// at once (DefaultMaxHeld); past it, a hold is denied at once.
@@ -196,12 +211,23 @@ func (s *Service) Ask(ctx context.Context, host string, req api.EscalationReques
 	rec := &record{Escalation: api.Escalation{ID: newID(), Host: host, State: api.EscalationHeld, Protocol: req.Protocol,
 		Source: req.Source, Destination: req.Destination, SourcePort: req.SourcePort, Port: req.Port, Rules: req.Rules,
 		ConflictClass: req.ConflictClass, Asked: now.UTC(), Deadline: deadline.UTC()}}
+	var acc *wallAccess
+	if req.ConflictClass != "" && s.cfg.Classes != nil && s.cfg.Bindings != nil {
+		var a answer
+		var done bool
+		if acc, a, done = s.wall(ctx, host, req); done {
+			s.finish(ctx, rec, dreq, a, decide.Decision{})
+			s.add(rec, false)
+			return decisionOf(rec), nil
+		}
+	}
 	s.mu.Lock()
 	dreq.History.Decisions = append([]decide.PastDecision(nil), s.history[dreq.Source.Key()]...)
 	s.mu.Unlock()
 	d := eng.Decide(dreq)
 	if d.Outcome != decide.Hold {
-		s.finish(ctx, rec, dreq, answer{outcome: d.Outcome, actor: auditlog.System, reason: d.Reason}, d)
+		a := s.bind(ctx, acc, answer{outcome: d.Outcome, actor: auditlog.System, reason: d.Reason})
+		s.finish(ctx, rec, dreq, a, d)
 		s.add(rec, false)
 		return decisionOf(rec), nil
 	}
@@ -217,12 +243,12 @@ func (s *Service) Ask(ctx context.Context, host string, req api.EscalationReques
 		return decisionOf(rec), nil
 	}
 	s.audit(ctx, auditlog.System, "escalation.hold", rec)
-	return s.wait(ctx, rec, dreq, d), nil
+	return s.wait(ctx, rec, dreq, d, acc), nil
 }
 
 // wait waits for an operator's answer to a held escalation, its
 // deadline, or the end of ctx.
-func (s *Service) wait(ctx context.Context, rec *record, dreq decide.Request, d decide.Decision) api.EscalationDecision {
+func (s *Service) wait(ctx context.Context, rec *record, dreq decide.Request, d decide.Decision, acc *wallAccess) api.EscalationDecision {
 	t := time.NewTimer(rec.Deadline.Sub(s.cfg.Now()))
 	defer t.Stop()
 	var a answer
@@ -235,8 +261,10 @@ func (s *Service) wait(ctx context.Context, rec *record, dreq decide.Request, d 
 		a = answer{outcome: decide.Deny, actor: auditlog.System, reason: "the agent stopped waiting: denied"}
 	}
 	d.Remember = 0 // an operator's answer, or a timeout, is for this connection only
-	// The audit must outlive a request whose agent went away.
-	s.finish(context.WithoutCancel(ctx), rec, dreq, a, d)
+	// The audit, and the binding of an allowed first access, must
+	// outlive a request whose agent went away.
+	ctx = context.WithoutCancel(ctx)
+	s.finish(ctx, rec, dreq, s.bind(ctx, acc, a), d)
 	return decisionOf(rec)
 }
 
