@@ -20,10 +20,10 @@ import (
 func TestUpDemoEscalations(t *testing.T) {
 	nstest.RequireRoot(t)
 	const demoPrefix = "bhewd-"
-	for _, p := range []string{"bhewt", demoPrefix} {
-		if err := netns.DeleteAll(p); err != nil {
-			t.Fatal(err)
-		}
+	// The demo's namespaces have fixed names under the prefix: those of
+	// an earlier run that died go first.
+	if err := netns.DeleteAll(demoPrefix); err != nil {
+		t.Fatal(err)
 	}
 	host := nstest.NS(t, "bhewt")
 	dir := t.TempDir()
@@ -53,9 +53,29 @@ func TestUpDemoEscalations(t *testing.T) {
 		s := out.String()
 		return byCondition.MatchString(s) && bound.MatchString(s) && byBinding.MatchString(s)
 	})
-	if strings.Contains(out.String(), "waiting for an operator") {
+	if regexp.MustCompile(`held\s+payments/payment-processor`).MatchString(out.String()) {
 		t.Errorf("a first access to the conflict class was held, not decided:\n%s", out.String())
 	}
+
+	// The sell-side database is read only when an operator approves: the
+	// demo says which command answers, and the connection goes through.
+	held := regexp.MustCompile(`held\s+trading/report\s+→ trading/sell-db:5432\s+waiting for an operator: bulkhead escalations approve ([0-9a-f]{12})`)
+	var id string
+	waitFor(t, 20*time.Second, "report -> sell-db held for an operator:\n"+out.String(), func() bool {
+		m := held.FindStringSubmatch(out.String())
+		if m != nil {
+			id = m[1]
+		}
+		return m != nil
+	})
+	var aout, aerr bytes.Buffer
+	if code := runWith(context.Background(), []string{"escalations", "approve", id}, nil, &aout, &aerr); code != 0 {
+		t.Fatalf("escalations approve %s: exit %d:\n%s%s", id, code, aout.String(), aerr.String())
+	}
+	approved := regexp.MustCompile(`allowed\s+trading/report\s+→ trading/sell-db:5432 .*\[manager: ` + id + ` allow: approved by`)
+	waitFor(t, 20*time.Second, "report -> sell-db connected once approved:\n"+out.String(), func() bool {
+		return approved.MatchString(out.String())
+	})
 
 	// Another terminal: the configuration up wrote names the manager.
 	var lout, lerr bytes.Buffer

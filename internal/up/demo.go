@@ -62,6 +62,7 @@ var connections = []connection{
 	{"frontend", "payment-processor", 9000, "allow", "", "the front end's NetworkPolicy and payments/processor"},
 	{"frontend", "cards-db", 5432, "deny", "", "the front end's NetworkPolicy allows egress to the processor only"},
 	{"report", "buy-db", 5432, "escalate", "allow", "trading/reports escalates it: held in the kernel, the manager's rule reports-within-rate decides"},
+	{"report", "sell-db", 5432, "escalate", "", "trading/reports-sell escalates it: the manager's rule sell-side-by-hand holds it for an operator"},
 	{"payment-processor", "cards-db", 5432, "escalate", "allow", "conflict class payment-datasets: the first access binds the processor to cards, the manager decides (nobody is asked)"},
 	{"payment-processor", "ledger-db", 5432, "escalate", "deny", "conflict class payment-datasets: the processor is bound to cards, so ledger is denied by the binding"},
 	{"buy-signal", "payment-processor", 9000, "deny", "", "default-deny baseline"},
@@ -299,14 +300,21 @@ const (
 func (d *demoFloor) try(ctx context.Context, from, to *runningWorkload, c connection) Attempt {
 	a := Attempt{From: from.key(), To: to.key(), Port: c.port, Expect: c.expect, Decided: c.decided, Why: c.why, Time: time.Now()}
 	timeout := dialTimeout
+	dialCtx := ctx
 	if c.expect == "escalate" {
 		timeout = escalateDialTimeout
 		stop := d.noticeHeld(ctx, from, to, c.port)
 		defer stop()
+		// A denied escalation drops the SYN: the client would wait out its
+		// timeout. The demo stops waiting once the manager has denied it.
+		var cancel context.CancelFunc
+		dialCtx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go d.cancelWhenDenied(dialCtx, cancel, from, to, c.port, a.Time)
 	}
 	err := from.ns.Do(func() error {
 		dl := net.Dialer{Timeout: timeout}
-		conn, err := dl.DialContext(ctx, "tcp", netip.AddrPortFrom(to.addr, uint16(c.port)).String())
+		conn, err := dl.DialContext(dialCtx, "tcp", netip.AddrPortFrom(to.addr, uint16(c.port)).String())
 		if err == nil {
 			conn.Close()
 		}
@@ -316,7 +324,7 @@ func (d *demoFloor) try(ctx context.Context, from, to *runningWorkload, c connec
 	switch {
 	case err == nil:
 		a.Outcome = "connected"
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.As(err, &ne) && ne.Timeout(), ctx.Err() == nil && errors.Is(err, context.Canceled):
 		a.Outcome = "dropped"
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.EACCES):
 		a.Outcome = "refused"

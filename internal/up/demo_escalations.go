@@ -48,6 +48,21 @@ func (d *demoFloor) noticeHeld(ctx context.Context, from, to *runningWorkload, p
 	return func() { cancel(); wg.Wait() }
 }
 
+// cancelWhenDenied calls cancel once the manager has denied the newest
+// escalation of from → to:port since since, or when ctx ends.
+func (d *demoFloor) cancelWhenDenied(ctx context.Context, cancel context.CancelFunc, from, to *runningWorkload, port int, since time.Time) {
+	for ctx.Err() == nil {
+		if e, ok := d.escalation(ctx, api.EscalationDecided, from.addr, to.addr, port, since); ok && e.Verdict == api.VerdictDeny {
+			cancel()
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // decision says how the manager decided the newest escalation of
 // from → to:port since since ("" when it has none).
 func (d *demoFloor) decision(ctx context.Context, from, to *runningWorkload, port int, since time.Time) string {
