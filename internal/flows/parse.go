@@ -4,13 +4,13 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/logprefix"
 )
 
 // parseHit reads a dataplane log prefix ("bh deny Policy/app/x/ingress/y",
 // "bh spoofed") into its kind and id.
 func parseHit(prefix string) (Hit, bool) {
-	kind, id, ok := nft.ParseLogPrefix(prefix)
+	kind, id, ok := logprefix.Parse(prefix)
 	if !ok {
 		return Hit{}, false
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"github.com/bulkhead-dev/bulkhead/internal/dataplane/logprefix"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -361,49 +362,33 @@ func guardKey(k [2]compile.GuardID) []byte {
 	return binary.BigEndian.AppendUint32(u32(uint32(k[0])), uint32(k[1]))
 }
 
-// Log prefixes: "bh KIND ID". NFLOG carries at most 127 bytes of prefix;
-// a longer id is replaced by "#" and RuleTag(id).
+// logPrefixMax is the kernel's limit on a log prefix (logprefix.Format
+// keeps to it).
 const logPrefixMax = 127
 
-// The kinds of log record.
+// The kinds of log record (the format is internal/dataplane/logprefix's,
+// shared with the readers of the records).
 const (
-	LogAllow     = "allow"
-	LogDeny      = "deny"
-	LogReject    = "reject"
-	LogEscalate  = "escalate"
-	LogWouldDeny = "would-deny"
-	LogWall      = "wall"
-	LogSpoofed   = "spoofed"
-	LogNoEntry   = "no-entry"
+	LogAllow     = logprefix.Allow
+	LogDeny      = logprefix.Deny
+	LogReject    = logprefix.Reject
+	LogEscalate  = logprefix.Escalate
+	LogWouldDeny = logprefix.WouldDeny
+	LogWall      = logprefix.Wall
+	LogSpoofed   = logprefix.Spoofed
+	LogNoEntry   = logprefix.NoEntry
 )
 
 // LogPrefix returns the NFLOG prefix of a record of kind about id (a rule
 // id or a wall name).
-func LogPrefix(kind, id string) string {
-	p := "bh " + kind
-	if id != "" {
-		p += " " + id
-	}
-	if len(p) <= logPrefixMax {
-		return p
-	}
-	return "bh " + kind + " #" + RuleTag(id)
-}
+func LogPrefix(kind, id string) string { return logprefix.Format(kind, id) }
 
 // RuleTag is the short form of an id too long for a log prefix.
-func RuleTag(id string) string { return shortHash(id) }
+func RuleTag(id string) string { return logprefix.Tag(id) }
 
 // ParseLogPrefix splits a prefix made by LogPrefix. A long id comes back
 // as "#" and its RuleTag.
-func ParseLogPrefix(p string) (kind, id string, ok bool) {
-	p = strings.TrimRight(p, "\x00")
-	rest, ok := strings.CutPrefix(p, "bh ")
-	if !ok {
-		return "", "", false
-	}
-	kind, id, _ = strings.Cut(rest, " ")
-	return kind, id, kind != ""
-}
+func ParseLogPrefix(p string) (kind, id string, ok bool) { return logprefix.Parse(p) }
 
 func actionLogKind(a policy.Action) string {
 	switch a {
