@@ -23,15 +23,28 @@ const MaxFileSize = objects.MaxDocumentSize
 
 // Paths reads every file named, and every .yaml, .yml and .json file inside
 // the directories named (recursively, in name order). "-" is standard input.
+// A file named more than once (by itself and inside a directory named too,
+// or by two spellings of one path) is read once, where it is first named.
 func Paths(paths []string) (*policy.Set, error) {
 	var errs source.Errors
 	set := &policy.Set{}
+	var seen []os.FileInfo
 	for _, p := range paths {
 		files, err := Expand(p)
 		if err != nil {
 			return nil, err
 		}
 		for _, f := range files {
+			if f != "-" {
+				st, err := os.Stat(f)
+				if err != nil {
+					return nil, fmt.Errorf("load: %w", err)
+				}
+				if sameAsOne(st, seen) {
+					continue
+				}
+				seen = append(seen, st)
+			}
 			data, err := readFile(f)
 			if err != nil {
 				return nil, err
@@ -47,6 +60,15 @@ func Paths(paths []string) (*policy.Set, error) {
 		return nil, err
 	}
 	return set, nil
+}
+
+func sameAsOne(st os.FileInfo, seen []os.FileInfo) bool {
+	for _, s := range seen {
+		if os.SameFile(st, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Expand lists the files a path names: the file itself, or every .yaml,

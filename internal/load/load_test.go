@@ -63,3 +63,23 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// A file named twice — by itself and inside a directory also named — is
+// one file: read once, so that its objects do not clash with themselves.
+func TestPathsReadsAFileNamedTwiceOnce(t *testing.T) {
+	once, err := Paths([]string{"../../examples/policies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := Expand("../../examples/policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	twice, err := Paths([]string{"../../examples/policies", files[0], "../../examples/../examples/policies"})
+	if err != nil {
+		t.Fatalf("a file named twice: %v", err)
+	}
+	if len(twice.Policies) != len(once.Policies) || len(twice.Walls) != len(once.Walls) {
+		t.Fatalf("read twice: %d policies, %d walls; once: %d, %d", len(twice.Policies), len(twice.Walls), len(once.Policies), len(once.Walls))
+	}
+}
