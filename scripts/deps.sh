@@ -8,7 +8,9 @@
 # plugin's test with the real Podman; crun refuses this machine's cgroups),
 # containerd (containerd, ctr and the runc shim: the CNI plugin's test with
 # the real containerd; its CRI also runs the loopback plugin of
-# containernetworking-plugins), unshare, nsenter and mount (util-linux, mount).
+# containernetworking-plugins), unshare, nsenter and mount (util-linux, mount),
+# qemu-system-x86 and busybox-static (real VMs in internal/vmtest, which
+# downloads Debian's kernel package itself with apt-get download).
 # Without root it only reports what is missing; the tests that need it
 # skip with a clear reason (in CI, where CI=true, they fail instead).
 set -euo pipefail
@@ -24,6 +26,9 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v ctr >/dev/null || need+=(containerd)
 command -v containerd-shim-runc-v2 >/dev/null || need+=(containerd)
 [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v busybox >/dev/null || need+=(busybox-static)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || need+=(mount)
