@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -18,6 +19,7 @@ type Kernel struct {
 	Image   string            // vmlinuz
 	Release string            // 6.1.0-57-amd64
 	modules map[string]string // module name (with _) → .ko path
+	aliases map[string]string // alias → module name, read when first needed
 }
 
 // CacheDir is where the kernel package is downloaded and unpacked:
@@ -118,7 +120,11 @@ func (k *Kernel) Modules(names ...string) ([]string, error) {
 		}
 		p, ok := k.modules[n]
 		if !ok {
-			return fmt.Errorf("vmtest: kernel %s has no module %s", k.Release, n)
+			a, err := k.alias(n)
+			if err != nil {
+				return err
+			}
+			return visit(a)
 		}
 		state[n] = 1
 		deps, err := moduleDepends(p)
@@ -142,7 +148,66 @@ func (k *Kernel) Modules(names ...string) ([]string, error) {
 	return order, nil
 }
 
+// alias names the module that provides an alias (crc32c: crc32c_generic),
+// as a soft dependency names it.
+func (k *Kernel) alias(name string) (string, error) {
+	if k.aliases == nil {
+		k.aliases = map[string]string{}
+		var mods []string
+		for m := range k.modules {
+			mods = append(mods, m)
+		}
+		sort.Strings(mods) // the first module of an alias, by name, provides it
+		for _, m := range mods {
+			info, err := modinfo(k.modules[m])
+			if err != nil {
+				return "", err
+			}
+			for _, kv := range info {
+				if a, ok := bytes.CutPrefix(kv, []byte("alias=")); ok {
+					if _, dup := k.aliases[string(a)]; !dup {
+						k.aliases[string(a)] = m
+					}
+				}
+			}
+		}
+	}
+	m, ok := k.aliases[name]
+	if !ok {
+		return "", fmt.Errorf("vmtest: kernel %s has no module %s", k.Release, name)
+	}
+	return m, nil
+}
+
+// moduleDepends lists what a module needs loaded first: its depends= and
+// its soft pre-dependencies (libcrc32c's crc32c).
 func moduleDepends(ko string) ([]string, error) {
+	info, err := modinfo(ko)
+	if err != nil {
+		return nil, err
+	}
+	var deps []string
+	for _, kv := range info {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok && len(v) > 0 {
+			deps = append(deps, strings.Split(string(v), ",")...)
+		}
+		if v, ok := bytes.CutPrefix(kv, []byte("softdep=")); ok {
+			f := strings.Fields(string(v))
+			for i := 0; i < len(f); i++ {
+				if f[i] != "pre:" {
+					continue
+				}
+				for i++; i < len(f) && !strings.HasSuffix(f[i], ":"); i++ {
+					deps = append(deps, f[i])
+				}
+				i--
+			}
+		}
+	}
+	return deps, nil
+}
+
+func modinfo(ko string) ([][]byte, error) {
 	f, err := elf.Open(ko)
 	if err != nil {
 		return nil, fmt.Errorf("vmtest: %w", err)
@@ -156,13 +221,15 @@ func moduleDepends(ko string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vmtest: %s: %w", ko, err)
 	}
-	for _, kv := range bytes.Split(data, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
-			if len(v) == 0 {
-				return nil, nil
-			}
-			return strings.Split(string(v), ","), nil
-		}
-	}
-	return nil, nil
+	return bytes.Split(data, []byte{0}), nil
+}
+
+// AgentModules are the modules Bulkhead's agent and its nft dataplane use
+// in a VM running Debian's kernel (where they are modules, not built in),
+// and veth for the VM's own workloads.
+var AgentModules = []string{
+	"virtio_pci", "virtio_net", "veth",
+	"nf_tables", "nf_conntrack", "nft_ct", "nft_compat", "xt_NFQUEUE", "nft_queue",
+	"nfnetlink_queue", "nfnetlink_log", "nft_log", "nft_limit", "nft_reject_inet",
+	"nft_objref", "nft_numgen", "nft_hash", "nft_quota", "nft_fib_inet", "nf_conntrack_netlink",
 }

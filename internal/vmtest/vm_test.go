@@ -84,4 +84,3 @@ func get(n *netns.NS, addr string) (string, error) {
 	})
 	return body, err
 }
-
