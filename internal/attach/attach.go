@@ -168,7 +168,7 @@ func (s Spec) configure(wns vnetns.NsHandle, tmp string) (Result, error) {
 		}
 	}
 	// Inside the workload, through a handle: no thread switching.
-	h, err := netlink.NewHandleAt(wns)
+	h, err := netlink.NewHandleAt(wns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return Result{}, fmt.Errorf("attach: open netlink in %s: %w", s.NetNS, err)
 	}
@@ -307,7 +307,7 @@ func Check(s Spec) error {
 		return fmt.Errorf("attach: check: %w", err)
 	}
 	defer wns.Close()
-	h, err := netlink.NewHandleAt(wns)
+	h, err := netlink.NewHandleAt(wns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("attach: check: %w", err)
 	}

@@ -42,14 +42,14 @@ func NewRoutes(netnsPath string, log *slog.Logger) *Routes {
 
 func (r *Routes) handle() (*netlink.Handle, error) {
 	if r.netns == "" {
-		return netlink.NewHandle()
+		return netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	ns, err := vnetns.GetFromPath(r.netns)
 	if err != nil {
 		return nil, fmt.Errorf("feed: routes: open namespace %s: %w", r.netns, err)
 	}
 	defer ns.Close()
-	return netlink.NewHandleAt(ns)
+	return netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 }
 
 // Sync makes the tagged routes exactly want (workload address → host

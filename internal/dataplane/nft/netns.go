@@ -5,6 +5,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bulkhead-dev/bulkhead/internal/netns"
 )
@@ -30,9 +31,9 @@ func (d *Dataplane) HasInterface(name string) (bool, error) {
 		err error
 	)
 	if d.nsFd >= 0 {
-		h, err = netlink.NewHandleAt(vnetns.NsHandle(d.nsFd))
+		h, err = netlink.NewHandleAt(vnetns.NsHandle(d.nsFd), unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return false, errorf("open netlink to look for interface %s: %w", name, err)
