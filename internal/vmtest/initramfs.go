@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
 	"sort"
 	"strings"
@@ -127,4 +128,37 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// AddBinary copies a dynamically linked host program to the same path in
+// the VM with the shared libraries ldd says it loads (and their loader),
+// so that Debian's own tools (nft, ip) run inside a VM as on the host.
+func (r *Initramfs) AddBinary(program string) error {
+	p, err := exec.LookPath(program)
+	if err != nil {
+		return fmt.Errorf("vmtest: initramfs: %w", err)
+	}
+	if err := r.AddFile(p, p); err != nil {
+		return err
+	}
+	out, err := exec.Command("ldd", p).Output()
+	if err != nil {
+		return nil // a static program needs nothing more
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		var lib string
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			lib = f[2]
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+			lib = f[0]
+		default:
+			continue
+		}
+		if err := r.AddFile(lib, lib); err != nil {
+			return err
+		}
+	}
+	return nil
 }

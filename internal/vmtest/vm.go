@@ -59,8 +59,10 @@ type VM struct {
 }
 
 const initScript = `#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run/netns /bin /sbin /usr/bin /usr/sbin /var/run
-/bin/busybox --install -s
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run/netns /bin /sbin /usr/bin /usr/sbin /var/run /busybox
+/bin/busybox --install -s /busybox
+# Debian's own programs that a test added (AddBinary) before busybox's.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/busybox
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
