@@ -305,6 +305,10 @@ const (
 	portTH    = "th"    // tcp, udp, sctp: destination port
 	portICMP  = "icmp"  // icmp, icmpv6: type<<8 | code
 	portOther = "other" // every other protocol: 0
+
+	// sideGrouped names a side's chain entered once the local side's
+	// group is known (sideChain with it as the port kind).
+	sideGrouped = "grp"
 )
 
 var portKinds = []string{portTH, portICMP, portOther}

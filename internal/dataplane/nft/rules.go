@@ -75,7 +75,7 @@ func (b *builder) chainNames() []string {
 		}
 		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 			for _, p := range []string{kindExact, kindRange} {
-				names = append(names, sideChain(d, f, p, ""))
+				names = append(names, sideChain(d, f, p, ""), sideChain(d, f, p, sideGrouped))
 				for _, k := range portKinds {
 					names = append(names, sideChain(d, f, p, k))
 				}
@@ -238,7 +238,10 @@ func looksUp(rules [][]expr.Any, sets map[string]bool) bool {
 func (b *builder) familyRules(f int) []chainRules {
 	isExact := func(src bool, yes, no string) [][]expr.Any {
 		return [][]expr.Any{
-			cat(addr(f, src, reg(4)), member(b.n(b.addrSet(f, kindExact)), reg(4), false), b.goTo(yes)),
+			// A lookup with a destination register, whose value is not
+			// used: a membership test of a map is refused by kernels
+			// before 6.4 (TestNoMembershipLookupIntoAMap).
+			cat(addr(f, src, reg(4)), lookupMap(b.n(b.addrSet(f, kindExact)), reg(4), reg(0)), b.goTo(yes)),
 			b.goTo(no),
 		}
 	}
@@ -286,10 +289,18 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 	disp := sideChain(d, f, peer, "")
 	localSrc := d == policy.Egress
 	group := b.n(groupSet(d))
+	// The local side's group: found, the side is judged (grouped chain);
+	// missing, the lookup stops the rule and the next returns. Not an
+	// inverted membership test of the group map: kernels before 6.4
+	// (Debian 12's 6.1) refuse a lookup into a map without a destination
+	// register (TestNoMembershipLookupIntoAMap).
+	grouped := sideChain(d, f, peer, sideGrouped)
+	head := [][]expr.Any{
+		cat(b.identity(carrierC, f, localSrc, kindExact), mapInto(carrierC, group, carrierC.load(reg(0))), b.goTo(grouped)),
+		ret,
+	}
 	rules := [][]expr.Any{
-		cat(b.identity(carrierC, f, localSrc, kindExact), carrierC.load(reg(0)), member(group, reg(0), true), ret),
-		cat(mapInto(carrierC, group, carrierC.load(reg(0))),
-			meta(expr.MetaKeyL4PROTO, reg(0)), lookupMap(b.n(setBuckets), reg(0), unix.NFT_REG_VERDICT)),
+		cat(meta(expr.MetaKeyL4PROTO, reg(0)), lookupMap(b.n(setBuckets), reg(0), unix.NFT_REG_VERDICT)),
 	}
 	for _, p := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP} {
 		rules = append(rules, cat(l4proto(p), b.goTo(sideChain(d, f, peer, portTH))))
@@ -298,7 +309,7 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 		rules = append(rules, cat(l4proto(p), b.goTo(sideChain(d, f, peer, portICMP))))
 	}
 	rules = append(rules, b.goTo(sideChain(d, f, peer, portOther)))
-	out := []chainRules{{chain: b.n(disp), rules: rules}}
+	out := []chainRules{{chain: b.n(disp), rules: head}, {chain: b.n(grouped), rules: rules}}
 	for _, k := range portKinds {
 		var rules [][]expr.Any
 		for lv := 0; lv <= wildcardLevel; lv++ {
