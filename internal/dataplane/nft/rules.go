@@ -239,8 +239,8 @@ func (b *builder) familyRules(f int) []chainRules {
 	isExact := func(src bool, yes, no string) [][]expr.Any {
 		return [][]expr.Any{
 			// A lookup with a destination register, whose value is not
-			// used: a membership test of a map is refused by kernels
-			// before 6.4 (TestNoMembershipLookupIntoAMap).
+			// used: a membership test of a map is refused by older kernels
+			// (Debian 12's 6.1: TestNoMembershipLookupIntoAMap).
 			cat(addr(f, src, reg(4)), lookupMap(b.n(b.addrSet(f, kindExact)), reg(4), reg(0)), b.goTo(yes)),
 			b.goTo(no),
 		}
@@ -291,8 +291,8 @@ func (b *builder) sideRules(d policy.Direction, f int, peer string) []chainRules
 	group := b.n(groupSet(d))
 	// The local side's group: found, the side is judged (grouped chain);
 	// missing, the lookup stops the rule and the next returns. Not an
-	// inverted membership test of the group map: kernels before 6.4
-	// (Debian 12's 6.1) refuse a lookup into a map without a destination
+	// inverted membership test of the group map: older kernels (Debian
+	// 12's 6.1 among them) refuse a lookup into a map without a destination
 	// register (TestNoMembershipLookupIntoAMap).
 	grouped := sideChain(d, f, peer, sideGrouped)
 	head := [][]expr.Any{
