@@ -66,6 +66,12 @@ type bed struct {
 // enforcing policyYAML, and a Holder with decider on its queue.
 func newBed(t *testing.T, decider escalate.Decider) *bed {
 	t.Helper()
+	return newBedWith(t, decider, policyYAML)
+}
+
+// newBedWith is newBed with another policy for db.
+func newBedWith(t *testing.T, decider escalate.Decider, policy string) *bed {
+	t.Helper()
 	nstest.RequireRoot(t)
 	b := &bed{host: nstest.NS(t, prefix+"h"), a: nstest.NS(t, prefix+"a"), db: nstest.NS(t, prefix+"d"),
 		a4: netip.MustParseAddr("10.79.0.1"), db4: netip.MustParseAddr("10.79.0.2")}
@@ -87,7 +93,7 @@ func newBed(t *testing.T, decider escalate.Decider) *bed {
 		atts = append(atts, dataplane.Attachment{Workload: "app/" + w.name, Interface: hostIf, Addrs: []netip.Addr{w.addr}})
 		res.Endpoints[w.addr] = escalate.Endpoint{Namespace: "app", Name: w.name, Identity: uint32(10 + i)}
 	}
-	set, errs := load.Bytes("bench.yaml", []byte(yaml.String()+"---\n"+policyYAML))
+	set, errs := load.Bytes("bench.yaml", []byte(yaml.String()+"---\n"+policy))
 	if len(errs) > 0 {
 		t.Fatalf("load: %v", errs)
 	}
