@@ -18,6 +18,12 @@ const (
 	MaxWorkloadPorts = 64
 )
 
+// QuarantinedLabel is reserved: it is how a quarantined workload will be
+// shown to the compiler, so only the manager may ever set it. A host's
+// registration that carries it (with any value) is refused, so that no
+// host can claim it or mark a workload as explicitly not quarantined.
+const QuarantinedLabel = "bulkhead.dev/quarantined"
+
 // CheckHostWorkloads validates the workloads of one host's report with
 // CheckWorkload, the validator every workload goes through, and checks
 // that no name or address is given twice, so that a manager accepts
@@ -40,6 +46,9 @@ func CheckHostWorkloads(where string, ws []api.HostWorkload) ([]*policy.Workload
 		}
 		if len(w.Ports) > MaxWorkloadPorts {
 			errs.Add(at, p+"ports", "%d ports; a workload may name at most %d", len(w.Ports), MaxWorkloadPorts)
+		}
+		if _, ok := w.Labels[QuarantinedLabel]; ok {
+			errs.Add(at, p+"labels", "label %q is reserved for the manager's quarantine; a registration may not carry it", QuarantinedLabel)
 		}
 		if len(errs) > 0 {
 			bad[i] = errs
