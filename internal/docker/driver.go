@@ -322,7 +322,9 @@ func namespaceOf(call string, opts map[string]any) (string, error) {
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
-func gatewayOf(hostIf string) string { return "bt" + hostIf[2:] }
+// peerOf names the container side of an endpoint's veth, which Docker
+// moves into the container and renames eth*.
+func peerOf(hostIf string) string { return "bt" + hostIf[2:] }
 
 // Gateway is what a container routes through: the link-local address
 // that the host side answers by proxy ARP, as in the CNI path.

@@ -175,7 +175,7 @@ func (d *Driver) join(body []byte) (any, error) {
 	if ep.Joined {
 		return nil, fault.New(fault.Conflict, nil, "%s: endpoint %s has joined already (interface %s); one sandbox per endpoint", call, ep.ID, ep.HostIf)
 	}
-	peer := gatewayOf(ep.HostIf)
+	peer := peerOf(ep.HostIf)
 	if err := d.cfg.Links.Create(ep.HostIf, peer, ep.Addr); err != nil {
 		return nil, fault.New(fault.Unavailable, nil, "%s: attach endpoint %s: %v", call, ep.ID, err)
 	}
