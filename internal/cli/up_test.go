@@ -100,6 +100,19 @@ func TestUpDemo(t *testing.T) {
 	if strings.Contains(out.String(), "UNEXPECTED") {
 		t.Errorf("a demo connection went against the policy:\n%s", out.String())
 	}
+	// The demo's flows are kept by the manager, each denial with what
+	// denied it: `bulkhead flows` in another terminal.
+	var fout, ferr bytes.Buffer
+	waitFor(t, 15*time.Second, "the demo's denials in bulkhead flows", func() bool {
+		fout.Reset()
+		ferr.Reset()
+		if code := runWith(context.Background(), []string{"flows", "-o", "json"}, nil, &fout, &ferr); code != 0 {
+			t.Fatalf("flows: exit %d: %s", code, ferr.String())
+		}
+		s := strings.Join(strings.Fields(fout.String()), "")
+		return strings.Contains(s, `"verdict":"wall"`) && strings.Contains(s, `"rule":"buy-sell"`) &&
+			strings.Contains(s, `"rule":"Policy/default-deny/egress/deny-all-egress"`)
+	})
 
 	cancel()
 	select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,21 @@ type Config struct {
 	// the events (about 3.4 of 5.4 per short TCP connection) and of the
 	// collection's cost (docs/benchmarks.md, "Flow collection").
 	SkipUpdates bool
+	// OnLog, when set, is told of every dataplane log record as it is
+	// read, before it becomes part of a flow record (a screen that shows
+	// connections as they happen: `bulkhead up --demo`). It runs on the
+	// NFLOG reader's goroutine and must not block.
+	OnLog func(LogEvent)
+}
+
+// LogEvent is one dataplane log record: the packet's addresses, protocol
+// and destination port (ICMP: type<<8|code), and what the rule said.
+type LogEvent struct {
+	Src, Dst netip.Addr
+	Proto    uint8
+	Port     uint16
+	Hit      Hit
+	At       time.Time
 }
 
 // Stats are a Collector's counts since it started.

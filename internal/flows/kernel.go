@@ -206,6 +206,9 @@ func (c *Collector) onLog(a gonflog.Attribute) int {
 	if a.Timestamp != nil && !a.Timestamp.IsZero() {
 		r.at = *a.Timestamp
 	}
+	if c.cfg.OnLog != nil {
+		c.cfg.OnLog(LogEvent{Src: r.k.src, Dst: r.k.dst, Proto: r.k.proto, Port: r.k.dport, Hit: r.hit, At: r.at})
+	}
 	select {
 	case c.logs <- r:
 	default:

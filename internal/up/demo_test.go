@@ -51,17 +51,3 @@ func TestDemoExpectations(t *testing.T) {
 		}
 	}
 }
-
-func TestParseFlow(t *testing.T) {
-	v4 := make([]byte, 24)
-	v4[0], v4[9] = 0x45, 6
-	copy(v4[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
-	v4[22], v4[23] = 0x15, 0x38 // port 5432
-	k, ok := parseFlow(v4)
-	if !ok || k.src != netip.MustParseAddr("10.0.0.1") || k.dst != netip.MustParseAddr("10.0.0.2") || k.port != 5432 {
-		t.Errorf("v4: %+v %v", k, ok)
-	}
-	if _, ok := parseFlow([]byte{0x45, 0}); ok {
-		t.Error("a truncated packet parsed")
-	}
-}

@@ -27,6 +27,7 @@ import (
 	"github.com/bulkhead-dev/bulkhead/internal/agent/ask"
 	"github.com/bulkhead-dev/bulkhead/internal/agent/feed"
 	"github.com/bulkhead-dev/bulkhead/internal/dataplane/nft"
+	"github.com/bulkhead-dev/bulkhead/internal/flows"
 	"github.com/bulkhead-dev/bulkhead/internal/manager"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/client"
 	"github.com/bulkhead-dev/bulkhead/internal/pki"
@@ -111,6 +112,8 @@ type Up struct {
 	a     *agent.Agent
 	f     *feed.Follower
 	ask   *ask.Asker
+	flows *flows.Collector
+	logs  *logTable // the dataplane's log records, for the demo's screen
 	demo  *demoFloor
 	ready time.Duration
 }
@@ -278,7 +281,21 @@ func (u *Up) startAgent(ctx context.Context) error {
 	}
 	// The escalated connections are decided by the manager's decision rules.
 	u.ask, err = ask.Start(ask.Options{Agent: u.a, URL: u.m.URL(), Dir: credDir, NetNS: o.NetNS, Logger: o.Logger})
-	return err
+	if err != nil {
+		return err
+	}
+	// Every flow, as the kernel saw it, goes to the manager's flow store
+	// (`bulkhead flows`); the collector is the one reader of the
+	// dataplane's log group, and hands its records to the demo too.
+	logs := newLogTable()
+	u.flows, err = feed.StartFlows(feed.FlowOptions{Agent: u.a, URL: u.m.URL(), Dir: credDir, NetNS: o.NetNS,
+		LogGroup: o.LogGroup, Counters: dp, StateDir: filepath.Join(o.DataDir, "agent", "flows"), Logger: o.Logger,
+		OnLog: logs.observe})
+	if err != nil {
+		return err
+	}
+	u.logs = logs
+	return nil
 }
 
 // Close stops the demo (its namespaces are removed), the agent (its
@@ -288,6 +305,9 @@ func (u *Up) Close() error {
 	var errs []error
 	if u.demo != nil {
 		errs = append(errs, u.demo.close())
+	}
+	if u.flows != nil {
+		errs = append(errs, u.flows.Close())
 	}
 	if u.ask != nil {
 		errs = append(errs, u.ask.Close())

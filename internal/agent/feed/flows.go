@@ -33,6 +33,8 @@ type FlowOptions struct {
 	// StateDir holds the collector's spool (default Dir/../flows).
 	StateDir string
 	Logger   *slog.Logger
+	// OnLog is flows.Config.OnLog.
+	OnLog func(flows.LogEvent)
 }
 
 // StartFlows starts the collector of the agent's flows and sends them to
@@ -51,7 +53,7 @@ func StartFlows(opts FlowOptions) (*flows.Collector, error) {
 	}
 	c, err := flows.New(flows.Config{NetNS: opts.NetNS, LogGroup: opts.LogGroup, StateDir: opts.StateDir,
 		Sink: &flowSink{url: opts.URL, dir: opts.Dir}, Resolver: newResolver(opts.Agent), Counters: opts.Counters,
-		Host: opts.Agent.Host(), Logger: log, SkipUpdates: true})
+		Host: opts.Agent.Host(), Logger: log, SkipUpdates: true, OnLog: opts.OnLog})
 	if err != nil {
 		return nil, fmt.Errorf("agent: start flow collection: %w", err)
 	}
