@@ -1,7 +1,9 @@
 package manager
 
 import (
+	"context"
 	"net/http"
+	"strings"
 
 	"github.com/bulkhead-dev/bulkhead/api"
 	"github.com/bulkhead-dev/bulkhead/internal/manager/bindings"
@@ -52,4 +54,22 @@ func wireBinding(b bindings.Binding) api.Binding {
 	in := b.Instance
 	return api.Binding{Namespace: in.Namespace, Name: in.Name, Class: b.Class, Dataset: b.Dataset, Scope: b.Scope,
 		Host: in.Host, ContainerID: in.ContainerID, Since: b.Since, Expires: b.Expires, Revision: b.Rev}
+}
+
+// releaseBindings ends the lifecycle bindings of each workload
+// (namespace/name) whose record was removed, when no host holds a record
+// of it any more (the inventory is current to the removal: the caller
+// waited for the feed). A workload registered again keeps its bindings,
+// and so does one whose copy runs on another host.
+func (m *Manager) releaseBindings(ctx context.Context, removed []string) error {
+	for _, key := range removed {
+		if m.inv.Records(key) > 0 {
+			continue
+		}
+		ns, name, _ := strings.Cut(key, "/")
+		if _, err := m.bindings.Release(ctx, bindings.Workload{Namespace: ns, Name: name}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -71,7 +71,7 @@ func (m *Manager) reidentify(ctx context.Context, force bool) {
 		}
 	})
 	for host, ws := range stale {
-		if _, _, err := m.writeWorkloads(ctx, system, host, ws, nil, false, expect); err != nil {
+		if _, _, _, err := m.writeWorkloads(ctx, system, host, ws, nil, false, expect); err != nil {
 			m.log.Warn("reidentify", "host", host, "err", err)
 		}
 	}

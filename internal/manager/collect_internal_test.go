@@ -15,7 +15,7 @@ func TestCollectIdentities(t *testing.T) {
 	defer m.Close()
 	report := func(host string, ws ...api.HostWorkload) []api.HostWorkload {
 		t.Helper()
-		_, out, err := m.writeWorkloads(ctx, system, host, ws, nil, true, nil)
+		_, out, _, err := m.writeWorkloads(ctx, system, host, ws, nil, true, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

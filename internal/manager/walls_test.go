@@ -114,7 +114,7 @@ func TestConflictClassEscalations(t *testing.T) {
 	ask := api.EscalationRuleRef{Namespace: "bhbw-pay", Policy: "proc", Rule: "ask"}
 	wantVerdict(t, agent, classAccess("bhbw-life", "ledger", ask), api.VerdictAllow, "bound to dataset ledger")
 	wantVerdict(t, agent, classAccess("bhbw-life", "cards", ask), api.VerdictDeny, "bound to dataset ledger of conflict class bhbw-life")
-	freed, err := e.m.Bindings().Release(ctx(t), bindings.Instance{Host: "bhbw-node", Namespace: "bhbw-pay", Name: "proc"})
+	freed, err := e.m.Bindings().Release(ctx(t), bindings.Workload{Namespace: "bhbw-pay", Name: "proc"})
 	if err != nil || len(freed) != 1 {
 		t.Fatalf("release: %+v, %v; want the lifecycle binding freed", freed, err)
 	}
@@ -135,5 +135,61 @@ func TestConflictClassEscalations(t *testing.T) {
 	}
 	if decided != 8 || bound != 4 {
 		t.Fatalf("audited %d decisions and %d binds, want 8 and 4", decided, bound)
+	}
+}
+
+// A lifecycle binding ends when the workload's record leaves the
+// inventory — the host's report deletes it, or an operator does — and
+// not when the workload is registered again (a restart with a new
+// container id keeps its identity and its bindings).
+func TestLifecycleBindingEndsWithTheRecord(t *testing.T) {
+	e := start(t)
+	if _, err := e.admin.Apply(ctx(t), api.ManagerApplyRequest{Documents: doc("walls.yaml", bhbwWalls)}); err != nil {
+		t.Fatal(err)
+	}
+	agent := joinBhbw(t, e)
+	ask := api.EscalationRuleRef{Namespace: "bhbw-pay", Policy: "proc", Rule: "ask"}
+	proc := api.HostWorkload{Host: "bhbw-node", Namespace: "bhbw-pay", Name: "proc", Labels: map[string]string{"app": "proc"},
+		IPs: []string{bhbwAddrs["proc"]}}
+	report := func(put []api.HostWorkload, deleted []string) {
+		t.Helper()
+		if _, err := agent.ReportWorkloads(ctx(t), "bhbw-node", put, deleted, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report([]api.HostWorkload{proc}, nil)
+	wantVerdict(t, agent, classAccess("bhbw-life", "ledger", ask), api.VerdictAllow, "bound to dataset ledger")
+
+	// Registered again, its record rewritten (a restart): still bound.
+	proc.Ports = []api.NamedPort{{Name: "metrics", Port: 9100, Protocol: "tcp"}}
+	report([]api.HostWorkload{proc}, nil)
+	wantVerdict(t, agent, classAccess("bhbw-life", "cards", ask), api.VerdictDeny, "bound to dataset ledger")
+
+	// The host's report deletes the record: the binding goes.
+	report(nil, []string{"bhbw-pay/proc"})
+	if bs, err := e.admin.Bindings(ctx(t)); err != nil || len(bs.Items) != 0 {
+		t.Fatalf("bindings after the record went: %+v, %v", bs, err)
+	}
+	report([]api.HostWorkload{proc}, nil)
+	wantVerdict(t, agent, classAccess("bhbw-life", "cards", ask), api.VerdictAllow, "bound to dataset cards")
+
+	// An operator deletes the record: the binding goes too; a session
+	// binding stays (it ends by its own scope).
+	wantVerdict(t, agent, classAccess("bhbw-tx", "cards"), api.VerdictAllow, "bound to dataset cards")
+	if err := e.admin.DeleteWorkload(ctx(t), "bhbw-node", "bhbw-pay", "proc"); err != nil {
+		t.Fatal(err)
+	}
+	bs, err := e.admin.Bindings(ctx(t))
+	if err != nil || len(bs.Items) != 1 || bs.Items[0].Class != "bhbw-tx" {
+		t.Fatalf("bindings after the operator's delete: %+v, %v; want the session's only", bs, err)
+	}
+	released := 0
+	for _, en := range auditFrom(t, e, 0) {
+		if en.Action == "binding.release" {
+			released++
+		}
+	}
+	if released != 2 {
+		t.Fatalf("%d binding.release entries, want 2", released)
 	}
 }

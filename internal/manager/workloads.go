@@ -49,7 +49,7 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 		m.refusedReport(r.Context(), p, host, err)
 		return err
 	}
-	rev, stored, err := m.writeWorkloads(r.Context(), p, host, req.Workloads, req.Deleted, replace, nil)
+	rev, stored, removed, err := m.writeWorkloads(r.Context(), p, host, req.Workloads, req.Deleted, replace, nil)
 	if err != nil {
 		return err
 	}
@@ -59,6 +59,9 @@ func (m *Manager) report(w http.ResponseWriter, r *http.Request, p principal, re
 		}
 	}
 	if err := m.release(r.Context(), p, host, req.Workloads, req.Deleted, replace); err != nil {
+		return err
+	}
+	if err := m.releaseBindings(r.Context(), removed); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, api.ReportResult{Revision: rev, Workloads: stored})
@@ -119,21 +122,31 @@ func sortedIndexes[V any](m map[int]V) []int {
 
 // writeWorkloads stores a host's workloads with their identities, in
 // Txns of reportChunk workloads. It returns the last revision written
-// (0 if nothing changed) and the workloads as stored. With expect (key →
+// (0 if nothing changed), the workloads as stored and the
+// namespace/name of each record it removed. With expect (key →
 // ModRev), each write is conditioned on the workload being as expected,
 // and a conflict gives up instead of trying again.
-func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, put []api.HostWorkload, deleted []string, replace bool, expect map[string]int64) (int64, []api.HostWorkload, error) {
+func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, put []api.HostWorkload, deleted []string, replace bool, expect map[string]int64) (int64, []api.HostWorkload, []string, error) {
 	nsLabels, _, err := m.namespaceLabels(ctx)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	kvs, _, err := m.st.List(ctx, prefixWorkloads+host+"/")
 	if err != nil {
-		return 0, nil, fmt.Errorf("manager: list workloads of host %s: %w", host, err)
+		return 0, nil, nil, fmt.Errorf("manager: list workloads of host %s: %w", host, err)
 	}
 	current := map[string][]byte{}
 	for _, kv := range kvs {
 		current[kv.Key] = kv.Value
+	}
+	removed := func() []string {
+		var out []string
+		for _, kv := range kvs {
+			if current[kv.Key] == nil {
+				out = append(out, strings.TrimPrefix(kv.Key, prefixWorkloads+host+"/"))
+			}
+		}
+		return out
 	}
 	want := map[string]api.Identity{}
 	for i := range put {
@@ -146,7 +159,7 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 	for attempt := 0; ; attempt++ {
 		ids, err := m.ids.Resolve(ctx, want)
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, removed(), err
 		}
 		var pending []workloadWrite
 		keep := map[string]bool{}
@@ -176,16 +189,16 @@ func (m *Manager) writeWorkloads(ctx context.Context, p principal, host string, 
 		}
 		rev, retry, err := m.commitWorkloads(ctx, p, host, pending, current, expect)
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, removed(), err
 		}
 		lastRev = max(lastRev, rev)
 		if !retry || expect != nil {
-			return lastRev, put, nil
+			return lastRev, put, removed(), nil
 		}
 		// An identity was removed under the report (the collector found
 		// it unused a moment before): resolve again.
 		if attempt == 10 {
-			return 0, nil, fault.New(fault.Unavailable, nil, "the identities of host %s's workloads keep being removed under the report; try again", host)
+			return 0, nil, removed(), fault.New(fault.Unavailable, nil, "the identities of host %s's workloads keep being removed under the report; try again", host)
 		}
 		sleep(ctx, jitter(attempt))
 	}
@@ -324,6 +337,9 @@ func (m *Manager) deleteWorkload(w http.ResponseWriter, r *http.Request, p princ
 			if err := m.hosts.WaitRev(ctx, rev); err != nil {
 				return err
 			}
+		}
+		if err := m.releaseBindings(ctx, []string{r.PathValue("namespace") + "/" + r.PathValue("name")}); err != nil {
+			return err
 		}
 	}
 	w.WriteHeader(http.StatusNoContent)

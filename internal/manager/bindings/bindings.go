@@ -17,12 +17,11 @@
 // The binding's subject is the workload, namespace/name, wherever it
 // runs: a second copy of it on another host is bound by the first's
 // binding, never free to reach the other side. The instance (host and
-// container id) that made the first access is recorded, because the
-// scope lifecycle ends with that instance: Release, called when its
-// registration goes, removes its lifecycle bindings, and only its own (a
-// late release of an earlier instance, or a release by another host, frees
-// nothing). A restart is a new instance because the registration of the
-// old one goes. The other scopes: permanent (until an admin clears it),
+// container id) that made the first access is recorded. The scope
+// lifecycle ends with the workload: Release, called when the workload's
+// last record leaves the inventory, removes its lifecycle bindings; a
+// registration again (a restart, with a new container id) keeps them.
+// The other scopes: permanent (until an admin clears it),
 // window (it expires Window after the first access, by the clock of the
 // manager that wrote it) and session (until End, or Window when set).
 // A binding keeps the scope it was written with when the class changes.

@@ -136,44 +136,29 @@ func TestEndEndsASession(t *testing.T) {
 	mustCheck(t, b, pay, life, "ledger", bindings.Denied)
 }
 
-// A lifecycle binding goes with its instance's registration, and only
-// with its own: a late release of an earlier instance, or a release by
-// another host, frees nothing.
+// A lifecycle binding goes with the workload (Release), whichever
+// instance made it; its other bindings, and other workloads', stay.
 func TestReleaseEndsALifecycle(t *testing.T) {
 	st := openBolt(t, boltPath(t))
 	b := newBindings(t, st, nil)
 	life, perm := class("lifecycle", 0), class("permanent", 0)
 	perm.Name = "bhbn-perm"
-	pay := instance("bhbn-proc")
+	pay, other := instance("bhbn-proc"), instance("bhbn-other")
 	mustBind(t, b, pay, life, "cards")
 	mustBind(t, b, pay, perm, "cards")
-	for _, other := range []bindings.Instance{
-		{Host: pay.Host, Namespace: pay.Namespace, Name: pay.Name, ContainerID: "bhbn-earlier"},
-		{Host: "bhbn-host-b", Namespace: pay.Namespace, Name: pay.Name, ContainerID: pay.ContainerID},
-	} {
-		if got, err := b.Release(ctx, other); err != nil || len(got) != 0 {
-			t.Fatalf("release of %+v: %+v, %v; want nothing released", other, got, err)
-		}
-	}
-	mustCheck(t, b, pay, life, "ledger", bindings.Denied)
-	got, err := b.Release(ctx, pay)
+	mustBind(t, b, other, life, "cards")
+	restarted := pay
+	restarted.ContainerID = "bhbn-restarted"
+	mustCheck(t, b, restarted, life, "ledger", bindings.Denied)
+	got, err := b.Release(ctx, pay.Workload())
 	if err != nil || len(got) != 1 || got[0].Class != life.Name {
 		t.Fatalf("release: %+v, %v; want the lifecycle binding", got, err)
 	}
-	restarted := pay
-	restarted.ContainerID = "bhbn-restarted"
 	mustCheck(t, b, restarted, life, "ledger", bindings.Unbound)
 	mustCheck(t, b, restarted, perm, "ledger", bindings.Denied)
+	mustCheck(t, b, other, life, "ledger", bindings.Denied)
 	if n := len(entries(t, st, "binding.release")); n != 1 {
 		t.Fatalf("%d binding.release entries, want 1", n)
-	}
-	// A registration gone whose container id is not known releases the
-	// host's lifecycle bindings of that name.
-	mustBind(t, b, restarted, life, "fx")
-	unknown := restarted
-	unknown.ContainerID = ""
-	if got, err := b.Release(ctx, unknown); err != nil || len(got) != 1 {
-		t.Fatalf("release without a container id: %+v, %v", got, err)
 	}
 }
 

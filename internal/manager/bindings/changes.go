@@ -63,17 +63,16 @@ func (b *Bindings) remove(ctx context.Context, actor audit.Actor, w Workload, cl
 	return Binding{}, fault.New(fault.Unavailable, nil, "bindings: %s %s: the key kept changing; try again", action, key)
 }
 
-// Release removes the lifecycle bindings of instance in, whose
-// registration has gone, and returns them. Only bindings that in's
-// access made go: the host must be the same, and so must the container
-// id when in names one (a registration whose container id is not known
-// releases the host's bindings of that name). It is the manager's, and
-// audited as such.
-func (b *Bindings) Release(ctx context.Context, in Instance) ([]Binding, error) {
-	return b.removeAll(ctx, Prefix+in.Namespace+"/"+in.Name+"/", "binding.release", func(cur *Binding) bool {
-		got := cur.Instance
-		return cur.Scope == Lifecycle && got.Host == in.Host && got.Namespace == in.Namespace && got.Name == in.Name &&
-			(in.ContainerID == "" || got.ContainerID == in.ContainerID)
+// Release removes the lifecycle bindings of workload w, whose record
+// has left the inventory, and returns them; the caller (the manager)
+// calls it only when no host holds a record of w any more. Whichever
+// instance made the first access, the binding is the workload's, so it
+// goes with the workload's last record and not with one instance: a
+// registration again (a restart from a trusted image, with a new
+// container id) keeps it. It is the manager's, and audited as such.
+func (b *Bindings) Release(ctx context.Context, w Workload) ([]Binding, error) {
+	return b.removeAll(ctx, Prefix+w.Namespace+"/"+w.Name+"/", "binding.release", func(cur *Binding) bool {
+		return cur.Scope == Lifecycle && cur.Instance.Workload() == w
 	})
 }
 

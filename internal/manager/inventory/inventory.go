@@ -28,6 +28,7 @@ type Inventory struct {
 	hosts   map[string]int       // host → workloads
 	addrs   map[netip.Addr]*api.HostWorkload
 	names   map[string]*api.HostWorkload  // namespace/name → workload
+	named   map[string]int                // namespace/name → records of it, on every host
 	hostIPs map[netip.Addr]map[string]int // underlay address → host → workloads naming it
 	gen     uint64                        // moves at every change
 	list    []*policy.Workload            // the model's inventory at gen listGen; nil: not built
@@ -51,6 +52,7 @@ func (inv *Inventory) Reset() {
 func (inv *Inventory) init() {
 	inv.byKey, inv.hosts, inv.addrs = map[string]*invEntry{}, map[string]int{}, map[netip.Addr]*api.HostWorkload{}
 	inv.names, inv.hostIPs = map[string]*api.HostWorkload{}, map[netip.Addr]map[string]int{}
+	inv.named = map[string]int{}
 }
 
 // Change applies one change of the workload at store key key (old nil
@@ -75,8 +77,12 @@ func (inv *Inventory) Change(key string, oldW, newW *api.HostWorkload) {
 				delete(inv.addrs, a)
 			}
 		}
-		if k := e.wl.Namespace + "/" + e.wl.Name; inv.names[k] == e.wl {
+		k := e.wl.Namespace + "/" + e.wl.Name
+		if inv.names[k] == e.wl {
 			delete(inv.names, k)
+		}
+		if inv.named[k]--; inv.named[k] <= 0 {
+			delete(inv.named, k)
 		}
 		if a, err := netip.ParseAddr(e.wl.HostIP); err == nil {
 			if hs := inv.hostIPs[a.Unmap()]; hs != nil {
@@ -99,6 +105,7 @@ func (inv *Inventory) Change(key string, oldW, newW *api.HostWorkload) {
 		inv.addrs[a] = newW
 	}
 	inv.names[newW.Namespace+"/"+newW.Name] = newW
+	inv.named[newW.Namespace+"/"+newW.Name]++
 	if a, err := netip.ParseAddr(newW.HostIP); err == nil {
 		hs := inv.hostIPs[a.Unmap()]
 		if hs == nil {
@@ -141,6 +148,14 @@ func (inv *Inventory) ByName(key string) *api.HostWorkload {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	return inv.names[key]
+}
+
+// Records returns how many hosts hold a record of workload
+// namespace/name (key).
+func (inv *Inventory) Records(key string) int {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	return inv.named[key]
 }
 
 // HostIPOwner returns a host other than except that names a as its
