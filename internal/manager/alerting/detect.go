@@ -6,9 +6,9 @@
 // keeps bounded state: at most Config.MaxWorkloads workloads and
 // Config.MaxEdges edges; what it must drop is counted (Dropped).
 //
-// The Detector is not yet wired into the manager (see docs/flows.md,
-// "Alerts"): that, the thresholds as a policy object, and GET /v1/alerts
-// for these alerts are left for later.
+// The manager feeds it every batch its flow store took (flowalerts.go)
+// with the default thresholds; the thresholds as a policy object are not
+// built yet (docs/flows.md, "Alerts from the flows").
 package alerting
 
 import (
