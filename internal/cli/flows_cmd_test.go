@@ -81,6 +81,18 @@ func TestFlowsCommand(t *testing.T) {
 	if !strings.Contains(out, "stored 2 flows") || !strings.Contains(out, "lost on node-1: 4 nflog-gap") {
 		t.Fatalf("flows counts: %s", out)
 	}
+	scan := &flows.Batch{Stream: "s", Seq: 2}
+	for p := range 20 {
+		scan.Records = append(scan.Records, flows.Record{End: now, Src: ep("x", "10.0.0.3", 40001), Dst: ep("db", "10.0.0.2", uint16(1000+p)),
+			Proto: 6, Verdict: flows.Deny, Rule: "Policy/app/db/ingress/deny"})
+	}
+	if err := (client.FlowSink{Client: agent}).Send(context.Background(), scan); err != nil {
+		t.Fatal(err)
+	}
+	out = run(0, "alerts")
+	if !strings.Contains(out, "scan") || !strings.Contains(out, "app/x: 20 distinct denied destinations") {
+		t.Fatalf("alerts: %s", out)
+	}
 	out = run(1, "flows", "--since", "1h", "--from", now.Format(time.RFC3339))
 	if !strings.Contains(out, "not both") {
 		t.Fatalf("flows --since --from: %s", out)

@@ -24,7 +24,7 @@ import (
 func RegisterManagerCommands(root *cobra.Command) {
 	addServerFlags(root)
 	root.AddCommand(NewManagerCommand(), loginCommand(), tokenCommand(), certificateCommand(), hostCommand(),
-		revisionsCommand(), auditCommand(), escalationsCommand(), flowsCommand())
+		revisionsCommand(), auditCommand(), escalationsCommand(), flowsCommand(), alertsCommand())
 }
 
 func loginCommand() *cobra.Command {

@@ -74,8 +74,12 @@ func (m *Manager) postFlows(w http.ResponseWriter, r *http.Request, p principal)
 	if err := m.ownFlows(p.name, &b); err != nil {
 		return err
 	}
-	if _, err := m.flowStore.Add(r.Context(), p.name, &b); err != nil {
+	added, err := m.flowStore.Add(r.Context(), p.name, &b)
+	if err != nil {
 		return err
+	}
+	if added {
+		m.detectFlows(b.Records)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -168,6 +168,7 @@ type Manager struct {
 	esc                          *escalations.Service // escalated connections (escalations.go)
 	final                        seal.Final
 	flowStore                    *flowstore.Store // the flows agents send (flows.go)
+	flowAlerts                   flowDetector     // alerts from the flows as they arrive (flowalerts.go)
 	collectHook                  func()           // tests: runs between the collector's reads and its removals
 
 	storeOK    storeHealth // the last probe of the store, for /readyz
