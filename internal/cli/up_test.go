@@ -113,6 +113,20 @@ func TestUpDemo(t *testing.T) {
 		return strings.Contains(s, `"verdict":"wall"`) && strings.Contains(s, `"rule":"buy-sell"`) &&
 			strings.Contains(s, `"rule":"Policy/default-deny/egress/deny-all-egress"`)
 	})
+	// The demo's scan (buy-signal tries 30 ports of the processor) raises
+	// a scan alert from the stored flows.
+	var aout, aerr bytes.Buffer
+	waitFor(t, 15*time.Second, "the demo's scan alert in bulkhead alerts", func() bool {
+		aout.Reset()
+		aerr.Reset()
+		if code := runWith(context.Background(), []string{"alerts", "-o", "json"}, nil, &aout, &aerr); code != 0 {
+			t.Fatalf("alerts: exit %d: %s", code, aerr.String())
+		}
+		return strings.Contains(aout.String(), "scan") && strings.Contains(aout.String(), "buy-signal")
+	})
+	waitFor(t, 5*time.Second, "the demo saying it scanned:\n"+out.String(), func() bool {
+		return strings.Contains(out.String(), "scan     trading/buy-signal")
+	})
 
 	cancel()
 	select {

@@ -166,6 +166,8 @@ func (d *demoFloor) startClients() {
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.client(ctx, d.wls[from], cs) }()
 	}
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.scanOnce(ctx) }()
 }
 
 // removeLeftovers removes what this instance's demo left behind when it
