@@ -168,8 +168,15 @@ func grpcCause(err error, scheme string, withCert bool) string {
 	}
 	msg = strings.TrimPrefix(msg, "transport: ")
 	msg = strings.TrimPrefix(msg, "Error while dialing: ")
-	if !withCert && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "certificate required")) {
+	switch {
+	case withCert:
+	case strings.Contains(msg, "bad certificate") || strings.Contains(msg, "certificate required"):
 		msg += " (the member requires a client certificate: give --etcd-cert and --etcd-key)"
+	case scheme == "https" && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.HasSuffix(msg, "EOF")):
+		// Under TLS 1.3 a member that refuses a client without a
+		// certificate may close the connection before its alert is read:
+		// the client sees only the connection end.
+		msg += " (the member closed the connection during TLS: if it requires a client certificate, give --etcd-cert and --etcd-key)"
 	}
 	if scheme == "http" && (strings.Contains(msg, "server preface") || strings.Contains(msg, "EOF")) {
 		msg += " (the member closed the connection: if it serves TLS, use https:// and --etcd-ca)"
