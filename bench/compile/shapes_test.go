@@ -36,21 +36,23 @@ func compileShape(t testing.TB, set *policy.Set, runs int) (wall, cpu time.Durat
 }
 
 // TestShapesGrowLinearly keeps the compiler's cost linear in the rules for
-// every shape: eight times the rules may cost at most 20 times the CPU
-// time (linear is 8; the margin is for a noisy shared machine, a
-// quadratic cost is 64). The inventory is small, so that the rules
+// every shape: eight times the rules may cost at most 30 times the CPU
+// time (linear is 8, n log n about 10; a quadratic cost is 64). The
+// margin is for a noisy shared machine: with 20, best of 3 and 2 runs, a
+// loaded CI run once measured 20.2 for ipblocks, whose ratio is 10-18
+// otherwise; the best of 5 and 3 runs is taken now. The inventory is small, so that the rules
 // dominate the cost, and the collector is off while it runs: whether a
 // collection falls inside the small compile or not would move the ratio
 // more than the compiler does.
 func TestShapesGrowLinearly(t *testing.T) {
-	const small, large, bound = 1000, 8000, 20.0
+	const small, large, bound = 1000, 8000, 30.0
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	for _, shape := range Shapes {
 		t.Run(string(shape), func(t *testing.T) {
 			a, b := generateShape(shape, small, 100, 1), generateShape(shape, large, 100, 1)
 			compileShape(t, a, 1) // warm up
-			_, ta, _ := compileShape(t, a, 3)
-			_, tb, _ := compileShape(t, b, 2)
+			_, ta, _ := compileShape(t, a, 5)
+			_, tb, _ := compileShape(t, b, 3)
 			ratio := float64(tb) / float64(ta)
 			t.Logf("%s: cpu time %d rules %v, %d rules %v, ratio %.1f", shape, small, ta, large, tb, ratio)
 			if ratio > bound {
