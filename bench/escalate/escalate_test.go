@@ -117,6 +117,27 @@ func newBedWith(t *testing.T, decider escalate.Decider, policy string) *bed {
 	return b
 }
 
+// serveOn accepts and closes TCP connections on port inside db.
+func serveOn(t *testing.T, b *bed, port int) {
+	var l net.Listener
+	if err := b.db.Do(func() (err error) {
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
 func bench() bool { return os.Getenv("BULKHEAD_BENCH") != "" }
 
 // TestLatency times connection setup (connect() to established) to the
@@ -129,26 +150,8 @@ func TestLatency(t *testing.T) {
 		asked.Add(1)
 		return escalate.Decision{Verdict: escalate.Allow}, nil
 	}))
-	var lis net.Listener
-	for _, port := range []int{heldPort, allowPort} {
-		if err := b.db.Do(func() error {
-			l, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
-			lis = l
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		go func(l net.Listener) {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}(lis)
-		t.Cleanup(func(l net.Listener) func() { return func() { l.Close() } }(lis))
-	}
+	serveOn(t, b, heldPort)
+	serveOn(t, b, allowPort)
 	n := 300
 	if bench() {
 		n = 5000

@@ -70,26 +70,6 @@ func TestUnescalatedCost(t *testing.T) {
 	}
 }
 
-func serveOn(t *testing.T, b *bed, port int) {
-	var l net.Listener
-	if err := b.db.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-}
-
 // connectN opens and closes n connections from a to db's port, one after
 // another, and returns how long they took.
 func connectN(b *bed, port, n int) (time.Duration, error) {
